@@ -1,0 +1,270 @@
+//! The one normalized [`Event`] that every stage after `provider` sees.
+//!
+//! Nothing in this module knows a cloud's raw field names; the provider decoders fill it in.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The cloud an event or a credential report comes from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    Aws,
+    Alibaba,
+    Tencent,
+}
+
+impl Cloud {
+    pub const ALL: [Cloud; 3] = [Cloud::Aws, Cloud::Alibaba, Cloud::Tencent];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cloud::Aws => "aws",
+            Cloud::Alibaba => "alibaba",
+            Cloud::Tencent => "tencent",
+        }
+    }
+}
+
+impl fmt::Display for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Cloud {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "aws" | "cloudtrail" => Ok(Cloud::Aws),
+            "alibaba" | "aliyun" | "actiontrail" => Ok(Cloud::Alibaba),
+            "tencent" | "qcloud" | "cloudaudit" => Ok(Cloud::Tencent),
+            other => Err(format!(
+                "unknown provider {other:?} (expected aws, alibaba or tencent)"
+            )),
+        }
+    }
+}
+
+/// An access key id (AWS `AKIA…`/`ASIA…`, Alibaba `LTAI…`/`STS.…`, Tencent `AKID…`).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct AccessKeyId(pub String);
+
+impl AccessKeyId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccessKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A cloud account id (AWS 12 digits, Alibaba UID, Tencent owner UIN).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct AccountId(pub String);
+
+impl AccountId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of identity made the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalType {
+    /// The root / main account itself.
+    Root,
+    /// An IAM / RAM / CAM user (sub-user).
+    User,
+    /// A role session (AssumeRole, instance role, SSO permission set).
+    AssumedRole,
+    /// A federated user (GetFederationToken, SAML / web identity, IdP user).
+    Federated,
+    /// A cloud service acting on its own (AWSService, Alibaba `system`).
+    Service,
+    Unknown,
+}
+
+/// The identity that made a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Principal {
+    #[serde(rename = "type")]
+    pub kind: PrincipalType,
+    /// User name; for role sessions `role/session`.
+    pub name: Option<String>,
+    /// The cloud's principal id (AWS `AIDA…`/`AROA…:session`, Alibaba / Tencent UIN).
+    pub id: Option<String>,
+    /// ARN where the cloud has one (AWS always; Alibaba and Tencent when the log carries it).
+    pub arn: Option<String>,
+    /// For role sessions: the role (session issuer) name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// A cloud service that made the call on the principal's behalf (`invokedBy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
+    /// Whether the session was MFA-authenticated, where the log says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa: Option<bool>,
+}
+
+/// The shape of the credential used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// A long-term key (AWS `AKIA`, Alibaba `LTAI`, Tencent `AKID` without a session token).
+    Permanent,
+    /// A session credential (AWS `ASIA`, Alibaba `STS.`, Tencent key with a session token).
+    Temporary,
+    /// No access key was used (console password sign-in, service event).
+    None,
+}
+
+/// Whether the call succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// Where a record came from: a file (path, record index, line) or a Kafka message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Origin {
+    /// File path, or `-` for standard input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// 0-based index of the record within the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<u64>,
+    /// 1-based line where the record starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+    /// 0-based index of the event inside a batch record (`Records[]`, an array, `Events[]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+}
+
+impl Origin {
+    pub fn file(path: impl Into<String>, record: u64, line: u64) -> Self {
+        Origin {
+            file: Some(path.into()),
+            record: Some(record),
+            line: Some(line),
+            ..Origin::default()
+        }
+    }
+
+    pub fn kafka(topic: impl Into<String>, partition: i32, offset: i64) -> Self {
+        Origin {
+            topic: Some(topic.into()),
+            partition: Some(partition),
+            offset: Some(offset),
+            ..Origin::default()
+        }
+    }
+
+    /// The same origin, pointing at event `index` inside a batch record.
+    pub fn at_index(&self, index: usize) -> Self {
+        Origin {
+            index: Some(u32::try_from(index).unwrap_or(u32::MAX)),
+            ..self.clone()
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}")?;
+            if let Some(line) = self.line {
+                write!(f, " line {line}")?;
+            }
+            if let Some(record) = self.record {
+                write!(f, " record {record}")?;
+            }
+        } else if let Some(topic) = &self.topic {
+            write!(
+                f,
+                "{topic}[{}]@{}",
+                self.partition.unwrap_or(-1),
+                self.offset.unwrap_or(-1)
+            )?;
+        } else {
+            f.write_str("<unknown origin>")?;
+        }
+        if let Some(index) = self.index {
+            write!(f, " event {index}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One cloud API call, normalized across AWS CloudTrail, Alibaba ActionTrail and Tencent
+/// CloudAudit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    pub cloud: Cloud,
+    /// The log's event id; when the log has none, `akw-` and a hash of the record.
+    pub event_id: String,
+    /// When the call happened, UTC.
+    pub event_time: DateTime<Utc>,
+    pub account_id: Option<AccountId>,
+    pub principal: Principal,
+    /// The access key that signed the call; null when none was used.
+    pub access_key_id: Option<AccessKeyId>,
+    pub key_kind: KeyKind,
+    /// The caller's IP when the log holds a valid one.
+    pub source_ip: Option<IpAddr>,
+    /// What the log said the source was: an IP, a service (`ec2.amazonaws.com`,
+    /// `AWS Internal`), a masked (`10.10.**.**`) or invalid address.
+    pub source_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub region: Option<String>,
+    /// Normalized short service name (`iam`, `sts`, `ec2`, `ram`, `cam`, ...).
+    pub service: String,
+    /// The API name (`CreateAccessKey`, `DescribeInstances`, ...).
+    pub action: String,
+    /// Whether the call only reads, where the log says.
+    pub read_only: Option<bool>,
+    /// A console session rather than an API / SDK call.
+    pub console: bool,
+    pub outcome: Outcome,
+    pub error_code: Option<String>,
+    pub request_id: Option<String>,
+    pub origin: Origin,
+}
+
+impl Event {
+    /// `service:action`, the form allowlists and catalogs match against.
+    pub fn api(&self) -> String {
+        format!("{}:{}", self.service, self.action)
+    }
+}

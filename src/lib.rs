@@ -1,0 +1,18 @@
+//! akwatch: real-time access-key anomaly detection over AWS CloudTrail, Alibaba Cloud
+//! ActionTrail and Tencent Cloud CloudAudit logs.
+//!
+//! Data flow: [`source`] reads records, [`provider`] decodes them into one [`event::Event`]
+//! type, [`report`] parses the clouds' credential reports, [`sink`] writes results. See
+//! `ARCHITECTURE.md` for the map.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod event;
+pub mod provider;
+pub mod report;
+pub mod sink;
+pub mod source;
+
+pub use event::{Cloud, Event};
+pub use provider::{Decoder, Reject, RejectKind};

@@ -1,0 +1,588 @@
+//! Splits a byte stream into JSON records without holding more than one record in memory.
+//!
+//! Accepted layouts, auto-detected per stream:
+//! - JSON lines: one value per line (a bad line is one bad record; the next line is fine);
+//! - whole-file JSON: one or more (pretty-printed) values, concatenated;
+//! - a top-level array `[...]`: each element is a record;
+//! - a CloudTrail log file `{"Records":[...]}`: each element of `Records` is a record.
+//!
+//! The scanner only tracks strings and bracket depth; the records it hands out are parsed
+//! (and validated) by the provider decoders. This is why it is hand-written rather than a
+//! streaming JSON parser: it must keep going past a malformed record, which a parser does not.
+
+use std::io::{self, BufRead};
+
+/// Records larger than this are rejected (and not buffered beyond it).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+/// How much of the stream is looked at to tell JSON lines from whole-file JSON.
+const PEEK_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct FrameOptions {
+    pub max_record_bytes: usize,
+}
+
+impl Default for FrameOptions {
+    fn default() -> Self {
+        FrameOptions {
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+}
+
+/// Why a frame could not be completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// The line or the input ended inside the record.
+    Truncated,
+    /// The record is larger than `max_record_bytes`; `bytes` holds its beginning.
+    TooLarge,
+}
+
+/// One record found in the stream.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    pub bytes: &'a [u8],
+    /// 1-based line of the record's first byte.
+    pub line: u64,
+    /// 0-based index of the record in the stream.
+    pub index: u64,
+    pub broken: Option<(Broken, String)>,
+}
+
+/// Reads `reader` to the end, calling `emit` for every record. Only I/O errors are returned;
+/// malformed input becomes frames with `broken` set, or records the decoder will reject.
+pub fn frame_records<R: BufRead>(
+    mut reader: R,
+    options: FrameOptions,
+    mut emit: impl FnMut(Frame<'_>),
+) -> io::Result<ScanEnd> {
+    let lines_mode = peek_lines_mode(&mut reader)?;
+    let mut scanner = Scanner::new(lines_mode, options.max_record_bytes);
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e} (after line {}, record {})",
+                        scanner.line, scanner.index
+                    ),
+                ));
+            }
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        for &b in chunk {
+            scanner.step(b, &mut emit);
+        }
+        let n = chunk.len();
+        reader.consume(n);
+    }
+    scanner.finish(&mut emit);
+    Ok(ScanEnd {
+        lines: scanner.line,
+        records: scanner.index,
+        lines_mode,
+    })
+}
+
+/// What the scan saw, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanEnd {
+    pub lines: u64,
+    pub records: u64,
+    pub lines_mode: bool,
+}
+
+/// Looks at what the reader has buffered (without consuming it) to choose the mode.
+fn peek_lines_mode<R: BufRead>(reader: &mut R) -> io::Result<bool> {
+    loop {
+        match reader.fill_buf() {
+            Ok(buf) => return Ok(detect_lines_mode(&buf[..buf.len().min(PEEK_BYTES)])),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// JSON lines when the first non-blank line holds a complete value on its own (or is longer
+/// than the peek window: a single-line file). Whole-file JSON otherwise.
+fn detect_lines_mode(peek: &[u8]) -> bool {
+    let start = match peek.iter().position(|b| !b.is_ascii_whitespace()) {
+        Some(s) => s,
+        None => return true,
+    };
+    let rest = &peek[start..];
+    let line = match rest.iter().position(|&b| b == b'\n') {
+        Some(end) => &rest[..end],
+        None => return true,
+    };
+    let mut depth: i64 = 0;
+    let (mut in_str, mut esc, mut closed) = (false, false, false);
+    for &b in line {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    closed = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    closed && depth == 0 && !in_str
+}
+
+struct Scanner {
+    lines_mode: bool,
+    max: usize,
+    line: u64,
+    index: u64,
+    buf: Vec<u8>,
+    oversize: bool,
+    record_line: u64,
+    /// Bracket depth, counting the containers being unwrapped.
+    depth: u32,
+    in_str: bool,
+    esc: bool,
+    /// Inside a record.
+    in_record: bool,
+    /// The depth at which the current record started.
+    record_base: u32,
+    /// The current record is a bare scalar (or garbage): it ends at a separator.
+    scalar: bool,
+    /// The depth of the array whose elements are being handed out as records.
+    unwrap: Option<u32>,
+    unwrap_line: u64,
+    /// After `{"Records":[...]`: skip the rest of the wrapper object.
+    skip_rest: bool,
+}
+
+impl Scanner {
+    fn new(lines_mode: bool, max: usize) -> Self {
+        Scanner {
+            lines_mode,
+            max,
+            line: 1,
+            index: 0,
+            buf: Vec::with_capacity(4096),
+            oversize: false,
+            record_line: 1,
+            depth: 0,
+            in_str: false,
+            esc: false,
+            in_record: false,
+            record_base: 0,
+            scalar: false,
+            unwrap: None,
+            unwrap_line: 1,
+            skip_rest: false,
+        }
+    }
+
+    fn step(&mut self, b: u8, emit: &mut impl FnMut(Frame<'_>)) {
+        if self.in_record {
+            self.step_in_record(b, emit);
+        } else {
+            self.step_between(b, emit);
+        }
+        if b == b'\n' {
+            self.line += 1;
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.buf.len() < self.max {
+            self.buf.push(b);
+        } else {
+            self.oversize = true;
+        }
+    }
+
+    fn step_in_record(&mut self, b: u8, emit: &mut impl FnMut(Frame<'_>)) {
+        if self.scalar && self.unwrap.is_none() {
+            // A top-level scalar or garbage runs to the end of its line, quotes and all.
+            if b == b'\n' {
+                self.complete(emit);
+            } else {
+                self.push(b);
+            }
+            return;
+        }
+        if self.in_str {
+            if b == b'\n' && self.lines_mode {
+                self.broken_line(emit, "line ends inside a string");
+                return;
+            }
+            self.push(b);
+            if self.esc {
+                self.esc = false;
+            } else if b == b'\\' {
+                self.esc = true;
+            } else if b == b'"' {
+                self.in_str = false;
+            }
+            return;
+        }
+        if self.scalar && (b.is_ascii_whitespace() || matches!(b, b',' | b']' | b'}')) {
+            self.complete(emit);
+            self.step_between(b, emit);
+            return;
+        }
+        if b == b'\n' && self.lines_mode {
+            self.broken_line(emit, "line ends before the JSON value is closed");
+            return;
+        }
+        self.push(b);
+        match b {
+            b'"' => self.in_str = true,
+            b'{' | b'[' => {
+                self.depth += 1;
+                if b == b'['
+                    && self.depth == 2
+                    && self.record_base == 0
+                    && self.unwrap.is_none()
+                    && is_records_prefix(&self.buf)
+                {
+                    // `{"Records":[` — hand out the elements instead of the whole file.
+                    self.buf.clear();
+                    self.in_record = false;
+                    self.unwrap = Some(2);
+                    self.unwrap_line = self.record_line;
+                }
+            }
+            b'}' | b']' => {
+                self.depth = self.depth.saturating_sub(1);
+                if self.depth <= self.record_base {
+                    self.depth = self.record_base;
+                    self.complete(emit);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn step_between(&mut self, b: u8, emit: &mut impl FnMut(Frame<'_>)) {
+        if self.skip_rest {
+            self.skip_wrapper_rest(b);
+            return;
+        }
+        if b.is_ascii_whitespace() {
+            if b == b'\n' && self.lines_mode && self.unwrap.is_some() {
+                self.broken_line(emit, "line ends before the array is closed");
+            }
+            return;
+        }
+        match self.unwrap {
+            Some(level) if self.depth == level => match b {
+                b',' => {}
+                b']' | b'}' => {
+                    self.depth -= 1;
+                    self.unwrap = None;
+                    self.skip_rest = self.depth > 0;
+                }
+                _ => self.start(b),
+            },
+            Some(_) => {
+                // Depth and unwrap level disagree only after a broken record; resynchronise.
+                self.unwrap = None;
+                self.depth = 0;
+                self.start(b);
+            }
+            None => match b {
+                b'[' if self.depth == 0 => {
+                    self.depth = 1;
+                    self.unwrap = Some(1);
+                    self.unwrap_line = self.line;
+                }
+                _ => self.start(b),
+            },
+        }
+    }
+
+    fn skip_wrapper_rest(&mut self, b: u8) {
+        if self.in_str {
+            if self.esc {
+                self.esc = false;
+            } else if b == b'\\' {
+                self.esc = true;
+            } else if b == b'"' {
+                self.in_str = false;
+            }
+            return;
+        }
+        match b {
+            b'"' => self.in_str = true,
+            b'{' | b'[' => self.depth += 1,
+            b'}' | b']' => {
+                self.depth = self.depth.saturating_sub(1);
+                if self.depth == 0 {
+                    self.skip_rest = false;
+                }
+            }
+            b'\n' if self.lines_mode => {
+                self.skip_rest = false;
+                self.depth = 0;
+            }
+            _ => {}
+        }
+    }
+
+    fn start(&mut self, b: u8) {
+        self.in_record = true;
+        self.record_base = self.depth;
+        self.record_line = self.line;
+        self.buf.clear();
+        self.oversize = false;
+        self.in_str = false;
+        self.esc = false;
+        self.buf.push(b);
+        match b {
+            b'{' | b'[' => {
+                self.scalar = false;
+                self.depth += 1;
+            }
+            b'"' => {
+                self.scalar = true;
+                self.in_str = self.unwrap.is_some();
+            }
+            _ => self.scalar = true,
+        }
+    }
+
+    fn complete(&mut self, emit: &mut impl FnMut(Frame<'_>)) {
+        let broken = self.oversize.then(|| {
+            (
+                Broken::TooLarge,
+                format!(
+                    "record larger than {} bytes (starts at line {})",
+                    self.max, self.record_line
+                ),
+            )
+        });
+        emit(Frame {
+            bytes: &self.buf,
+            line: self.record_line,
+            index: self.index,
+            broken,
+        });
+        self.index += 1;
+        self.in_record = false;
+        self.scalar = false;
+        self.oversize = false;
+    }
+
+    /// JSON-lines mode: the line ended inside a record or an array. The partial record is
+    /// handed out as truncated and the scanner starts afresh on the next line.
+    fn broken_line(&mut self, emit: &mut impl FnMut(Frame<'_>), what: &str) {
+        let line = if self.in_record {
+            self.record_line
+        } else {
+            self.unwrap_line
+        };
+        if !self.in_record {
+            self.buf.clear();
+        }
+        emit(Frame {
+            bytes: &self.buf,
+            line,
+            index: self.index,
+            broken: Some((
+                Broken::Truncated,
+                format!("truncated JSON at line {}: {what}", self.line),
+            )),
+        });
+        self.index += 1;
+        self.reset();
+    }
+
+    fn reset(&mut self) {
+        self.in_record = false;
+        self.scalar = false;
+        self.oversize = false;
+        self.in_str = false;
+        self.esc = false;
+        self.depth = 0;
+        self.unwrap = None;
+        self.skip_rest = false;
+        self.buf.clear();
+    }
+
+    fn finish(&mut self, emit: &mut impl FnMut(Frame<'_>)) {
+        if self.in_record {
+            if self.scalar && !self.in_str {
+                self.complete(emit);
+            } else {
+                let line = self.record_line;
+                emit(Frame {
+                    bytes: &self.buf,
+                    line,
+                    index: self.index,
+                    broken: Some((
+                        Broken::Truncated,
+                        format!(
+                            "truncated JSON: input ends inside the record that starts at line {line}"
+                        ),
+                    )),
+                });
+                self.index += 1;
+            }
+        } else if self.unwrap.is_some() {
+            emit(Frame {
+                bytes: &[],
+                line: self.unwrap_line,
+                index: self.index,
+                broken: Some((
+                    Broken::Truncated,
+                    format!(
+                        "truncated JSON: input ends before the array opened at line {} is closed",
+                        self.unwrap_line
+                    ),
+                )),
+            });
+            self.index += 1;
+        }
+        self.reset();
+    }
+}
+
+/// `{"Records":` with any whitespace, followed (in the caller) by `[`.
+fn is_records_prefix(buf: &[u8]) -> bool {
+    const WANT: &[u8] = b"{\"Records\":[";
+    if buf.len() > 256 {
+        return false;
+    }
+    let mut it = buf.iter().copied().filter(|b| !b.is_ascii_whitespace());
+    WANT.iter().all(|&w| it.next() == Some(w)) && it.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames `input` and returns each record as (text, line, broken kind).
+    fn frames(input: &str) -> Vec<(String, u64, Option<Broken>)> {
+        frames_with(input, FrameOptions::default())
+    }
+
+    fn frames_with(input: &str, options: FrameOptions) -> Vec<(String, u64, Option<Broken>)> {
+        let mut out = Vec::new();
+        frame_records(
+            io::BufReader::with_capacity(7, input.as_bytes()),
+            options,
+            |f| {
+                out.push((
+                    String::from_utf8_lossy(f.bytes).into_owned(),
+                    f.line,
+                    f.broken.map(|b| b.0),
+                ));
+            },
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn json_lines_with_a_bad_line_keep_their_neighbours() {
+        let got = frames("{\"a\":1}\n{\"b\":\"x\n{\"c\":[1,2]}\n\n{\"d\":{}}\n");
+        assert_eq!(
+            got,
+            vec![
+                ("{\"a\":1}".into(), 1, None),
+                ("{\"b\":\"x".into(), 2, Some(Broken::Truncated)),
+                ("{\"c\":[1,2]}".into(), 3, None),
+                ("{\"d\":{}}".into(), 5, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn records_file_hands_out_its_elements() {
+        let got = frames(
+            "{\n  \"Records\" : [\n    {\"a\": \"]}\"},\n    {\"b\": [1]}\n  ]\n}\n{\"next\":1}",
+        );
+        assert_eq!(
+            got,
+            vec![
+                ("{\"a\": \"]}\"}".into(), 3, None),
+                ("{\"b\": [1]}".into(), 4, None),
+                ("{\"next\":1}".into(), 7, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn single_line_records_file_and_top_level_array() {
+        let got = frames("{\"Records\":[{\"a\":1},{\"b\":2}]}\n[{\"c\":3}, {\"d\":4}]\n");
+        let texts: Vec<_> = got.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(texts, ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}", "{\"d\":4}"]);
+    }
+
+    #[test]
+    fn pretty_printed_document_is_one_record() {
+        let got = frames("{\n \"eventName\": \"X\",\n \"x\": {\"y\": \"a\\\"}\"}\n}\n");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, 1);
+        assert!(got[0].2.is_none());
+    }
+
+    #[test]
+    fn truncated_document_and_unclosed_array_are_reported() {
+        let got = frames("[\n {\"a\":1},\n {\"b\":");
+        assert_eq!(got[0].0, "{\"a\":1}");
+        assert_eq!(got[1].2, Some(Broken::Truncated));
+        assert_eq!(got.len(), 2);
+        let got = frames("[\n {\"a\":1}\n");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].2, Some(Broken::Truncated));
+    }
+
+    #[test]
+    fn garbage_and_scalars_become_records_for_the_decoder_to_reject() {
+        let got = frames("not json\n{\"a\":1}\n42\n");
+        let texts: Vec<_> = got.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(texts, ["not json", "{\"a\":1}", "42"]);
+        let got = frames("[1, \"x,]\", {\"a\":1}]");
+        let texts: Vec<_> = got.iter().map(|g| g.0.as_str()).collect();
+        assert_eq!(texts, ["1", "\"x,]\"", "{\"a\":1}"]);
+    }
+
+    #[test]
+    fn oversize_record_is_cut_and_flagged() {
+        let big = format!("{{\"a\":\"{}\"}}\n{{\"b\":1}}\n", "x".repeat(100));
+        let got = frames_with(
+            &big,
+            FrameOptions {
+                max_record_bytes: 32,
+            },
+        );
+        assert_eq!(got[0].2, Some(Broken::TooLarge));
+        assert_eq!(got[0].0.len(), 32);
+        assert_eq!(got[1], ("{\"b\":1}".into(), 2, None));
+    }
+
+    #[test]
+    fn empty_input_has_no_records() {
+        assert!(frames("").is_empty());
+        assert!(frames("  \n\n ").is_empty());
+        assert!(frames("[]").is_empty());
+        assert!(frames("{\"Records\":[]}").is_empty());
+    }
+}

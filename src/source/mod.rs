@@ -1,0 +1,235 @@
+//! File sources: paths, directories (recursive), `.gz` and stdin, read as a stream of records
+//! and decoded into events.
+
+pub mod framing;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+
+use crate::event::{Event, Origin};
+use crate::provider::{Decoder, Reject, RejectKind};
+use framing::{Broken, FrameOptions, frame_records};
+
+const READ_BUFFER: usize = 256 * 1024;
+
+/// One thing to read: a file or standard input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Stdin,
+    File(PathBuf),
+}
+
+impl Input {
+    /// How origins name this input.
+    pub fn name(&self) -> String {
+        match self {
+            Input::Stdin => "-".to_owned(),
+            Input::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// A command-line path that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}")]
+pub struct InputError {
+    pub path: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The inputs named on the command line, with directories expanded.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub inputs: Vec<Input>,
+    /// Files inside directories that were passed over because their names are not log-like.
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Expands `-` to stdin and directories to the log files below them (sorted, so runs are
+/// repeatable). Files named explicitly are always read; inside directories only files whose
+/// names look like logs (`*.json*`, `*.ndjson`, `*.log`, `*.gz`) are, so a `LICENSE` or an
+/// `index.html` beside the logs is not mistaken for bad input.
+pub fn expand(args: &[String]) -> Result<Inputs, InputError> {
+    let mut out = Inputs::default();
+    for arg in args {
+        if arg == "-" {
+            out.inputs.push(Input::Stdin);
+            continue;
+        }
+        let path = Path::new(arg);
+        let meta = std::fs::metadata(path).map_err(|source| InputError {
+            path: arg.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            for entry in walkdir::WalkDir::new(path)
+                .follow_links(true)
+                .sort_by_file_name()
+            {
+                let entry = entry.map_err(|e| InputError {
+                    path: e
+                        .path()
+                        .map_or_else(|| arg.clone(), |p| p.display().to_string()),
+                    source: e
+                        .into_io_error()
+                        .unwrap_or_else(|| io::Error::other("directory loop")),
+                })?;
+                if !entry.file_type().is_file() {
+                    continue;
+                }
+                if is_log_name(entry.path()) {
+                    files.push(Input::File(entry.into_path()));
+                } else {
+                    out.skipped.push(entry.into_path());
+                }
+            }
+            out.inputs.extend(files);
+        } else {
+            File::open(path).map_err(|source| InputError {
+                path: arg.clone(),
+                source,
+            })?;
+            out.inputs.push(Input::File(path.to_path_buf()));
+        }
+    }
+    Ok(out)
+}
+
+fn is_log_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if name.starts_with('.') {
+        return false;
+    }
+    let lower = name.to_ascii_lowercase();
+    lower.contains(".json")
+        || lower.ends_with(".ndjson")
+        || lower.ends_with(".log")
+        || lower.ends_with(".gz")
+}
+
+/// Opens an input as a buffered reader, transparently gunzipping it when it starts with the
+/// gzip magic bytes (whatever its name).
+pub fn open(input: &Input) -> io::Result<Box<dyn BufRead>> {
+    let raw: Box<dyn Read> = match input {
+        Input::Stdin => Box::new(io::stdin()),
+        Input::File(p) => Box::new(File::open(p)?),
+    };
+    let mut reader = BufReader::with_capacity(READ_BUFFER, raw);
+    let is_gzip = {
+        let head = reader.fill_buf()?;
+        head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b
+    };
+    if is_gzip {
+        Ok(Box::new(BufReader::with_capacity(
+            READ_BUFFER,
+            MultiGzDecoder::new(reader),
+        )))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+/// What reading one input produced.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadCounts {
+    pub records: u64,
+    pub events: u64,
+    pub rejected: u64,
+}
+
+/// A reject together with the raw bytes of the record it came from (for the dead-letter
+/// output, which keeps records unchanged).
+pub struct Rejected<'a> {
+    pub reject: Reject,
+    pub raw: &'a [u8],
+}
+
+/// Reads one input to the end, decoding every record. Events go to `on_event`, rejects (with
+/// their raw record) to `on_reject`. A read error part-way (a corrupt `.gz`) is itself a
+/// reject; the records before it are kept.
+pub fn read_input(
+    input: &Input,
+    decoder: &Decoder,
+    options: FrameOptions,
+    on_event: &mut dyn FnMut(Event),
+    on_reject: &mut dyn FnMut(Rejected<'_>),
+) -> ReadCounts {
+    let name = input.name();
+    let mut counts = ReadCounts::default();
+    let reader = match open(input) {
+        Ok(r) => r,
+        Err(e) => {
+            counts.rejected += 1;
+            on_reject(Rejected {
+                reject: Reject::new(
+                    RejectKind::ReadError,
+                    format!("cannot read: {e}"),
+                    file_origin(&name, 0, 0),
+                ),
+                raw: &[],
+            });
+            return counts;
+        }
+    };
+    let mut results = Vec::new();
+    let outcome = frame_records(reader, options, |frame| {
+        counts.records += 1;
+        let origin = file_origin(&name, frame.index, frame.line);
+        if let Some((kind, reason)) = frame.broken {
+            let kind = match kind {
+                Broken::Truncated => RejectKind::Truncated,
+                Broken::TooLarge => RejectKind::TooLarge,
+            };
+            counts.rejected += 1;
+            on_reject(Rejected {
+                reject: Reject::new(kind, reason, origin),
+                raw: frame.bytes,
+            });
+            return;
+        }
+        decoder.decode(frame.bytes, &origin, &mut results);
+        for result in results.drain(..) {
+            match result {
+                Ok(event) => {
+                    counts.events += 1;
+                    on_event(event);
+                }
+                Err(reject) => {
+                    counts.rejected += 1;
+                    on_reject(Rejected {
+                        reject,
+                        raw: frame.bytes,
+                    });
+                }
+            }
+        }
+    });
+    if let Err(e) = outcome {
+        counts.rejected += 1;
+        on_reject(Rejected {
+            reject: Reject::new(
+                RejectKind::ReadError,
+                format!("read error: {e}"),
+                file_origin(&name, counts.records, 0),
+            ),
+            raw: &[],
+        });
+    }
+    counts
+}
+
+fn file_origin(name: &str, index: u64, line: u64) -> Origin {
+    Origin {
+        file: Some(name.to_owned()),
+        record: Some(index),
+        line: (line > 0).then_some(line),
+        ..Origin::default()
+    }
+}
