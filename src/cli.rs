@@ -119,18 +119,18 @@ fn normalize(args: NormalizeArgs) -> anyhow::Result<ExitCode> {
             &decoder,
             FrameOptions::default(),
             &mut |event| {
-                if write_error.is_none() {
-                    if let Err(e) = write_json_line(&mut out, &event) {
-                        write_error = Some(e);
-                    }
+                if write_error.is_none()
+                    && let Err(e) = write_json_line(&mut out, &event)
+                {
+                    write_error = Some(e);
                 }
             },
             &mut |Rejected { reject, raw }| match dlq.as_mut() {
                 Some(w) => {
-                    if dlq_error.is_none() {
-                        if let Err(e) = write_json_line(w, &DeadLetter::new(&reject, raw)) {
-                            dlq_error = Some(e);
-                        }
+                    if dlq_error.is_none()
+                        && let Err(e) = write_json_line(w, &DeadLetter::new(&reject, raw))
+                    {
+                        dlq_error = Some(e);
                     }
                 }
                 None => eprintln!("rejected [{}] {reject}", reject.kind),
@@ -142,15 +142,15 @@ fn normalize(args: NormalizeArgs) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    if write_error.is_none() {
-        if let Err(e) = out.flush() {
-            write_error = Some(e);
-        }
+    if write_error.is_none()
+        && let Err(e) = out.flush()
+    {
+        write_error = Some(e);
     }
-    if let Some(w) = dlq.as_mut() {
-        if let Err(e) = w.flush() {
-            dlq_error.get_or_insert(e);
-        }
+    if let Some(w) = dlq.as_mut()
+        && let Err(e) = w.flush()
+    {
+        dlq_error.get_or_insert(e);
     }
     eprintln!("decoded {events} records, rejected {rejected}");
     if let Some(e) = dlq_error {

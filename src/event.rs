@@ -113,10 +113,13 @@ pub struct Principal {
     #[serde(rename = "type")]
     pub kind: PrincipalType,
     /// User name; for role sessions `role/session`.
+    #[schemars(required)]
     pub name: Option<String>,
     /// The cloud's principal id (AWS `AIDA…`/`AROA…:session`, Alibaba / Tencent UIN).
+    #[schemars(required)]
     pub id: Option<String>,
     /// ARN where the cloud has one (AWS always; Alibaba and Tencent when the log carries it).
+    #[schemars(required)]
     pub arn: Option<String>,
     /// For role sessions: the role (session issuer) name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,28 +239,37 @@ pub struct Event {
     pub event_id: String,
     /// When the call happened, UTC.
     pub event_time: DateTime<Utc>,
+    #[schemars(required)]
     pub account_id: Option<AccountId>,
     pub principal: Principal,
     /// The access key that signed the call; null when none was used.
+    #[schemars(required)]
     pub access_key_id: Option<AccessKeyId>,
     pub key_kind: KeyKind,
     /// The caller's IP when the log holds a valid one.
+    #[schemars(required)]
     pub source_ip: Option<IpAddr>,
     /// What the log said the source was: an IP, a service (`ec2.amazonaws.com`,
     /// `AWS Internal`), a masked (`10.10.**.**`) or invalid address.
+    #[schemars(required)]
     pub source_address: Option<String>,
+    #[schemars(required)]
     pub user_agent: Option<String>,
+    #[schemars(required)]
     pub region: Option<String>,
     /// Normalized short service name (`iam`, `sts`, `ec2`, `ram`, `cam`, ...).
     pub service: String,
     /// The API name (`CreateAccessKey`, `DescribeInstances`, ...).
     pub action: String,
     /// Whether the call only reads, where the log says.
+    #[schemars(required)]
     pub read_only: Option<bool>,
     /// A console session rather than an API / SDK call.
     pub console: bool,
     pub outcome: Outcome,
+    #[schemars(required)]
     pub error_code: Option<String>,
+    #[schemars(required)]
     pub request_id: Option<String>,
     pub origin: Origin,
 }

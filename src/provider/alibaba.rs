@@ -16,6 +16,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
             Some((role, session)) => (Some(format!("{role}/{session}")), Some(role.to_owned())),
             None => (Some(n.clone()), Some(n)),
         },
+        (PrincipalType::Root, None) => (Some("root".to_owned()), None),
         (_, n) => (n, None),
     };
     let access_key_id = non_empty(identity.access_key_id.as_ref()).map(AccessKeyId);

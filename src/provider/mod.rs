@@ -5,6 +5,10 @@
 //! them, possibly inside a delivery wrapper; [`Decoder::decode`] unwraps, detects the cloud
 //! of each event (unless pinned) and maps it, pushing one `Result` per event found.
 
+// `Result<Event, Reject>` is the per-event result everywhere; `Event` is the larger of the
+// two, so boxing `Reject` would not make the `Result` smaller.
+#![allow(clippy::result_large_err)]
+
 mod alibaba;
 mod aws;
 pub mod raw;
@@ -192,17 +196,17 @@ impl Decoder {
         }
         if raw.event_name.is_none() {
             if let Some(detail) = raw.detail {
-                if let Some(dt) = raw.detail_type.as_deref() {
-                    if !dt.contains("CloudTrail") {
-                        out.push(Err(Reject::new(
-                            RejectKind::UnknownFormat,
-                            format!(
-                                "EventBridge event of detail-type {dt:?} is not a CloudTrail record"
-                            ),
-                            origin.clone(),
-                        )));
-                        return;
-                    }
+                if let Some(dt) = raw.detail_type.as_deref()
+                    && !dt.contains("CloudTrail")
+                {
+                    out.push(Err(Reject::new(
+                        RejectKind::UnknownFormat,
+                        format!(
+                            "EventBridge event of detail-type {dt:?} is not a CloudTrail record"
+                        ),
+                        origin.clone(),
+                    )));
+                    return;
                 }
                 let ctx = Context {
                     fallback_time: envelope_time(raw.time.as_ref()).or(ctx.fallback_time),
@@ -240,16 +244,15 @@ impl Decoder {
                 self.decode_inner(event, origin, ctx, depth, out);
                 return;
             }
-            if let Some(message) = raw.message.as_deref() {
-                if message.trim_start().starts_with('{') {
-                    let ctx = Context {
-                        fallback_time: envelope_time(raw.at_timestamp.as_ref())
-                            .or(ctx.fallback_time),
-                        hint: ctx.hint,
-                    };
-                    self.decode_value(message.as_bytes(), origin, ctx, depth + 1, out);
-                    return;
-                }
+            if let Some(message) = raw.message.as_deref()
+                && message.trim_start().starts_with('{')
+            {
+                let ctx = Context {
+                    fallback_time: envelope_time(raw.at_timestamp.as_ref()).or(ctx.fallback_time),
+                    hint: ctx.hint,
+                };
+                self.decode_value(message.as_bytes(), origin, ctx, depth + 1, out);
+                return;
             }
         }
         out.push(self.map_event(&raw, bytes, origin, ctx));

@@ -212,14 +212,14 @@ fn parse_aws_json(name: &str, bytes: &[u8]) -> Result<Parsed, ReportError> {
             format!("not a get-credential-report JSON document: {e}"),
         )
     })?;
-    if let Some(fmt) = env.report_format.as_deref() {
-        if fmt != "text/csv" {
-            return Err(file_error(
-                name,
-                1,
-                format!("ReportFormat {fmt:?} is not text/csv"),
-            ));
-        }
+    if let Some(fmt) = env.report_format.as_deref()
+        && fmt != "text/csv"
+    {
+        return Err(file_error(
+            name,
+            1,
+            format!("ReportFormat {fmt:?} is not text/csv"),
+        ));
     }
     let csv = base64::engine::general_purpose::STANDARD
         .decode(env.content.trim())
@@ -347,7 +347,7 @@ fn aws_principal(row: &mut Row<'_>, line: u64) -> ReportPrincipal {
             let service = row.string(&format!("access_key_{n}_last_used_service"));
             let active = active.value().copied().unwrap_or(false);
             let exists = active || last_rotated.value().is_some() || last_used.value().is_some();
-            exists.then(|| ReportKey {
+            exists.then_some(ReportKey {
                 slot: n,
                 id: None,
                 active,

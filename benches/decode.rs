@@ -1,0 +1,133 @@
+//! Decode speed: akwatch's typed decode into `Event` versus building a `serde_json::Value`
+//! of the same bytes, per cloud. Records are compact JSON, one per message, as on Kafka.
+//!
+//! AWS uses the 310 real events of `../shared/corpus/aws/stratus-detonation-logs` when the
+//! corpus is beside the repository (the project's fixtures otherwise); Alibaba and Tencent use
+//! the project's fixtures, varied so that no two records are identical.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use akwatch::event::Origin;
+use akwatch::provider::Decoder;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::Value;
+
+fn compact(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+fn events_of(path: &Path) -> Vec<Value> {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    match v {
+        Value::Array(items) => items,
+        Value::Object(mut o) => match o.remove("Records") {
+            Some(Value::Array(items)) => items,
+            _ => vec![Value::Object(o)],
+        },
+        _ => vec![],
+    }
+}
+
+/// `n` variants of `base`: distinct ids and times, as a real stream would have.
+fn varied(base: &[Value], n: usize, id_key: &str) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut v = base[i % base.len()].clone();
+            if let Some(o) = v.as_object_mut() {
+                o.insert(id_key.to_owned(), Value::String(format!("bench-{i:08}")));
+            }
+            compact(&v)
+        })
+        .collect()
+}
+
+fn corpus_sets() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = root.join("tests/fixtures/ingest");
+    let stratus = root.join("../shared/corpus/aws/stratus-detonation-logs");
+    let aws: Vec<Vec<u8>> = if stratus.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(&stratus)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .flat_map(|p| events_of(p))
+            .map(|v| compact(&v))
+            .collect()
+    } else {
+        let mut base = events_of(&fixtures.join("aws_records.json"));
+        base.extend(events_of(&fixtures.join("aws_single.json")));
+        varied(&base, 300, "eventID")
+    };
+    let alibaba = varied(
+        &events_of(&fixtures.join("alibaba_single.json")),
+        300,
+        "eventId",
+    );
+    // The Tencent raw form, with sessionContext / requestParameters / responseElements as JSON strings.
+    let tencent = varied(
+        &events_of(&fixtures.join("tencent_raw.json")),
+        300,
+        "eventID",
+    );
+    vec![
+        ("aws_cloudtrail", aws),
+        ("alibaba_actiontrail", alibaba),
+        ("tencent_cloudaudit", tencent),
+    ]
+}
+
+fn decode(c: &mut Criterion) {
+    let decoder = Decoder::auto();
+    let origin = Origin::kafka("bench", 0, 0);
+    for (name, records) in corpus_sets() {
+        let bytes: usize = records.iter().map(Vec::len).sum();
+        eprintln!(
+            "{name}: {} records, {bytes} bytes, {:.0} bytes/record",
+            records.len(),
+            bytes as f64 / records.len() as f64
+        );
+        // Sanity: every record decodes to exactly one event.
+        let mut out = Vec::new();
+        for r in &records {
+            decoder.decode(r, &origin, &mut out);
+        }
+        assert!(
+            out.iter().all(Result::is_ok) && out.len() == records.len(),
+            "{name}: {:?}",
+            out.iter().find(|r| r.is_err())
+        );
+
+        let mut group = c.benchmark_group(format!("decode/{name}"));
+        group.throughput(Throughput::Elements(records.len() as u64));
+        group.bench_function("akwatch_event", |b| {
+            let mut out = Vec::with_capacity(4);
+            b.iter(|| {
+                for r in &records {
+                    decoder.decode(black_box(r), &origin, &mut out);
+                    black_box(&out);
+                    out.clear();
+                }
+            })
+        });
+        group.bench_function("serde_json_value", |b| {
+            b.iter(|| {
+                for r in &records {
+                    black_box(serde_json::from_slice::<Value>(black_box(r)).unwrap());
+                }
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4)).warm_up_time(std::time::Duration::from_secs(1));
+    targets = decode
+}
+criterion_main!(benches);
