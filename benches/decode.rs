@@ -68,16 +68,34 @@ fn corpus_sets() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         300,
         "eventId",
     );
-    // The Tencent raw form, with sessionContext / requestParameters / responseElements as JSON strings.
-    let tencent = varied(
-        &events_of(&fixtures.join("tencent_raw.json")),
-        300,
-        "eventID",
-    );
+    // The Tencent raw form, with sessionContext / requestParameters / responseElements as
+    // JSON strings holding JSON.
+    let tencent_raw = events_of(&fixtures.join("tencent_raw.json"));
+    let tencent = varied(&tencent_raw, 300, "eventID");
+    // The same events with those members decoded to objects (CLS / EventBridge deliveries).
+    let tencent_objects: Vec<Value> = tencent_raw
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            for key in ["requestParameters", "responseElements", "resources"] {
+                if let Some(Value::String(s)) = e.get(key) {
+                    let parsed: Value = serde_json::from_str(s).unwrap();
+                    e[key] = parsed;
+                }
+            }
+            if let Some(Value::String(s)) = e["userIdentity"].get("sessionContext") {
+                let parsed: Value = serde_json::from_str(s).unwrap();
+                e["userIdentity"]["sessionContext"] = parsed;
+            }
+            e
+        })
+        .collect();
+    let tencent_decoded = varied(&tencent_objects, 300, "eventID");
     vec![
         ("aws_cloudtrail", aws),
         ("alibaba_actiontrail", alibaba),
-        ("tencent_cloudaudit", tencent),
+        ("tencent_cloudaudit_string_members", tencent),
+        ("tencent_cloudaudit_object_members", tencent_decoded),
     ]
 }
 

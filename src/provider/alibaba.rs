@@ -4,7 +4,7 @@ use crate::event::{
     AccessKeyId, AccountId, Cloud, Event, KeyKind, Outcome, Principal, PrincipalType,
 };
 
-use super::raw::{RawEvent, RawIdentity, Scalar, value_bool};
+use super::raw::{RawEvent, RawIdentity, Scalar, with_session_context};
 use super::{Common, is_error_code, non_empty, parse_ip};
 
 pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common) -> Event {
@@ -29,12 +29,10 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
         }
         Some(_) => KeyKind::Permanent,
     };
-    let mfa = identity.session_context.as_ref().and_then(|c| {
-        c.with(|sc| {
-            sc.and_then(|sc| sc.attributes.as_ref())
-                .and_then(|a| a.mfa_authenticated.as_ref())
-                .and_then(value_bool)
-        })
+    let mfa = with_session_context(identity.session_context, |sc| {
+        sc.and_then(|sc| sc.attributes.as_ref())
+            .and_then(|a| a.mfa_authenticated.as_ref())
+            .and_then(Scalar::as_bool)
     });
     let source_address = non_empty(raw.source_ip_address_alt.as_ref())
         .or_else(|| non_empty(raw.source_ip_address.as_ref()));

@@ -4,12 +4,14 @@ use crate::event::{
     AccessKeyId, AccountId, Cloud, Event, KeyKind, Outcome, Principal, PrincipalType,
 };
 
-use super::raw::{MaybeJson, RawEvent, RawIdentity, RawSessionContext, Scalar, value_bool};
+use super::raw::{
+    RawEvent, RawIdentity, RawSessionContext, Scalar, with_response, with_session_context,
+};
 use super::{Common, is_error_code, non_empty, parse_ip};
 
 pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common) -> Event {
     let kind = principal_type(identity.kind.as_deref());
-    let (role, session_mfa) = session_facts(identity.session_context.as_ref());
+    let (role, session_mfa) = with_session_context(identity.session_context, session_facts);
     let arn = non_empty(identity.arn.as_ref());
     let user_name = non_empty(identity.user_name.as_ref());
     let invoked_by = non_empty(identity.invoked_by.as_ref());
@@ -43,10 +45,10 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
         .as_ref()
         .filter(|c| is_error_code(c))
         .and_then(Scalar::non_empty);
-    let console_login_failed = match &raw.response_elements {
-        Some(MaybeJson::Object(r)) => r.console_login.as_deref() == Some("Failure"),
-        _ => false,
-    };
+    let console_login_failed = common.action == "ConsoleLogin"
+        && with_response(raw.response_elements, |r| {
+            r.and_then(|r| r.console_login.as_deref()) == Some("Failure")
+        });
     let outcome = if error_code.is_some() || console_login_failed {
         Outcome::Failure
     } else {
@@ -127,26 +129,24 @@ fn key_kind(key: Option<&AccessKeyId>, kind: PrincipalType) -> KeyKind {
 }
 
 /// The role name and the MFA flag from `sessionContext`.
-fn session_facts(
-    context: Option<&MaybeJson<'_, RawSessionContext>>,
-) -> (Option<String>, Option<bool>) {
-    let Some(context) = context else {
-        return (None, None);
-    };
-    context.with(|sc| {
-        let Some(sc) = sc else { return (None, None) };
-        let role = sc
-            .session_issuer
-            .as_ref()
-            .filter(|i| i.kind.as_deref().is_none_or(|k| k == "Role"))
-            .and_then(|i| i.user_name.clone().or_else(|| arn_tail(i.arn.as_deref())));
-        let mfa = sc
-            .attributes
-            .as_ref()
-            .and_then(|a| a.mfa_authenticated.as_ref())
-            .and_then(value_bool);
-        (role, mfa)
-    })
+fn session_facts(sc: Option<&RawSessionContext<'_>>) -> (Option<String>, Option<bool>) {
+    let Some(sc) = sc else { return (None, None) };
+    let role = sc
+        .session_issuer
+        .as_ref()
+        .filter(|i| i.kind.as_deref().is_none_or(|k| k == "Role"))
+        .and_then(|i| {
+            i.user_name
+                .as_deref()
+                .map(str::to_owned)
+                .or_else(|| arn_tail(i.arn.as_deref()))
+        });
+    let mfa = sc
+        .attributes
+        .as_ref()
+        .and_then(|a| a.mfa_authenticated.as_ref())
+        .and_then(Scalar::as_bool);
+    (role, mfa)
 }
 
 fn arn_tail(arn: Option<&str>) -> Option<String> {

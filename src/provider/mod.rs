@@ -15,7 +15,6 @@ pub mod raw;
 mod tencent;
 pub mod time;
 
-use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -175,7 +174,7 @@ impl Decoder {
             }
             Some(_) => {}
         }
-        let raw: RawEvent<'_> = match serde_json::from_slice(bytes) {
+        let raw: Box<RawEvent<'_>> = match serde_json::from_slice(bytes) {
             Ok(raw) => raw,
             Err(e) => {
                 out.push(Err(json_reject(bytes, &e, origin)));
@@ -269,7 +268,7 @@ impl Decoder {
     ) {
         let text = inner.get();
         if text.starts_with('"') {
-            match serde_json::from_str::<Cow<'_, str>>(text) {
+            match serde_json::from_str::<raw::Text<'_>>(text) {
                 Ok(s) => self.decode_value(s.as_bytes(), origin, ctx, depth + 1, out),
                 Err(e) => out.push(Err(json_reject(text.as_bytes(), &e, origin))),
             }
@@ -398,7 +397,7 @@ impl Decoder {
         };
         let identity = match &raw.user_identity {
             Some(MaybeJson::Text(text)) => {
-                let parsed: RawIdentity<'_> = serde_json::from_str(text).map_err(|e| {
+                let parsed: Box<RawIdentity<'_>> = serde_json::from_str(text).map_err(|e| {
                     reject(
                         RejectKind::BadField,
                         format!("userIdentity: not a JSON object: {e}"),
@@ -567,7 +566,7 @@ fn json_reject(bytes: &[u8], e: &serde_json::Error, origin: &Origin) -> Reject {
 /// reason can name the member. Only runs on the error path.
 fn data_error_path(bytes: &[u8]) -> String {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize::<_, RawEvent<'_>>(&mut de) {
+    match serde_path_to_error::deserialize::<_, Box<RawEvent<'_>>>(&mut de) {
         Err(e) => e.path().to_string(),
         Ok(_) => String::new(),
     }
@@ -594,7 +593,7 @@ fn parse_ip(address: Option<&str>) -> Option<IpAddr> {
     a.parse().ok()
 }
 
-fn non_empty(s: Option<&Cow<'_, str>>) -> Option<String> {
+fn non_empty(s: Option<&raw::Text<'_>>) -> Option<String> {
     s.map(|c| c.trim())
         .filter(|c| !c.is_empty())
         .map(str::to_owned)

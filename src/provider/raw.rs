@@ -45,6 +45,11 @@ impl<'a> Scalar<'a> {
         self.text().filter(|s| !s.is_empty()).map(Cow::into_owned)
     }
 
+    /// The value as text without allocating, `None` for null, containers and empty strings.
+    pub fn non_empty_str(&self) -> Option<Cow<'_, str>> {
+        self.text().filter(|s| !s.is_empty())
+    }
+
     /// `true`/`false` from a boolean, `"true"`/`"false"`, `1`/`0` or `"1"`/`"0"`.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
@@ -112,6 +117,40 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     }
 }
 
+/// A string borrowed from the input when it has no escapes. (serde's own `Cow<str>` does not
+/// borrow inside an `Option`, which made every string member an allocation.)
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(V(PhantomData))
+    }
+}
+
 /// A member that is either the object `T` itself or a JSON string holding it (Tencent).
 #[derive(Debug)]
 pub enum MaybeJson<'a, T> {
@@ -171,196 +210,212 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for MaybeJson<'a, T> {
     }
 }
 
-impl<'a, T> MaybeJson<'a, T> {
-    /// Calls `f` with the object, parsing it first when it came as a JSON string.
-    /// A string that does not hold a valid object is treated as absent.
-    pub fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R
-    where
-        T: for<'x> Deserialize<'x>,
-    {
-        match self {
-            MaybeJson::Object(t) => f(Some(t)),
-            MaybeJson::Text(s) => {
-                let parsed: Option<T> = serde_json::from_str(s).ok();
-                f(parsed.as_ref())
-            }
-            MaybeJson::Null => f(None),
+/// Declares a struct of optional members and a hand-written `Deserialize` for it: one pass
+/// over the object, each known key parsed straight into its slot, every other key skipped.
+/// (serde's derive keeps one `Option<Option<T>>` local per member and moves the whole struct
+/// at the end; with ~40 members that cost more than the parse itself.) Later duplicates of a
+/// key win, as in most JSON readers.
+macro_rules! raw_members {
+    ($(#[$meta:meta])* pub struct $name:ident<$lt:lifetime> {
+        $($(#[doc = $doc:literal])* $key:literal => $field:ident : $ty:ty,)*
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name<$lt> {
+            $($(#[doc = $doc])* pub $field: Option<$ty>,)*
         }
+
+        // Deserialised into a `Box`: the structs are large, and moving them through serde's
+        // `Result`s and `Option`s cost more than one allocation.
+        impl<'de: $lt, $lt> Deserialize<'de> for Box<$name<$lt>> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct V<$lt>(PhantomData<&$lt ()>);
+                impl<'de: $lt, $lt> Visitor<'de> for V<$lt> {
+                    type Value = Box<$name<$lt>>;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str(concat!("a JSON object (", stringify!($name), ")"))
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                        let mut out = Box::<$name<$lt>>::default();
+                        while let Some(key) = map.next_key::<Text<'de>>()? {
+                            match &*key {
+                                $($key => out.$field = map.next_value()?,)*
+                                _ => {
+                                    map.next_value::<IgnoredAny>()?;
+                                }
+                            }
+                        }
+                        Ok(out)
+                    }
+                }
+                deserializer.deserialize_map(V(PhantomData))
+            }
+        }
+    };
+}
+
+raw_members! {
+    /// The members of a log record that akwatch reads, for all three clouds and their wrappers.
+    pub struct RawEvent<'a> {
+        // --- the event itself (shared names first, then per-cloud spellings) ---
+        "eventVersion" => event_version: Scalar<'a>,
+        "userIdentity" => user_identity: MaybeJson<'a, Box<RawIdentity<'a>>>,
+        "eventTime" => event_time: Scalar<'a>,
+        "eventSource" => event_source: Text<'a>,
+        "eventName" => event_name: Text<'a>,
+        "eventType" => event_type: Text<'a>,
+        "awsRegion" => aws_region: Text<'a>,
+        "acsRegion" => acs_region: Text<'a>,
+        "eventRegion" => event_region: Text<'a>,
+        /// AWS and Tencent spelling.
+        "sourceIPAddress" => source_ip_address: Text<'a>,
+        /// Alibaba spelling.
+        "sourceIpAddress" => source_ip_address_alt: Text<'a>,
+        "userAgent" => user_agent: Text<'a>,
+        "requestID" => request_id: Scalar<'a>,
+        "requestId" => request_id_alt: Scalar<'a>,
+        "eventID" => event_id: Scalar<'a>,
+        "eventId" => event_id_alt: Scalar<'a>,
+        "errorCode" => error_code: Scalar<'a>,
+        "errorMessage" => error_message: Scalar<'a>,
+        /// Tencent v2: numeric API error code beside the string `errorCode`.
+        "apiErrorCode" => api_error_code: Scalar<'a>,
+        "readOnly" => read_only: Scalar<'a>,
+        /// Alibaba: `Read` / `Write`.
+        "eventRW" => event_rw: Text<'a>,
+        /// Tencent v2: `Read` / `Write`.
+        "actionType" => action_type: Text<'a>,
+        "sessionCredentialFromConsole" => session_credential_from_console: Scalar<'a>,
+        "recipientAccountId" => recipient_account_id: Scalar<'a>,
+        /// Alibaba: `Ecs`, `Ram`, ...
+        "serviceName" => service_name: Text<'a>,
+        /// Tencent: `cvm`, `cam`, ...
+        "resourceType" => resource_type: Text<'a>,
+        /// Kept raw and parsed only when read (AWS `ConsoleLogin`): Tencent ships it as a
+        /// JSON string that would otherwise be unescaped for nothing.
+        "responseElements" => response_elements: &'a RawValue,
+
+        // --- wrappers: when one of these is present the event is inside it ---
+        /// CloudTrail log file: `{"Records":[...]}`.
+        "Records" => records: &'a RawValue,
+        /// EventBridge: `detail-type` and the event under `detail`.
+        "detail-type" => detail_type: Text<'a>,
+        "detail" => detail: &'a RawValue,
+        /// CloudEvents (Tencent / Alibaba EventBridge): the event under `data`.
+        "specversion" => specversion: Text<'a>,
+        "data" => data: &'a RawValue,
+        /// EventBridge / CloudEvents envelope time (RFC 3339, or epoch milliseconds).
+        "time" => time: Scalar<'a>,
+        /// Alibaba SLS: the event under `event` (an object or a JSON string).
+        "event" => event: &'a RawValue,
+        "__time__" => sls_time: Scalar<'a>,
+        /// Tencent `DescribeEvents` / `LookUpEvents` API response.
+        "Response" => response: &'a RawValue,
+        /// Tencent API list item: the event as a JSON string.
+        "CloudAuditEvent" => cloud_audit_event: &'a RawValue,
+        "EventTime" => outer_event_time: Scalar<'a>,
+        /// Logstash / Filebeat: `@timestamp` (used when `eventTime` is missing) and the raw
+        /// log line in `message` when the shipper did not parse it.
+        "@timestamp" => at_timestamp: Scalar<'a>,
+        "message" => message: Text<'a>,
     }
 }
 
-/// The members of a log record that akwatch reads, for all three clouds and their wrappers.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RawEvent<'a> {
-    // --- the event itself (shared names first, then per-cloud spellings) ---
-    #[serde(rename = "eventVersion", borrow)]
-    pub event_version: Option<Scalar<'a>>,
-    #[serde(rename = "userIdentity", borrow)]
-    pub user_identity: Option<MaybeJson<'a, RawIdentity<'a>>>,
-    #[serde(rename = "eventTime", borrow)]
-    pub event_time: Option<Scalar<'a>>,
-    #[serde(rename = "eventSource", borrow)]
-    pub event_source: Option<Cow<'a, str>>,
-    #[serde(rename = "eventName", borrow)]
-    pub event_name: Option<Cow<'a, str>>,
-    #[serde(rename = "eventType", borrow)]
-    pub event_type: Option<Cow<'a, str>>,
-    #[serde(rename = "awsRegion", borrow)]
-    pub aws_region: Option<Cow<'a, str>>,
-    #[serde(rename = "acsRegion", borrow)]
-    pub acs_region: Option<Cow<'a, str>>,
-    #[serde(rename = "eventRegion", borrow)]
-    pub event_region: Option<Cow<'a, str>>,
-    /// AWS and Tencent spelling.
-    #[serde(rename = "sourceIPAddress", borrow)]
-    pub source_ip_address: Option<Cow<'a, str>>,
-    /// Alibaba spelling.
-    #[serde(rename = "sourceIpAddress", borrow)]
-    pub source_ip_address_alt: Option<Cow<'a, str>>,
-    #[serde(rename = "userAgent", borrow)]
-    pub user_agent: Option<Cow<'a, str>>,
-    #[serde(rename = "requestID", borrow)]
-    pub request_id: Option<Scalar<'a>>,
-    #[serde(rename = "requestId", borrow)]
-    pub request_id_alt: Option<Scalar<'a>>,
-    #[serde(rename = "eventID", borrow)]
-    pub event_id: Option<Scalar<'a>>,
-    #[serde(rename = "eventId", borrow)]
-    pub event_id_alt: Option<Scalar<'a>>,
-    #[serde(rename = "errorCode", borrow)]
-    pub error_code: Option<Scalar<'a>>,
-    #[serde(rename = "errorMessage", borrow)]
-    pub error_message: Option<Scalar<'a>>,
-    /// Tencent v2: numeric API error code beside the string `errorCode`.
-    #[serde(rename = "apiErrorCode", borrow)]
-    pub api_error_code: Option<Scalar<'a>>,
-    #[serde(rename = "readOnly", borrow)]
-    pub read_only: Option<Scalar<'a>>,
-    /// Alibaba: `Read` / `Write`.
-    #[serde(rename = "eventRW", borrow)]
-    pub event_rw: Option<Cow<'a, str>>,
-    /// Tencent v2: `Read` / `Write`.
-    #[serde(rename = "actionType", borrow)]
-    pub action_type: Option<Cow<'a, str>>,
-    #[serde(rename = "sessionCredentialFromConsole", borrow)]
-    pub session_credential_from_console: Option<Scalar<'a>>,
-    #[serde(rename = "recipientAccountId", borrow)]
-    pub recipient_account_id: Option<Scalar<'a>>,
-    /// Alibaba: `Ecs`, `Ram`, ...
-    #[serde(rename = "serviceName", borrow)]
-    pub service_name: Option<Cow<'a, str>>,
-    /// Tencent: `cvm`, `cam`, ...
-    #[serde(rename = "resourceType", borrow)]
-    pub resource_type: Option<Cow<'a, str>>,
-    #[serde(rename = "responseElements", borrow)]
-    pub response_elements: Option<MaybeJson<'a, RawResponse<'a>>>,
-
-    // --- wrappers: when one of these is present the event is inside it ---
-    /// CloudTrail log file: `{"Records":[...]}`.
-    #[serde(rename = "Records", borrow)]
-    pub records: Option<&'a RawValue>,
-    /// EventBridge: `detail-type` and the event under `detail`.
-    #[serde(rename = "detail-type", borrow)]
-    pub detail_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    pub detail: Option<&'a RawValue>,
-    /// CloudEvents (Tencent / Alibaba EventBridge): the event under `data`.
-    #[serde(borrow)]
-    pub specversion: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    pub data: Option<&'a RawValue>,
-    /// EventBridge / CloudEvents envelope time (RFC 3339, or epoch milliseconds).
-    #[serde(borrow)]
-    pub time: Option<Scalar<'a>>,
-    /// Alibaba SLS: the event under `event` (an object or a JSON string).
-    #[serde(borrow)]
-    pub event: Option<&'a RawValue>,
-    #[serde(rename = "__time__", borrow)]
-    pub sls_time: Option<Scalar<'a>>,
-    /// Tencent `DescribeEvents` / `LookUpEvents` API response.
-    #[serde(rename = "Response", borrow)]
-    pub response: Option<&'a RawValue>,
-    /// Tencent API list item: the event as a JSON string.
-    #[serde(rename = "CloudAuditEvent", borrow)]
-    pub cloud_audit_event: Option<&'a RawValue>,
-    #[serde(rename = "EventTime", borrow)]
-    pub outer_event_time: Option<Scalar<'a>>,
-    /// Logstash / Filebeat: `@timestamp` (used when `eventTime` is missing) and the raw log
-    /// line in `message` when the shipper did not parse it.
-    #[serde(rename = "@timestamp", borrow)]
-    pub at_timestamp: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    pub message: Option<Cow<'a, str>>,
+raw_members! {
+    /// `userIdentity` of all three clouds.
+    pub struct RawIdentity<'a> {
+        "type" => kind: Text<'a>,
+        "principalId" => principal_id: Scalar<'a>,
+        "arn" => arn: Text<'a>,
+        "accountId" => account_id: Scalar<'a>,
+        "accessKeyId" => access_key_id: Text<'a>,
+        /// Tencent's name for the access key id.
+        "secretId" => secret_id: Text<'a>,
+        "userName" => user_name: Text<'a>,
+        "invokedBy" => invoked_by: Text<'a>,
+        /// Kept raw and parsed when read: an object, or (Tencent) a JSON string holding one.
+        "sessionContext" => session_context: &'a RawValue,
+    }
 }
 
-/// `userIdentity` of all three clouds.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RawIdentity<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Option<Cow<'a, str>>,
-    #[serde(rename = "principalId", borrow)]
-    pub principal_id: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    pub arn: Option<Cow<'a, str>>,
-    #[serde(rename = "accountId", borrow)]
-    pub account_id: Option<Scalar<'a>>,
-    #[serde(rename = "accessKeyId", borrow)]
-    pub access_key_id: Option<Cow<'a, str>>,
-    /// Tencent's name for the access key id.
-    #[serde(rename = "secretId", borrow)]
-    pub secret_id: Option<Cow<'a, str>>,
-    #[serde(rename = "userName", borrow)]
-    pub user_name: Option<Cow<'a, str>>,
-    #[serde(rename = "invokedBy", borrow)]
-    pub invoked_by: Option<Cow<'a, str>>,
-    #[serde(rename = "sessionContext", borrow)]
-    pub session_context: Option<MaybeJson<'a, RawSessionContext>>,
+raw_members! {
+    /// `userIdentity.sessionContext`: AWS / Alibaba (`sessionIssuer`, `attributes`) and
+    /// Tencent (`token`, `uin`, `ownerUin`, `mfa`; often shipped as a JSON string).
+    pub struct RawSessionContext<'a> {
+        "sessionIssuer" => session_issuer: Box<RawSessionIssuer<'a>>,
+        "attributes" => attributes: Box<RawSessionAttributes<'a>>,
+        "token" => token: Scalar<'a>,
+        "uin" => uin: Scalar<'a>,
+        "ownerUin" => owner_uin: Scalar<'a>,
+        "mfa" => mfa: Scalar<'a>,
+    }
 }
 
-/// `userIdentity.sessionContext`: AWS / Alibaba (`sessionIssuer`, `attributes`) and Tencent
-/// (`token`, `uin`, `ownerUin`, `mfa`). Owned, because Tencent ships it as a JSON string; its
-/// few loosely typed members are read with [`value_text`] and [`value_bool`].
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RawSessionContext {
-    #[serde(rename = "sessionIssuer")]
-    pub session_issuer: Option<RawSessionIssuer>,
-    pub attributes: Option<RawSessionAttributes>,
-    #[serde(rename = "ec2RoleDelivery")]
-    pub ec2_role_delivery: Option<String>,
-    pub token: Option<serde_json::Value>,
-    pub uin: Option<serde_json::Value>,
-    #[serde(rename = "ownerUin")]
-    pub owner_uin: Option<serde_json::Value>,
-    pub mfa: Option<serde_json::Value>,
+raw_members! {
+    pub struct RawSessionIssuer<'a> {
+        "type" => kind: Text<'a>,
+        "arn" => arn: Text<'a>,
+        "userName" => user_name: Text<'a>,
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RawSessionIssuer {
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub arn: Option<String>,
-    #[serde(rename = "userName")]
-    pub user_name: Option<String>,
+raw_members! {
+    pub struct RawSessionAttributes<'a> {
+        "mfaAuthenticated" => mfa_authenticated: Scalar<'a>,
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RawSessionAttributes {
-    #[serde(rename = "mfaAuthenticated")]
-    pub mfa_authenticated: Option<serde_json::Value>,
+/// Calls `f` with a member kept as a `RawValue` that holds an object `T`, or a JSON string
+/// holding one (Tencent), parsed now. Anything else, or a string that is not such an object,
+/// is absent. `T`'s strings borrow from the member or from the unescaped string.
+macro_rules! with_object {
+    ($raw:expr, $ty:ident, $f:expr) => {{
+        let f = $f;
+        match $raw {
+            None => f(None),
+            Some(raw) => {
+                let text = raw.get();
+                if text.starts_with('"') {
+                    match serde_json::from_str::<Text<'_>>(text) {
+                        Ok(inner) => match serde_json::from_str::<Box<$ty<'_>>>(&inner) {
+                            Ok(t) => f(Some(&*t)),
+                            Err(_) => f(None),
+                        },
+                        Err(_) => f(None),
+                    }
+                } else {
+                    match serde_json::from_str::<Box<$ty<'_>>>(text) {
+                        Ok(t) => f(Some(&*t)),
+                        Err(_) => f(None),
+                    }
+                }
+            }
+        }
+    }};
 }
 
-/// The parts of `responseElements` the decoders read.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RawResponse<'a> {
-    /// AWS console sign-in result: `Success` / `Failure`.
-    #[serde(rename = "ConsoleLogin", borrow)]
-    pub console_login: Option<Cow<'a, str>>,
+/// `sessionContext`, parsed (see [`with_object!`]).
+pub fn with_session_context<R>(
+    raw: Option<&RawValue>,
+    f: impl for<'x> FnOnce(Option<&RawSessionContext<'x>>) -> R,
+) -> R {
+    with_object!(raw, RawSessionContext, f)
+}
+
+/// `responseElements`, parsed (see [`with_object!`]).
+pub fn with_response<R>(
+    raw: Option<&RawValue>,
+    f: impl for<'x> FnOnce(Option<&RawResponse<'x>>) -> R,
+) -> R {
+    with_object!(raw, RawResponse, f)
+}
+
+raw_members! {
+    /// The parts of `responseElements` the decoders read.
+    pub struct RawResponse<'a> {
+        /// AWS console sign-in result: `Success` / `Failure`.
+        "ConsoleLogin" => console_login: Text<'a>,
+    }
 }
 
 /// Tencent `{"Response": {"Events": [...]}}`.
@@ -371,24 +426,4 @@ pub struct RawTencentResponse<'a> {
     pub events: Option<Vec<&'a RawValue>>,
     #[serde(rename = "Error", borrow)]
     pub error: Option<&'a RawValue>,
-}
-
-/// A JSON scalar as text (`"x"` → `x`, `12` → `12`); `None` for null, containers and `""`.
-pub fn value_text(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// A JSON scalar as a boolean: `true`, `"true"`, `1`, `"1"` (and their negatives).
-pub fn value_bool(v: &serde_json::Value) -> Option<bool> {
-    match v {
-        serde_json::Value::Bool(b) => Some(*b),
-        serde_json::Value::Number(n) => n.as_i64().map(|i| i != 0),
-        serde_json::Value::String(s) => Scalar::Str(Cow::Borrowed(s)).as_bool(),
-        _ => None,
-    }
 }

@@ -4,7 +4,7 @@ use crate::event::{
     AccessKeyId, AccountId, Cloud, Event, KeyKind, Outcome, Principal, PrincipalType,
 };
 
-use super::raw::{RawEvent, RawIdentity, RawSessionContext, Scalar, value_bool, value_text};
+use super::raw::{RawEvent, RawIdentity, RawSessionContext, Scalar, with_session_context};
 use super::{Common, is_error_code, non_empty, parse_ip};
 
 /// What `sessionContext` (an object, or a JSON string holding one) tells.
@@ -17,25 +17,21 @@ struct Session {
 }
 
 impl Session {
-    fn from(sc: Option<&RawSessionContext>) -> Self {
+    fn from(sc: Option<&RawSessionContext<'_>>) -> Self {
         let Some(sc) = sc else {
             return Session::default();
         };
         Session {
-            token: sc.token.as_ref().and_then(value_text).is_some(),
-            uin: sc.uin.as_ref().and_then(value_text),
-            owner_uin: sc.owner_uin.as_ref().and_then(value_text),
-            mfa: sc.mfa.as_ref().and_then(value_bool),
+            token: sc.token.as_ref().and_then(Scalar::non_empty_str).is_some(),
+            uin: sc.uin.as_ref().and_then(Scalar::non_empty),
+            owner_uin: sc.owner_uin.as_ref().and_then(Scalar::non_empty),
+            mfa: sc.mfa.as_ref().and_then(Scalar::as_bool),
         }
     }
 }
 
 pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common) -> Event {
-    let session = identity
-        .session_context
-        .as_ref()
-        .map(|c| c.with(Session::from))
-        .unwrap_or_default();
+    let session = with_session_context(identity.session_context, Session::from);
     let principal_id = identity.principal_id.as_ref().and_then(Scalar::non_empty);
     let account_id = identity
         .account_id

@@ -10,13 +10,16 @@
 //! (and validated) by the provider decoders. This is why it is hand-written rather than a
 //! streaming JSON parser: it must keep going past a malformed record, which a parser does not.
 
-use std::io::{self, BufRead};
+use std::io::{self, Read};
 
 /// Records larger than this are rejected (and not buffered beyond it).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
 /// How much of the stream is looked at to tell JSON lines from whole-file JSON.
 const PEEK_BYTES: usize = 256 * 1024;
+
+/// How much is read at a time.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct FrameOptions {
@@ -53,16 +56,20 @@ pub struct Frame<'a> {
 
 /// Reads `reader` to the end, calling `emit` for every record. Only I/O errors are returned;
 /// malformed input becomes frames with `broken` set, or records the decoder will reject.
-pub fn frame_records<R: BufRead>(
+pub fn frame_records<R: Read>(
     mut reader: R,
     options: FrameOptions,
     mut emit: impl FnMut(Frame<'_>),
 ) -> io::Result<ScanEnd> {
-    let lines_mode = peek_lines_mode(&mut reader)?;
+    let peek = peek_first_line(&mut reader)?;
+    let lines_mode = detect_lines_mode(&peek);
+    let mut reader = io::Cursor::new(peek).chain(reader);
     let mut scanner = Scanner::new(lines_mode, options.max_record_bytes);
+    let mut chunk = vec![0u8; CHUNK_BYTES];
     loop {
-        let chunk = match reader.fill_buf() {
-            Ok(c) => c,
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(io::Error::new(
@@ -74,14 +81,9 @@ pub fn frame_records<R: BufRead>(
                 ));
             }
         };
-        if chunk.is_empty() {
-            break;
-        }
-        for &b in chunk {
+        for &b in &chunk[..n] {
             scanner.step(b, &mut emit);
         }
-        let n = chunk.len();
-        reader.consume(n);
     }
     scanner.finish(&mut emit);
     Ok(ScanEnd {
@@ -99,15 +101,28 @@ pub struct ScanEnd {
     pub lines_mode: bool,
 }
 
-/// Looks at what the reader has buffered (without consuming it) to choose the mode.
-fn peek_lines_mode<R: BufRead>(reader: &mut R) -> io::Result<bool> {
-    loop {
-        match reader.fill_buf() {
-            Ok(buf) => return Ok(detect_lines_mode(&buf[..buf.len().min(PEEK_BYTES)])),
+/// Reads until the first non-blank line is complete, `PEEK_BYTES` are in, or the input ends.
+/// (One `read` is not enough: pipes, stdin and decompressors return short reads.)
+fn peek_first_line<R: Read>(reader: &mut R) -> io::Result<Vec<u8>> {
+    let mut peek = Vec::with_capacity(8 * 1024);
+    let mut buf = [0u8; 8 * 1024];
+    while peek.len() < PEEK_BYTES {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
+        };
+        let searched = peek.len();
+        peek.extend_from_slice(&buf[..n]);
+        let start = peek.iter().position(|b| !b.is_ascii_whitespace());
+        if let Some(start) = start
+            && peek[start.max(searched)..].contains(&b'\n')
+        {
+            break;
         }
     }
+    Ok(peek)
 }
 
 /// JSON lines when the first non-blank line holds a complete value on its own (or is longer
@@ -576,6 +591,43 @@ mod tests {
         assert_eq!(got[0].2, Some(Broken::TooLarge));
         assert_eq!(got[0].0.len(), 32);
         assert_eq!(got[1], ("{\"b\":1}".into(), 2, None));
+    }
+
+    /// A reader that hands out one byte per `read`, as a slow pipe may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), buf.is_empty()) {
+                (Some((b, rest)), false) => {
+                    buf[0] = *b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn short_reads_do_not_change_the_mode() {
+        let input = "{\"Records\":[{\"a\":1},\n{\"b\":2}]}\n";
+        let mut got = Vec::new();
+        let end = frame_records(Trickle(input.as_bytes()), FrameOptions::default(), |f| {
+            got.push((
+                String::from_utf8_lossy(f.bytes).into_owned(),
+                f.broken.is_some(),
+            ));
+        })
+        .unwrap();
+        assert!(!end.lines_mode);
+        assert_eq!(
+            got,
+            [
+                ("{\"a\":1}".to_owned(), false),
+                ("{\"b\":2}".to_owned(), false)
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The project's one test command: installs what is missing, then runs every check and test.
+#   bash scripts/test.sh
+# Environment:
+#   AKWATCH_REQUIRE_CORPUS=1  fail (instead of skipping) when ../shared/corpus is absent (CI sets it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain"
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust (https://rustup.rs) first" >&2
+    exit 1
+fi
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        rustup component add "$component"
+    fi
+done
+cargo --version
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "tests"
+# --all-targets also runs each criterion bench once, as a test. The bound keeps a hung test
+# from eating the CI budget.
+timeout 1800 cargo test --locked --all-targets
