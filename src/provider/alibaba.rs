@@ -1,11 +1,9 @@
 //! Alibaba Cloud ActionTrail events.
 
-use crate::event::{
-    AccessKeyId, AccountId, Cloud, Event, KeyKind, Outcome, Principal, PrincipalType,
-};
+use crate::event::{AccessKeyId, Cloud, Event, KeyKind, Principal, PrincipalType};
 
 use super::raw::{RawEvent, RawIdentity, Scalar, with_session_context};
-use super::{Common, is_error_code, non_empty, parse_ip};
+use super::{Common, account_of, is_error_code, non_empty, outcome_of, parse_ip};
 
 pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common) -> Event {
     let kind = principal_type(identity.kind.as_deref());
@@ -55,16 +53,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
         cloud: Cloud::Alibaba,
         event_id: common.event_id,
         event_time: common.event_time,
-        account_id: identity
-            .account_id
-            .as_ref()
-            .and_then(Scalar::non_empty)
-            .or_else(|| {
-                raw.recipient_account_id
-                    .as_ref()
-                    .and_then(Scalar::non_empty)
-            })
-            .map(AccountId),
+        account_id: account_of(raw, identity),
         principal: Principal {
             kind,
             name,
@@ -84,11 +73,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
         action: common.action,
         read_only,
         console,
-        outcome: if error_code.is_some() {
-            Outcome::Failure
-        } else {
-            Outcome::Success
-        },
+        outcome: outcome_of(error_code.as_ref()),
         error_code,
         request_id: raw
             .request_id_alt

@@ -1,13 +1,11 @@
 //! AWS CloudTrail events.
 
-use crate::event::{
-    AccessKeyId, AccountId, Cloud, Event, KeyKind, Outcome, Principal, PrincipalType,
-};
+use crate::event::{AccessKeyId, Cloud, Event, KeyKind, Outcome, Principal, PrincipalType};
 
 use super::raw::{
     RawEvent, RawIdentity, RawSessionContext, Scalar, with_response, with_session_context,
 };
-use super::{Common, is_error_code, non_empty, parse_ip};
+use super::{Common, account_of, is_error_code, non_empty, parse_ip};
 
 pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common) -> Event {
     let kind = principal_type(identity.kind.as_deref());
@@ -66,16 +64,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
         cloud: Cloud::Aws,
         event_id: common.event_id,
         event_time: common.event_time,
-        account_id: identity
-            .account_id
-            .as_ref()
-            .and_then(Scalar::non_empty)
-            .or_else(|| {
-                raw.recipient_account_id
-                    .as_ref()
-                    .and_then(Scalar::non_empty)
-            })
-            .map(AccountId),
+        account_id: account_of(raw, identity),
         principal: Principal {
             kind,
             name,

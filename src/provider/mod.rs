@@ -286,18 +286,28 @@ impl Decoder {
         out: &mut Vec<Result<Event, Reject>>,
     ) {
         match serde_json::from_slice::<Vec<&RawValue>>(bytes) {
-            Ok(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    self.decode_value(
-                        item.get().as_bytes(),
-                        &origin.at_index(i),
-                        ctx,
-                        depth + 1,
-                        out,
-                    );
-                }
-            }
+            Ok(items) => self.decode_items(&items, origin, ctx, depth, out),
             Err(e) => out.push(Err(json_reject(bytes, &e, origin))),
+        }
+    }
+
+    /// Decodes the events of a batch, each with its index in the origin.
+    fn decode_items(
+        &self,
+        items: &[&RawValue],
+        origin: &Origin,
+        ctx: Context,
+        depth: u8,
+        out: &mut Vec<Result<Event, Reject>>,
+    ) {
+        for (i, item) in items.iter().enumerate() {
+            self.decode_value(
+                item.get().as_bytes(),
+                &origin.at_index(i),
+                ctx,
+                depth + 1,
+                out,
+            );
         }
     }
 
@@ -332,16 +342,7 @@ impl Decoder {
             )));
             return;
         };
-        let ctx = hinted(ctx, Cloud::Tencent);
-        for (i, item) in events.iter().enumerate() {
-            self.decode_value(
-                item.get().as_bytes(),
-                &origin.at_index(i),
-                ctx,
-                depth + 1,
-                out,
-            );
-        }
+        self.decode_items(&events, origin, hinted(ctx, Cloud::Tencent), depth, out);
     }
 
     /// Maps one unwrapped event record.
@@ -608,6 +609,28 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// The account of the caller: `userIdentity.accountId`, else the recipient account.
+fn account_of(raw: &RawEvent<'_>, identity: &RawIdentity<'_>) -> Option<crate::event::AccountId> {
+    identity
+        .account_id
+        .as_ref()
+        .and_then(Scalar::non_empty)
+        .or_else(|| {
+            raw.recipient_account_id
+                .as_ref()
+                .and_then(Scalar::non_empty)
+        })
+        .map(crate::event::AccountId)
+}
+
+/// Failure when the call carries an error code.
+fn outcome_of(error_code: Option<&String>) -> crate::event::Outcome {
+    match error_code {
+        Some(_) => crate::event::Outcome::Failure,
+        None => crate::event::Outcome::Success,
+    }
 }
 
 /// `true` when an error code means failure: anything but empty, `0` or `Success`.

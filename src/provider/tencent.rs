@@ -1,11 +1,9 @@
 //! Tencent Cloud CloudAudit events (v1 2017 format and v2).
 
-use crate::event::{
-    AccessKeyId, AccountId, Cloud, Event, KeyKind, Outcome, Principal, PrincipalType,
-};
+use crate::event::{AccessKeyId, AccountId, Cloud, Event, KeyKind, Principal, PrincipalType};
 
 use super::raw::{RawEvent, RawIdentity, RawSessionContext, Scalar, with_session_context};
-use super::{Common, is_error_code, non_empty, parse_ip};
+use super::{Common, is_error_code, non_empty, outcome_of, parse_ip};
 
 /// What `sessionContext` (an object, or a JSON string holding one) tells.
 #[derive(Default)]
@@ -98,11 +96,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
         action: common.action,
         read_only,
         console: raw.event_type.as_deref() == Some("ConsoleCall"),
-        outcome: if error_code.is_some() {
-            Outcome::Failure
-        } else {
-            Outcome::Success
-        },
+        outcome: outcome_of(error_code.as_ref()),
         error_code,
         request_id: raw
             .request_id

@@ -247,13 +247,7 @@ impl Scanner {
                 return;
             }
             self.push(b);
-            if self.esc {
-                self.esc = false;
-            } else if b == b'\\' {
-                self.esc = true;
-            } else if b == b'"' {
-                self.in_str = false;
-            }
+            self.string_byte(b);
             return;
         }
         if self.scalar && (b.is_ascii_whitespace() || matches!(b, b',' | b']' | b'}')) {
@@ -332,15 +326,20 @@ impl Scanner {
         }
     }
 
+    /// Tracks the end of a string: an unescaped `"`.
+    fn string_byte(&mut self, b: u8) {
+        if self.esc {
+            self.esc = false;
+        } else if b == b'\\' {
+            self.esc = true;
+        } else if b == b'"' {
+            self.in_str = false;
+        }
+    }
+
     fn skip_wrapper_rest(&mut self, b: u8) {
         if self.in_str {
-            if self.esc {
-                self.esc = false;
-            } else if b == b'\\' {
-                self.esc = true;
-            } else if b == b'"' {
-                self.in_str = false;
-            }
+            self.string_byte(b);
             return;
         }
         match b {
