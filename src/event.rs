@@ -130,6 +130,38 @@ pub struct Principal {
     /// Whether the session was MFA-authenticated, where the log says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfa: Option<bool>,
+    /// For a role session held by a VM (EC2 instance profile, CVM / ECS instance role): the
+    /// instance id in its session name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+/// What the request did, from its parameters and response: the facts rules read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Request {
+    /// The user a credential, policy or login call targets (`userName`, `UserName`,
+    /// `TargetUin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_user: Option<String>,
+    /// The policy attached or written: ARN, name, `policy-id:N`, or `inline:full-access` for an
+    /// inline document that allows `*` on `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The access key a `CreateAccessKey` call created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_key_id: Option<AccessKeyId>,
+    /// The main resource read or changed (secret, parameter, trail, instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+impl Request {
+    pub fn is_empty(&self) -> bool {
+        self.target_user.is_none()
+            && self.policy.is_none()
+            && self.created_key_id.is_none()
+            && self.resource.is_none()
+    }
 }
 
 /// The shape of the credential used.
@@ -271,6 +303,9 @@ pub struct Event {
     pub error_code: Option<String>,
     #[schemars(required)]
     pub request_id: Option<String>,
+    /// Facts from the request parameters and response.
+    #[serde(default, skip_serializing_if = "Request::is_empty")]
+    pub request: Request,
     pub origin: Origin,
 }
 

@@ -1,6 +1,6 @@
 //! Alibaba Cloud ActionTrail events.
 
-use crate::event::{AccessKeyId, Cloud, Event, KeyKind, Principal, PrincipalType};
+use crate::event::{AccessKeyId, Cloud, Event, KeyKind, Principal, PrincipalType, Request};
 
 use super::raw::{RawEvent, RawIdentity, Scalar, with_session_context};
 use super::{Common, account_of, is_error_code, non_empty, outcome_of, parse_ip};
@@ -62,6 +62,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
             role,
             invoked_by: None,
             mfa,
+            instance_id: None,
         },
         access_key_id,
         key_kind,
@@ -80,6 +81,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
             .as_ref()
             .or(raw.request_id.as_ref())
             .and_then(Scalar::non_empty),
+        request: Request::default(),
         origin: common.origin,
     }
 }

@@ -1,6 +1,8 @@
 //! AWS CloudTrail events.
 
-use crate::event::{AccessKeyId, Cloud, Event, KeyKind, Outcome, Principal, PrincipalType};
+use crate::event::{
+    AccessKeyId, Cloud, Event, KeyKind, Outcome, Principal, PrincipalType, Request,
+};
 
 use super::raw::{
     RawEvent, RawIdentity, RawSessionContext, Scalar, with_response, with_session_context,
@@ -73,6 +75,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
             role,
             invoked_by,
             mfa: session_mfa,
+            instance_id: None,
         },
         access_key_id,
         key_kind,
@@ -87,6 +90,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
         outcome,
         error_code,
         request_id: raw.request_id.as_ref().and_then(Scalar::non_empty),
+        request: Request::default(),
         origin: common.origin,
     }
 }

@@ -434,11 +434,13 @@ impl Decoder {
                 .unwrap_or_else(|| synthetic_event_id(bytes)),
             origin: origin.clone(),
         };
-        let event = match cloud {
+        let mut event = match cloud {
             Cloud::Aws => aws::map(raw, identity, common),
             Cloud::Alibaba => alibaba::map(raw, identity, common),
             Cloud::Tencent => tencent::map(raw, identity, common),
         };
+        event.request = request_facts(raw, &event.action);
+        event.principal.instance_id = instance_session(&event.principal);
         Ok(event)
     }
 }
@@ -609,6 +611,97 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// The facts rules need from `requestParameters` and `responseElements`, whatever the cloud's
+/// spelling.
+fn request_facts(raw: &RawEvent<'_>, action: &str) -> crate::event::Request {
+    let mut request = raw::with_request(raw.request_parameters, |r| {
+        let Some(r) = r else {
+            return crate::event::Request::default();
+        };
+        let text = |t: &Option<raw::Text<'_>>| {
+            t.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let scalar = |s: &Option<Scalar<'_>>| s.as_ref().and_then(Scalar::non_empty);
+        let inline = text(&r.policy_document)
+            .or_else(|| text(&r.policy_document_alt))
+            .map(|doc| {
+                if allows_everything(&doc) {
+                    "inline:full-access".to_owned()
+                } else {
+                    "inline".to_owned()
+                }
+            });
+        let policy = text(&r.policy_arn)
+            .or_else(|| inline.filter(|p| p == "inline:full-access"))
+            .or_else(|| text(&r.policy_name))
+            .or_else(|| scalar(&r.policy_name_alt))
+            .or_else(|| scalar(&r.policy_id).map(|id| format!("policy-id:{id}")));
+        crate::event::Request {
+            target_user: scalar(&r.user_name)
+                .or_else(|| scalar(&r.user_name_alt))
+                .or_else(|| scalar(&r.target_uin))
+                .or_else(|| scalar(&r.attach_uin))
+                .or_else(|| scalar(&r.uin)),
+            policy,
+            created_key_id: None,
+            resource: text(&r.secret_id)
+                .or_else(|| text(&r.secret_name))
+                .or_else(|| text(&r.parameter_name))
+                .or_else(|| scalar(&r.name))
+                .or_else(|| scalar(&r.name_alt))
+                .or_else(|| text(&r.instance_id))
+                .or_else(|| text(&r.instance_id_alt))
+                .or_else(|| text(&r.role_name)),
+        }
+    });
+    if action == "CreateAccessKey" {
+        request.created_key_id = raw::with_response(raw.response_elements, |r| {
+            let r = r?;
+            let key = r.access_key.as_ref().or(r.access_key_alt.as_ref())?;
+            key.access_key_id
+                .as_deref()
+                .or(key.access_key_id_alt.as_deref())
+                .filter(|k| !k.is_empty())
+                .map(|k| crate::event::AccessKeyId(k.to_owned()))
+        });
+    }
+    request
+}
+
+/// An inline policy document that allows every action on every resource.
+fn allows_everything(doc: &str) -> bool {
+    let d: String = doc
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    d.contains("\"effect\":\"allow\"")
+        && (d.contains("\"action\":\"*\"") || d.contains("\"action\":[\"*\"]"))
+        && (d.contains("\"resource\":\"*\"") || d.contains("\"resource\":[\"*\"]"))
+}
+
+/// The instance id when a role session is held by a VM: AWS `role/i-0abc…`, Tencent
+/// `…:ins-…`, Alibaba `role/i-…`.
+fn instance_session(principal: &crate::event::Principal) -> Option<String> {
+    if principal.kind != crate::event::PrincipalType::AssumedRole {
+        return None;
+    }
+    let session = |s: &str| s.rsplit(['/', ':']).next().map(str::to_owned);
+    let candidate = principal
+        .name
+        .as_deref()
+        .and_then(session)
+        .into_iter()
+        .chain(principal.id.as_deref().and_then(session));
+    candidate.into_iter().find(|s| {
+        let rest = s.strip_prefix("i-").or_else(|| s.strip_prefix("ins-"));
+        rest.is_some_and(|r| r.len() >= 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+    })
 }
 
 /// The account of the caller: `userIdentity.accountId`, else the recipient account.

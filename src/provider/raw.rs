@@ -294,6 +294,8 @@ raw_members! {
         /// Kept raw and parsed only when read (AWS `ConsoleLogin`): Tencent ships it as a
         /// JSON string that would otherwise be unescaped for nothing.
         "responseElements" => response_elements: &'a RawValue,
+        /// Kept raw and parsed when read (see [`with_request`]).
+        "requestParameters" => request_parameters: &'a RawValue,
 
         // --- wrappers: when one of these is present the event is inside it ---
         /// CloudTrail log file: `{"Records":[...]}`.
@@ -415,7 +417,54 @@ raw_members! {
     pub struct RawResponse<'a> {
         /// AWS console sign-in result: `Success` / `Failure`.
         "ConsoleLogin" => console_login: Text<'a>,
+        /// AWS `CreateAccessKey`: `{"accessKeyId": ...}`.
+        "accessKey" => access_key: Box<RawCreatedKey<'a>>,
+        /// Alibaba / Tencent `CreateAccessKey`: `{"AccessKeyId": ...}`.
+        "AccessKey" => access_key_alt: Box<RawCreatedKey<'a>>,
     }
+}
+
+raw_members! {
+    pub struct RawCreatedKey<'a> {
+        "accessKeyId" => access_key_id: Text<'a>,
+        "AccessKeyId" => access_key_id_alt: Text<'a>,
+    }
+}
+
+raw_members! {
+    /// The request parameters rules read, in the spellings of the three clouds.
+    pub struct RawRequest<'a> {
+        // The user a credential / policy / login call targets.
+        "userName" => user_name: Scalar<'a>,
+        "UserName" => user_name_alt: Scalar<'a>,
+        "TargetUin" => target_uin: Scalar<'a>,
+        "AttachUin" => attach_uin: Scalar<'a>,
+        "Uin" => uin: Scalar<'a>,
+        // The policy attached or written.
+        "policyArn" => policy_arn: Text<'a>,
+        "policyName" => policy_name: Text<'a>,
+        "PolicyName" => policy_name_alt: Scalar<'a>,
+        "PolicyId" => policy_id: Scalar<'a>,
+        "policyDocument" => policy_document: Text<'a>,
+        "PolicyDocument" => policy_document_alt: Text<'a>,
+        // The main resource read or changed.
+        "secretId" => secret_id: Text<'a>,
+        "SecretName" => secret_name: Text<'a>,
+        "name" => name: Scalar<'a>,
+        "Name" => name_alt: Scalar<'a>,
+        "ParameterName" => parameter_name: Text<'a>,
+        "instanceId" => instance_id: Text<'a>,
+        "InstanceId" => instance_id_alt: Text<'a>,
+        "roleName" => role_name: Text<'a>,
+    }
+}
+
+/// `requestParameters`, parsed (see [`with_object!`]).
+pub fn with_request<R>(
+    raw: Option<&RawValue>,
+    f: impl for<'x> FnOnce(Option<&RawRequest<'x>>) -> R,
+) -> R {
+    with_object!(raw, RawRequest, f)
 }
 
 /// Tencent `{"Response": {"Events": [...]}}`.

@@ -1,6 +1,8 @@
 //! Tencent Cloud CloudAudit events (v1 2017 format and v2).
 
-use crate::event::{AccessKeyId, AccountId, Cloud, Event, KeyKind, Principal, PrincipalType};
+use crate::event::{
+    AccessKeyId, AccountId, Cloud, Event, KeyKind, Principal, PrincipalType, Request,
+};
 
 use super::raw::{RawEvent, RawIdentity, RawSessionContext, Scalar, with_session_context};
 use super::{Common, is_error_code, non_empty, outcome_of, parse_ip};
@@ -85,6 +87,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
             role: None,
             invoked_by: None,
             mfa: session.mfa,
+            instance_id: None,
         },
         access_key_id,
         key_kind,
@@ -103,6 +106,7 @@ pub(super) fn map(raw: &RawEvent<'_>, identity: &RawIdentity<'_>, common: Common
             .as_ref()
             .or(raw.request_id_alt.as_ref())
             .and_then(Scalar::non_empty),
+        request: Request::default(),
         origin: common.origin,
     }
 }

@@ -95,6 +95,15 @@ fn aws_single_event() {
     assert!(!e.console);
     assert_eq!(e.outcome, Outcome::Success);
     assert_eq!(e.origin.line, Some(1));
+    assert_eq!(
+        e.request.target_user.as_deref(),
+        Some("backup-svc"),
+        "requestParameters.userName"
+    );
+    assert_eq!(
+        e.request.created_key_id.as_ref().unwrap().as_str(),
+        "AKIATESTBACKUP000002"
+    );
 }
 
 #[test]
@@ -110,6 +119,11 @@ fn aws_records_file_with_role_session_root_console_and_service() {
     );
     assert_eq!(role.key_kind, KeyKind::Temporary);
     assert_eq!(role.source_ip, ip("2001:db8::42"));
+    assert_eq!(
+        role.principal.instance_id.as_deref(),
+        Some("i-0a1b2c3d4e5f60718"),
+        "an EC2 instance-profile session"
+    );
     assert_eq!(
         role.origin.record,
         Some(0),
@@ -238,6 +252,15 @@ fn tencent_string_members_api_response_and_cloudevents() {
     assert_eq!(e.key_kind, KeyKind::Permanent, "no session token");
     assert_eq!(e.account_id.as_ref().unwrap().as_str(), "100011110000");
     assert_eq!(e.service, "cam");
+    assert_eq!(
+        e.request.target_user.as_deref(),
+        Some("100011113333"),
+        "TargetUin inside a JSON string"
+    );
+    assert_eq!(
+        e.request.created_key_id.as_ref().unwrap().as_str(),
+        "AKIDTestNewKeyFor3333000000000002"
+    );
 
     let d = &one("tencent_describe_events.json").events[0];
     assert_eq!(
