@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod enrich;
 pub mod event;
 pub mod provider;
 pub mod report;
