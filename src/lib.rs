@@ -7,11 +7,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alarm;
 pub mod cli;
+pub mod engine;
 pub mod enrich;
 pub mod event;
+pub mod policy;
 pub mod provider;
 pub mod report;
+pub mod rule;
 pub mod sink;
 pub mod source;
 

@@ -1,0 +1,475 @@
+//! The detection engine: rules over per-key state in event time, policies, aggregation.
+//!
+//! For each event: derive the facts conditions read (IP new for the key, idle days, leaked,
+//! inactive), evaluate every enabled rule (skipping IP-based ones for IP-hidden keys), update
+//! the key's state, then pass the hits through the allowlist into the aggregator.
+
+pub mod state;
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::alarm::{AggregationSettings, Aggregator, Alarm, Hit};
+use crate::enrich::{Enrichment, IpClass, geo::distance_km};
+use crate::event::{Event, KeyKind, Outcome};
+use crate::policy::Policy;
+use crate::rule::cond::Facts;
+use crate::rule::{Attr, Detector, Link, Rule, RuleSet, Severity};
+use state::{KeyState, Located, State, insert_sorted, value_hash};
+
+/// Counters a run reports (and the metrics expose).
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub events: u64,
+    pub hits: BTreeMap<String, u64>,
+    pub alarms: BTreeMap<String, u64>,
+    pub allowlisted: BTreeMap<String, u64>,
+    /// Rule evaluations skipped because the key's IPs are hidden.
+    pub ip_hidden_skips: u64,
+}
+
+/// A rule as the engine runs it: compiled, with its policy applied.
+#[derive(Debug, Clone)]
+struct Active {
+    rule: Rule,
+    severity: Severity,
+    settings: AggregationSettings,
+}
+
+/// The engine. One per stream; its state may be shared (`State` is concurrent).
+pub struct Engine {
+    rules: Vec<Active>,
+    pub policy: Policy,
+    pub state: State,
+    aggregator: Aggregator,
+    pub stats: Stats,
+    /// The longest look-back of any detector, for state expiry.
+    horizon: i64,
+    /// `new_source_ip` history, for the `ip_new_for_key` fact.
+    ip_history: i64,
+    /// Attributes any `first_seen` detector remembers (the source IP always).
+    remembered: Vec<Attr>,
+    processed_since_expiry: u64,
+}
+
+/// Keys are expired of old state every this many events.
+const EXPIRY_EVERY: u64 = 50_000;
+
+/// How long a key must have been seen before its IPs can be "new".
+const IP_NEW_MIN_KEY_AGE: i64 = 86_400;
+
+impl Engine {
+    /// Builds the engine from the rule set and the policy (threshold overrides applied,
+    /// disabled rules left out). Problems are returned together.
+    pub fn new(rules: &RuleSet, policy: Policy) -> Result<Engine, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut active = Vec::new();
+        for rule in &rules.rules {
+            let p = policy.rule(&rule.id);
+            if !p.enabled {
+                continue;
+            }
+            let mut rule = rule.clone();
+            if let Err(e) = rule.apply_thresholds(&p.thresholds) {
+                errors.push(format!("alarm_policy: {e}"));
+            }
+            active.push(Active {
+                severity: p.severity.unwrap_or(rule.severity),
+                settings: AggregationSettings {
+                    period_secs: p.aggregation.secs().max(1),
+                    renotify_secs: p.renotify.secs(),
+                },
+                rule,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let horizon = active
+            .iter()
+            .flat_map(|a| a.rule.detectors.iter().map(Detector::horizon))
+            .max()
+            .unwrap_or(0)
+            .max(7 * 86_400)
+            + policy.allowed_lateness.secs();
+        let ip_history = active
+            .iter()
+            .flat_map(|a| &a.rule.detectors)
+            .filter_map(|d| match d {
+                Detector::FirstSeen { attr: Attr::SourceIp, history, .. } => Some(*history),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(10 * 86_400);
+        let mut remembered = vec![Attr::SourceIp];
+        for d in active.iter().flat_map(|a| &a.rule.detectors) {
+            if let Detector::FirstSeen { attr, .. } = d
+                && !remembered.contains(attr)
+            {
+                remembered.push(*attr);
+            }
+        }
+        Ok(Engine {
+            rules: active,
+            policy,
+            state: State::default(),
+            aggregator: Aggregator::default(),
+            stats: Stats::default(),
+            horizon,
+            ip_history,
+            remembered,
+            processed_since_expiry: 0,
+        })
+    }
+
+    pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|a| a.rule.id.as_str())
+    }
+
+    /// Processes one event; returns the alarms to notify now.
+    pub fn process(&mut self, event: &Event, enr: &Enrichment) -> Vec<Alarm> {
+        self.stats.events += 1;
+        let hits = self.detect(event, enr);
+        let hidden = self.policy.is_hidden(event);
+        let mut out = Vec::new();
+        for (i, hit) in hits {
+            let active = &self.rules[i];
+            *self.stats.hits.entry(active.rule.id.clone()).or_default() += 1;
+            if self.policy.allowed(&active.rule.id, event).is_some() {
+                *self.stats.allowlisted.entry(active.rule.id.clone()).or_default() += 1;
+                continue;
+            }
+            if let Some(alarm) =
+                self.aggregator.record(&active.rule, active.severity, hit, event, enr, hidden, active.settings)
+            {
+                *self.stats.alarms.entry(active.rule.id.clone()).or_default() += 1;
+                out.push(alarm);
+            }
+        }
+        self.processed_since_expiry += 1;
+        if self.processed_since_expiry >= EXPIRY_EVERY {
+            self.expire();
+        }
+        out
+    }
+
+    /// The alarms with hits not yet notified (end of a replay).
+    pub fn flush(&mut self) -> Vec<Alarm> {
+        self.aggregator.flush()
+    }
+
+    /// Every alarm in its latest state.
+    pub fn alarms(&self) -> Vec<Alarm> {
+        self.aggregator.snapshot()
+    }
+
+    /// Drops state older than any detector's look-back.
+    pub fn expire(&mut self) {
+        self.processed_since_expiry = 0;
+        let horizon = self.horizon;
+        for mut k in self.state.keys.iter_mut() {
+            k.value_mut().expire(horizon);
+        }
+    }
+
+    /// Evaluates the rules on one event and updates the state; returns (rule index, hit).
+    pub fn detect(&mut self, event: &Event, enr: &Enrichment) -> Vec<(usize, Hit)> {
+        let t = event.event_time.timestamp();
+        let subject = crate::alarm::subject_of(event);
+        let hidden = self.policy.is_hidden(event);
+        let api = event.api();
+        let mut key = self.state.keys.entry(subject.clone()).or_insert_with(|| KeyState::new(t));
+        let ks: &mut KeyState = key.value_mut();
+        let new_key = ks.first_seen == t && ks.last_seen == t && ks.seen.is_empty();
+
+        let ip_value = event.source_ip.map(|ip| ip.to_string());
+        let ip_h = value_hash(Attr::SourceIp, ip_value.as_deref().unwrap_or(""));
+        let ip_new_for_key = !hidden
+            && ip_value.is_some()
+            && t - ks.first_seen >= IP_NEW_MIN_KEY_AGE
+            && !ks.seen_within(ip_h, t, self.ip_history);
+        let engine_idle = (!new_key && t > ks.last_seen).then(|| ((t - ks.last_seen) / 86_400) as u32);
+        let report_idle = enr.key.as_ref().and_then(|k| {
+            let since = k.last_used.or(if k.never_used { k.created } else { None })?;
+            (event.event_time > since).then(|| (event.event_time - since).num_days() as u32)
+        });
+        let key_idle_days = match (engine_idle, report_idle) {
+            (Some(e), _) if !new_key => Some(e),
+            (_, r) => r,
+        };
+        let quarantined = event.key_kind == KeyKind::Permanent
+            && event
+                .principal
+                .name
+                .as_ref()
+                .is_some_and(|n| self.state.quarantined.get(&(event.cloud, n.clone())).is_some_and(|q| *q <= t));
+        let leaked = enr.leak.is_some() || quarantined;
+        let key_inactive = enr.key.as_ref().is_some_and(|k| !k.active)
+            || (event.key_kind == KeyKind::Permanent
+                && enr.principal.as_ref().is_some_and(|p| !p.keys.is_empty() && p.keys.iter().all(|k| !k.active)));
+        let mut ip_classes = enr.ip_class;
+        if ip_classes == Default::default() {
+            ip_classes.insert(if event.source_ip.is_some() { IpClass::Public } else { IpClass::Unknown });
+        }
+        let facts = Facts {
+            event,
+            ip_classes,
+            leaked,
+            key_inactive,
+            key_idle_days,
+            ip_new_for_key,
+            api: &api,
+        };
+
+        let mut hits = Vec::new();
+        for (ri, active) in self.rules.iter().enumerate() {
+            let rule = &active.rule;
+            if hidden && rule.uses_ip {
+                self.stats.ip_hidden_skips += 1;
+                continue;
+            }
+            // Sequence detectors watch their first step whatever the rule's condition.
+            for (di, d) in rule.detectors.iter().enumerate() {
+                if let Detector::Sequence { first, link, .. } = d
+                    && first.eval(&facts)
+                {
+                    match link {
+                        Link::SameKey => {
+                            let w = ks.window(ri as u16, di as u8);
+                            insert_sorted(&mut w.marks, (t, ip_h), |m| m.0);
+                        }
+                        Link::CreatedKey => {
+                            if let Some(created) = &event.request.created_key_id {
+                                self.state.created.insert((ri as u16, created.0.clone()), (t, ip_h));
+                            }
+                        }
+                    }
+                }
+            }
+            if !rule.cond.eval(&facts) {
+                continue;
+            }
+            for (di, d) in rule.detectors.iter().enumerate() {
+                if let Some(mut f) = run_detector(d, ri, di, ks, &self.state, event, enr, &facts, ip_h, self.policy.allowed_lateness.secs()) {
+                    add_common_facts(&mut f, &facts, enr);
+                    hits.push((
+                        ri,
+                        Hit {
+                            facts: f,
+                            dimension: dimension_value(rule.dimension, event, enr, &api),
+                        },
+                    ));
+                    break;
+                }
+            }
+        }
+
+        // Remember this event.
+        ks.first_seen = ks.first_seen.min(t);
+        ks.last_seen = ks.last_seen.max(t);
+        // IP-hidden keys: their IPs (and what is derived from them) stay out of the inventory.
+        for attr in &self.remembered {
+            if hidden && attr.from_ip() {
+                continue;
+            }
+            if let Some(v) = dimension_value(*attr, event, enr, &api) {
+                ks.remember(value_hash(*attr, &v), t);
+            }
+        }
+        drop(key);
+        if is_quarantine(event)
+            && let Some(user) = &event.request.target_user
+        {
+            self.state.quarantined.insert((event.cloud, user.clone()), t);
+        }
+        hits
+    }
+}
+
+/// AWS attached its compromised-key quarantine policy to a user.
+fn is_quarantine(e: &Event) -> bool {
+    e.outcome == Outcome::Success
+        && e.action == "AttachUserPolicy"
+        && e.request.policy.as_deref().is_some_and(|p| p.contains("AWSCompromisedKeyQuarantine"))
+}
+
+/// The value of an attribute for an event (None when it has none).
+pub fn dimension_value(attr: Attr, e: &Event, enr: &Enrichment, api: &str) -> Option<String> {
+    match attr {
+        Attr::None => None,
+        Attr::SourceIp => e.source_ip.map(|ip| ip.to_string()),
+        Attr::Country => enr.geo.as_ref()?.country.clone(),
+        Attr::City => {
+            let g = enr.geo.as_ref()?;
+            g.city.as_ref().map(|c| format!("{}/{c}", g.country.as_deref().unwrap_or("?")))
+        }
+        Attr::Asn => enr.geo.as_ref()?.asn.map(|a| format!("AS{a}")),
+        Attr::Api => Some(api.to_owned()),
+        Attr::Action => Some(e.action.clone()),
+        Attr::Region => e.region.clone(),
+        Attr::UserAgent => e.user_agent.clone(),
+        Attr::Resource => e.request.resource.clone(),
+        Attr::TargetUser => e.request.target_user.clone(),
+    }
+}
+
+fn add_common_facts(f: &mut BTreeMap<String, serde_json::Value>, facts: &Facts<'_>, enr: &Enrichment) {
+    if let Some(leak) = &enr.leak {
+        f.insert("leak".into(), json!(leak));
+    }
+    if let Some(days) = facts.key_idle_days
+        && days >= 30
+    {
+        f.insert("key_idle_days".into(), json!(days));
+    }
+    if facts.key_inactive {
+        f.insert("key_inactive_in_report".into(), json!(true));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_detector(
+    d: &Detector,
+    ri: usize,
+    di: usize,
+    ks: &mut KeyState,
+    state: &State,
+    event: &Event,
+    enr: &Enrichment,
+    facts: &Facts<'_>,
+    ip_h: u64,
+    lateness: i64,
+) -> Option<BTreeMap<String, serde_json::Value>> {
+    let t = event.event_time.timestamp();
+    let api = facts.api;
+    let mut f = BTreeMap::new();
+    match d {
+        Detector::Match => Some(f),
+        Detector::FirstSeen { attr, history, learning } => {
+            let v = dimension_value(*attr, event, enr, api)?;
+            if t - ks.first_seen < *learning {
+                return None;
+            }
+            let h = value_hash(*attr, &v);
+            if ks.seen_within(h, t, *history) {
+                return None;
+            }
+            f.insert("attribute".into(), json!(attr.as_str()));
+            f.insert("value".into(), json!(v));
+            f.insert("history".into(), json!(crate::rule::Dur(*history).to_string()));
+            f.insert("key_known_since".into(), json!(chrono::DateTime::from_timestamp(ks.first_seen, 0)));
+            Some(f)
+        }
+        Detector::Threshold { window, count, baseline } => {
+            let key_first_seen = ks.first_seen;
+            let w = ks.window(ri as u16, di as u8);
+            insert_sorted(&mut w.items, (t, [0; 3]), |x| x.0);
+            let newest = w.items.back().map_or(t, |x| x.0);
+            let keep_from = newest - window - lateness;
+            while w.items.front().is_some_and(|x| x.0 < keep_from) {
+                w.items.pop_front();
+            }
+            let n = w.items.iter().filter(|x| x.0 > t - window && x.0 <= t).count() as u32;
+            let mut fired = n >= *count;
+            if let Some((factor, history)) = baseline {
+                let bucket = t.div_euclid(*window) * window;
+                match w.buckets.iter_mut().find(|b| b.0 == bucket) {
+                    Some(b) => b.1 += 1,
+                    None => insert_sorted(&mut w.buckets, (bucket, 1), |b| b.0),
+                }
+                while w.buckets.front().is_some_and(|b| b.0 < newest - history) {
+                    w.buckets.pop_front();
+                }
+                let age = t - key_first_seen;
+                let learned = age >= history / 7;
+                let past: u64 = w.buckets.iter().filter(|b| b.0 < bucket).map(|b| u64::from(b.1)).sum();
+                let span_buckets = ((age.min(*history)) / window).max(1) as f64;
+                let mean = past as f64 / span_buckets;
+                fired = fired && learned && f64::from(n) >= factor * mean.max(1.0);
+                f.insert("baseline_per_window".into(), json!((mean * 100.0).round() / 100.0));
+            }
+            if !fired {
+                return None;
+            }
+            f.insert("count".into(), json!(n));
+            f.insert("window".into(), json!(crate::rule::Dur(*window).to_string()));
+            Some(f)
+        }
+        Detector::Distinct { window, min } => {
+            let mut hashes = [0u64; 3];
+            let mut values = Vec::new();
+            for (i, (attr, _)) in min.iter().take(3).enumerate() {
+                let v = dimension_value(*attr, event, enr, api)?;
+                hashes[i] = value_hash(*attr, &v);
+                values.push(v);
+            }
+            let w = ks.window(ri as u16, di as u8);
+            insert_sorted(&mut w.items, (t, hashes), |x| x.0);
+            let newest = w.items.back().map_or(t, |x| x.0);
+            while w.items.front().is_some_and(|x| x.0 < newest - window - lateness) {
+                w.items.pop_front();
+            }
+            let mut counts = BTreeMap::new();
+            for (i, (attr, need)) in min.iter().take(3).enumerate() {
+                let mut distinct: Vec<u64> = w.items.iter().filter(|x| x.0 > t - window && x.0 <= t).map(|x| x.1[i]).collect();
+                distinct.sort_unstable();
+                distinct.dedup();
+                if (distinct.len() as u32) < *need {
+                    return None;
+                }
+                counts.insert(attr.as_str().to_owned(), distinct.len());
+            }
+            f.insert("distinct".into(), json!(counts));
+            f.insert("window".into(), json!(crate::rule::Dur(*window).to_string()));
+            Some(f)
+        }
+        Detector::Velocity { min_km, max_kmh, max_gap } => {
+            if event.outcome != Outcome::Success {
+                return None;
+            }
+            let (lat, lon) = enr.geo.as_ref()?.location()?;
+            if facts.ip_classes.contains(IpClass::Service) || facts.ip_classes.contains(IpClass::Private) {
+                return None;
+            }
+            let here = Located { time: t, lat: lat as f32, lon: lon as f32, ip: ip_h };
+            let mut worst: Option<(f64, f64, Located)> = None;
+            for other in ks.locations.iter().filter(|o| (o.time - t).abs() <= *max_gap && o.ip != ip_h) {
+                let km = distance_km((lat, lon), (f64::from(other.lat), f64::from(other.lon)));
+                let hours = ((t - other.time).abs() as f64 / 3600.0).max(1.0 / 60.0);
+                let speed = km / hours;
+                if km >= *min_km && speed > *max_kmh && worst.is_none_or(|w| speed > w.1) {
+                    worst = Some((km, speed, *other));
+                }
+            }
+            insert_sorted(&mut ks.locations, here, |l| l.time);
+            while ks.locations.len() > 16 {
+                ks.locations.pop_front();
+            }
+            let (km, speed, other) = worst?;
+            f.insert("distance_km".into(), json!(km.round()));
+            f.insert("speed_kmh".into(), json!(speed.round()));
+            f.insert("previous_call_at".into(), json!(chrono::DateTime::from_timestamp(other.time, 0)));
+            f.insert("previous_location".into(), json!([other.lat, other.lon]));
+            Some(f)
+        }
+        Detector::Sequence { within, link, or_same_ip, .. } => {
+            let (first_t, first_ip) = match link {
+                Link::SameKey => {
+                    let w = ks.window(ri as u16, di as u8);
+                    w.marks.iter().rev().find(|m| m.0 <= t && (t - m.0 <= *within || (*or_same_ip && m.1 == ip_h))).copied()?
+                }
+                Link::CreatedKey => {
+                    let key = event.access_key_id.as_ref()?;
+                    let entry = state.created.get(&(ri as u16, key.0.clone()))?;
+                    let (ct, cip) = *entry;
+                    (ct <= t && (t - ct <= *within || (*or_same_ip && cip == ip_h))).then_some((ct, cip))?
+                }
+            };
+            f.insert("first_step_at".into(), json!(chrono::DateTime::from_timestamp(first_t, 0)));
+            f.insert("minutes_after".into(), json!((t - first_t) / 60));
+            f.insert("same_ip_as_first_step".into(), json!(first_ip == ip_h));
+            Some(f)
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Policies as data (`rules/policies/*.yaml`): the allowlist, IP hiding and the alarm policy.
+//!
+//! ```yaml
+//! allowlist:
+//!   - id: ci-runners
+//!     ips: [203.0.113.0/24]          # IP / CIDR
+//!     method: api                    # api | console
+//!     user_agent: ["terraform/*"]    # globs
+//!     keys: [AKIA...]                # or key_class: [permanent | temporary | root]
+//!     apis: ["iam:*AccessKey*"]      # service:action globs
+//!     outcome: success               # success | failure
+//!     rules: [ak.new_source_ip]      # scope (all rules when absent)
+//!     expires: 2026-12-31
+//!     owner: platform-team
+//!     comment: CI deploys from the runner pool
+//! ip_hiding:
+//!   - keys: [AKIA...]
+//!     comment: partner integration, IPs are theirs
+//! alarm_policy:
+//!   defaults: {aggregation: 1d, renotify: 1h, allowed_lateness: 15m}
+//!   rules:
+//!     ak.new_source_ip: {enabled: true, severity: medium, thresholds: {history: 14d}}
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+use crate::enrich::IpSet;
+use crate::event::{Event, KeyKind, Outcome, PrincipalType};
+use crate::rule::cond::{Globs, OneOrMany};
+use crate::rule::{Catalogs, Dur, RuleSet, Severity};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    allowlist: Vec<AllowSpec>,
+    #[serde(default)]
+    ip_hiding: Vec<HideSpec>,
+    #[serde(default)]
+    alarm_policy: Option<AlarmPolicySpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowSpec {
+    id: Option<String>,
+    #[serde(default)]
+    ips: Vec<String>,
+    method: Option<String>,
+    user_agent: Option<OneOrMany<String>>,
+    #[serde(default)]
+    keys: Vec<String>,
+    key_class: Option<OneOrMany<String>>,
+    apis: Option<OneOrMany<String>>,
+    outcome: Option<String>,
+    #[serde(default)]
+    rules: Vec<String>,
+    expires: Option<String>,
+    owner: Option<String>,
+    comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HideSpec {
+    keys: Vec<String>,
+    comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlarmPolicySpec {
+    #[serde(default)]
+    defaults: Option<RulePolicySpec>,
+    #[serde(default)]
+    rules: BTreeMap<String, RulePolicySpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulePolicySpec {
+    enabled: Option<bool>,
+    severity: Option<Severity>,
+    /// Detector parameters by name (`count`, `window`, `history`, `learning`, ...).
+    #[serde(default)]
+    thresholds: BTreeMap<String, String>,
+    aggregation: Option<Dur>,
+    renotify: Option<Dur>,
+    allowed_lateness: Option<Dur>,
+}
+
+/// Which calls an allowlist entry covers; every given member must match.
+#[derive(Debug, Clone)]
+pub struct AllowEntry {
+    pub id: String,
+    ips: Option<IpSet>,
+    console: Option<bool>,
+    user_agent: Option<Globs>,
+    keys: HashSet<String>,
+    key_class: Vec<String>,
+    apis: Option<Globs>,
+    outcome: Option<Outcome>,
+    /// Rule ids in scope (all when empty).
+    pub rules: Vec<String>,
+    pub expires: Option<DateTime<Utc>>,
+    pub owner: Option<String>,
+    pub comment: Option<String>,
+}
+
+impl AllowEntry {
+    pub fn covers(&self, rule_id: &str, e: &Event) -> bool {
+        if !self.rules.is_empty() && !self.rules.iter().any(|r| r == rule_id) {
+            return false;
+        }
+        if self.expires.is_some_and(|x| e.event_time >= x) {
+            return false;
+        }
+        if let Some(ips) = &self.ips
+            && !e.source_ip.is_some_and(|ip: IpAddr| ips.contains(ip))
+        {
+            return false;
+        }
+        if self.console.is_some_and(|c| c != e.console) {
+            return false;
+        }
+        if let Some(g) = &self.user_agent
+            && !e.user_agent.as_deref().is_some_and(|ua| g.matches(ua))
+        {
+            return false;
+        }
+        if !self.keys.is_empty() && !e.access_key_id.as_ref().is_some_and(|k| self.keys.contains(k.as_str())) {
+            return false;
+        }
+        if !self.key_class.is_empty() {
+            let class_ok = self.key_class.iter().any(|c| match c.as_str() {
+                "permanent" => e.key_kind == KeyKind::Permanent,
+                "temporary" => e.key_kind == KeyKind::Temporary,
+                "root" => e.principal.kind == PrincipalType::Root && e.access_key_id.is_some(),
+                _ => false,
+            });
+            if !class_ok {
+                return false;
+            }
+        }
+        if let Some(g) = &self.apis
+            && !g.matches(&e.api())
+        {
+            return false;
+        }
+        self.outcome.is_none_or(|o| o == e.outcome)
+    }
+}
+
+/// Per-rule alarm settings after the policy.
+#[derive(Debug, Clone)]
+pub struct RulePolicy {
+    pub enabled: bool,
+    pub severity: Option<Severity>,
+    pub thresholds: BTreeMap<String, String>,
+    pub aggregation: Dur,
+    pub renotify: Dur,
+}
+
+/// All policies.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub allowlist: Vec<AllowEntry>,
+    pub hidden_keys: HashSet<String>,
+    pub rules: BTreeMap<String, RulePolicy>,
+    pub default_aggregation: Dur,
+    pub default_renotify: Dur,
+    /// How late an event may arrive and still be counted in its windows.
+    pub allowed_lateness: Dur,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allowlist: Vec::new(),
+            hidden_keys: HashSet::new(),
+            rules: BTreeMap::new(),
+            default_aggregation: Dur(86_400),
+            default_renotify: Dur(3600),
+            allowed_lateness: Dur(15 * 60),
+        }
+    }
+}
+
+impl Policy {
+    pub fn rule(&self, id: &str) -> RulePolicy {
+        self.rules.get(id).cloned().unwrap_or(RulePolicy {
+            enabled: true,
+            severity: None,
+            thresholds: BTreeMap::new(),
+            aggregation: self.default_aggregation,
+            renotify: self.default_renotify,
+        })
+    }
+
+    pub fn is_hidden(&self, e: &Event) -> bool {
+        e.access_key_id.as_ref().is_some_and(|k| self.hidden_keys.contains(k.as_str()))
+    }
+
+    /// The allowlist entry covering this hit, if any.
+    pub fn allowed(&self, rule_id: &str, e: &Event) -> Option<&AllowEntry> {
+        self.allowlist.iter().find(|a| a.covers(rule_id, e))
+    }
+
+    /// Loads every `*.yaml` in `dir` (missing dir: empty policy). Rule ids named in scopes and
+    /// the alarm policy must exist in `rules`. All problems are returned, with file and line.
+    pub fn load(dir: &Path, rules: &RuleSet) -> Result<Policy, Vec<String>> {
+        let mut policy = Policy::default();
+        if !dir.is_dir() {
+            return Ok(policy);
+        }
+        let mut errors = Vec::new();
+        let mut files: Vec<_> = walkdir::WalkDir::new(dir)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .map(walkdir::DirEntry::into_path)
+            .collect();
+        files.sort();
+        for file in files {
+            let name = file.display().to_string();
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(format!("{name}: cannot read: {e}"));
+                    continue;
+                }
+            };
+            if let Err(mut e) = policy.add_file(&name, &text, rules) {
+                errors.append(&mut e);
+            }
+        }
+        if errors.is_empty() { Ok(policy) } else { Err(errors) }
+    }
+
+    /// Adds one policy file's text.
+    pub fn add_file(&mut self, name: &str, text: &str, rules: &RuleSet) -> Result<(), Vec<String>> {
+        let spec: PolicyFile = serde_saphyr::from_str(text)
+            .map_err(|e| vec![format!("{name}: {}", crate::rule::first_line(&e.to_string()))])?;
+        let mut errors = Vec::new();
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).map_or(1, |i| i + 1);
+        let known = |id: &str| rules.get(id).is_some();
+        let catalogs: &Catalogs = &rules.catalogs;
+        for (i, a) in spec.allowlist.into_iter().enumerate() {
+            let id = a.id.clone().unwrap_or_else(|| format!("allowlist[{i}]"));
+            let line = line_of(a.id.as_deref().unwrap_or("allowlist"));
+            let mut err = |m: String| errors.push(format!("{name}:{line}: allowlist entry {id}: {m}"));
+            let mut nets = Vec::new();
+            for ip in &a.ips {
+                match ip.parse::<IpNetwork>().or_else(|_| ip.parse::<IpAddr>().map(IpNetwork::from)) {
+                    Ok(n) => nets.push(n),
+                    Err(_) => err(format!("not an IP or CIDR: {ip:?}")),
+                }
+            }
+            let console = match a.method.as_deref() {
+                None => None,
+                Some("console") => Some(true),
+                Some("api" | "sdk") => Some(false),
+                Some(m) => {
+                    err(format!("method must be api or console, not {m:?}"));
+                    None
+                }
+            };
+            let globs = |v: &Option<OneOrMany<String>>, err: &mut dyn FnMut(String)| {
+                v.as_ref().and_then(|v| Globs::compile(&v.to_vec(), catalogs).map_err(|e| err(e)).ok())
+            };
+            let user_agent = globs(&a.user_agent, &mut err);
+            let apis = globs(&a.apis, &mut err);
+            let key_class = a.key_class.as_ref().map(OneOrMany::to_vec).unwrap_or_default();
+            for c in &key_class {
+                if !["permanent", "temporary", "root"].contains(&c.as_str()) {
+                    err(format!("key_class must be permanent, temporary or root, not {c:?}"));
+                }
+            }
+            let outcome = match a.outcome.as_deref() {
+                None => None,
+                Some("success") => Some(Outcome::Success),
+                Some("failure") => Some(Outcome::Failure),
+                Some(o) => {
+                    err(format!("outcome must be success or failure, not {o:?}"));
+                    None
+                }
+            };
+            for r in &a.rules {
+                if !known(r) {
+                    err(format!("unknown rule {r:?} in rules"));
+                }
+            }
+            let expires = match a.expires.as_deref() {
+                None => None,
+                Some(x) => match parse_expiry(x) {
+                    Some(t) => Some(t),
+                    None => {
+                        err(format!("expires: not a date or time: {x:?}"));
+                        None
+                    }
+                },
+            };
+            let empty = nets.is_empty() && console.is_none() && user_agent.is_none() && a.keys.is_empty() && key_class.is_empty() && apis.is_none() && outcome.is_none();
+            if empty {
+                err("matches every call: give at least one of ips, method, user_agent, keys, key_class, apis, outcome".into());
+            }
+            self.allowlist.push(AllowEntry {
+                id,
+                ips: (!nets.is_empty()).then(|| IpSet::from_networks(nets)),
+                console,
+                user_agent,
+                keys: a.keys.into_iter().collect(),
+                key_class,
+                apis,
+                outcome,
+                rules: a.rules,
+                expires,
+                owner: a.owner,
+                comment: a.comment,
+            });
+        }
+        for h in spec.ip_hiding {
+            if h.keys.is_empty() {
+                errors.push(format!("{name}:{}: ip_hiding entry without keys", line_of("ip_hiding")));
+            }
+            let _ = h.comment;
+            self.hidden_keys.extend(h.keys);
+        }
+        if let Some(ap) = spec.alarm_policy {
+            if let Some(d) = ap.defaults {
+                if let Some(a) = d.aggregation {
+                    self.default_aggregation = a;
+                }
+                if let Some(r) = d.renotify {
+                    self.default_renotify = r;
+                }
+                if let Some(l) = d.allowed_lateness {
+                    self.allowed_lateness = l;
+                }
+            }
+            for (id, r) in ap.rules {
+                if !known(&id) {
+                    errors.push(format!("{name}:{}: alarm_policy: unknown rule {id:?}", line_of(&id)));
+                    continue;
+                }
+                if r.allowed_lateness.is_some() {
+                    errors.push(format!("{name}:{}: alarm_policy: allowed_lateness is set in defaults, not per rule", line_of(&id)));
+                }
+                self.rules.insert(
+                    id,
+                    RulePolicy {
+                        enabled: r.enabled.unwrap_or(true),
+                        severity: r.severity,
+                        thresholds: r.thresholds,
+                        aggregation: r.aggregation.unwrap_or(self.default_aggregation),
+                        renotify: r.renotify.unwrap_or(self.default_renotify),
+                    },
+                );
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+fn parse_expiry(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    Some(d.and_hms_opt(23, 59, 59)?.and_utc())
+}

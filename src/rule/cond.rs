@@ -1,0 +1,329 @@
+//! Rule conditions: the YAML form (`CondSpec`) and the compiled predicate (`Cond`).
+
+use serde::Deserialize;
+use wildmatch::WildMatchPattern;
+
+use super::catalog::Catalogs;
+use crate::enrich::{IpClass, IpClasses};
+use crate::event::{Cloud, Event, KeyKind, Outcome, PrincipalType};
+
+/// One value or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// A condition as written in a rule file: every member given must hold (`any`, `all` and
+/// `not` combine conditions). Text matches are case-insensitive globs (`*`, `?`); `@name`
+/// refers to a catalog under `rules/catalogs/`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CondSpec {
+    pub cloud: Option<OneOrMany<String>>,
+    pub service: Option<OneOrMany<String>>,
+    pub action: Option<OneOrMany<String>>,
+    /// `service:action`, e.g. `iam:*AccessKey*`.
+    pub api: Option<OneOrMany<String>>,
+    pub region: Option<OneOrMany<String>>,
+    pub principal_type: Option<OneOrMany<String>>,
+    pub key_kind: Option<OneOrMany<String>>,
+    /// The call was signed with an access key.
+    pub has_key: Option<bool>,
+    pub console: Option<bool>,
+    pub outcome: Option<OneOrMany<String>>,
+    pub read_only: Option<bool>,
+    pub error_code: Option<OneOrMany<String>>,
+    pub user_agent: Option<OneOrMany<String>>,
+    /// Any of these IP classes (`own`, `private`, `service`, `tor`, `threat`, `hosting`,
+    /// `cloud`, `public`, `unknown`).
+    pub ip_class: Option<OneOrMany<String>>,
+    /// A cloud service made the call on the principal's behalf (`invokedBy`).
+    pub invoked_by_service: Option<bool>,
+    /// A VM's instance-role session.
+    pub instance_session: Option<bool>,
+    /// Whom the request targets: `self`, `other`, `any` (some user) or `none`.
+    pub target_user: Option<String>,
+    pub policy: Option<OneOrMany<String>>,
+    /// The request created an access key.
+    pub created_key: Option<bool>,
+    /// The key is known to be leaked (leak feed, report flag, quarantine policy).
+    pub leaked: Option<bool>,
+    /// The report says the key is disabled (or every key of the principal is).
+    pub key_inactive: Option<bool>,
+    /// Days since the key was last used before this call (engine history or report; a key
+    /// never used counts from its creation), at least this many.
+    pub key_idle_days_min: Option<u32>,
+    /// The source IP has not been seen for this key in the `new_source_ip` history.
+    pub ip_new_for_key: Option<bool>,
+    pub any: Option<Vec<CondSpec>>,
+    pub all: Option<Vec<CondSpec>>,
+    pub not: Option<Box<CondSpec>>,
+}
+
+/// A compiled glob set (case-insensitive), expanded from `@catalog` references.
+#[derive(Debug, Clone)]
+pub struct Globs(Vec<WildMatchPattern<'*', '?'>>);
+
+impl Globs {
+    pub fn compile(patterns: &[String], catalogs: &Catalogs) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for p in patterns {
+            if let Some(name) = p.strip_prefix('@') {
+                let list = catalogs.get(name).ok_or_else(|| format!("unknown catalog @{name}"))?;
+                out.extend(list.iter().map(|e| WildMatchPattern::new_case_insensitive(e)));
+            } else {
+                out.push(WildMatchPattern::new_case_insensitive(p));
+            }
+        }
+        Ok(Globs(out))
+    }
+
+    pub fn matches(&self, s: &str) -> bool {
+        self.0.iter().any(|p| p.matches(s))
+    }
+}
+
+/// What conditions read beyond the event: enrichment and the engine's per-key history.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub event: &'a Event,
+    pub ip_classes: IpClasses,
+    pub leaked: bool,
+    pub key_inactive: bool,
+    pub key_idle_days: Option<u32>,
+    pub ip_new_for_key: bool,
+    /// `service:action`.
+    pub api: &'a str,
+}
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    SelfUser,
+    Other,
+    Any,
+    None,
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone)]
+pub enum Cond {
+    True,
+    Cloud(Vec<Cloud>),
+    Service(Globs),
+    Action(Globs),
+    Api(Globs),
+    Region(Globs),
+    PrincipalType(Vec<PrincipalType>),
+    KeyKind(Vec<KeyKind>),
+    HasKey(bool),
+    Console(bool),
+    Outcome(Outcome),
+    ReadOnly(bool),
+    ErrorCode(Globs),
+    UserAgent(Globs),
+    IpClass(IpClasses),
+    InvokedByService(bool),
+    InstanceSession(bool),
+    Target(Target),
+    Policy(Globs),
+    CreatedKey(bool),
+    Leaked(bool),
+    KeyInactive(bool),
+    KeyIdleDaysMin(u32),
+    IpNewForKey(bool),
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+}
+
+fn parse_each<T>(values: &OneOrMany<String>, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
+    values
+        .to_vec()
+        .iter()
+        .map(|v| parse(v).ok_or_else(|| format!("unknown {what} {v:?}")))
+        .collect()
+}
+
+impl Cond {
+    /// Compiles a spec; the error names the member and the bad value.
+    pub fn compile(spec: &CondSpec, catalogs: &Catalogs) -> Result<Cond, String> {
+        let mut all = Vec::new();
+        let globs = |v: &OneOrMany<String>, member: &str| {
+            Globs::compile(&v.to_vec(), catalogs).map_err(|e| format!("{member}: {e}"))
+        };
+        if let Some(v) = &spec.cloud {
+            all.push(Cond::Cloud(parse_each(v, "cloud", |s| s.parse().ok())?));
+        }
+        if let Some(v) = &spec.service {
+            all.push(Cond::Service(globs(v, "service")?));
+        }
+        if let Some(v) = &spec.action {
+            all.push(Cond::Action(globs(v, "action")?));
+        }
+        if let Some(v) = &spec.api {
+            all.push(Cond::Api(globs(v, "api")?));
+        }
+        if let Some(v) = &spec.region {
+            all.push(Cond::Region(globs(v, "region")?));
+        }
+        if let Some(v) = &spec.principal_type {
+            all.push(Cond::PrincipalType(parse_each(v, "principal_type", |s| {
+                serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+            })?));
+        }
+        if let Some(v) = &spec.key_kind {
+            all.push(Cond::KeyKind(parse_each(v, "key_kind", |s| {
+                serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+            })?));
+        }
+        if let Some(b) = spec.has_key {
+            all.push(Cond::HasKey(b));
+        }
+        if let Some(b) = spec.console {
+            all.push(Cond::Console(b));
+        }
+        if let Some(v) = &spec.outcome {
+            let outcomes: Vec<Outcome> = parse_each(v, "outcome", |s| {
+                serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+            })?;
+            match outcomes.as_slice() {
+                [one] => all.push(Cond::Outcome(*one)),
+                _ => {} // both outcomes: no constraint
+            }
+        }
+        if let Some(b) = spec.read_only {
+            all.push(Cond::ReadOnly(b));
+        }
+        if let Some(v) = &spec.error_code {
+            all.push(Cond::ErrorCode(globs(v, "error_code")?));
+        }
+        if let Some(v) = &spec.user_agent {
+            all.push(Cond::UserAgent(globs(v, "user_agent")?));
+        }
+        if let Some(v) = &spec.ip_class {
+            all.push(Cond::IpClass(parse_each(v, "ip_class", IpClass::parse)?.into_iter().collect()));
+        }
+        if let Some(b) = spec.invoked_by_service {
+            all.push(Cond::InvokedByService(b));
+        }
+        if let Some(b) = spec.instance_session {
+            all.push(Cond::InstanceSession(b));
+        }
+        if let Some(t) = &spec.target_user {
+            all.push(Cond::Target(match t.as_str() {
+                "self" => Target::SelfUser,
+                "other" => Target::Other,
+                "any" => Target::Any,
+                "none" => Target::None,
+                other => return Err(format!("target_user: expected self, other, any or none, found {other:?}")),
+            }));
+        }
+        if let Some(v) = &spec.policy {
+            all.push(Cond::Policy(globs(v, "policy")?));
+        }
+        if let Some(b) = spec.created_key {
+            all.push(Cond::CreatedKey(b));
+        }
+        if let Some(b) = spec.leaked {
+            all.push(Cond::Leaked(b));
+        }
+        if let Some(b) = spec.key_inactive {
+            all.push(Cond::KeyInactive(b));
+        }
+        if let Some(d) = spec.key_idle_days_min {
+            all.push(Cond::KeyIdleDaysMin(d));
+        }
+        if let Some(b) = spec.ip_new_for_key {
+            all.push(Cond::IpNewForKey(b));
+        }
+        if let Some(list) = &spec.any {
+            let conds = list.iter().map(|c| Cond::compile(c, catalogs)).collect::<Result<Vec<_>, _>>()?;
+            all.push(Cond::Any(conds));
+        }
+        if let Some(list) = &spec.all {
+            let conds = list.iter().map(|c| Cond::compile(c, catalogs)).collect::<Result<Vec<_>, _>>()?;
+            all.push(Cond::All(conds));
+        }
+        if let Some(not) = &spec.not {
+            all.push(Cond::Not(Box::new(Cond::compile(not, catalogs)?)));
+        }
+        Ok(match all.len() {
+            0 => Cond::True,
+            1 => all.pop().unwrap_or(Cond::True),
+            _ => Cond::All(all),
+        })
+    }
+
+    /// Whether the condition reads the source IP or what is derived from it (IP-hidden keys
+    /// skip such rules).
+    pub fn uses_ip(&self) -> bool {
+        match self {
+            Cond::IpClass(_) | Cond::IpNewForKey(_) => true,
+            Cond::All(c) | Cond::Any(c) => c.iter().any(Cond::uses_ip),
+            Cond::Not(c) => c.uses_ip(),
+            _ => false,
+        }
+    }
+
+    pub fn eval(&self, f: &Facts<'_>) -> bool {
+        let e = f.event;
+        match self {
+            Cond::True => true,
+            Cond::Cloud(c) => c.contains(&e.cloud),
+            Cond::Service(g) => g.matches(&e.service),
+            Cond::Action(g) => g.matches(&e.action),
+            Cond::Api(g) => g.matches(f.api),
+            Cond::Region(g) => e.region.as_deref().is_some_and(|r| g.matches(r)),
+            Cond::PrincipalType(t) => t.contains(&e.principal.kind),
+            Cond::KeyKind(k) => k.contains(&e.key_kind),
+            Cond::HasKey(b) => e.access_key_id.is_some() == *b,
+            Cond::Console(b) => e.console == *b,
+            Cond::Outcome(o) => e.outcome == *o,
+            Cond::ReadOnly(b) => e.read_only == Some(*b),
+            Cond::ErrorCode(g) => e.error_code.as_deref().is_some_and(|c| g.matches(c)),
+            Cond::UserAgent(g) => e.user_agent.as_deref().is_some_and(|ua| g.matches(ua)),
+            Cond::IpClass(c) => f.ip_classes.intersects(*c),
+            Cond::InvokedByService(b) => e.principal.invoked_by.is_some() == *b,
+            Cond::InstanceSession(b) => e.principal.instance_id.is_some() == *b,
+            Cond::Target(t) => {
+                let target = e.request.target_user.as_deref();
+                let is_self = target.is_some_and(|t| is_same_user(t, e));
+                match t {
+                    Target::SelfUser => target.is_none() || is_self,
+                    Target::Other => target.is_some() && !is_self,
+                    Target::Any => target.is_some(),
+                    Target::None => target.is_none(),
+                }
+            }
+            Cond::Policy(g) => e.request.policy.as_deref().is_some_and(|p| g.matches(p)),
+            Cond::CreatedKey(b) => e.request.created_key_id.is_some() == *b,
+            Cond::Leaked(b) => f.leaked == *b,
+            Cond::KeyInactive(b) => f.key_inactive == *b,
+            Cond::KeyIdleDaysMin(d) => f.key_idle_days.is_some_and(|idle| idle >= *d),
+            Cond::IpNewForKey(b) => f.ip_new_for_key == *b,
+            Cond::All(c) => c.iter().all(|c| c.eval(f)),
+            Cond::Any(c) => c.iter().any(|c| c.eval(f)),
+            Cond::Not(c) => !c.eval(f),
+        }
+    }
+}
+
+/// The request targets the caller itself: same user name (RAM UPN or not), or same UIN.
+fn is_same_user(target: &str, e: &Event) -> bool {
+    let name = e.principal.name.as_deref().unwrap_or("");
+    target == name
+        || e.principal.id.as_deref() == Some(target)
+        || name.split('@').next() == Some(target)
+        || target.split('@').next() == Some(name)
+}

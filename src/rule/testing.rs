@@ -1,0 +1,216 @@
+//! The test cases each rule file carries: short events (everything defaulted but what the
+//! case is about), with the enrichment they would have, and whether the rule must fire.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde::Deserialize;
+
+use super::Dur;
+use crate::enrich::{Enrichment, GeoInfo, IpClass, KeyFacts, LeakEntry};
+use crate::event::{AccessKeyId, AccountId, Cloud, Event, KeyKind, Origin, Outcome, Principal, PrincipalType, Request};
+
+/// One test case of a rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestSpec {
+    pub name: String,
+    /// `alarm`: the rule must fire on some event of the case; `none`: on none of them.
+    pub expect: String,
+    pub events: Vec<TestEvent>,
+}
+
+impl TestSpec {
+    pub fn expect_alarm(&self) -> bool {
+        self.expect == "alarm"
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.expect != "alarm" && self.expect != "none" {
+            return Err(format!("expect must be alarm or none, not {:?}", self.expect));
+        }
+        if self.events.is_empty() {
+            return Err("no events".into());
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            e.build(i).map_err(|err| format!("event {}: {err}", i + 1))?;
+        }
+        Ok(())
+    }
+}
+
+/// Report facts a test event's key has.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestKeyFacts {
+    #[serde(default = "yes")]
+    pub active: bool,
+    pub last_used_days_ago: Option<i64>,
+    pub created_days_ago: Option<i64>,
+    #[serde(default)]
+    pub never_used: bool,
+    #[serde(default)]
+    pub at_risk: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A test event; every member has a default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestEvent {
+    /// Offset from the case's start (default: one minute per event).
+    pub at: Option<Dur>,
+    pub cloud: Option<String>,
+    /// `service:action` (sets both).
+    pub api: Option<String>,
+    pub service: Option<String>,
+    pub action: Option<String>,
+    /// The access key (default `AKIATESTKEY000000001`); `none` for a call without one.
+    pub key: Option<String>,
+    pub key_kind: Option<String>,
+    pub principal_type: Option<String>,
+    pub principal_name: Option<String>,
+    pub principal_id: Option<String>,
+    pub account: Option<String>,
+    pub instance_id: Option<String>,
+    pub invoked_by: Option<String>,
+    /// The source IP (default `198.51.100.10`); `none` with `address` for a non-IP source.
+    pub ip: Option<String>,
+    pub address: Option<String>,
+    pub user_agent: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub console: bool,
+    pub outcome: Option<String>,
+    pub error_code: Option<String>,
+    pub read_only: Option<bool>,
+    pub target_user: Option<String>,
+    pub policy: Option<String>,
+    pub created_key: Option<String>,
+    pub resource: Option<String>,
+    pub geo: Option<GeoInfo>,
+    #[serde(default)]
+    pub ip_class: Vec<String>,
+    pub report_key: Option<TestKeyFacts>,
+    #[serde(default)]
+    pub leaked: bool,
+    /// When given, the rule must (true) or must not (false) fire on this very event.
+    pub fires: Option<bool>,
+}
+
+/// Test cases start here.
+pub fn test_epoch() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 6, 2, 8, 0, 0).single().unwrap_or_default()
+}
+
+fn enum_value<T: for<'de> Deserialize<'de>>(s: &str, what: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| format!("unknown {what} {s:?}"))
+}
+
+impl TestEvent {
+    /// The event and the enrichment it stands for.
+    pub fn build(&self, index: usize) -> Result<(Event, Enrichment), String> {
+        let at = self.at.map_or(index as i64 * 60, Dur::secs);
+        let event_time = test_epoch() + Duration::seconds(at);
+        let cloud: Cloud = self.cloud.as_deref().unwrap_or("aws").parse()?;
+        let (mut service, mut action) = ("sts".to_owned(), "GetCallerIdentity".to_owned());
+        if let Some(api) = &self.api {
+            let (s, a) = api.split_once(':').ok_or_else(|| format!("api {api:?} is not service:action"))?;
+            (service, action) = (s.to_owned(), a.to_owned());
+        }
+        if let Some(s) = &self.service {
+            service = s.clone();
+        }
+        if let Some(a) = &self.action {
+            action = a.clone();
+        }
+        let key = match self.key.as_deref() {
+            Some("none") => None,
+            Some(k) => Some(k.to_owned()),
+            None => Some("AKIATESTKEY000000001".to_owned()),
+        };
+        let key_kind = match (&self.key_kind, &key) {
+            (Some(k), _) => enum_value(k, "key_kind")?,
+            (None, None) => KeyKind::None,
+            (None, Some(k)) if k.starts_with("ASIA") || k.starts_with("STS.") => KeyKind::Temporary,
+            (None, Some(_)) => KeyKind::Permanent,
+        };
+        let principal_type: PrincipalType = enum_value(self.principal_type.as_deref().unwrap_or("user"), "principal_type")?;
+        let source_ip: Option<IpAddr> = match self.ip.as_deref() {
+            Some("none") => None,
+            Some(ip) => Some(ip.parse().map_err(|_| format!("bad ip {ip:?}"))?),
+            None => Some("198.51.100.10".parse().map_err(|_| "default ip".to_owned())?),
+        };
+        let outcome: Outcome = enum_value(self.outcome.as_deref().unwrap_or("success"), "outcome")?;
+        let mut ip_class = Vec::new();
+        for c in &self.ip_class {
+            ip_class.push(IpClass::parse(c).ok_or_else(|| format!("unknown ip_class {c:?}"))?);
+        }
+        let event = Event {
+            cloud,
+            event_id: format!("test-{index}"),
+            event_time,
+            account_id: Some(AccountId(self.account.clone().unwrap_or_else(|| "111122223333".to_owned()))),
+            principal: Principal {
+                kind: principal_type,
+                name: Some(self.principal_name.clone().unwrap_or_else(|| "alice".to_owned())),
+                id: self.principal_id.clone(),
+                arn: None,
+                role: None,
+                invoked_by: self.invoked_by.clone(),
+                mfa: None,
+                instance_id: self.instance_id.clone(),
+            },
+            access_key_id: key.map(AccessKeyId),
+            key_kind,
+            source_ip,
+            source_address: self.address.clone().or_else(|| source_ip.map(|ip| ip.to_string())),
+            user_agent: Some(self.user_agent.clone().unwrap_or_else(|| "aws-cli/2.15.0 Python/3.11.6 Linux/6.1".to_owned())),
+            region: Some(self.region.clone().unwrap_or_else(|| "us-east-1".to_owned())),
+            service,
+            action,
+            read_only: self.read_only,
+            console: self.console,
+            outcome,
+            error_code: self.error_code.clone().or_else(|| (outcome == Outcome::Failure).then(|| "AccessDenied".to_owned())),
+            request_id: None,
+            request: Request {
+                target_user: self.target_user.clone(),
+                policy: self.policy.clone(),
+                created_key_id: self.created_key.clone().map(AccessKeyId),
+                resource: self.resource.clone(),
+            },
+            origin: Origin::default(),
+        };
+        let geo = self.geo.clone();
+        let key_facts = self.report_key.as_ref().map(|k| KeyFacts {
+            active: k.active,
+            created: k.created_days_ago.map(|d| event_time - Duration::days(d)),
+            last_used: k.last_used_days_ago.map(|d| event_time - Duration::days(d)),
+            never_used: k.never_used,
+            at_risk: k.at_risk,
+        });
+        let leak = self.leaked.then(|| LeakEntry {
+            key_id: event.access_key_id.as_ref().map(|k| k.0.clone()).unwrap_or_default(),
+            source: "test".to_owned(),
+            location: None,
+            found_at: None,
+        });
+        let enrichment = Enrichment {
+            geo,
+            ip_class: Default::default(),
+            key: key_facts,
+            principal: None,
+            leak,
+        };
+        // IP classes are added by the caller's classifier; the test's own classes on top.
+        let mut e = enrichment;
+        for c in ip_class {
+            e.ip_class.insert(c);
+        }
+        Ok((event, e))
+    }
+}
