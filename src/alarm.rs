@@ -82,6 +82,8 @@ pub struct Alarm {
 pub struct Hit {
     pub facts: BTreeMap<String, serde_json::Value>,
     pub dimension: Option<String>,
+    /// A raised severity (`severity_when`).
+    pub severity: Option<Severity>,
 }
 
 /// Per-rule aggregation settings (alarm policy).
@@ -215,6 +217,7 @@ impl Aggregator {
                     a.evidence.event_ids.push(event.event_id.clone());
                 }
                 a.evidence.facts = hit.facts;
+                a.severity = a.severity.max(severity);
                 if t - tracked.last_notified >= chrono::Duration::seconds(settings.renotify_secs) {
                     tracked.last_notified = t;
                     tracked.pending = false;

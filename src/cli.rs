@@ -32,6 +32,11 @@ pub enum Command {
     Normalize(NormalizeArgs),
     /// Parse credential reports (AWS IAM, Alibaba RAM, Tencent CAM) and print them as JSON.
     Reports(ReportsArgs),
+    /// Validate the rules (and policies) under DIR and run every rule's own test events.
+    CheckRules {
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+    },
     /// Print the JSON Schema of a normalized type.
     Schema {
         #[arg(value_enum)]
@@ -76,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Normalize(args) => normalize(args),
         Command::Reports(args) => reports(args),
+        Command::CheckRules { dir } => check_rules(&dir),
         Command::Schema { which } => {
             let schema = match which {
                 SchemaKind::Event => event_schema(),
@@ -206,4 +212,44 @@ fn reports(args: ReportsArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn check_rules(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let set = match crate::rule::RuleSet::load(dir) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} problem(s) in {}", errors.len(), dir.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut failed = 0usize;
+    if let Err(errors) = crate::policy::Policy::load(&dir.join("policies"), &set) {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        failed += errors.len();
+    }
+    let outcomes = crate::rule::testing::run_tests(&set);
+    for o in &outcomes {
+        if o.failures.is_empty() {
+            println!("ok      {:<34} {}", o.rule_id, o.test);
+        } else {
+            failed += 1;
+            println!("FAILED  {:<34} {}", o.rule_id, o.test);
+            for f in &o.failures {
+                println!("        {}: {f}", o.file.display());
+            }
+        }
+    }
+    println!(
+        "{} rules, {} catalogs: {} passed, {} failed",
+        set.rules.len(),
+        set.catalogs.names().count(),
+        outcomes.len() - outcomes.iter().filter(|o| !o.failures.is_empty()).count(),
+        failed
+    );
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -140,8 +140,9 @@ impl Engine {
                 *self.stats.allowlisted.entry(active.rule.id.clone()).or_default() += 1;
                 continue;
             }
+            let severity = hit.severity.unwrap_or(active.severity).max(active.severity);
             if let Some(alarm) =
-                self.aggregator.record(&active.rule, active.severity, hit, event, enr, hidden, active.settings)
+                self.aggregator.record(&active.rule, severity, hit, event, enr, hidden, active.settings)
             {
                 *self.stats.alarms.entry(active.rule.id.clone()).or_default() += 1;
                 out.push(alarm);
@@ -253,11 +254,13 @@ impl Engine {
             for (di, d) in rule.detectors.iter().enumerate() {
                 if let Some(mut f) = run_detector(d, ri, di, ks, &self.state, event, enr, &facts, ip_h, self.policy.allowed_lateness.secs()) {
                     add_common_facts(&mut f, &facts, enr);
+                    let severity = rule.severity_when.iter().filter(|(c, _)| c.eval(&facts)).map(|(_, s)| *s).max();
                     hits.push((
                         ri,
                         Hit {
                             facts: f,
                             dimension: dimension_value(rule.dimension, event, enr, &api),
+                            severity,
                         },
                     ));
                     break;

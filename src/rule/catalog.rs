@@ -14,6 +14,29 @@ impl Catalogs {
         self.lists.get(name).map(Vec::as_slice)
     }
 
+    /// The catalog's patterns with `@other` entries expanded (recursively; a cycle is an error).
+    pub fn expand(&self, name: &str) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        self.expand_into(name, &mut Vec::new(), &mut out)?;
+        Ok(out)
+    }
+
+    fn expand_into(&self, name: &str, stack: &mut Vec<String>, out: &mut Vec<String>) -> Result<(), String> {
+        if stack.iter().any(|s| s == name) {
+            return Err(format!("catalog @{name} includes itself ({} -> {name})", stack.join(" -> ")));
+        }
+        let list = self.get(name).ok_or_else(|| format!("unknown catalog @{name}"))?;
+        stack.push(name.to_owned());
+        for entry in list {
+            match entry.strip_prefix('@') {
+                Some(inner) => self.expand_into(inner, stack, out)?,
+                None => out.push(entry.clone()),
+            }
+        }
+        stack.pop();
+        Ok(())
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.lists.keys().map(String::as_str)
     }

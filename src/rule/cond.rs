@@ -80,7 +80,7 @@ impl Globs {
         let mut out = Vec::new();
         for p in patterns {
             if let Some(name) = p.strip_prefix('@') {
-                let list = catalogs.get(name).ok_or_else(|| format!("unknown catalog @{name}"))?;
+                let list = catalogs.expand(name)?;
                 out.extend(list.iter().map(|e| WildMatchPattern::new_case_insensitive(e)));
             } else {
                 out.push(WildMatchPattern::new_case_insensitive(p));

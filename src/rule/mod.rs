@@ -213,8 +213,21 @@ pub struct RuleSpec {
     pub when: Option<Spanned<CondSpec>>,
     #[serde(default)]
     pub detector: Option<OneOrMany<DetectorSpec>>,
+    /// Raise the severity for hits that also meet a condition (e.g. self-granted admin).
+    #[serde(default)]
+    pub severity_when: Vec<SeverityWhen>,
+    /// `geoip`: the rule needs a GeoIP / ASN database and is disabled without one.
+    #[serde(default)]
+    pub requires: Vec<String>,
     #[serde(default)]
     pub tests: Vec<TestSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeverityWhen {
+    pub when: CondSpec,
+    pub severity: Severity,
 }
 
 /// A compiled detector.
@@ -264,6 +277,9 @@ pub struct Rule {
     pub dimension: Attr,
     pub cond: Cond,
     pub detectors: Vec<Detector>,
+    pub severity_when: Vec<(Cond, Severity)>,
+    /// Needs a GeoIP / ASN database.
+    pub requires_geoip: bool,
     /// Reads the source IP (directly or through geo / IP class); IP-hidden keys skip it.
     pub uses_ip: bool,
     pub file: PathBuf,
@@ -429,6 +445,21 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
     if !errors.is_empty() {
         return Err(errors);
     }
+    let mut severity_when = Vec::new();
+    for s in &spec.severity_when {
+        match Cond::compile(&s.when, catalogs) {
+            Ok(c) => severity_when.push((c, s.severity)),
+            Err(e) => errors.push(format!("{name}:{}: severity_when: {e}", at("severity_when"))),
+        }
+    }
+    for r in &spec.requires {
+        if r != "geoip" {
+            errors.push(format!("{name}:{}: requires: unknown requirement {r:?} (geoip)", at("requires")));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     let uses_ip = cond.uses_ip() || detectors.iter().any(Detector::uses_ip) || spec.dimension.from_ip();
     Ok(Rule {
         id: spec.id,
@@ -440,6 +471,8 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
         dimension: spec.dimension,
         cond,
         detectors,
+        severity_when,
+        requires_geoip: spec.requires.iter().any(|r| r == "geoip"),
         uses_ip,
         file: file.to_path_buf(),
         tests: spec.tests,

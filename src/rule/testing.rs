@@ -17,6 +17,9 @@ pub struct TestSpec {
     pub name: String,
     /// `alarm`: the rule must fire on some event of the case; `none`: on none of them.
     pub expect: String,
+    /// Detector parameters for this case (as in the alarm policy), to keep cases short.
+    #[serde(default)]
+    pub thresholds: std::collections::BTreeMap<String, String>,
     pub events: Vec<TestEvent>,
 }
 
@@ -206,11 +209,85 @@ impl TestEvent {
             principal: None,
             leak,
         };
-        // IP classes are added by the caller's classifier; the test's own classes on top.
+        // The classes a real classifier would give without lists, plus the test's own.
         let mut e = enrichment;
+        match (source_ip, event.source_address.as_deref()) {
+            (Some(ip), _) if crate::enrich::is_private(ip) => e.ip_class.insert(IpClass::Private),
+            (Some(_), _) => e.ip_class.insert(IpClass::Public),
+            (None, Some(a)) if crate::enrich::is_service_address(a) => e.ip_class.insert(IpClass::Service),
+            (None, _) => e.ip_class.insert(IpClass::Unknown),
+        }
         for c in ip_class {
             e.ip_class.insert(c);
         }
         Ok((event, e))
     }
+}
+
+/// The result of one test case.
+#[derive(Debug, Clone)]
+pub struct TestOutcome {
+    pub rule_id: String,
+    pub file: std::path::PathBuf,
+    pub test: String,
+    /// Empty when the case passed.
+    pub failures: Vec<String>,
+}
+
+/// Runs every test case of every rule, each on a fresh engine that holds only that rule.
+pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
+    let mut out = Vec::new();
+    for rule in &set.rules {
+        for test in &rule.tests {
+            let mut failures = Vec::new();
+            let mut rule = rule.clone();
+            if let Err(e) = rule.apply_thresholds(&test.thresholds) {
+                failures.push(format!("thresholds: {e}"));
+            }
+            let single = super::RuleSet {
+                rules: vec![rule.clone()],
+                catalogs: set.catalogs.clone(),
+            };
+            let mut engine = match crate::engine::Engine::new(&single, crate::policy::Policy::default()) {
+                Ok(e) => e,
+                Err(e) => {
+                    failures.extend(e);
+                    out.push(TestOutcome { rule_id: rule.id.clone(), file: rule.file.clone(), test: test.name.clone(), failures });
+                    continue;
+                }
+            };
+            let mut fired_any = false;
+            for (i, te) in test.events.iter().enumerate() {
+                let (event, enrichment) = match te.build(i) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        failures.push(format!("event {}: {e}", i + 1));
+                        continue;
+                    }
+                };
+                let fired = !engine.detect(&event, &enrichment).is_empty();
+                fired_any |= fired;
+                if let Some(want) = te.fires
+                    && want != fired
+                {
+                    failures.push(format!(
+                        "event {} ({}): expected the rule {} fire, it did{}",
+                        i + 1,
+                        event.api(),
+                        if want { "to" } else { "not to" },
+                        if fired { "" } else { " not" }
+                    ));
+                }
+            }
+            if fired_any != test.expect_alarm() {
+                failures.push(format!(
+                    "expected {}, the rule {}",
+                    if test.expect_alarm() { "an alarm" } else { "no alarm" },
+                    if fired_any { "fired" } else { "did not fire" }
+                ));
+            }
+            out.push(TestOutcome { rule_id: rule.id.clone(), file: rule.file.clone(), test: test.name.clone(), failures });
+        }
+    }
+    out
 }
