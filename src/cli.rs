@@ -32,6 +32,17 @@ pub enum Command {
     Normalize(NormalizeArgs),
     /// Parse credential reports (AWS IAM, Alibaba RAM, Tencent CAM) and print them as JSON.
     Reports(ReportsArgs),
+    /// Run the whole pipeline over files and print alarms (JSON lines on stdout, a summary
+    /// table on stderr). With no paths: the bundled example scenario under examples/.
+    Replay(ReplayArgs),
+    /// Configuration risks in credential reports (JSON lines).
+    Risks {
+        /// Judge as of this time (RFC 3339); default: when each report was generated.
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
     /// Validate the rules (and policies) under DIR and run every rule's own test events.
     CheckRules {
         #[arg(default_value = "rules")]
@@ -68,9 +79,40 @@ pub struct ReportsArgs {
     pub paths: Vec<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Credential reports to join (AWS IAM, Alibaba RAM, Tencent CAM).
+    #[arg(long)]
+    pub reports: Vec<PathBuf>,
+    /// The rules directory (catalogs under catalogs/, policies under policies/).
+    #[arg(long, default_value = "rules")]
+    pub rules: PathBuf,
+    /// Policy directory (default: RULES/policies).
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// IP / ASN list files or directories (default: RULES/lists).
+    #[arg(long)]
+    pub lists: Vec<PathBuf>,
+    /// MaxMind DB files (GeoLite2 / GeoIP2 City and ASN).
+    #[arg(long)]
+    pub geoip: Vec<PathBuf>,
+    /// Leak feeds: gitleaks JSON reports or trufflehog JSON lines.
+    #[arg(long)]
+    pub leaks: Vec<PathBuf>,
+    #[arg(long, value_parser = parse_cloud)]
+    pub provider: Option<Cloud>,
+    /// Write rejected records here (JSON lines) instead of listing them on stderr.
+    #[arg(long, value_name = "FILE")]
+    pub dlq: Option<PathBuf>,
+    /// Log files, directories or `-`; none: the bundled examples/.
+    pub paths: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SchemaKind {
     Event,
+    Alarm,
+    Risk,
 }
 
 fn parse_cloud(s: &str) -> Result<Cloud, String> {
@@ -82,14 +124,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Normalize(args) => normalize(args),
         Command::Reports(args) => reports(args),
         Command::CheckRules { dir } => check_rules(&dir),
+        Command::Replay(args) => replay(args),
+        Command::Risks { as_of, reports } => risks(as_of.as_deref(), &reports),
         Command::Schema { which } => {
             let schema = match which {
                 SchemaKind::Event => event_schema(),
+                SchemaKind::Alarm => alarm_schema(),
+                SchemaKind::Risk => risk_schema(),
             };
             println!("{schema}");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The JSON Schema of [`crate::alarm::Alarm`], as committed in `schemas/alarm.schema.json`.
+pub fn alarm_schema() -> String {
+    let schema = schemars::schema_for!(crate::alarm::Alarm);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+/// The JSON Schema of [`crate::risk::Risk`], as committed in `schemas/risk.schema.json`.
+pub fn risk_schema() -> String {
+    let schema = schemars::schema_for!(crate::risk::Risk);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
 
 /// The JSON Schema of [`Event`], as committed in `schemas/event.schema.json`.
@@ -252,4 +310,195 @@ fn check_rules(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         failed
     );
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Where the repository's own directories are: the working directory, else the source tree
+/// the binary was built from (so `akwatch replay` works from anywhere on a developer machine).
+fn repo_path(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return here;
+    }
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if built.exists() { built } else { here }
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    use crate::replay::{ReplayOptions, run, setup};
+    let rules = if args.rules == std::path::Path::new("rules") { repo_path("rules") } else { args.rules.clone() };
+    let bundled = args.paths.is_empty();
+    let mut options = if bundled {
+        let examples = repo_path("examples");
+        if !examples.join("logs").is_dir() {
+            anyhow::bail!("no paths given and the bundled examples/ directory was not found; give log paths");
+        }
+        ReplayOptions::bundled(&examples, &rules)
+    } else {
+        ReplayOptions {
+            inputs: args.paths.clone(),
+            rules: rules.clone(),
+            lists: vec![rules.join("lists")],
+            ..ReplayOptions::default()
+        }
+    };
+    options.reports.extend(args.reports);
+    options.geoip.extend(args.geoip);
+    options.leaks.extend(args.leaks);
+    options.lists.extend(args.lists);
+    if args.policies.is_some() {
+        options.policies = args.policies;
+    }
+    options.provider = args.provider;
+    let mut s = match setup(&options) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            anyhow::bail!("{} problem(s) at start-up", errors.len());
+        }
+    };
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut dlq = match &args.dlq {
+        Some(path) => Some(BufWriter::new(
+            File::create(path).with_context(|| format!("cannot create dead-letter file {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut write_error: Option<io::Error> = None;
+    let mut reject_lines = 0usize;
+    let summary = run(
+        &mut s,
+        &options.inputs,
+        options.provider,
+        &mut |alarm| {
+            if write_error.is_none()
+                && let Err(e) = write_json_line(&mut out, alarm)
+            {
+                write_error = Some(e);
+            }
+        },
+        &mut |Rejected { reject, raw }| match dlq.as_mut() {
+            Some(w) => {
+                let _ = write_json_line(w, &DeadLetter::new(&reject, raw));
+            }
+            None => {
+                reject_lines += 1;
+                if reject_lines <= 20 {
+                    eprintln!("rejected [{}] {reject}", reject.kind);
+                }
+            }
+        },
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    for r in &summary.risks {
+        if write_error.is_none()
+            && let Err(e) = write_json_line(&mut out, r)
+        {
+            write_error = Some(e);
+        }
+    }
+    if let Some(w) = dlq.as_mut() {
+        w.flush()?;
+    }
+    if write_error.is_none()
+        && let Err(e) = out.flush()
+    {
+        write_error = Some(e);
+    }
+    eprint!("{}", summary_table(&s.engine.stats, &summary));
+    match write_error {
+        Some(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!("cannot write to stdout: {e}")),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The readable summary a replay prints on stderr.
+pub fn summary_table(stats: &crate::engine::Stats, summary: &crate::replay::Summary) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nakwatch replay: {} events from {} file(s), {} rejected; {} alarms ({} notifications), {} configuration risks",
+        summary.events,
+        summary.files,
+        summary.rejected,
+        summary.alarms.len(),
+        summary.notifications,
+        summary.risks.len()
+    );
+    let mut by_rule: BTreeMap<&str, (String, usize, u64)> = BTreeMap::new();
+    for a in &summary.alarms {
+        let e = by_rule.entry(a.rule_id.as_str()).or_insert((String::new(), 0, 0));
+        if e.0.is_empty() || a.severity > parse_sev(&e.0) {
+            e.0 = a.severity.as_str().to_owned();
+        }
+        e.1 += 1;
+        e.2 += a.count;
+    }
+    let _ = writeln!(t, "  {:<34} {:>8} {:>7} {:>7} {:>12}", "rule", "severity", "alarms", "hits", "allowlisted");
+    let mut ids: Vec<&str> = by_rule.keys().copied().collect();
+    for id in stats.allowlisted.keys() {
+        if !ids.contains(&id.as_str()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    for id in ids {
+        let (sev, alarms, hits) = by_rule.get(id).cloned().unwrap_or_default();
+        let allowed = stats.allowlisted.get(id).copied().unwrap_or(0);
+        let _ = writeln!(t, "  {id:<34} {sev:>8} {alarms:>7} {hits:>7} {allowed:>12}");
+    }
+    let mut risks: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &summary.risks {
+        *risks.entry(r.risk_id).or_default() += 1;
+    }
+    if !risks.is_empty() {
+        let _ = writeln!(t, "  {:<34} {:>8}", "configuration risk", "count");
+        for (id, n) in risks {
+            let _ = writeln!(t, "  {id:<34} {n:>8}");
+        }
+    }
+    let _ = writeln!(t, "  rule evaluations skipped for IP-hidden keys: {}", stats.ip_hidden_skips);
+    t
+}
+
+fn parse_sev(s: &str) -> crate::rule::Severity {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(crate::rule::Severity::Info)
+}
+
+fn risks(as_of: Option<&str>, reports: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let as_of = match as_of {
+        Some(t) => Some(crate::provider::time::parse_time_text(t).map_err(|e| anyhow::anyhow!("--as-of: {e}"))?),
+        None => None,
+    };
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let (mut failed, mut count) = (0usize, 0usize);
+    for path in reports {
+        match read_report(path) {
+            Ok(parsed) => {
+                for e in &parsed.row_errors {
+                    eprintln!("error: {e}");
+                }
+                let now = as_of.unwrap_or_else(|| crate::risk::report_time(&parsed.snapshot));
+                for r in crate::risk::risks(&parsed.snapshot, now) {
+                    write_json_line(&mut out, &r)?;
+                    count += 1;
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    out.flush()?;
+    eprintln!("{count} configuration risk(s) in {} report(s)", reports.len() - failed);
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

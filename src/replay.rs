@@ -1,0 +1,336 @@
+//! The whole pipeline over files: decode → enrich → policy → detect → aggregate. Used by
+//! `akwatch replay` (the embedded default) and by the tests; the Kafka service builds its
+//! stages with the same `setup`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::alarm::{Alarm, AlarmStatus, Evidence, alarm_id};
+use crate::engine::Engine;
+use crate::enrich::{Enricher, GeoDb, IpLists, IpSet, LeakEntry, LeakFeed, ReportIndex, iplist};
+use crate::event::{Cloud, KeyKind, Principal, PrincipalType};
+use crate::policy::Policy;
+use crate::provider::Decoder;
+use crate::report::{ReportSnapshot, read_report};
+use crate::risk::{Risk, report_time, risks};
+use crate::rule::{AlarmType, RuleSet, Severity};
+use crate::source::framing::FrameOptions;
+use crate::source::{Rejected, expand, read_input};
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub inputs: Vec<String>,
+    pub reports: Vec<PathBuf>,
+    pub rules: PathBuf,
+    pub policies: Option<PathBuf>,
+    pub lists: Vec<PathBuf>,
+    pub geoip: Vec<PathBuf>,
+    pub leaks: Vec<PathBuf>,
+    pub provider: Option<Cloud>,
+}
+
+impl ReplayOptions {
+    /// The bundled example scenario under `dir` (`examples/`): its logs, reports, GeoIP file,
+    /// lists, leak feed and policies, with the repository's rules.
+    pub fn bundled(dir: &Path, rules: &Path) -> ReplayOptions {
+        let files = |sub: &str| -> Vec<PathBuf> {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
+                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect())
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        let geo = dir.join("geo.mmdb");
+        ReplayOptions {
+            inputs: vec![dir.join("logs").display().to_string()],
+            reports: files("reports"),
+            rules: rules.to_path_buf(),
+            policies: Some(dir.join("policies")),
+            lists: vec![rules.join("lists"), dir.join("lists")],
+            geoip: if geo.is_file() { vec![geo] } else { vec![] },
+            leaks: files("leaks"),
+            provider: None,
+        }
+    }
+}
+
+/// Everything built at start-up.
+pub struct Setup {
+    pub enricher: Enricher,
+    pub engine: Engine,
+    pub snapshots: Vec<ReportSnapshot>,
+    /// Start-up warnings (rules disabled for want of a GeoIP database, ...).
+    pub warnings: Vec<String>,
+}
+
+/// Loads rules, policies, lists, GeoIP, reports and leak feeds. Every problem is reported
+/// together.
+pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut rules = match RuleSet::load(&o.rules) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.extend(e);
+            RuleSet::default()
+        }
+    };
+    let policy_dir = o.policies.clone().unwrap_or_else(|| o.rules.join("policies"));
+    let policy = match Policy::load(&policy_dir, &rules) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.extend(e);
+            Policy::default()
+        }
+    };
+    let geo = if o.geoip.is_empty() {
+        None
+    } else {
+        match GeoDb::open(&o.geoip) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        }
+    };
+    if geo.is_none() {
+        let off: Vec<String> = rules.rules.iter().filter(|r| r.requires_geoip).map(|r| r.id.clone()).collect();
+        if !off.is_empty() {
+            warnings.push(format!("no GeoIP database given (--geoip): rules disabled: {}", off.join(", ")));
+        }
+        rules.rules.retain(|r| !r.requires_geoip);
+    }
+    let lists = match load_lists(&o.lists) {
+        Ok(l) => l,
+        Err(e) => {
+            errors.extend(e);
+            IpLists::default()
+        }
+    };
+    let mut snapshots = Vec::new();
+    for path in &o.reports {
+        match read_report(path) {
+            Ok(parsed) => {
+                for e in parsed.row_errors {
+                    warnings.push(format!("credential report row left out: {e}"));
+                }
+                snapshots.push(parsed.snapshot);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let mut leaks = LeakFeed::default();
+    for path in &o.leaks {
+        if let Err(e) = leaks.read(path) {
+            errors.push(e);
+        }
+    }
+    let engine = match Engine::new(&rules, policy) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            errors.extend(e);
+            None
+        }
+    };
+    match (errors.is_empty(), engine) {
+        (true, Some(engine)) => Ok(Setup {
+            enricher: Enricher {
+                geo,
+                lists,
+                reports: ReportIndex::new(&snapshots),
+                leaks,
+            },
+            engine,
+            snapshots,
+            warnings,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Reads list files by name: `own*` (the account's CIDRs), `tor*`, `threat*` (IPs / CIDRs),
+/// `hosting*` and `cloud*` (ASNs). Directories are read for their `*.txt` files.
+pub fn load_lists(paths: &[PathBuf]) -> Result<IpLists, Vec<String>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|f| f.extension().is_some_and(|x| x == "txt")).collect())
+                .unwrap_or_default();
+            v.sort();
+            files.extend(v);
+        } else if p.is_file() {
+            files.push(p.clone());
+        }
+    }
+    let (mut own, mut tor, mut threat) = (Vec::new(), Vec::new(), Vec::new());
+    let mut lists = IpLists::default();
+    let mut errors = Vec::new();
+    for f in files {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("{}: cannot read: {e}", f.display()));
+                continue;
+            }
+        };
+        let file = f.display().to_string();
+        let ips = |out: &mut Vec<String>, errors: &mut Vec<String>| match IpSet::parse(&file, &text) {
+            Ok(_) => out.push(text.clone()),
+            Err(e) => errors.extend(e.into_iter().map(|x| x.to_string())),
+        };
+        if name.starts_with("own") {
+            ips(&mut own, &mut errors);
+        } else if name.starts_with("tor") {
+            ips(&mut tor, &mut errors);
+        } else if name.starts_with("threat") {
+            ips(&mut threat, &mut errors);
+        } else if name.starts_with("hosting") || name.starts_with("cloud") {
+            match iplist::parse_asns(&file, &text) {
+                Ok(asns) if name.starts_with("hosting") => lists.hosting_asns.extend(asns),
+                Ok(asns) => lists.cloud_asns.extend(asns),
+                Err(e) => errors.extend(e.into_iter().map(|x| x.to_string())),
+            }
+        } else {
+            errors.push(format!("{file}: unknown list (name it own*, tor*, threat*, hosting*, or cloud*)"));
+        }
+    }
+    let join = |texts: Vec<String>| IpSet::parse("lists", &texts.join("\n")).unwrap_or_default();
+    lists.own = join(own);
+    lists.tor = join(tor);
+    lists.threat = join(threat);
+    if errors.is_empty() { Ok(lists) } else { Err(errors) }
+}
+
+/// An alarm for a leaked key as such (from the leak feed or a report flag), before any use.
+pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud) -> Alarm {
+    let mut facts = BTreeMap::new();
+    facts.insert("leak".to_owned(), serde_json::json!(entry));
+    let now = entry
+        .found_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(|| chrono::DateTime::<chrono::Utc>::UNIX_EPOCH, |t| t.with_timezone(&chrono::Utc));
+    Alarm {
+        alarm_id: alarm_id("ak.key_leaked", &entry.key_id, Some(&entry.source), 0),
+        rule_id: "ak.key_leaked".to_owned(),
+        rule_name: "Access key found leaked".to_owned(),
+        severity: Severity::High,
+        alarm_type: AlarmType::Leak,
+        status: AlarmStatus::Created,
+        cloud,
+        account_id: None,
+        access_key_id: Some(crate::event::AccessKeyId(entry.key_id.clone())),
+        key_kind: KeyKind::Permanent,
+        principal: Principal {
+            kind: PrincipalType::Unknown,
+            name: None,
+            id: None,
+            arn: None,
+            role: None,
+            invoked_by: None,
+            mfa: None,
+            instance_id: None,
+        },
+        dimension: None,
+        source_ips: Vec::new(),
+        apis: Vec::new(),
+        count: 1,
+        first_seen: now,
+        last_seen: now,
+        evidence: Evidence {
+            event_ids: Vec::new(),
+            facts,
+        },
+        description: format!("The key was found in {}{}.", entry.source, entry.location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default()),
+        advice: "Disable the key now, issue a new one, and remove the secret from where it leaked (and its history).".to_owned(),
+    }
+}
+
+/// The cloud of a key id, from its shape.
+pub fn cloud_of_key(key: &str) -> Cloud {
+    if key.starts_with("LTAI") || key.starts_with("STS.") {
+        Cloud::Alibaba
+    } else if key.starts_with("AKID") {
+        Cloud::Tencent
+    } else {
+        Cloud::Aws
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub files: usize,
+    pub events: u64,
+    pub rejected: u64,
+    pub alarms: Vec<Alarm>,
+    pub risks: Vec<Risk>,
+    pub notifications: u64,
+}
+
+/// Runs the pipeline over the inputs. `on_alarm` gets every notification (created and
+/// updates, then the final updates), `on_reject` every record that could not be decoded.
+pub fn run(
+    setup: &mut Setup,
+    inputs: &[String],
+    provider: Option<Cloud>,
+    on_alarm: &mut dyn FnMut(&Alarm),
+    on_reject: &mut dyn FnMut(Rejected<'_>),
+) -> Result<Summary, String> {
+    let expanded = expand(inputs).map_err(|e| e.to_string())?;
+    let decoder = Decoder::pinned(provider);
+    let mut summary = Summary {
+        files: expanded.inputs.len(),
+        ..Summary::default()
+    };
+    // Leaks known before any call.
+    let mut leak_keys: Vec<LeakEntry> = setup.enricher.leaks.entries().into_iter().cloned().collect();
+    for key in setup.enricher.reports.at_risk_keys() {
+        if !leak_keys.iter().any(|l| l.key_id == key) {
+            leak_keys.push(LeakEntry {
+                key_id: key.to_owned(),
+                source: "credential report: may be at risk".to_owned(),
+                location: None,
+                found_at: None,
+            });
+        }
+    }
+    leak_keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    for entry in &leak_keys {
+        let alarm = leak_alarm(entry, cloud_of_key(&entry.key_id));
+        summary.notifications += 1;
+        on_alarm(&alarm);
+        summary.alarms.push(alarm);
+    }
+    let (enricher, engine) = (&setup.enricher, &mut setup.engine);
+    for input in &expanded.inputs {
+        let counts = read_input(
+            input,
+            &decoder,
+            FrameOptions::default(),
+            &mut |event| {
+                let enrichment = enricher.enrich(&event);
+                for alarm in engine.process(&event, &enrichment) {
+                    summary.notifications += 1;
+                    on_alarm(&alarm);
+                }
+            },
+            on_reject,
+        );
+        summary.events += counts.events;
+        summary.rejected += counts.rejected;
+    }
+    for alarm in engine.flush() {
+        summary.notifications += 1;
+        on_alarm(&alarm);
+    }
+    summary.alarms.extend(engine.alarms());
+    for s in &setup.snapshots {
+        summary.risks.extend(risks(s, report_time(s)));
+    }
+    Ok(summary)
+}
