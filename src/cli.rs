@@ -35,6 +35,24 @@ pub enum Command {
     /// Run the whole pipeline over files and print alarms (JSON lines on stdout, a summary
     /// table on stderr). With no paths: the bundled example scenario under examples/.
     Replay(ReplayArgs),
+    /// Write a realistic multi-cloud scenario: native logs, reports, GeoIP, lists, leak feed,
+    /// policies and the ground truth of the attacks it injected.
+    Simulate {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 40)]
+        keys: usize,
+        #[arg(long, default_value_t = 10)]
+        days: i64,
+        /// First day (UTC), YYYY-MM-DD.
+        #[arg(long, default_value = "2025-06-02")]
+        start: String,
+        /// Median calls per key per day.
+        #[arg(long, default_value_t = 12.0)]
+        calls_per_day: f64,
+        #[arg(long, default_value = "scenario")]
+        out: PathBuf,
+    },
     /// Configuration risks in credential reports (JSON lines).
     Risks {
         /// Judge as of this time (RFC 3339); default: when each report was generated.
@@ -87,9 +105,9 @@ pub struct ReplayArgs {
     /// The rules directory (catalogs under catalogs/, policies under policies/).
     #[arg(long, default_value = "rules")]
     pub rules: PathBuf,
-    /// Policy directory (default: RULES/policies).
+    /// Policy directories, merged (default: RULES/policies).
     #[arg(long)]
-    pub policies: Option<PathBuf>,
+    pub policies: Vec<PathBuf>,
     /// IP / ASN list files or directories (default: RULES/lists).
     #[arg(long)]
     pub lists: Vec<PathBuf>,
@@ -125,6 +143,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reports(args) => reports(args),
         Command::CheckRules { dir } => check_rules(&dir),
         Command::Replay(args) => replay(args),
+        Command::Simulate { seed, keys, days, start, calls_per_day, out } => {
+            let start = chrono::NaiveDate::parse_from_str(&start, "%Y-%m-%d")
+                .map_err(|e| anyhow::anyhow!("--start: {e}"))?
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc())
+                .ok_or_else(|| anyhow::anyhow!("--start: bad date"))?;
+            let options = crate::simulate::SimOptions { seed, keys, days, start, out: out.clone(), calls_per_day };
+            let truth = crate::simulate::generate(&options).with_context(|| format!("cannot write the scenario to {}", out.display()))?;
+            eprintln!(
+                "wrote {} events of {} keys over {} days to {} ({} injected attacks; ground truth in ground-truth.json)",
+                truth.events,
+                truth.keys,
+                truth.days,
+                out.display(),
+                truth.attacks.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Risks { as_of, reports } => risks(as_of.as_deref(), &reports),
         Command::Schema { which } => {
             let schema = match which {
@@ -345,7 +381,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     options.geoip.extend(args.geoip);
     options.leaks.extend(args.leaks);
     options.lists.extend(args.lists);
-    if args.policies.is_some() {
+    if !args.policies.is_empty() {
         options.policies = args.policies;
     }
     options.provider = args.provider;

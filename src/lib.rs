@@ -18,6 +18,7 @@ pub mod replay;
 pub mod report;
 pub mod risk;
 pub mod rule;
+pub mod simulate;
 pub mod sink;
 pub mod source;
 

@@ -212,12 +212,29 @@ impl Policy {
         self.allowlist.iter().find(|a| a.covers(rule_id, e))
     }
 
+    /// Loads several policy directories into one policy (see [`Policy::load`]).
+    pub fn load_dirs(dirs: &[std::path::PathBuf], rules: &RuleSet) -> Result<Policy, Vec<String>> {
+        let mut policy = Policy::default();
+        let mut errors = Vec::new();
+        for dir in dirs {
+            if let Err(mut e) = policy.load_into(dir, rules) {
+                errors.append(&mut e);
+            }
+        }
+        if errors.is_empty() { Ok(policy) } else { Err(errors) }
+    }
+
     /// Loads every `*.yaml` in `dir` (missing dir: empty policy). Rule ids named in scopes and
     /// the alarm policy must exist in `rules`. All problems are returned, with file and line.
     pub fn load(dir: &Path, rules: &RuleSet) -> Result<Policy, Vec<String>> {
         let mut policy = Policy::default();
+        policy.load_into(dir, rules)?;
+        Ok(policy)
+    }
+
+    fn load_into(&mut self, dir: &Path, rules: &RuleSet) -> Result<(), Vec<String>> {
         if !dir.is_dir() {
-            return Ok(policy);
+            return Ok(());
         }
         let mut errors = Vec::new();
         let mut files: Vec<_> = walkdir::WalkDir::new(dir)
@@ -237,11 +254,11 @@ impl Policy {
                     continue;
                 }
             };
-            if let Err(mut e) = policy.add_file(&name, &text, rules) {
+            if let Err(mut e) = self.add_file(&name, &text, rules) {
                 errors.append(&mut e);
             }
         }
-        if errors.is_empty() { Ok(policy) } else { Err(errors) }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
     /// Adds one policy file's text.

@@ -23,7 +23,8 @@ pub struct ReplayOptions {
     pub inputs: Vec<String>,
     pub reports: Vec<PathBuf>,
     pub rules: PathBuf,
-    pub policies: Option<PathBuf>,
+    /// Policy directories, merged (default: RULES/policies).
+    pub policies: Vec<PathBuf>,
     pub lists: Vec<PathBuf>,
     pub geoip: Vec<PathBuf>,
     pub leaks: Vec<PathBuf>,
@@ -46,7 +47,7 @@ impl ReplayOptions {
             inputs: vec![dir.join("logs").display().to_string()],
             reports: files("reports"),
             rules: rules.to_path_buf(),
-            policies: Some(dir.join("policies")),
+            policies: vec![rules.join("policies"), dir.join("policies")],
             lists: vec![rules.join("lists"), dir.join("lists")],
             geoip: if geo.is_file() { vec![geo] } else { vec![] },
             leaks: files("leaks"),
@@ -76,8 +77,8 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             RuleSet::default()
         }
     };
-    let policy_dir = o.policies.clone().unwrap_or_else(|| o.rules.join("policies"));
-    let policy = match Policy::load(&policy_dir, &rules) {
+    let policy_dirs = if o.policies.is_empty() { vec![o.rules.join("policies")] } else { o.policies.clone() };
+    let policy = match Policy::load_dirs(&policy_dirs, &rules) {
         Ok(p) => p,
         Err(e) => {
             errors.extend(e);
@@ -110,7 +111,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
         }
     };
     let mut snapshots = Vec::new();
-    for path in &o.reports {
+    for path in &files_in(&o.reports) {
         match read_report(path) {
             Ok(parsed) => {
                 for e in parsed.row_errors {
@@ -122,7 +123,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
         }
     }
     let mut leaks = LeakFeed::default();
-    for path in &o.leaks {
+    for path in &files_in(&o.leaks) {
         if let Err(e) = leaks.read(path) {
             errors.push(e);
         }
@@ -148,6 +149,23 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
         }),
         _ => Err(errors),
     }
+}
+
+/// The paths, with directories replaced by the (sorted) files in them.
+fn files_in(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|f| f.is_file()).collect())
+                .unwrap_or_default();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
 }
 
 /// Reads list files by name: `own*` (the account's CIDRs), `tor*`, `threat*` (IPs / CIDRs),

@@ -205,7 +205,13 @@ impl Engine {
                 .name
                 .as_ref()
                 .is_some_and(|n| self.state.quarantined.get(&(event.cloud, n.clone())).is_some_and(|q| *q <= t));
-        let leaked = enr.leak.is_some() || quarantined;
+        // A leak counts from when it happened (the feed's date), when the feed says.
+        let leaked = enr.leak.as_ref().is_some_and(|l| {
+            l.found_at
+                .as_deref()
+                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                .is_none_or(|d| d <= event.event_time)
+        }) || quarantined;
         let key_inactive = enr.key.as_ref().is_some_and(|k| !k.active)
             || (event.key_kind == KeyKind::Permanent
                 && enr.principal.as_ref().is_some_and(|p| !p.keys.is_empty() && p.keys.iter().all(|k| !k.active)));
