@@ -82,7 +82,7 @@ pub struct Alarm {
 pub struct Hit {
     pub facts: BTreeMap<String, serde_json::Value>,
     pub dimension: Option<String>,
-    /// A raised severity (`severity_when`).
+    /// The severity of this hit (the rule's, the alarm policy's, or raised by `severity_when`).
     pub severity: Option<Severity>,
 }
 
@@ -109,7 +109,12 @@ pub struct Aggregator {
 /// `akw-` and the first 24 hex digits of SHA-256 over the alarm's identity.
 pub fn alarm_id(rule_id: &str, subject: &str, dimension: Option<&str>, period: i64) -> String {
     let mut h = Sha256::new();
-    for part in [rule_id, subject, dimension.unwrap_or("-"), &period.to_string()] {
+    for part in [
+        rule_id,
+        subject,
+        dimension.unwrap_or("-"),
+        &period.to_string(),
+    ] {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -144,13 +149,13 @@ impl Aggregator {
     pub fn record(
         &mut self,
         rule: &Rule,
-        severity: Severity,
         hit: Hit,
         event: &Event,
         enrichment: &Enrichment,
         ip_hidden: bool,
         settings: AggregationSettings,
     ) -> Option<Alarm> {
+        let severity = hit.severity.unwrap_or(rule.severity);
         let t = event.event_time;
         let period = t.timestamp().div_euclid(settings.period_secs.max(1));
         let subject = subject_of(event);
@@ -173,7 +178,11 @@ impl Aggregator {
                     principal: event.principal.clone(),
                     dimension: hit.dimension.as_ref().map(|v| Dimension {
                         name: rule.dimension.as_str().to_owned(),
-                        value: if ip_hidden && rule.dimension.from_ip() { "masked".to_owned() } else { v.clone() },
+                        value: if ip_hidden && rule.dimension.from_ip() {
+                            "masked".to_owned()
+                        } else {
+                            v.clone()
+                        },
                     }),
                     source_ips: source_ip.iter().cloned().collect(),
                     apis: vec![api],
@@ -262,11 +271,18 @@ fn source_ip_of(event: &Event, enrichment: &Enrichment, ip_hidden: bool) -> Opti
     let shown = if ip_hidden {
         "masked".to_owned()
     } else {
-        event.source_ip.map(|ip| ip.to_string()).or_else(|| event.source_address.clone())?
+        event
+            .source_ip
+            .map(|ip| ip.to_string())
+            .or_else(|| event.source_address.clone())?
     };
     Some(SourceIp {
         ip: shown,
-        geo: if ip_hidden { GeoInfo::default() } else { enrichment.geo.clone().unwrap_or_default() },
+        geo: if ip_hidden {
+            GeoInfo::default()
+        } else {
+            enrichment.geo.clone().unwrap_or_default()
+        },
         classes: enrichment.ip_class.iter().collect(),
     })
 }

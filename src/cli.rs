@@ -143,14 +143,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reports(args) => reports(args),
         Command::CheckRules { dir } => check_rules(&dir),
         Command::Replay(args) => replay(args),
-        Command::Simulate { seed, keys, days, start, calls_per_day, out } => {
+        Command::Simulate {
+            seed,
+            keys,
+            days,
+            start,
+            calls_per_day,
+            out,
+        } => {
             let start = chrono::NaiveDate::parse_from_str(&start, "%Y-%m-%d")
                 .map_err(|e| anyhow::anyhow!("--start: {e}"))?
                 .and_hms_opt(0, 0, 0)
                 .map(|t| t.and_utc())
                 .ok_or_else(|| anyhow::anyhow!("--start: bad date"))?;
-            let options = crate::simulate::SimOptions { seed, keys, days, start, out: out.clone(), calls_per_day };
-            let truth = crate::simulate::generate(&options).with_context(|| format!("cannot write the scenario to {}", out.display()))?;
+            let options = crate::simulate::SimOptions {
+                seed,
+                keys,
+                days,
+                start,
+                out: out.clone(),
+                calls_per_day,
+            };
+            let truth = crate::simulate::generate(&options)
+                .with_context(|| format!("cannot write the scenario to {}", out.display()))?;
             eprintln!(
                 "wrote {} events of {} keys over {} days to {} ({} injected attacks; ground truth in ground-truth.json)",
                 truth.events,
@@ -345,7 +360,11 @@ fn check_rules(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         outcomes.len() - outcomes.iter().filter(|o| !o.failures.is_empty()).count(),
         failed
     );
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Where the repository's own directories are: the working directory, else the source tree
@@ -361,12 +380,18 @@ fn repo_path(rel: &str) -> PathBuf {
 
 fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     use crate::replay::{ReplayOptions, run, setup};
-    let rules = if args.rules == std::path::Path::new("rules") { repo_path("rules") } else { args.rules.clone() };
+    let rules = if args.rules == std::path::Path::new("rules") {
+        repo_path("rules")
+    } else {
+        args.rules.clone()
+    };
     let bundled = args.paths.is_empty();
     let mut options = if bundled {
         let examples = repo_path("examples");
         if !examples.join("logs").is_dir() {
-            anyhow::bail!("no paths given and the bundled examples/ directory was not found; give log paths");
+            anyhow::bail!(
+                "no paths given and the bundled examples/ directory was not found; give log paths"
+            );
         }
         ReplayOptions::bundled(&examples, &rules)
     } else {
@@ -398,9 +423,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     let mut dlq = match &args.dlq {
-        Some(path) => Some(BufWriter::new(
-            File::create(path).with_context(|| format!("cannot create dead-letter file {}", path.display()))?,
-        )),
+        Some(path) => Some(BufWriter::new(File::create(path).with_context(|| {
+            format!("cannot create dead-letter file {}", path.display())
+        })?)),
         None => None,
     };
     let stdout = io::stdout();
@@ -448,7 +473,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     eprint!("{}", summary_table(&s.engine.stats, &summary));
     match write_error {
-        Some(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!("cannot write to stdout: {e}")),
+        Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("cannot write to stdout: {e}"))
+        }
         _ => Ok(ExitCode::SUCCESS),
     }
 }
@@ -470,14 +497,20 @@ pub fn summary_table(stats: &crate::engine::Stats, summary: &crate::replay::Summ
     );
     let mut by_rule: BTreeMap<&str, (String, usize, u64)> = BTreeMap::new();
     for a in &summary.alarms {
-        let e = by_rule.entry(a.rule_id.as_str()).or_insert((String::new(), 0, 0));
+        let e = by_rule
+            .entry(a.rule_id.as_str())
+            .or_insert((String::new(), 0, 0));
         if e.0.is_empty() || a.severity > parse_sev(&e.0) {
             e.0 = a.severity.as_str().to_owned();
         }
         e.1 += 1;
         e.2 += a.count;
     }
-    let _ = writeln!(t, "  {:<34} {:>8} {:>7} {:>7} {:>12}", "rule", "severity", "alarms", "hits", "allowlisted");
+    let _ = writeln!(
+        t,
+        "  {:<34} {:>8} {:>7} {:>7} {:>12}",
+        "rule", "severity", "alarms", "hits", "allowlisted"
+    );
     let mut ids: Vec<&str> = by_rule.keys().copied().collect();
     for id in stats.allowlisted.keys() {
         if !ids.contains(&id.as_str()) {
@@ -500,17 +533,25 @@ pub fn summary_table(stats: &crate::engine::Stats, summary: &crate::replay::Summ
             let _ = writeln!(t, "  {id:<34} {n:>8}");
         }
     }
-    let _ = writeln!(t, "  rule evaluations skipped for IP-hidden keys: {}", stats.ip_hidden_skips);
+    let _ = writeln!(
+        t,
+        "  rule evaluations skipped for IP-hidden keys: {}",
+        stats.ip_hidden_skips
+    );
     t
 }
 
 fn parse_sev(s: &str) -> crate::rule::Severity {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(crate::rule::Severity::Info)
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .unwrap_or(crate::rule::Severity::Info)
 }
 
 fn risks(as_of: Option<&str>, reports: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let as_of = match as_of {
-        Some(t) => Some(crate::provider::time::parse_time_text(t).map_err(|e| anyhow::anyhow!("--as-of: {e}"))?),
+        Some(t) => Some(
+            crate::provider::time::parse_time_text(t)
+                .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?,
+        ),
         None => None,
     };
     let stdout = io::stdout();
@@ -535,6 +576,13 @@ fn risks(as_of: Option<&str>, reports: &[PathBuf]) -> anyhow::Result<ExitCode> {
         }
     }
     out.flush()?;
-    eprintln!("{count} configuration risk(s) in {} report(s)", reports.len() - failed);
-    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    eprintln!(
+        "{count} configuration risk(s) in {} report(s)",
+        reports.len() - failed
+    );
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

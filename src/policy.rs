@@ -134,7 +134,12 @@ impl AllowEntry {
         {
             return false;
         }
-        if !self.keys.is_empty() && !e.access_key_id.as_ref().is_some_and(|k| self.keys.contains(k.as_str())) {
+        if !self.keys.is_empty()
+            && !e
+                .access_key_id
+                .as_ref()
+                .is_some_and(|k| self.keys.contains(k.as_str()))
+        {
             return false;
         }
         if !self.key_class.is_empty() {
@@ -204,7 +209,9 @@ impl Policy {
     }
 
     pub fn is_hidden(&self, e: &Event) -> bool {
-        e.access_key_id.as_ref().is_some_and(|k| self.hidden_keys.contains(k.as_str()))
+        e.access_key_id
+            .as_ref()
+            .is_some_and(|k| self.hidden_keys.contains(k.as_str()))
     }
 
     /// The allowlist entry covering this hit, if any.
@@ -221,7 +228,11 @@ impl Policy {
                 errors.append(&mut e);
             }
         }
-        if errors.is_empty() { Ok(policy) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(policy)
+        } else {
+            Err(errors)
+        }
     }
 
     /// Loads every `*.yaml` in `dir` (missing dir: empty policy). Rule ids named in scopes and
@@ -241,7 +252,12 @@ impl Policy {
             .sort_by_file_name()
             .into_iter()
             .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .filter(|e| {
+                e.file_type().is_file()
+                    && e.path()
+                        .extension()
+                        .is_some_and(|x| x == "yaml" || x == "yml")
+            })
             .map(walkdir::DirEntry::into_path)
             .collect();
         files.sort();
@@ -258,24 +274,40 @@ impl Policy {
                 errors.append(&mut e);
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// Adds one policy file's text.
     pub fn add_file(&mut self, name: &str, text: &str, rules: &RuleSet) -> Result<(), Vec<String>> {
-        let spec: PolicyFile = serde_saphyr::from_str(text)
-            .map_err(|e| vec![format!("{name}: {}", crate::rule::first_line(&e.to_string()))])?;
+        let spec: PolicyFile = serde_saphyr::from_str(text).map_err(|e| {
+            vec![format!(
+                "{name}: {}",
+                crate::rule::first_line(&e.to_string())
+            )]
+        })?;
         let mut errors = Vec::new();
-        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).map_or(1, |i| i + 1);
+        let line_of = |needle: &str| {
+            text.lines()
+                .position(|l| l.contains(needle))
+                .map_or(1, |i| i + 1)
+        };
         let known = |id: &str| rules.get(id).is_some();
         let catalogs: &Catalogs = &rules.catalogs;
         for (i, a) in spec.allowlist.into_iter().enumerate() {
             let id = a.id.clone().unwrap_or_else(|| format!("allowlist[{i}]"));
             let line = line_of(a.id.as_deref().unwrap_or("allowlist"));
-            let mut err = |m: String| errors.push(format!("{name}:{line}: allowlist entry {id}: {m}"));
+            let mut err =
+                |m: String| errors.push(format!("{name}:{line}: allowlist entry {id}: {m}"));
             let mut nets = Vec::new();
             for ip in &a.ips {
-                match ip.parse::<IpNetwork>().or_else(|_| ip.parse::<IpAddr>().map(IpNetwork::from)) {
+                match ip
+                    .parse::<IpNetwork>()
+                    .or_else(|_| ip.parse::<IpAddr>().map(IpNetwork::from))
+                {
                     Ok(n) => nets.push(n),
                     Err(_) => err(format!("not an IP or CIDR: {ip:?}")),
                 }
@@ -289,15 +321,28 @@ impl Policy {
                     None
                 }
             };
-            let globs = |v: &Option<OneOrMany<String>>, err: &mut dyn FnMut(String)| {
-                v.as_ref().and_then(|v| Globs::compile(&v.to_vec(), catalogs).map_err(|e| err(e)).ok())
+            let globs = |v: &Option<OneOrMany<String>>, err: &mut dyn FnMut(String)| match v {
+                None => None,
+                Some(v) => match Globs::compile(&v.to_vec(), catalogs) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        err(e);
+                        None
+                    }
+                },
             };
             let user_agent = globs(&a.user_agent, &mut err);
             let apis = globs(&a.apis, &mut err);
-            let key_class = a.key_class.as_ref().map(OneOrMany::to_vec).unwrap_or_default();
+            let key_class = a
+                .key_class
+                .as_ref()
+                .map(OneOrMany::to_vec)
+                .unwrap_or_default();
             for c in &key_class {
                 if !["permanent", "temporary", "root"].contains(&c.as_str()) {
-                    err(format!("key_class must be permanent, temporary or root, not {c:?}"));
+                    err(format!(
+                        "key_class must be permanent, temporary or root, not {c:?}"
+                    ));
                 }
             }
             let outcome = match a.outcome.as_deref() {
@@ -324,7 +369,13 @@ impl Policy {
                     }
                 },
             };
-            let empty = nets.is_empty() && console.is_none() && user_agent.is_none() && a.keys.is_empty() && key_class.is_empty() && apis.is_none() && outcome.is_none();
+            let empty = nets.is_empty()
+                && console.is_none()
+                && user_agent.is_none()
+                && a.keys.is_empty()
+                && key_class.is_empty()
+                && apis.is_none()
+                && outcome.is_none();
             if empty {
                 err("matches every call: give at least one of ips, method, user_agent, keys, key_class, apis, outcome".into());
             }
@@ -345,7 +396,10 @@ impl Policy {
         }
         for h in spec.ip_hiding {
             if h.keys.is_empty() {
-                errors.push(format!("{name}:{}: ip_hiding entry without keys", line_of("ip_hiding")));
+                errors.push(format!(
+                    "{name}:{}: ip_hiding entry without keys",
+                    line_of("ip_hiding")
+                ));
             }
             let _ = h.comment;
             self.hidden_keys.extend(h.keys);
@@ -364,7 +418,10 @@ impl Policy {
             }
             for (id, r) in ap.rules {
                 if !known(&id) {
-                    errors.push(format!("{name}:{}: alarm_policy: unknown rule {id:?}", line_of(&id)));
+                    errors.push(format!(
+                        "{name}:{}: alarm_policy: unknown rule {id:?}",
+                        line_of(&id)
+                    ));
                     continue;
                 }
                 if r.allowed_lateness.is_some() {
@@ -382,7 +439,11 @@ impl Policy {
                 );
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 

@@ -37,7 +37,12 @@ impl ReplayOptions {
     pub fn bundled(dir: &Path, rules: &Path) -> ReplayOptions {
         let files = |sub: &str| -> Vec<PathBuf> {
             let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
-                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect())
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| p.is_file())
+                        .collect()
+                })
                 .unwrap_or_default();
             v.sort();
             v
@@ -77,7 +82,11 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             RuleSet::default()
         }
     };
-    let policy_dirs = if o.policies.is_empty() { vec![o.rules.join("policies")] } else { o.policies.clone() };
+    let policy_dirs = if o.policies.is_empty() {
+        vec![o.rules.join("policies")]
+    } else {
+        o.policies.clone()
+    };
     let policy = match Policy::load_dirs(&policy_dirs, &rules) {
         Ok(p) => p,
         Err(e) => {
@@ -97,9 +106,17 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
         }
     };
     if geo.is_none() {
-        let off: Vec<String> = rules.rules.iter().filter(|r| r.requires_geoip).map(|r| r.id.clone()).collect();
+        let off: Vec<String> = rules
+            .rules
+            .iter()
+            .filter(|r| r.requires_geoip)
+            .map(|r| r.id.clone())
+            .collect();
         if !off.is_empty() {
-            warnings.push(format!("no GeoIP database given (--geoip): rules disabled: {}", off.join(", ")));
+            warnings.push(format!(
+                "no GeoIP database given (--geoip): rules disabled: {}",
+                off.join(", ")
+            ));
         }
         rules.rules.retain(|r| !r.requires_geoip);
     }
@@ -157,7 +174,12 @@ fn files_in(paths: &[PathBuf]) -> Vec<PathBuf> {
     for p in paths {
         if p.is_dir() {
             let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|f| f.is_file()).collect())
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|f| f.is_file())
+                        .collect()
+                })
                 .unwrap_or_default();
             v.sort();
             out.extend(v);
@@ -175,7 +197,12 @@ pub fn load_lists(paths: &[PathBuf]) -> Result<IpLists, Vec<String>> {
     for p in paths {
         if p.is_dir() {
             let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|f| f.extension().is_some_and(|x| x == "txt")).collect())
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|f| f.extension().is_some_and(|x| x == "txt"))
+                        .collect()
+                })
                 .unwrap_or_default();
             v.sort();
             files.extend(v);
@@ -187,7 +214,11 @@ pub fn load_lists(paths: &[PathBuf]) -> Result<IpLists, Vec<String>> {
     let mut lists = IpLists::default();
     let mut errors = Vec::new();
     for f in files {
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let text = match std::fs::read_to_string(&f) {
             Ok(t) => t,
             Err(e) => {
@@ -196,7 +227,8 @@ pub fn load_lists(paths: &[PathBuf]) -> Result<IpLists, Vec<String>> {
             }
         };
         let file = f.display().to_string();
-        let ips = |out: &mut Vec<String>, errors: &mut Vec<String>| match IpSet::parse(&file, &text) {
+        let ips = |out: &mut Vec<String>, errors: &mut Vec<String>| match IpSet::parse(&file, &text)
+        {
             Ok(_) => out.push(text.clone()),
             Err(e) => errors.extend(e.into_iter().map(|x| x.to_string())),
         };
@@ -213,14 +245,20 @@ pub fn load_lists(paths: &[PathBuf]) -> Result<IpLists, Vec<String>> {
                 Err(e) => errors.extend(e.into_iter().map(|x| x.to_string())),
             }
         } else {
-            errors.push(format!("{file}: unknown list (name it own*, tor*, threat*, hosting*, or cloud*)"));
+            errors.push(format!(
+                "{file}: unknown list (name it own*, tor*, threat*, hosting*, or cloud*)"
+            ));
         }
     }
     let join = |texts: Vec<String>| IpSet::parse("lists", &texts.join("\n")).unwrap_or_default();
     lists.own = join(own);
     lists.tor = join(tor);
     lists.threat = join(threat);
-    if errors.is_empty() { Ok(lists) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(lists)
+    } else {
+        Err(errors)
+    }
 }
 
 /// An alarm for a leaked key as such (from the leak feed or a report flag), before any use.
@@ -231,7 +269,10 @@ pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud) -> Alarm {
         .found_at
         .as_deref()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or_else(|| chrono::DateTime::<chrono::Utc>::UNIX_EPOCH, |t| t.with_timezone(&chrono::Utc));
+        .map_or_else(
+            || chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+            |t| t.with_timezone(&chrono::Utc),
+        );
     Alarm {
         alarm_id: alarm_id("ak.key_leaked", &entry.key_id, Some(&entry.source), 0),
         rule_id: "ak.key_leaked".to_owned(),
@@ -306,7 +347,13 @@ pub fn run(
         ..Summary::default()
     };
     // Leaks known before any call.
-    let mut leak_keys: Vec<LeakEntry> = setup.enricher.leaks.entries().into_iter().cloned().collect();
+    let mut leak_keys: Vec<LeakEntry> = setup
+        .enricher
+        .leaks
+        .entries()
+        .into_iter()
+        .cloned()
+        .collect();
     for key in setup.enricher.reports.at_risk_keys() {
         if !leak_keys.iter().any(|l| l.key_id == key) {
             leak_keys.push(LeakEntry {

@@ -72,8 +72,19 @@ pub fn risks(s: &ReportSnapshot, now: DateTime<Utc>) -> Vec<Risk> {
     out
 }
 
-fn principal_risks(s: &ReportSnapshot, p: &ReportPrincipal, now: DateTime<Utc>, out: &mut Vec<Risk>) {
-    let risk = |risk_id, name, severity, key_slot: Option<u32>, key_id: Option<String>, detail: String, advice| Risk {
+fn principal_risks(
+    s: &ReportSnapshot,
+    p: &ReportPrincipal,
+    now: DateTime<Utc>,
+    out: &mut Vec<Risk>,
+) {
+    let risk = |risk_id,
+                name,
+                severity,
+                key_slot: Option<u32>,
+                key_id: Option<String>,
+                detail: String,
+                advice| Risk {
         risk_id,
         name,
         severity,
@@ -127,8 +138,11 @@ fn principal_risks(s: &ReportSnapshot, p: &ReportPrincipal, now: DateTime<Utc>, 
             ));
         }
         let unused = match (k.last_used.value(), born) {
-            (Some(used), _) => (days(now - *used) > STALE_DAYS).then(|| format!("last used {} days ago", days(now - *used))),
-            (None, Some(b)) if matches!(k.last_used, Cell::NotApplicable) && days(now - b) > STALE_DAYS => {
+            (Some(used), _) => (days(now - *used) > STALE_DAYS)
+                .then(|| format!("last used {} days ago", days(now - *used))),
+            (None, Some(b))
+                if matches!(k.last_used, Cell::NotApplicable) && days(now - b) > STALE_DAYS =>
+            {
                 Some(format!("never used, created {} days ago", days(now - b)))
             }
             _ => None,
@@ -156,12 +170,20 @@ fn principal_risks(s: &ReportSnapshot, p: &ReportPrincipal, now: DateTime<Utc>, 
             ));
         }
     }
-    let password = p.password.enabled.value() == Some(&true) && p.password.active.as_ref().is_none_or(|a| a.value() != Some(&false));
+    let password = p.password.enabled.value() == Some(&true)
+        && p.password
+            .active
+            .as_ref()
+            .is_none_or(|a| a.value() != Some(&false));
     if password && p.mfa_active.value() == Some(&false) {
         out.push(risk(
             "risk.console_without_mfa",
             "Console password without MFA",
-            if p.root { Severity::Critical } else { Severity::High },
+            if p.root {
+                Severity::Critical
+            } else {
+                Severity::High
+            },
             None,
             None,
             "console sign-in by password, no MFA device".to_owned(),
@@ -171,7 +193,9 @@ fn principal_risks(s: &ReportSnapshot, p: &ReportPrincipal, now: DateTime<Utc>, 
     if password {
         let never = match (p.password.last_changed.value(), p.created.value()) {
             (None, _) => true,
-            (Some(changed), Some(created)) => *changed - *created < Duration::days(1) && days(now - *changed) > STALE_DAYS,
+            (Some(changed), Some(created)) => {
+                *changed - *created < Duration::days(1) && days(now - *changed) > STALE_DAYS
+            }
             (Some(_), None) => false,
         };
         if never {

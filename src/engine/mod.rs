@@ -97,7 +97,11 @@ impl Engine {
             .iter()
             .flat_map(|a| &a.rule.detectors)
             .filter_map(|d| match d {
-                Detector::FirstSeen { attr: Attr::SourceIp, history, .. } => Some(*history),
+                Detector::FirstSeen {
+                    attr: Attr::SourceIp,
+                    history,
+                    ..
+                } => Some(*history),
                 _ => None,
             })
             .max()
@@ -137,12 +141,18 @@ impl Engine {
             let active = &self.rules[i];
             *self.stats.hits.entry(active.rule.id.clone()).or_default() += 1;
             if self.policy.allowed(&active.rule.id, event).is_some() {
-                *self.stats.allowlisted.entry(active.rule.id.clone()).or_default() += 1;
+                *self
+                    .stats
+                    .allowlisted
+                    .entry(active.rule.id.clone())
+                    .or_default() += 1;
                 continue;
             }
-            let severity = hit.severity.unwrap_or(active.severity).max(active.severity);
+            let mut hit = hit;
+            hit.severity = Some(hit.severity.unwrap_or(active.severity).max(active.severity));
             if let Some(alarm) =
-                self.aggregator.record(&active.rule, severity, hit, event, enr, hidden, active.settings)
+                self.aggregator
+                    .record(&active.rule, hit, event, enr, hidden, active.settings)
             {
                 *self.stats.alarms.entry(active.rule.id.clone()).or_default() += 1;
                 out.push(alarm);
@@ -180,7 +190,11 @@ impl Engine {
         let subject = crate::alarm::subject_of(event);
         let hidden = self.policy.is_hidden(event);
         let api = event.api();
-        let mut key = self.state.keys.entry(subject.clone()).or_insert_with(|| KeyState::new(t));
+        let mut key = self
+            .state
+            .keys
+            .entry(subject.clone())
+            .or_insert_with(|| KeyState::new(t));
         let ks: &mut KeyState = key.value_mut();
         let new_key = ks.first_seen == t && ks.last_seen == t && ks.seen.is_empty();
 
@@ -190,9 +204,12 @@ impl Engine {
             && ip_value.is_some()
             && t - ks.first_seen >= IP_NEW_MIN_KEY_AGE
             && !ks.seen_within(ip_h, t, self.ip_history);
-        let engine_idle = (!new_key && t > ks.last_seen).then(|| ((t - ks.last_seen) / 86_400) as u32);
+        let engine_idle =
+            (!new_key && t > ks.last_seen).then(|| ((t - ks.last_seen) / 86_400) as u32);
         let report_idle = enr.key.as_ref().and_then(|k| {
-            let since = k.last_used.or(if k.never_used { k.created } else { None })?;
+            let since = k
+                .last_used
+                .or(if k.never_used { k.created } else { None })?;
             (event.event_time > since).then(|| (event.event_time - since).num_days() as u32)
         });
         let key_idle_days = match (engine_idle, report_idle) {
@@ -200,11 +217,12 @@ impl Engine {
             (_, r) => r,
         };
         let quarantined = event.key_kind == KeyKind::Permanent
-            && event
-                .principal
-                .name
-                .as_ref()
-                .is_some_and(|n| self.state.quarantined.get(&(event.cloud, n.clone())).is_some_and(|q| *q <= t));
+            && event.principal.name.as_ref().is_some_and(|n| {
+                self.state
+                    .quarantined
+                    .get(&(event.cloud, n.clone()))
+                    .is_some_and(|q| *q <= t)
+            });
         // A leak counts from when it happened (the feed's date), when the feed says.
         let leaked = enr.leak.as_ref().is_some_and(|l| {
             l.found_at
@@ -214,10 +232,17 @@ impl Engine {
         }) || quarantined;
         let key_inactive = enr.key.as_ref().is_some_and(|k| !k.active)
             || (event.key_kind == KeyKind::Permanent
-                && enr.principal.as_ref().is_some_and(|p| !p.keys.is_empty() && p.keys.iter().all(|k| !k.active)));
+                && enr
+                    .principal
+                    .as_ref()
+                    .is_some_and(|p| !p.keys.is_empty() && p.keys.iter().all(|k| !k.active)));
         let mut ip_classes = enr.ip_class;
         if ip_classes == Default::default() {
-            ip_classes.insert(if event.source_ip.is_some() { IpClass::Public } else { IpClass::Unknown });
+            ip_classes.insert(if event.source_ip.is_some() {
+                IpClass::Public
+            } else {
+                IpClass::Unknown
+            });
         }
         let facts = Facts {
             event,
@@ -248,7 +273,9 @@ impl Engine {
                         }
                         Link::CreatedKey => {
                             if let Some(created) = &event.request.created_key_id {
-                                self.state.created.insert((ri as u16, created.0.clone()), (t, ip_h));
+                                self.state
+                                    .created
+                                    .insert((ri as u16, created.0.clone()), (t, ip_h));
                             }
                         }
                     }
@@ -258,9 +285,25 @@ impl Engine {
                 continue;
             }
             for (di, d) in rule.detectors.iter().enumerate() {
-                if let Some(mut f) = run_detector(d, ri, di, ks, &self.state, event, enr, &facts, ip_h, self.policy.allowed_lateness.secs()) {
+                if let Some(mut f) = run_detector(
+                    d,
+                    ri,
+                    di,
+                    ks,
+                    &self.state,
+                    event,
+                    enr,
+                    &facts,
+                    ip_h,
+                    self.policy.allowed_lateness.secs(),
+                ) {
                     add_common_facts(&mut f, &facts, enr);
-                    let severity = rule.severity_when.iter().filter(|(c, _)| c.eval(&facts)).map(|(_, s)| *s).max();
+                    let severity = rule
+                        .severity_when
+                        .iter()
+                        .filter(|(c, _)| c.eval(&facts))
+                        .map(|(_, s)| *s)
+                        .max();
                     hits.push((
                         ri,
                         Hit {
@@ -290,7 +333,9 @@ impl Engine {
         if is_quarantine(event)
             && let Some(user) = &event.request.target_user
         {
-            self.state.quarantined.insert((event.cloud, user.clone()), t);
+            self.state
+                .quarantined
+                .insert((event.cloud, user.clone()), t);
         }
         hits
     }
@@ -300,7 +345,10 @@ impl Engine {
 fn is_quarantine(e: &Event) -> bool {
     e.outcome == Outcome::Success
         && e.action == "AttachUserPolicy"
-        && e.request.policy.as_deref().is_some_and(|p| p.contains("AWSCompromisedKeyQuarantine"))
+        && e.request
+            .policy
+            .as_deref()
+            .is_some_and(|p| p.contains("AWSCompromisedKeyQuarantine"))
 }
 
 /// The value of an attribute for an event (None when it has none).
@@ -311,7 +359,9 @@ pub fn dimension_value(attr: Attr, e: &Event, enr: &Enrichment, api: &str) -> Op
         Attr::Country => enr.geo.as_ref()?.country.clone(),
         Attr::City => {
             let g = enr.geo.as_ref()?;
-            g.city.as_ref().map(|c| format!("{}/{c}", g.country.as_deref().unwrap_or("?")))
+            g.city
+                .as_ref()
+                .map(|c| format!("{}/{c}", g.country.as_deref().unwrap_or("?")))
         }
         Attr::Asn => enr.geo.as_ref()?.asn.map(|a| format!("AS{a}")),
         Attr::Api => Some(api.to_owned()),
@@ -323,7 +373,11 @@ pub fn dimension_value(attr: Attr, e: &Event, enr: &Enrichment, api: &str) -> Op
     }
 }
 
-fn add_common_facts(f: &mut BTreeMap<String, serde_json::Value>, facts: &Facts<'_>, enr: &Enrichment) {
+fn add_common_facts(
+    f: &mut BTreeMap<String, serde_json::Value>,
+    facts: &Facts<'_>,
+    enr: &Enrichment,
+) {
     if let Some(leak) = &enr.leak {
         f.insert("leak".into(), json!(leak));
     }
@@ -355,7 +409,11 @@ fn run_detector(
     let mut f = BTreeMap::new();
     match d {
         Detector::Match => Some(f),
-        Detector::FirstSeen { attr, history, learning } => {
+        Detector::FirstSeen {
+            attr,
+            history,
+            learning,
+        } => {
             let v = dimension_value(*attr, event, enr, api)?;
             if t - ks.first_seen < *learning {
                 return None;
@@ -366,11 +424,21 @@ fn run_detector(
             }
             f.insert("attribute".into(), json!(attr.as_str()));
             f.insert("value".into(), json!(v));
-            f.insert("history".into(), json!(crate::rule::Dur(*history).to_string()));
-            f.insert("key_known_since".into(), json!(chrono::DateTime::from_timestamp(ks.first_seen, 0)));
+            f.insert(
+                "history".into(),
+                json!(crate::rule::Dur(*history).to_string()),
+            );
+            f.insert(
+                "key_known_since".into(),
+                json!(chrono::DateTime::from_timestamp(ks.first_seen, 0)),
+            );
             Some(f)
         }
-        Detector::Threshold { window, count, baseline } => {
+        Detector::Threshold {
+            window,
+            count,
+            baseline,
+        } => {
             let key_first_seen = ks.first_seen;
             let w = ks.window(ri as u16, di as u8);
             insert_sorted(&mut w.items, (t, [0; 3]), |x| x.0);
@@ -379,7 +447,11 @@ fn run_detector(
             while w.items.front().is_some_and(|x| x.0 < keep_from) {
                 w.items.pop_front();
             }
-            let n = w.items.iter().filter(|x| x.0 > t - window && x.0 <= t).count() as u32;
+            let n = w
+                .items
+                .iter()
+                .filter(|x| x.0 > t - window && x.0 <= t)
+                .count() as u32;
             let mut fired = n >= *count;
             if let Some((factor, history)) = baseline {
                 let bucket = t.div_euclid(*window) * window;
@@ -392,17 +464,28 @@ fn run_detector(
                 }
                 let age = t - key_first_seen;
                 let learned = age >= history / 7;
-                let past: u64 = w.buckets.iter().filter(|b| b.0 < bucket).map(|b| u64::from(b.1)).sum();
+                let past: u64 = w
+                    .buckets
+                    .iter()
+                    .filter(|b| b.0 < bucket)
+                    .map(|b| u64::from(b.1))
+                    .sum();
                 let span_buckets = ((age.min(*history)) / window).max(1) as f64;
                 let mean = past as f64 / span_buckets;
                 fired = fired && learned && f64::from(n) >= factor * mean.max(1.0);
-                f.insert("baseline_per_window".into(), json!((mean * 100.0).round() / 100.0));
+                f.insert(
+                    "baseline_per_window".into(),
+                    json!((mean * 100.0).round() / 100.0),
+                );
             }
             if !fired {
                 return None;
             }
             f.insert("count".into(), json!(n));
-            f.insert("window".into(), json!(crate::rule::Dur(*window).to_string()));
+            f.insert(
+                "window".into(),
+                json!(crate::rule::Dur(*window).to_string()),
+            );
             Some(f)
         }
         Detector::Distinct { window, min } => {
@@ -416,12 +499,21 @@ fn run_detector(
             let w = ks.window(ri as u16, di as u8);
             insert_sorted(&mut w.items, (t, hashes), |x| x.0);
             let newest = w.items.back().map_or(t, |x| x.0);
-            while w.items.front().is_some_and(|x| x.0 < newest - window - lateness) {
+            while w
+                .items
+                .front()
+                .is_some_and(|x| x.0 < newest - window - lateness)
+            {
                 w.items.pop_front();
             }
             let mut counts = BTreeMap::new();
             for (i, (attr, need)) in min.iter().take(3).enumerate() {
-                let mut distinct: Vec<u64> = w.items.iter().filter(|x| x.0 > t - window && x.0 <= t).map(|x| x.1[i]).collect();
+                let mut distinct: Vec<u64> = w
+                    .items
+                    .iter()
+                    .filter(|x| x.0 > t - window && x.0 <= t)
+                    .map(|x| x.1[i])
+                    .collect();
                 distinct.sort_unstable();
                 distinct.dedup();
                 if (distinct.len() as u32) < *need {
@@ -430,20 +522,38 @@ fn run_detector(
                 counts.insert(attr.as_str().to_owned(), distinct.len());
             }
             f.insert("distinct".into(), json!(counts));
-            f.insert("window".into(), json!(crate::rule::Dur(*window).to_string()));
+            f.insert(
+                "window".into(),
+                json!(crate::rule::Dur(*window).to_string()),
+            );
             Some(f)
         }
-        Detector::Velocity { min_km, max_kmh, max_gap } => {
+        Detector::Velocity {
+            min_km,
+            max_kmh,
+            max_gap,
+        } => {
             if event.outcome != Outcome::Success {
                 return None;
             }
             let (lat, lon) = enr.geo.as_ref()?.location()?;
-            if facts.ip_classes.contains(IpClass::Service) || facts.ip_classes.contains(IpClass::Private) {
+            if facts.ip_classes.contains(IpClass::Service)
+                || facts.ip_classes.contains(IpClass::Private)
+            {
                 return None;
             }
-            let here = Located { time: t, lat: lat as f32, lon: lon as f32, ip: ip_h };
+            let here = Located {
+                time: t,
+                lat: lat as f32,
+                lon: lon as f32,
+                ip: ip_h,
+            };
             let mut worst: Option<(f64, f64, Located)> = None;
-            for other in ks.locations.iter().filter(|o| (o.time - t).abs() <= *max_gap && o.ip != ip_h) {
+            for other in ks
+                .locations
+                .iter()
+                .filter(|o| (o.time - t).abs() <= *max_gap && o.ip != ip_h)
+            {
                 let km = distance_km((lat, lon), (f64::from(other.lat), f64::from(other.lon)));
                 let hours = ((t - other.time).abs() as f64 / 3600.0).max(1.0 / 60.0);
                 let speed = km / hours;
@@ -458,24 +568,40 @@ fn run_detector(
             let (km, speed, other) = worst?;
             f.insert("distance_km".into(), json!(km.round()));
             f.insert("speed_kmh".into(), json!(speed.round()));
-            f.insert("previous_call_at".into(), json!(chrono::DateTime::from_timestamp(other.time, 0)));
+            f.insert(
+                "previous_call_at".into(),
+                json!(chrono::DateTime::from_timestamp(other.time, 0)),
+            );
             f.insert("previous_location".into(), json!([other.lat, other.lon]));
             Some(f)
         }
-        Detector::Sequence { within, link, or_same_ip, .. } => {
+        Detector::Sequence {
+            within,
+            link,
+            or_same_ip,
+            ..
+        } => {
             let (first_t, first_ip) = match link {
                 Link::SameKey => {
                     let w = ks.window(ri as u16, di as u8);
-                    w.marks.iter().rev().find(|m| m.0 <= t && (t - m.0 <= *within || (*or_same_ip && m.1 == ip_h))).copied()?
+                    w.marks
+                        .iter()
+                        .rev()
+                        .find(|m| m.0 <= t && (t - m.0 <= *within || (*or_same_ip && m.1 == ip_h)))
+                        .copied()?
                 }
                 Link::CreatedKey => {
                     let key = event.access_key_id.as_ref()?;
                     let entry = state.created.get(&(ri as u16, key.0.clone()))?;
                     let (ct, cip) = *entry;
-                    (ct <= t && (t - ct <= *within || (*or_same_ip && cip == ip_h))).then_some((ct, cip))?
+                    (ct <= t && (t - ct <= *within || (*or_same_ip && cip == ip_h)))
+                        .then_some((ct, cip))?
                 }
             };
-            f.insert("first_step_at".into(), json!(chrono::DateTime::from_timestamp(first_t, 0)));
+            f.insert(
+                "first_step_at".into(),
+                json!(chrono::DateTime::from_timestamp(first_t, 0)),
+            );
             f.insert("minutes_after".into(), json!((t - first_t) / 60));
             f.insert("same_ip_as_first_step".into(), json!(first_ip == ip_h));
             Some(f)

@@ -109,7 +109,9 @@ impl KeyState {
     /// Was `hash` seen within `[t - history, t)`? (Sightings are kept as first / last, so a
     /// value seen before and after a quiet gap counts as seen throughout.)
     pub fn seen_within(&self, hash: u64, t: i64, history: i64) -> bool {
-        self.seen.get(&hash).is_some_and(|s| s.first < t && s.last >= t - history)
+        self.seen
+            .get(&hash)
+            .is_some_and(|s| s.first < t && s.last >= t - history)
     }
 
     pub fn remember(&mut self, hash: u64, t: i64) {
@@ -137,7 +139,8 @@ impl KeyState {
                 w.marks.pop_front();
             }
         }
-        self.windows.retain(|(_, w)| !(w.items.is_empty() && w.buckets.is_empty() && w.marks.is_empty()));
+        self.windows
+            .retain(|(_, w)| !(w.items.is_empty() && w.buckets.is_empty() && w.marks.is_empty()));
         while self.locations.front().is_some_and(|l| l.time < cutoff) {
             self.locations.pop_front();
         }
@@ -184,7 +187,12 @@ impl State {
         let mut entries = 0;
         for k in &self.keys {
             bytes += k.key().len() + std::mem::size_of::<KeyState>() + k.value().heap_bytes();
-            entries += k.value().seen.len() + k.value().windows.iter().map(|(_, w)| w.items.len()).sum::<usize>();
+            entries += k.value().seen.len()
+                + k.value()
+                    .windows
+                    .iter()
+                    .map(|(_, w)| w.items.len())
+                    .sum::<usize>();
         }
         (self.keys.len(), entries, bytes)
     }

@@ -77,7 +77,11 @@ pub struct GeoDb {
 
 impl std::fmt::Debug for GeoDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.readers.iter().map(|(n, r)| format!("{n} ({})", r.metadata().database_type)).collect();
+        let names: Vec<_> = self
+            .readers
+            .iter()
+            .map(|(n, r)| format!("{n} ({})", r.metadata().database_type))
+            .collect();
         f.debug_struct("GeoDb").field("files", &names).finish()
     }
 }
@@ -95,7 +99,8 @@ impl GeoDb {
     }
 
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self, String> {
-        let reader = maxminddb::Reader::from_source(bytes).map_err(|e| format!("{name}: not a MaxMind DB: {e}"))?;
+        let reader = maxminddb::Reader::from_source(bytes)
+            .map_err(|e| format!("{name}: not a MaxMind DB: {e}"))?;
         Ok(GeoDb {
             readers: vec![(name.to_owned(), reader)],
         })
@@ -103,7 +108,10 @@ impl GeoDb {
 
     /// The database types, for the start-up log (`GeoLite2-City`, `GeoLite2-ASN`, ...).
     pub fn kinds(&self) -> Vec<String> {
-        self.readers.iter().map(|(_, r)| r.metadata().database_type.clone()).collect()
+        self.readers
+            .iter()
+            .map(|(_, r)| r.metadata().database_type.clone())
+            .collect()
     }
 
     pub fn has_location(&self) -> bool {
@@ -111,19 +119,33 @@ impl GeoDb {
     }
 
     pub fn has_asn(&self) -> bool {
-        self.kinds().iter().any(|k| k.contains("ASN") || k.starts_with("akwatch"))
+        self.kinds()
+            .iter()
+            .any(|k| k.contains("ASN") || k.starts_with("akwatch"))
     }
 
     pub fn lookup(&self, ip: IpAddr) -> Option<GeoInfo> {
         let mut info = GeoInfo::default();
         let mut found = false;
         for (_, reader) in &self.readers {
-            let Ok(result) = reader.lookup(ip) else { continue };
-            let Ok(Some(record)) = result.decode::<Record<'_>>() else { continue };
+            let Ok(result) = reader.lookup(ip) else {
+                continue;
+            };
+            let Ok(Some(record)) = result.decode::<Record<'_>>() else {
+                continue;
+            };
             found = true;
             info.merge(GeoInfo {
-                country: record.country.as_ref().and_then(|c| c.iso_code).map(str::to_owned),
-                city: record.city.and_then(|c| c.names).and_then(|n| n.en).map(str::to_owned),
+                country: record
+                    .country
+                    .as_ref()
+                    .and_then(|c| c.iso_code)
+                    .map(str::to_owned),
+                city: record
+                    .city
+                    .and_then(|c| c.names)
+                    .and_then(|n| n.en)
+                    .map(str::to_owned),
                 latitude: record.location.as_ref().and_then(|l| l.latitude),
                 longitude: record.location.as_ref().and_then(|l| l.longitude),
                 asn: record.autonomous_system_number,
@@ -138,7 +160,8 @@ impl GeoDb {
 pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
     let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
     let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
-    let h = ((lat2 - lat1) / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
     2.0 * 6371.0 * h.sqrt().min(1.0).asin()
 }
 
@@ -162,16 +185,40 @@ mod tests {
     #[test]
     fn the_generated_database_reads_back() {
         let mut w = MmdbWriter::new("akwatch-City-ASN");
-        w.insert("198.51.100.0/24".parse().unwrap(), &record("Frankfurt", "DE", 50.11, 8.68, 64501));
-        w.insert("203.0.113.0/25".parse().unwrap(), &record("Singapore", "SG", 1.29, 103.85, 64502));
-        w.insert("2001:db8:1::/48".parse().unwrap(), &record("Ashburn", "US", 39.04, -77.49, 64503));
+        w.insert(
+            "198.51.100.0/24".parse().unwrap(),
+            &record("Frankfurt", "DE", 50.11, 8.68, 64501),
+        );
+        w.insert(
+            "203.0.113.0/25".parse().unwrap(),
+            &record("Singapore", "SG", 1.29, 103.85, 64502),
+        );
+        w.insert(
+            "2001:db8:1::/48".parse().unwrap(),
+            &record("Ashburn", "US", 39.04, -77.49, 64503),
+        );
         let db = GeoDb::from_bytes("t.mmdb", w.to_bytes()).unwrap();
         let de = db.lookup("198.51.100.77".parse().unwrap()).unwrap();
-        assert_eq!((de.country.as_deref(), de.city.as_deref(), de.asn), (Some("DE"), Some("Frankfurt"), Some(64501)));
+        assert_eq!(
+            (de.country.as_deref(), de.city.as_deref(), de.asn),
+            (Some("DE"), Some("Frankfurt"), Some(64501))
+        );
         assert_eq!(de.location(), Some((50.11, 8.68)));
-        assert_eq!(db.lookup("203.0.113.1".parse().unwrap()).unwrap().city.as_deref(), Some("Singapore"));
-        assert_eq!(db.lookup("2001:db8:1::5".parse().unwrap()).unwrap().asn, Some(64503));
-        assert!(db.lookup("203.0.113.200".parse().unwrap()).is_none(), "outside the /25");
+        assert_eq!(
+            db.lookup("203.0.113.1".parse().unwrap())
+                .unwrap()
+                .city
+                .as_deref(),
+            Some("Singapore")
+        );
+        assert_eq!(
+            db.lookup("2001:db8:1::5".parse().unwrap()).unwrap().asn,
+            Some(64503)
+        );
+        assert!(
+            db.lookup("203.0.113.200".parse().unwrap()).is_none(),
+            "outside the /25"
+        );
         assert!(db.lookup("8.8.8.8".parse().unwrap()).is_none());
     }
 

@@ -35,7 +35,11 @@ fn range(net: IpNetwork) -> (u128, u128) {
         IpNetwork::V6(n) => (key(IpAddr::V6(n.network())), u32::from(n.prefix()), 128),
     };
     let host_bits = total - bits;
-    let span = if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    let span = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
     (start, start.saturating_add(span))
 }
 
@@ -46,7 +50,9 @@ impl IpSet {
         let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
         for (s, e) in ranges {
             match merged.last_mut() {
-                Some((_, last_end)) if s <= last_end.saturating_add(1) => *last_end = (*last_end).max(e),
+                Some((_, last_end)) if s <= last_end.saturating_add(1) => {
+                    *last_end = (*last_end).max(e)
+                }
                 _ => merged.push((s, e)),
             }
         }
@@ -85,7 +91,11 @@ impl IpSet {
                 }),
             }
         }
-        if errors.is_empty() { Ok(IpSet::from_networks(nets)) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(IpSet::from_networks(nets))
+        } else {
+            Err(errors)
+        }
     }
 
     pub fn read(path: &Path) -> Result<Self, Vec<ListError>> {
@@ -110,7 +120,11 @@ pub fn parse_asns(file: &str, text: &str) -> Result<Vec<u32>, Vec<ListError>> {
             }),
         }
     }
-    if errors.is_empty() { Ok(asns) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(asns)
+    } else {
+        Err(errors)
+    }
 }
 
 pub fn read_asns(path: &Path) -> Result<Vec<u32>, Vec<ListError>> {
@@ -134,7 +148,9 @@ fn read_text(path: &Path) -> Result<String, Vec<ListError>> {
 fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
     text.lines().enumerate().filter_map(|(i, line)| {
         let line = line.split('#').next().unwrap_or("").trim();
-        line.split_whitespace().next().map(|e| (i + 1, e.trim_end_matches(',')))
+        line.split_whitespace()
+            .next()
+            .map(|e| (i + 1, e.trim_end_matches(',')))
     })
 }
 
@@ -144,7 +160,11 @@ mod tests {
 
     #[test]
     fn membership_merges_and_mixes_families() {
-        let set = IpSet::parse("t", "# tor\n10.0.0.0/8\n10.1.0.0/16\n192.0.2.7\n2001:db8::/32 # doc\n").unwrap();
+        let set = IpSet::parse(
+            "t",
+            "# tor\n10.0.0.0/8\n10.1.0.0/16\n192.0.2.7\n2001:db8::/32 # doc\n",
+        )
+        .unwrap();
         assert_eq!(set.len(), 3, "10.1/16 merged into 10/8");
         for ip in ["10.0.0.1", "10.255.255.255", "192.0.2.7", "2001:db8::1"] {
             assert!(set.contains(ip.parse().unwrap()), "{ip}");
@@ -159,8 +179,14 @@ mod tests {
         let errors = IpSet::parse("lists/tor.txt", "1.2.3.4\nbogus\n\n5.6.7.8/33\n").unwrap_err();
         let lines: Vec<_> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, [2, 4]);
-        assert_eq!(errors[0].to_string(), "lists/tor.txt:2: not an IP address or CIDR: \"bogus\"");
-        assert_eq!(parse_asns("a", "AS13335 Cloudflare\n16509\n").unwrap(), [13335, 16509]);
+        assert_eq!(
+            errors[0].to_string(),
+            "lists/tor.txt:2: not an IP address or CIDR: \"bogus\""
+        );
+        assert_eq!(
+            parse_asns("a", "AS13335 Cloudflare\n16509\n").unwrap(),
+            [13335, 16509]
+        );
         assert_eq!(parse_asns("a", "ASx\n").unwrap_err()[0].line, 1);
     }
 }

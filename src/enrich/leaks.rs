@@ -51,7 +51,8 @@ impl LeakFeed {
     }
 
     pub fn read(&mut self, path: &Path) -> Result<usize, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         self.parse(&path.display().to_string(), &text)
     }
 
@@ -60,8 +61,8 @@ impl LeakFeed {
     pub fn parse(&mut self, file: &str, text: &str) -> Result<usize, String> {
         let before = self.entries.len();
         if text.trim_start().starts_with('[') {
-            let findings: Vec<Value> =
-                serde_json::from_str(text).map_err(|e| format!("{file}:{}: not a gitleaks JSON report: {e}", e.line()))?;
+            let findings: Vec<Value> = serde_json::from_str(text)
+                .map_err(|e| format!("{file}:{}: not a gitleaks JSON report: {e}", e.line()))?;
             for f in findings {
                 let location = [f.get("File"), f.get("Commit")]
                     .into_iter()
@@ -70,7 +71,12 @@ impl LeakFeed {
                     .collect::<Vec<_>>()
                     .join("@");
                 for field in ["Secret", "Match"] {
-                    for key in f.get(field).and_then(Value::as_str).map(key_ids).unwrap_or_default() {
+                    for key in f
+                        .get(field)
+                        .and_then(Value::as_str)
+                        .map(key_ids)
+                        .unwrap_or_default()
+                    {
                         self.insert(LeakEntry {
                             key_id: key,
                             source: "gitleaks".to_owned(),
@@ -99,15 +105,27 @@ impl LeakFeed {
                     })
                     .filter(|s| !s.is_empty());
                 for field in ["Raw", "RawV2", "Redacted"] {
-                    for key in f.get(field).and_then(Value::as_str).map(key_ids).unwrap_or_default() {
+                    for key in f
+                        .get(field)
+                        .and_then(Value::as_str)
+                        .map(key_ids)
+                        .unwrap_or_default()
+                    {
                         self.insert(LeakEntry {
                             key_id: key,
                             source: format!(
                                 "trufflehog{}",
-                                if f.get("Verified").and_then(Value::as_bool) == Some(true) { " (verified)" } else { "" }
+                                if f.get("Verified").and_then(Value::as_bool) == Some(true) {
+                                    " (verified)"
+                                } else {
+                                    ""
+                                }
                             ),
                             location: location.clone(),
-                            found_at: git.and_then(|g| g.get("timestamp")).and_then(Value::as_str).map(str::to_owned),
+                            found_at: git
+                                .and_then(|g| g.get("timestamp"))
+                                .and_then(Value::as_str)
+                                .map(str::to_owned),
                         });
                     }
                 }
@@ -117,6 +135,9 @@ impl LeakFeed {
     }
 }
 
+/// How a key id continues after its prefix: allowed bytes, minimum and maximum length.
+type KeyShape = (fn(u8) -> bool, usize, usize);
+
 /// Access key ids in a text: AWS `AKIA`/`ASIA` + 16, Alibaba `LTAI` + 12..=30, Tencent `AKID` + 32
 /// (upper-case letters and digits for AWS, letters and digits otherwise).
 pub fn key_ids(text: &str) -> Vec<String> {
@@ -125,8 +146,10 @@ pub fn key_ids(text: &str) -> Vec<String> {
     let mut i = 0;
     while i + 4 <= bytes.len() {
         let prefix = &bytes[i..i + 4];
-        let rule: Option<(fn(u8) -> bool, usize, usize)> = match prefix {
-            b"AKIA" | b"ASIA" => Some((|b: u8| b.is_ascii_uppercase() || b.is_ascii_digit(), 16, 16)),
+        let rule: Option<KeyShape> = match prefix {
+            b"AKIA" | b"ASIA" => {
+                Some((|b: u8| b.is_ascii_uppercase() || b.is_ascii_digit(), 16, 16))
+            }
             b"LTAI" => Some((|b: u8| b.is_ascii_alphanumeric(), 12, 30)),
             b"AKID" => Some((|b: u8| b.is_ascii_alphanumeric(), 32, 32)),
             _ => None,
@@ -154,7 +177,11 @@ mod tests {
         let t = "aws_access_key_id = AKIAIOSFODNN7EXAMPLE\nLTAI5tKqTestKey12345 AKIDz8krbsJ5yKBZQpn74WFkmLPx3gnPhESA xAKIAIOSFODNN7EXAMPLE";
         assert_eq!(
             key_ids(t),
-            ["AKIAIOSFODNN7EXAMPLE", "LTAI5tKqTestKey12345", "AKIDz8krbsJ5yKBZQpn74WFkmLPx3gnPhESA"]
+            [
+                "AKIAIOSFODNN7EXAMPLE",
+                "LTAI5tKqTestKey12345",
+                "AKIDz8krbsJ5yKBZQpn74WFkmLPx3gnPhESA"
+            ]
         );
         assert!(key_ids("AKIA123").is_empty());
     }
@@ -168,7 +195,10 @@ mod tests {
         assert_eq!(feed.parse("t.jsonl", th).unwrap(), 1);
         let e = feed.get("AKIAIOSFODNN7EXAMPLE").unwrap();
         assert_eq!(e.location.as_deref(), Some("deploy.sh@abc123"));
-        assert_eq!(feed.get("AKIAI44QH8DHBEXAMPLE").unwrap().source, "trufflehog (verified)");
+        assert_eq!(
+            feed.get("AKIAI44QH8DHBEXAMPLE").unwrap().source,
+            "trufflehog (verified)"
+        );
         let err = feed.parse("t.jsonl", "{\"ok\":1}\nnot json\n").unwrap_err();
         assert!(err.starts_with("t.jsonl:2:"), "{err}");
     }

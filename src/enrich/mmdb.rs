@@ -62,7 +62,10 @@ impl MmdbWriter {
             }
         };
         let (bits, prefix) = match network {
-            IpNetwork::V4(n) => (u128::from(n.network().to_bits()), 96 + u32::from(n.prefix())),
+            IpNetwork::V4(n) => (
+                u128::from(n.network().to_bits()),
+                96 + u32::from(n.prefix()),
+            ),
             IpNetwork::V6(n) => (n.network().to_bits(), u32::from(n.prefix())),
         };
         let mut node = 0usize;
@@ -163,7 +166,11 @@ fn names(out: &mut Vec<u8>, name: &str, iso: Option<&str>) {
 
 /// A control byte (and extended type byte, and size bytes) for a field of `kind` and `size`.
 fn control(out: &mut Vec<u8>, kind: u8, size: usize) {
-    let (first_type, ext) = if kind <= 7 { (kind << 5, None) } else { (0u8, Some(kind - 7)) };
+    let (first_type, ext) = if kind <= 7 {
+        (kind << 5, None)
+    } else {
+        (0u8, Some(kind - 7))
+    };
     let (size_bits, extra): (u8, Vec<u8>) = if size < 29 {
         (size as u8, vec![])
     } else if size < 29 + 256 {

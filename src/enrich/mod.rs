@@ -206,14 +206,18 @@ impl ReportIndex {
                 names.push(short.to_owned());
             }
             for name in names {
-                self.by_principal.insert((snapshot.cloud, name), (account.clone(), facts.clone()));
+                self.by_principal
+                    .insert((snapshot.cloud, name), (account.clone(), facts.clone()));
             }
         }
     }
 
     /// Keys the reports flag as possibly leaked (Tencent `AccessKeyNMayBeAtRisk`).
     pub fn at_risk_keys(&self) -> impl Iterator<Item = &str> {
-        self.by_key.iter().filter(|(_, f)| f.at_risk).map(|(k, _)| k.as_str())
+        self.by_key
+            .iter()
+            .filter(|(_, f)| f.at_risk)
+            .map(|(k, _)| k.as_str())
     }
 
     fn principal(&self, event: &Event) -> Option<&PrincipalFacts> {
@@ -271,15 +275,19 @@ impl Enricher {
             .or_else(|| {
                 // Reports that do not name keys: a principal with a single key slot holds it.
                 let p = principal.as_ref()?;
-                (event.key_kind == crate::event::KeyKind::Permanent && p.keys.len() == 1).then(|| p.keys[0].clone())
+                (event.key_kind == crate::event::KeyKind::Permanent && p.keys.len() == 1)
+                    .then(|| p.keys[0].clone())
             });
         let leak = key_id.and_then(|k| self.leaks.get(k).cloned()).or_else(|| {
-            key_id.and_then(|k| self.reports.by_key.get(k)).filter(|f| f.at_risk).map(|_| LeakEntry {
-                key_id: key_id.unwrap_or_default().to_owned(),
-                source: "credential report: may be at risk".to_owned(),
-                location: None,
-                found_at: None,
-            })
+            key_id
+                .and_then(|k| self.reports.by_key.get(k))
+                .filter(|f| f.at_risk)
+                .map(|_| LeakEntry {
+                    key_id: key_id.unwrap_or_default().to_owned(),
+                    source: "credential report: may be at risk".to_owned(),
+                    location: None,
+                    found_at: None,
+                })
         });
         Enrichment {
             geo,
@@ -293,7 +301,11 @@ impl Enricher {
     pub fn classify(&self, event: &Event, geo: Option<&GeoInfo>) -> IpClasses {
         let mut classes = IpClasses::default();
         let Some(ip) = event.source_ip else {
-            if event.source_address.as_deref().is_some_and(is_service_address) {
+            if event
+                .source_address
+                .as_deref()
+                .is_some_and(is_service_address)
+            {
                 classes.insert(IpClass::Service);
             } else {
                 classes.insert(IpClass::Unknown);
@@ -343,11 +355,18 @@ pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            v4.is_private() || v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || (o[0] == 100 && (64..128).contains(&o[1]))
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            v6.is_loopback() || v6.is_unspecified() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
         }
     }
 }

@@ -21,11 +21,21 @@ impl Catalogs {
         Ok(out)
     }
 
-    fn expand_into(&self, name: &str, stack: &mut Vec<String>, out: &mut Vec<String>) -> Result<(), String> {
+    fn expand_into(
+        &self,
+        name: &str,
+        stack: &mut Vec<String>,
+        out: &mut Vec<String>,
+    ) -> Result<(), String> {
         if stack.iter().any(|s| s == name) {
-            return Err(format!("catalog @{name} includes itself ({} -> {name})", stack.join(" -> ")));
+            return Err(format!(
+                "catalog @{name} includes itself ({} -> {name})",
+                stack.join(" -> ")
+            ));
         }
-        let list = self.get(name).ok_or_else(|| format!("unknown catalog @{name}"))?;
+        let list = self
+            .get(name)
+            .ok_or_else(|| format!("unknown catalog @{name}"))?;
         stack.push(name.to_owned());
         for entry in list {
             match entry.strip_prefix('@') {
@@ -43,8 +53,8 @@ impl Catalogs {
 
     /// Adds the catalogs of one file; a name defined twice is an error.
     pub fn add_file(&mut self, file: &str, text: &str) -> Result<(), String> {
-        let parsed: BTreeMap<String, Vec<String>> =
-            serde_saphyr::from_str(text).map_err(|e| format!("{file}: {}", super::first_line(&e.to_string())))?;
+        let parsed: BTreeMap<String, Vec<String>> = serde_saphyr::from_str(text)
+            .map_err(|e| format!("{file}: {}", super::first_line(&e.to_string())))?;
         for (name, entries) in parsed {
             if self.lists.contains_key(&name) {
                 return Err(format!("{file}: catalog {name:?} is defined twice"));

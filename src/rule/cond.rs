@@ -81,7 +81,10 @@ impl Globs {
         for p in patterns {
             if let Some(name) = p.strip_prefix('@') {
                 let list = catalogs.expand(name)?;
-                out.extend(list.iter().map(|e| WildMatchPattern::new_case_insensitive(e)));
+                out.extend(
+                    list.iter()
+                        .map(|e| WildMatchPattern::new_case_insensitive(e)),
+                );
             } else {
                 out.push(WildMatchPattern::new_case_insensitive(p));
             }
@@ -147,7 +150,11 @@ pub enum Cond {
     Not(Box<Cond>),
 }
 
-fn parse_each<T>(values: &OneOrMany<String>, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
+fn parse_each<T>(
+    values: &OneOrMany<String>,
+    what: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<T>, String> {
     values
         .to_vec()
         .iter()
@@ -197,9 +204,9 @@ impl Cond {
             let outcomes: Vec<Outcome> = parse_each(v, "outcome", |s| {
                 serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
             })?;
-            match outcomes.as_slice() {
-                [one] => all.push(Cond::Outcome(*one)),
-                _ => {} // both outcomes: no constraint
+            // Both outcomes: no constraint.
+            if let [one] = outcomes.as_slice() {
+                all.push(Cond::Outcome(*one));
             }
         }
         if let Some(b) = spec.read_only {
@@ -212,7 +219,11 @@ impl Cond {
             all.push(Cond::UserAgent(globs(v, "user_agent")?));
         }
         if let Some(v) = &spec.ip_class {
-            all.push(Cond::IpClass(parse_each(v, "ip_class", IpClass::parse)?.into_iter().collect()));
+            all.push(Cond::IpClass(
+                parse_each(v, "ip_class", IpClass::parse)?
+                    .into_iter()
+                    .collect(),
+            ));
         }
         if let Some(b) = spec.invoked_by_service {
             all.push(Cond::InvokedByService(b));
@@ -226,7 +237,11 @@ impl Cond {
                 "other" => Target::Other,
                 "any" => Target::Any,
                 "none" => Target::None,
-                other => return Err(format!("target_user: expected self, other, any or none, found {other:?}")),
+                other => {
+                    return Err(format!(
+                        "target_user: expected self, other, any or none, found {other:?}"
+                    ));
+                }
             }));
         }
         if let Some(v) = &spec.policy {
@@ -248,11 +263,17 @@ impl Cond {
             all.push(Cond::IpNewForKey(b));
         }
         if let Some(list) = &spec.any {
-            let conds = list.iter().map(|c| Cond::compile(c, catalogs)).collect::<Result<Vec<_>, _>>()?;
+            let conds = list
+                .iter()
+                .map(|c| Cond::compile(c, catalogs))
+                .collect::<Result<Vec<_>, _>>()?;
             all.push(Cond::Any(conds));
         }
         if let Some(list) = &spec.all {
-            let conds = list.iter().map(|c| Cond::compile(c, catalogs)).collect::<Result<Vec<_>, _>>()?;
+            let conds = list
+                .iter()
+                .map(|c| Cond::compile(c, catalogs))
+                .collect::<Result<Vec<_>, _>>()?;
             all.push(Cond::All(conds));
         }
         if let Some(not) = &spec.not {

@@ -30,7 +30,9 @@ impl Dur {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (n, unit) = t.split_at(split);
-        let n: i64 = n.parse().map_err(|_| format!("bad duration {s:?} (expected e.g. 30s, 10m, 6h, 10d)"))?;
+        let n: i64 = n
+            .parse()
+            .map_err(|_| format!("bad duration {s:?} (expected e.g. 30s, 10m, 6h, 10d)"))?;
         let mult = match unit {
             "s" | "" => 1,
             "m" => 60,
@@ -65,7 +67,19 @@ impl fmt::Display for Dur {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -87,7 +101,9 @@ impl Severity {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmType {
     #[default]
@@ -96,7 +112,9 @@ pub enum AlarmType {
 }
 
 /// An attribute of an event that detectors count, remember or split alarms by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Attr {
     #[default]
@@ -132,7 +150,10 @@ impl Attr {
 
     /// Attributes that come from the source IP (skipped for IP-hidden keys).
     pub fn from_ip(self) -> bool {
-        matches!(self, Attr::SourceIp | Attr::Country | Attr::City | Attr::Asn)
+        matches!(
+            self,
+            Attr::SourceIp | Attr::Country | Attr::City | Attr::Asn
+        )
     }
 }
 
@@ -171,7 +192,10 @@ pub enum DetectorSpec {
         baseline_history: Option<Dur>,
     },
     /// At least `min` distinct values of each listed attribute within `window`.
-    Distinct { window: Dur, min: BTreeMap<Attr, u32> },
+    Distinct {
+        window: Dur,
+        min: BTreeMap<Attr, u32>,
+    },
     /// Two located successful calls more than `min_distance_km` apart at more than
     /// `max_speed_kmh`.
     Velocity {
@@ -183,7 +207,7 @@ pub enum DetectorSpec {
     /// `first` happened, then this event within `within`, linked as `link` says; with
     /// `or_same_ip`, also when this event comes from the IP `first` came from.
     Sequence {
-        first: CondSpec,
+        first: Box<CondSpec>,
         within: Dur,
         link: Link,
         #[serde(default)]
@@ -234,11 +258,31 @@ pub struct SeverityWhen {
 #[derive(Debug, Clone)]
 pub enum Detector {
     Match,
-    FirstSeen { attr: Attr, history: i64, learning: i64 },
-    Threshold { window: i64, count: u32, baseline: Option<(f64, i64)> },
-    Distinct { window: i64, min: Vec<(Attr, u32)> },
-    Velocity { min_km: f64, max_kmh: f64, max_gap: i64 },
-    Sequence { first: Cond, within: i64, link: Link, or_same_ip: bool },
+    FirstSeen {
+        attr: Attr,
+        history: i64,
+        learning: i64,
+    },
+    Threshold {
+        window: i64,
+        count: u32,
+        baseline: Option<(f64, i64)>,
+    },
+    Distinct {
+        window: i64,
+        min: Vec<(Attr, u32)>,
+    },
+    Velocity {
+        min_km: f64,
+        max_kmh: f64,
+        max_gap: i64,
+    },
+    Sequence {
+        first: Cond,
+        within: i64,
+        link: Link,
+        or_same_ip: bool,
+    },
 }
 
 impl Detector {
@@ -257,7 +301,9 @@ impl Detector {
         match self {
             Detector::Match => 0,
             Detector::FirstSeen { history, .. } => *history,
-            Detector::Threshold { window, baseline, .. } => baseline.map_or(*window, |(_, h)| h.max(*window)),
+            Detector::Threshold {
+                window, baseline, ..
+            } => baseline.map_or(*window, |(_, h)| h.max(*window)),
             Detector::Distinct { window, .. } => *window,
             Detector::Velocity { max_gap, .. } => *max_gap,
             Detector::Sequence { within, .. } => *within,
@@ -348,7 +394,12 @@ impl RuleSet {
             match compile_file(&file, &text, &catalogs) {
                 Ok(rule) => {
                     if let Some(other) = rules.iter().find(|r| r.id == rule.id) {
-                        errors.push(format!("{}:1: rule id {:?} is also defined in {}", file.display(), rule.id, other.file.display()));
+                        errors.push(format!(
+                            "{}:1: rule id {:?} is also defined in {}",
+                            file.display(),
+                            rule.id,
+                            other.file.display()
+                        ));
                     } else {
                         rules.push(rule);
                     }
@@ -356,7 +407,11 @@ impl RuleSet {
                 Err(mut e) => errors.append(&mut e),
             }
         }
-        if errors.is_empty() { Ok(RuleSet { rules, catalogs }) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(RuleSet { rules, catalogs })
+        } else {
+            Err(errors)
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Rule> {
@@ -367,13 +422,20 @@ impl RuleSet {
 /// Parses and compiles one rule file; every problem is reported with the file and a line.
 pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule, Vec<String>> {
     let name = file.display().to_string();
-    let spec: RuleSpec = serde_saphyr::from_str(text).map_err(|e| vec![format!("{name}: {}", first_line(&e.to_string()))])?;
+    let spec: RuleSpec = serde_saphyr::from_str(text)
+        .map_err(|e| vec![format!("{name}: {}", first_line(&e.to_string()))])?;
     let mut errors = Vec::new();
     let at = |needle: &str| -> usize {
-        text.lines().position(|l| l.contains(needle)).map_or(1, |i| i + 1)
+        text.lines()
+            .position(|l| l.contains(needle))
+            .map_or(1, |i| i + 1)
     };
     if !spec.id.starts_with("ak.") || spec.id.contains(char::is_whitespace) {
-        errors.push(format!("{name}:{}: rule id {:?} must look like ak.name", at("id:"), spec.id));
+        errors.push(format!(
+            "{name}:{}: rule id {:?} must look like ak.name",
+            at("id:"),
+            spec.id
+        ));
     }
     let cond = match &spec.when {
         None => Cond::True,
@@ -382,23 +444,48 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
             Cond::True
         }),
     };
-    let specs = spec.detector.as_ref().map(OneOrMany::to_vec).unwrap_or_else(|| vec![DetectorSpec::Match]);
+    let specs = spec
+        .detector
+        .as_ref()
+        .map(OneOrMany::to_vec)
+        .unwrap_or_else(|| vec![DetectorSpec::Match]);
     let mut detectors = Vec::new();
     for d in specs {
         let compiled = match d {
             DetectorSpec::Match => Detector::Match,
-            DetectorSpec::FirstSeen { attribute, history, learning } => {
+            DetectorSpec::FirstSeen {
+                attribute,
+                history,
+                learning,
+            } => {
                 if attribute == Attr::None {
-                    errors.push(format!("{name}:{}: first_seen needs an attribute", at("first_seen")));
+                    errors.push(format!(
+                        "{name}:{}: first_seen needs an attribute",
+                        at("first_seen")
+                    ));
                 }
-                Detector::FirstSeen { attr: attribute, history: history.secs(), learning: learning.secs() }
+                Detector::FirstSeen {
+                    attr: attribute,
+                    history: history.secs(),
+                    learning: learning.secs(),
+                }
             }
-            DetectorSpec::Threshold { window, count, baseline_factor, baseline_history } => {
+            DetectorSpec::Threshold {
+                window,
+                count,
+                baseline_factor,
+                baseline_history,
+            } => {
                 if count == 0 || window.secs() <= 0 {
-                    errors.push(format!("{name}:{}: threshold needs count > 0 and a window", at("threshold")));
+                    errors.push(format!(
+                        "{name}:{}: threshold needs count > 0 and a window",
+                        at("threshold")
+                    ));
                 }
                 let baseline = match (baseline_factor, baseline_history) {
-                    (Some(f), Some(h)) if f > 0.0 && h.secs() > window.secs() => Some((f, h.secs())),
+                    (Some(f), Some(h)) if f > 0.0 && h.secs() > window.secs() => {
+                        Some((f, h.secs()))
+                    }
                     (None, None) => None,
                     _ => {
                         errors.push(format!(
@@ -408,33 +495,66 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
                         None
                     }
                 };
-                Detector::Threshold { window: window.secs(), count, baseline }
+                Detector::Threshold {
+                    window: window.secs(),
+                    count,
+                    baseline,
+                }
             }
             DetectorSpec::Distinct { window, min } => {
                 if min.is_empty() || min.contains_key(&Attr::None) {
-                    errors.push(format!("{name}:{}: distinct needs attributes with minimum counts", at("distinct")));
+                    errors.push(format!(
+                        "{name}:{}: distinct needs attributes with minimum counts",
+                        at("distinct")
+                    ));
                 }
-                Detector::Distinct { window: window.secs(), min: min.into_iter().collect() }
+                Detector::Distinct {
+                    window: window.secs(),
+                    min: min.into_iter().collect(),
+                }
             }
-            DetectorSpec::Velocity { min_distance_km, max_speed_kmh, max_gap } => {
-                Detector::Velocity { min_km: min_distance_km, max_kmh: max_speed_kmh, max_gap: max_gap.secs() }
-            }
-            DetectorSpec::Sequence { first, within, link, or_same_ip } => {
+            DetectorSpec::Velocity {
+                min_distance_km,
+                max_speed_kmh,
+                max_gap,
+            } => Detector::Velocity {
+                min_km: min_distance_km,
+                max_kmh: max_speed_kmh,
+                max_gap: max_gap.secs(),
+            },
+            DetectorSpec::Sequence {
+                first,
+                within,
+                link,
+                or_same_ip,
+            } => {
                 let first = Cond::compile(&first, catalogs).unwrap_or_else(|e| {
                     errors.push(format!("{name}:{}: detector.first: {e}", at("first:")));
                     Cond::True
                 });
-                Detector::Sequence { first, within: within.secs(), link, or_same_ip }
+                Detector::Sequence {
+                    first,
+                    within: within.secs(),
+                    link,
+                    or_same_ip,
+                }
             }
         };
         detectors.push(compiled);
     }
     if spec.tests.is_empty() {
-        errors.push(format!("{name}:1: rule {} has no tests (each rule carries positive and negative test events)", spec.id));
+        errors.push(format!(
+            "{name}:1: rule {} has no tests (each rule carries positive and negative test events)",
+            spec.id
+        ));
     } else {
         let expects: Vec<bool> = spec.tests.iter().map(|t| t.expect_alarm()).collect();
         if !expects.contains(&true) || !expects.contains(&false) {
-            errors.push(format!("{name}:{}: rule {} needs at least one positive and one negative test", at("tests:"), spec.id));
+            errors.push(format!(
+                "{name}:{}: rule {} needs at least one positive and one negative test",
+                at("tests:"),
+                spec.id
+            ));
         }
     }
     for t in &spec.tests {
@@ -449,18 +569,25 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
     for s in &spec.severity_when {
         match Cond::compile(&s.when, catalogs) {
             Ok(c) => severity_when.push((c, s.severity)),
-            Err(e) => errors.push(format!("{name}:{}: severity_when: {e}", at("severity_when"))),
+            Err(e) => errors.push(format!(
+                "{name}:{}: severity_when: {e}",
+                at("severity_when")
+            )),
         }
     }
     for r in &spec.requires {
         if r != "geoip" {
-            errors.push(format!("{name}:{}: requires: unknown requirement {r:?} (geoip)", at("requires")));
+            errors.push(format!(
+                "{name}:{}: requires: unknown requirement {r:?} (geoip)",
+                at("requires")
+            ));
         }
     }
     if !errors.is_empty() {
         return Err(errors);
     }
-    let uses_ip = cond.uses_ip() || detectors.iter().any(Detector::uses_ip) || spec.dimension.from_ip();
+    let uses_ip =
+        cond.uses_ip() || detectors.iter().any(Detector::uses_ip) || spec.dimension.from_ip();
     Ok(Rule {
         id: spec.id,
         name: spec.name,
@@ -486,19 +613,34 @@ impl Rule {
     pub fn apply_thresholds(&mut self, overrides: &BTreeMap<String, String>) -> Result<(), String> {
         for (name, value) in overrides {
             let dur = || Dur::parse(value).map(Dur::secs);
-            let num = || value.parse::<f64>().map_err(|_| format!("{name}: not a number: {value:?}"));
+            let num = || {
+                value
+                    .parse::<f64>()
+                    .map_err(|_| format!("{name}: not a number: {value:?}"))
+            };
             let mut applied = false;
             for d in &mut self.detectors {
                 match (name.as_str(), &mut *d) {
                     ("count", Detector::Threshold { count, .. }) => {
-                        *count = value.parse().map_err(|_| format!("count: not a whole number: {value:?}"))?;
+                        *count = value
+                            .parse()
+                            .map_err(|_| format!("count: not a whole number: {value:?}"))?;
                         applied = true;
                     }
-                    ("window", Detector::Threshold { window, .. } | Detector::Distinct { window, .. }) => {
+                    (
+                        "window",
+                        Detector::Threshold { window, .. } | Detector::Distinct { window, .. },
+                    ) => {
                         *window = dur()?;
                         applied = true;
                     }
-                    ("baseline_factor", Detector::Threshold { baseline: Some((f, _)), .. }) => {
+                    (
+                        "baseline_factor",
+                        Detector::Threshold {
+                            baseline: Some((f, _)),
+                            ..
+                        },
+                    ) => {
                         *f = num()?;
                         applied = true;
                     }
@@ -525,7 +667,9 @@ impl Rule {
                     (n, Detector::Distinct { min, .. }) if n.starts_with("min.") => {
                         for (attr, m) in min.iter_mut() {
                             if n == format!("min.{}", attr.as_str()) {
-                                *m = value.parse().map_err(|_| format!("{n}: not a whole number: {value:?}"))?;
+                                *m = value
+                                    .parse()
+                                    .map_err(|_| format!("{n}: not a whole number: {value:?}"))?;
                                 applied = true;
                             }
                         }
@@ -534,7 +678,10 @@ impl Rule {
                 }
             }
             if !applied {
-                return Err(format!("rule {} has no detector parameter {name:?}", self.id));
+                return Err(format!(
+                    "rule {} has no detector parameter {name:?}",
+                    self.id
+                ));
             }
         }
         Ok(())

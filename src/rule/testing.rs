@@ -8,7 +8,10 @@ use serde::Deserialize;
 
 use super::Dur;
 use crate::enrich::{Enrichment, GeoInfo, IpClass, KeyFacts, LeakEntry};
-use crate::event::{AccessKeyId, AccountId, Cloud, Event, KeyKind, Origin, Outcome, Principal, PrincipalType, Request};
+use crate::event::{
+    AccessKeyId, AccountId, Cloud, Event, KeyKind, Origin, Outcome, Principal, PrincipalType,
+    Request,
+};
 
 /// One test case of a rule.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,13 +33,17 @@ impl TestSpec {
 
     pub fn validate(&self) -> Result<(), String> {
         if self.expect != "alarm" && self.expect != "none" {
-            return Err(format!("expect must be alarm or none, not {:?}", self.expect));
+            return Err(format!(
+                "expect must be alarm or none, not {:?}",
+                self.expect
+            ));
         }
         if self.events.is_empty() {
             return Err("no events".into());
         }
         for (i, e) in self.events.iter().enumerate() {
-            e.build(i).map_err(|err| format!("event {}: {err}", i + 1))?;
+            e.build(i)
+                .map_err(|err| format!("event {}: {err}", i + 1))?;
         }
         Ok(())
     }
@@ -106,11 +113,14 @@ pub struct TestEvent {
 
 /// Test cases start here.
 pub fn test_epoch() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 6, 2, 8, 0, 0).single().unwrap_or_default()
+    Utc.with_ymd_and_hms(2025, 6, 2, 8, 0, 0)
+        .single()
+        .unwrap_or_default()
 }
 
 fn enum_value<T: for<'de> Deserialize<'de>>(s: &str, what: &str) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| format!("unknown {what} {s:?}"))
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown {what} {s:?}"))
 }
 
 impl TestEvent {
@@ -121,7 +131,9 @@ impl TestEvent {
         let cloud: Cloud = self.cloud.as_deref().unwrap_or("aws").parse()?;
         let (mut service, mut action) = ("sts".to_owned(), "GetCallerIdentity".to_owned());
         if let Some(api) = &self.api {
-            let (s, a) = api.split_once(':').ok_or_else(|| format!("api {api:?} is not service:action"))?;
+            let (s, a) = api
+                .split_once(':')
+                .ok_or_else(|| format!("api {api:?} is not service:action"))?;
             (service, action) = (s.to_owned(), a.to_owned());
         }
         if let Some(s) = &self.service {
@@ -141,11 +153,18 @@ impl TestEvent {
             (None, Some(k)) if k.starts_with("ASIA") || k.starts_with("STS.") => KeyKind::Temporary,
             (None, Some(_)) => KeyKind::Permanent,
         };
-        let principal_type: PrincipalType = enum_value(self.principal_type.as_deref().unwrap_or("user"), "principal_type")?;
+        let principal_type: PrincipalType = enum_value(
+            self.principal_type.as_deref().unwrap_or("user"),
+            "principal_type",
+        )?;
         let source_ip: Option<IpAddr> = match self.ip.as_deref() {
             Some("none") => None,
             Some(ip) => Some(ip.parse().map_err(|_| format!("bad ip {ip:?}"))?),
-            None => Some("198.51.100.10".parse().map_err(|_| "default ip".to_owned())?),
+            None => Some(
+                "198.51.100.10"
+                    .parse()
+                    .map_err(|_| "default ip".to_owned())?,
+            ),
         };
         let outcome: Outcome = enum_value(self.outcome.as_deref().unwrap_or("success"), "outcome")?;
         let mut ip_class = Vec::new();
@@ -156,10 +175,18 @@ impl TestEvent {
             cloud,
             event_id: format!("test-{index}"),
             event_time,
-            account_id: Some(AccountId(self.account.clone().unwrap_or_else(|| "111122223333".to_owned()))),
+            account_id: Some(AccountId(
+                self.account
+                    .clone()
+                    .unwrap_or_else(|| "111122223333".to_owned()),
+            )),
             principal: Principal {
                 kind: principal_type,
-                name: Some(self.principal_name.clone().unwrap_or_else(|| "alice".to_owned())),
+                name: Some(
+                    self.principal_name
+                        .clone()
+                        .unwrap_or_else(|| "alice".to_owned()),
+                ),
                 id: self.principal_id.clone(),
                 arn: None,
                 role: None,
@@ -170,15 +197,29 @@ impl TestEvent {
             access_key_id: key.map(AccessKeyId),
             key_kind,
             source_ip,
-            source_address: self.address.clone().or_else(|| source_ip.map(|ip| ip.to_string())),
-            user_agent: Some(self.user_agent.clone().unwrap_or_else(|| "aws-cli/2.15.0 Python/3.11.6 Linux/6.1".to_owned())),
-            region: Some(self.region.clone().unwrap_or_else(|| "us-east-1".to_owned())),
+            source_address: self
+                .address
+                .clone()
+                .or_else(|| source_ip.map(|ip| ip.to_string())),
+            user_agent: Some(
+                self.user_agent
+                    .clone()
+                    .unwrap_or_else(|| "aws-cli/2.15.0 Python/3.11.6 Linux/6.1".to_owned()),
+            ),
+            region: Some(
+                self.region
+                    .clone()
+                    .unwrap_or_else(|| "us-east-1".to_owned()),
+            ),
             service,
             action,
             read_only: self.read_only,
             console: self.console,
             outcome,
-            error_code: self.error_code.clone().or_else(|| (outcome == Outcome::Failure).then(|| "AccessDenied".to_owned())),
+            error_code: self
+                .error_code
+                .clone()
+                .or_else(|| (outcome == Outcome::Failure).then(|| "AccessDenied".to_owned())),
             request_id: None,
             request: Request {
                 target_user: self.target_user.clone(),
@@ -197,7 +238,11 @@ impl TestEvent {
             at_risk: k.at_risk,
         });
         let leak = self.leaked.then(|| LeakEntry {
-            key_id: event.access_key_id.as_ref().map(|k| k.0.clone()).unwrap_or_default(),
+            key_id: event
+                .access_key_id
+                .as_ref()
+                .map(|k| k.0.clone())
+                .unwrap_or_default(),
             source: "test".to_owned(),
             location: None,
             found_at: None,
@@ -214,7 +259,9 @@ impl TestEvent {
         match (source_ip, event.source_address.as_deref()) {
             (Some(ip), _) if crate::enrich::is_private(ip) => e.ip_class.insert(IpClass::Private),
             (Some(_), _) => e.ip_class.insert(IpClass::Public),
-            (None, Some(a)) if crate::enrich::is_service_address(a) => e.ip_class.insert(IpClass::Service),
+            (None, Some(a)) if crate::enrich::is_service_address(a) => {
+                e.ip_class.insert(IpClass::Service)
+            }
             (None, _) => e.ip_class.insert(IpClass::Unknown),
         }
         for c in ip_class {
@@ -248,14 +295,20 @@ pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
                 rules: vec![rule.clone()],
                 catalogs: set.catalogs.clone(),
             };
-            let mut engine = match crate::engine::Engine::new(&single, crate::policy::Policy::default()) {
-                Ok(e) => e,
-                Err(e) => {
-                    failures.extend(e);
-                    out.push(TestOutcome { rule_id: rule.id.clone(), file: rule.file.clone(), test: test.name.clone(), failures });
-                    continue;
-                }
-            };
+            let mut engine =
+                match crate::engine::Engine::new(&single, crate::policy::Policy::default()) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        failures.extend(e);
+                        out.push(TestOutcome {
+                            rule_id: rule.id.clone(),
+                            file: rule.file.clone(),
+                            test: test.name.clone(),
+                            failures,
+                        });
+                        continue;
+                    }
+                };
             let mut fired_any = false;
             for (i, te) in test.events.iter().enumerate() {
                 let (event, enrichment) = match te.build(i) {
@@ -282,11 +335,20 @@ pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
             if fired_any != test.expect_alarm() {
                 failures.push(format!(
                     "expected {}, the rule {}",
-                    if test.expect_alarm() { "an alarm" } else { "no alarm" },
+                    if test.expect_alarm() {
+                        "an alarm"
+                    } else {
+                        "no alarm"
+                    },
                     if fired_any { "fired" } else { "did not fire" }
                 ));
             }
-            out.push(TestOutcome { rule_id: rule.id.clone(), file: rule.file.clone(), test: test.name.clone(), failures });
+            out.push(TestOutcome {
+                rule_id: rule.id.clone(),
+                file: rule.file.clone(),
+                test: test.name.clone(),
+                failures,
+            });
         }
     }
     out

@@ -169,3 +169,57 @@ fn reports_prints_snapshots_and_names_bad_cells() {
     let o = akwatch(&["reports", fixture("reports/unknown.csv").to_str().unwrap()]);
     assert!(!o.status.success());
 }
+
+#[test]
+fn replay_with_no_arguments_runs_the_bundled_scenario() {
+    let o = Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        .arg("replay")
+        .current_dir(crate::repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let rules: std::collections::BTreeSet<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("rule_id").and_then(|r| r.as_str()).map(str::to_owned))
+        .collect();
+    for id in [
+        "ak.audit_tamper",
+        "ak.leaked_key_use",
+        "ak.backdoor_key",
+        "ak.root_key_use",
+    ] {
+        assert!(rules.contains(id), "{id} missing from {rules:?}");
+    }
+    assert!(stdout.contains("\"risk_id\":\"risk.root_active_key\""));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("akwatch replay: 7520 events"), "{stderr}");
+    assert!(stderr.contains("ak.audit_tamper"));
+}
+
+#[test]
+fn check_rules_passes_on_the_repository_and_fails_on_a_broken_rule() {
+    let o = akwatch(&["check-rules", crate::repo().join("rules").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(", 0 failed"));
+    let o = akwatch(&["check-rules", fixture("rules_broken").to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad_severity.yaml"), "{err}");
+}
+
+#[test]
+fn risks_lists_report_risks() {
+    let o = akwatch(&[
+        "risks",
+        fixture("reports/tencent_cam.csv").to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("\"risk_id\":\"risk.key_at_risk\""), "{out}");
+    assert!(
+        out.contains("\"risk_id\":\"risk.console_without_mfa\""),
+        "{out}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod cli;
 mod corpus;
+mod detect;
 mod golden;
 mod props;
 mod reports;

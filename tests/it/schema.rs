@@ -51,3 +51,22 @@ fn decoded_events_validate_against_the_schema_shape() {
         assert!(event.get(field).is_some(), "{field}");
     }
 }
+
+#[test]
+fn alarm_and_risk_schemas_are_fresh() {
+    for (file, want) in [
+        ("schemas/alarm.schema.json", akwatch::cli::alarm_schema()),
+        ("schemas/risk.schema.json", akwatch::cli::risk_schema()),
+    ] {
+        let path = repo().join(file);
+        let want = format!("{want}\n");
+        if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let got = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            got == want,
+            "{file} is stale: run UPDATE_SCHEMAS=1 cargo test"
+        );
+    }
+}
