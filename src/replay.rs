@@ -159,6 +159,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
                 lists,
                 reports: ReportIndex::new(&snapshots),
                 leaks,
+                ..Enricher::default()
             },
             engine,
             snapshots,

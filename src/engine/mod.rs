@@ -6,6 +6,7 @@
 
 pub mod state;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::json;
@@ -182,6 +183,7 @@ impl Engine {
         let subject = crate::alarm::subject_of(event);
         let hidden = self.policy.is_hidden(event);
         let api = event.api();
+        let api_lower = api.to_ascii_lowercase();
         let mut key = self
             .state
             .keys
@@ -244,6 +246,8 @@ impl Engine {
             key_idle_days,
             ip_new_for_key,
             api: &api,
+            api_lower: &api_lower,
+            ip: ip_value.as_deref(),
         };
 
         let mut hits = Vec::new();
@@ -312,7 +316,14 @@ impl Engine {
                         ri,
                         Hit {
                             facts: f,
-                            dimension: dimension_value(rule.dimension, event, enr, &api),
+                            dimension: dimension_value(
+                                rule.dimension,
+                                event,
+                                enr,
+                                &api,
+                                ip_value.as_deref(),
+                            )
+                            .map(Cow::into_owned),
                             severity,
                         },
                     ));
@@ -329,7 +340,7 @@ impl Engine {
             if hidden && attr.from_ip() {
                 continue;
             }
-            if let Some(v) = dimension_value(*attr, event, enr, &api) {
+            if let Some(v) = dimension_value(*attr, event, enr, &api, ip_value.as_deref()) {
                 ks.remember(value_hash(*attr, &v), t);
             }
         }
@@ -355,25 +366,32 @@ fn is_quarantine(e: &Event) -> bool {
             .is_some_and(|p| p.contains("AWSCompromisedKeyQuarantine"))
 }
 
-/// The value of an attribute for an event (None when it has none).
-pub fn dimension_value(attr: Attr, e: &Event, enr: &Enrichment, api: &str) -> Option<String> {
+/// The value of an attribute for an event (None when it has none). `ip` is the event's
+/// source IP as text, formatted once per event by the caller.
+pub fn dimension_value<'a>(
+    attr: Attr,
+    e: &'a Event,
+    enr: &'a Enrichment,
+    api: &'a str,
+    ip: Option<&'a str>,
+) -> Option<Cow<'a, str>> {
     match attr {
         Attr::None => None,
-        Attr::SourceIp => e.source_ip.map(|ip| ip.to_string()),
-        Attr::Country => enr.geo.as_ref()?.country.clone(),
+        Attr::SourceIp => ip.map(Cow::Borrowed),
+        Attr::Country => enr.geo.as_ref()?.country.as_deref().map(Cow::Borrowed),
         Attr::City => {
             let g = enr.geo.as_ref()?;
             g.city
                 .as_ref()
-                .map(|c| format!("{}/{c}", g.country.as_deref().unwrap_or("?")))
+                .map(|c| Cow::Owned(format!("{}/{c}", g.country.as_deref().unwrap_or("?"))))
         }
-        Attr::Asn => enr.geo.as_ref()?.asn.map(|a| format!("AS{a}")),
-        Attr::Api => Some(api.to_owned()),
-        Attr::Action => Some(e.action.clone()),
-        Attr::Region => e.region.clone(),
-        Attr::UserAgent => e.user_agent.clone(),
-        Attr::Resource => e.request.resource.clone(),
-        Attr::TargetUser => e.request.target_user.clone(),
+        Attr::Asn => enr.geo.as_ref()?.asn.map(|a| Cow::Owned(format!("AS{a}"))),
+        Attr::Api => Some(Cow::Borrowed(api)),
+        Attr::Action => Some(Cow::Borrowed(&e.action)),
+        Attr::Region => e.region.as_deref().map(Cow::Borrowed),
+        Attr::UserAgent => e.user_agent.as_deref().map(Cow::Borrowed),
+        Attr::Resource => e.request.resource.as_deref().map(Cow::Borrowed),
+        Attr::TargetUser => e.request.target_user.as_deref().map(Cow::Borrowed),
     }
 }
 
@@ -418,7 +436,7 @@ fn run_detector(
             history,
             learning,
         } => {
-            let v = dimension_value(*attr, event, enr, api)?;
+            let v = dimension_value(*attr, event, enr, api, facts.ip)?;
             if t - ks.first_seen < *learning {
                 return None;
             }
@@ -483,7 +501,10 @@ fn run_detector(
         Detector::Distinct { window, min } => {
             let mut values = Vec::with_capacity(min.len());
             for (attr, _) in min {
-                values.push(value_hash(*attr, &dimension_value(*attr, event, enr, api)?));
+                values.push(value_hash(
+                    *attr,
+                    &dimension_value(*attr, event, enr, api, facts.ip)?,
+                ));
             }
             let (rule, det) = (ri as u16, di as u8);
             let ct = compact_time(t);

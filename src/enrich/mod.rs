@@ -150,7 +150,7 @@ pub struct Enrichment {
     /// Report facts for the key itself (Tencent reports name keys), or for the principal's only
     /// key.
     pub key: Option<KeyFacts>,
-    pub principal: Option<PrincipalFacts>,
+    pub principal: Option<std::sync::Arc<PrincipalFacts>>,
     /// The leak-feed entry or report flag that marks this key as leaked.
     pub leak: Option<LeakEntry>,
 }
@@ -159,9 +159,8 @@ pub struct Enrichment {
 #[derive(Debug, Default)]
 pub struct ReportIndex {
     by_key: HashMap<String, KeyFacts>,
-    /// (cloud, principal name) → facts; names are unique within an account, and accounts
-    /// rarely share user names across the reports of one deployment.
-    by_principal: HashMap<(Cloud, String), (Option<String>, PrincipalFacts)>,
+    /// principal name → (cloud, account, facts); names are unique within an account.
+    by_principal: HashMap<String, Vec<(Cloud, Option<String>, std::sync::Arc<PrincipalFacts>)>>,
 }
 
 impl ReportIndex {
@@ -192,11 +191,11 @@ impl ReportIndex {
                     self.by_key.insert(id.0.clone(), facts.clone());
                 }
             }
-            let facts = PrincipalFacts {
+            let facts = std::sync::Arc::new(PrincipalFacts {
                 root: p.root,
                 mfa_active: p.mfa_active.value().copied(),
                 keys,
-            };
+            });
             let account = snapshot.account_id.as_ref().map(|a| a.0.clone());
             let mut names = vec![p.name.clone()];
             if let Some(id) = &p.id {
@@ -206,8 +205,10 @@ impl ReportIndex {
                 names.push(short.to_owned());
             }
             for name in names {
-                self.by_principal
-                    .insert((snapshot.cloud, name), (account.clone(), facts.clone()));
+                let entries = self.by_principal.entry(name).or_default();
+                // A newer report of the same account replaces the older entry.
+                entries.retain(|(c, a, _)| !(*c == snapshot.cloud && *a == account));
+                entries.push((snapshot.cloud, account.clone(), facts.clone()));
             }
         }
     }
@@ -220,7 +221,7 @@ impl ReportIndex {
             .map(|(k, _)| k.as_str())
     }
 
-    fn principal(&self, event: &Event) -> Option<&PrincipalFacts> {
+    fn principal(&self, event: &Event) -> Option<&std::sync::Arc<PrincipalFacts>> {
         let cloud = event.cloud;
         let names = [
             event.principal.name.as_deref(),
@@ -232,15 +233,21 @@ impl ReportIndex {
             }),
         ];
         names.into_iter().flatten().find_map(|n| {
-            let (account, facts) = self.by_principal.get(&(cloud, n.to_owned()))?;
-            let same_account = match (account, &event.account_id) {
-                (Some(a), Some(b)) => a == b.as_str(),
-                _ => true,
-            };
-            same_account.then_some(facts)
+            self.by_principal
+                .get(n)?
+                .iter()
+                .find_map(|(c, account, facts)| {
+                    let same_account = match (account, &event.account_id) {
+                        (Some(a), Some(b)) => a == b.as_str(),
+                        _ => true,
+                    };
+                    (*c == cloud && same_account).then_some(facts)
+                })
         })
     }
 }
+
+const GEO_CACHE_MAX: usize = 100_000;
 
 /// Where the IP classes come from: list files and ASN sets.
 #[derive(Debug, Default)]
@@ -256,6 +263,9 @@ pub struct IpLists {
 #[derive(Debug, Default)]
 pub struct Enricher {
     pub geo: Option<GeoDb>,
+    /// GeoIP answers by IP (an API key calls from few IPs; the MaxMind decode is the costly
+    /// part). Cleared when it reaches `GEO_CACHE_MAX` entries.
+    pub geo_cache: dashmap::DashMap<IpAddr, Option<GeoInfo>>,
     pub lists: IpLists,
     pub reports: ReportIndex,
     pub leaks: LeakFeed,
@@ -264,7 +274,17 @@ pub struct Enricher {
 impl Enricher {
     pub fn enrich(&self, event: &Event) -> Enrichment {
         let geo = match (&self.geo, event.source_ip) {
-            (Some(db), Some(ip)) => db.lookup(ip),
+            (Some(db), Some(ip)) => match self.geo_cache.get(&ip) {
+                Some(hit) => hit.clone(),
+                None => {
+                    let found = db.lookup(ip);
+                    if self.geo_cache.len() >= GEO_CACHE_MAX {
+                        self.geo_cache.clear();
+                    }
+                    self.geo_cache.insert(ip, found.clone());
+                    found
+                }
+            },
             _ => None,
         };
         let ip_class = self.classify(event, geo.as_ref());
