@@ -155,12 +155,15 @@ pub struct Enrichment {
     pub leak: Option<LeakEntry>,
 }
 
+/// One principal of one report: its cloud, account (when the report tells) and facts.
+type ReportedPrincipal = (Cloud, Option<String>, std::sync::Arc<PrincipalFacts>);
+
 /// Credential-report facts, indexed for the event join.
 #[derive(Debug, Default)]
 pub struct ReportIndex {
     by_key: HashMap<String, KeyFacts>,
     /// principal name → (cloud, account, facts); names are unique within an account.
-    by_principal: HashMap<String, Vec<(Cloud, Option<String>, std::sync::Arc<PrincipalFacts>)>>,
+    by_principal: HashMap<String, Vec<ReportedPrincipal>>,
 }
 
 impl ReportIndex {
