@@ -253,7 +253,8 @@ impl Engine {
         let mut hits = Vec::new();
         // What this event adds to the key's memory: the source IP (for `ip_new_for_key`) and
         // the attributes of the `first_seen` rules whose condition it meets.
-        let mut remember = vec![Attr::SourceIp];
+        let mut remember: smallvec_like::Attrs = smallvec_like::Attrs::new();
+        remember.push(Attr::SourceIp);
         for (ri, active) in self.rules.iter().enumerate() {
             let rule = &active.rule;
             if hidden && rule.uses_ip {
@@ -336,7 +337,7 @@ impl Engine {
         ks.first_seen = ks.first_seen.min(t);
         ks.last_seen = ks.last_seen.max(t);
         // IP-hidden keys: their IPs (and what is derived from them) stay out of the inventory.
-        for attr in &remember {
+        for attr in remember.iter() {
             if hidden && attr.from_ip() {
                 continue;
             }
@@ -647,6 +648,40 @@ fn run_detector(
                 json!(first_ip as u32 == ip_h as u32),
             );
             Some(f)
+        }
+    }
+}
+
+/// A tiny fixed-capacity attribute list (no allocation per event).
+mod smallvec_like {
+    use crate::rule::Attr;
+
+    pub struct Attrs {
+        items: [Attr; 11],
+        len: usize,
+    }
+
+    impl Attrs {
+        pub fn new() -> Self {
+            Attrs {
+                items: [Attr::None; 11],
+                len: 0,
+            }
+        }
+
+        pub fn contains(&self, a: &Attr) -> bool {
+            self.items[..self.len].contains(a)
+        }
+
+        pub fn push(&mut self, a: Attr) {
+            if self.len < self.items.len() && !self.contains(&a) {
+                self.items[self.len] = a;
+                self.len += 1;
+            }
+        }
+
+        pub fn iter(&self) -> impl Iterator<Item = &Attr> {
+            self.items[..self.len].iter()
         }
     }
 }

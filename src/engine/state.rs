@@ -297,7 +297,7 @@ pub fn insert_sorted<T>(deque: &mut VecDeque<T>, item: T, time: impl Fn(&T) -> i
 pub struct State {
     /// By the hash of the alarm subject (access key id, or principal): 8 bytes a key instead
     /// of the id string.
-    pub keys: DashMap<u64, KeyState>,
+    pub keys: DashMap<u64, KeyState, rustc_hash::FxBuildHasher>,
     /// Keys created by a watched `first` step: (rule index, created key) → (time, source-IP hash).
     pub created: DashMap<(u16, String), (i64, u64)>,
     /// Principals AWS quarantined (compromised-key policy attached): (cloud, user) → time.

@@ -71,18 +71,53 @@ pub struct CondSpec {
     pub not: Option<Box<CondSpec>>,
 }
 
-/// A compiled glob set (case-insensitive), expanded from `@catalog` references. Plain names
-/// are looked up in a set and `prefix*` patterns compared directly; only the other patterns go
-/// through the glob matcher (catalogs hold hundreds of entries, most of them plain names).
+/// One non-plain pattern, lower-cased.
+#[derive(Debug, Clone)]
+enum Matcher {
+    Prefix(String),
+    Suffix(String),
+    /// `*text*`
+    Contains(String),
+    Wild(WildMatchPattern<'*', '?'>),
+}
+
+impl Matcher {
+    fn new(lower: &str, original: &str) -> Matcher {
+        let wild = |s: &str| s.contains(['*', '?']);
+        if let Some(inner) = lower
+            .strip_prefix('*')
+            .and_then(|x| x.strip_suffix('*'))
+            .filter(|x| !wild(x))
+        {
+            Matcher::Contains(inner.to_owned())
+        } else if let Some(prefix) = lower.strip_suffix('*').filter(|head| !wild(head)) {
+            Matcher::Prefix(prefix.to_owned())
+        } else if let Some(suffix) = lower.strip_prefix('*').filter(|tail| !wild(tail)) {
+            Matcher::Suffix(suffix.to_owned())
+        } else {
+            Matcher::Wild(WildMatchPattern::new_case_insensitive(original))
+        }
+    }
+
+    fn matches(&self, lower: &str, original: &str) -> bool {
+        match self {
+            Matcher::Prefix(p) => lower.starts_with(p.as_str()),
+            Matcher::Suffix(p) => lower.ends_with(p.as_str()),
+            Matcher::Contains(p) => lower.contains(p.as_str()),
+            Matcher::Wild(w) => w.matches(original),
+        }
+    }
+}
+
+/// A compiled glob set (case-insensitive), expanded from `@catalog` references. Catalogs hold
+/// hundreds of `service:action` entries, so: plain names are looked up in a hash set, patterns
+/// whose service part is plain (`iam:Attach*Policy`) are only tried on calls to that service,
+/// and the rest (`*:List*`, `*kali*`) on every value.
 #[derive(Debug, Clone, Default)]
 pub struct Globs {
-    /// Plain names (FxHash: a few nanoseconds per look-up).
     exact: rustc_hash::FxHashSet<String>,
-    prefixes: Vec<String>,
-    suffixes: Vec<String>,
-    /// `*text*`
-    contains: Vec<String>,
-    patterns: Vec<WildMatchPattern<'*', '?'>>,
+    by_service: rustc_hash::FxHashMap<String, Vec<Matcher>>,
+    general: Vec<Matcher>,
 }
 
 impl Globs {
@@ -97,44 +132,40 @@ impl Globs {
         let mut g = Globs::default();
         for p in all {
             let lower = p.to_ascii_lowercase();
-            let wild = |s: &str| s.contains(['*', '?']);
-            if !wild(&lower) {
+            if !lower.contains(['*', '?']) {
                 g.exact.insert(lower);
-            } else if let Some(inner) = lower
-                .strip_prefix('*')
-                .and_then(|x| x.strip_suffix('*'))
-                .filter(|x| !wild(x))
-            {
-                g.contains.push(inner.to_owned());
-            } else if let Some(prefix) = lower.strip_suffix('*').filter(|head| !wild(head)) {
-                g.prefixes.push(prefix.to_owned());
-            } else if let Some(suffix) = lower.strip_prefix('*').filter(|tail| !wild(tail)) {
-                g.suffixes.push(suffix.to_owned());
-            } else {
-                g.patterns.push(WildMatchPattern::new_case_insensitive(&p));
+                continue;
+            }
+            let matcher = Matcher::new(&lower, &p);
+            match lower.split_once(':') {
+                Some((service, _)) if !service.contains(['*', '?']) => g
+                    .by_service
+                    .entry(service.to_owned())
+                    .or_default()
+                    .push(matcher),
+                _ => g.general.push(matcher),
             }
         }
         Ok(g)
     }
 
     pub fn matches(&self, s: &str) -> bool {
-        if self.exact.is_empty()
-            && self.prefixes.is_empty()
-            && self.suffixes.is_empty()
-            && self.contains.is_empty()
-        {
-            return self.patterns.iter().any(|p| p.matches(s));
-        }
         self.matches_lower(&s.to_ascii_lowercase(), s)
     }
 
     /// `matches` for a text the caller has lower-cased already (`lower`, and the original `s`).
     pub fn matches_lower(&self, lower: &str, s: &str) -> bool {
-        self.exact.contains(lower)
-            || self.prefixes.iter().any(|p| lower.starts_with(p.as_str()))
-            || self.suffixes.iter().any(|p| lower.ends_with(p.as_str()))
-            || self.contains.iter().any(|p| lower.contains(p.as_str()))
-            || self.patterns.iter().any(|p| p.matches(s))
+        if self.exact.contains(lower) {
+            return true;
+        }
+        if !self.by_service.is_empty()
+            && let Some((service, _)) = lower.split_once(':')
+            && let Some(matchers) = self.by_service.get(service)
+            && matchers.iter().any(|m| m.matches(lower, s))
+        {
+            return true;
+        }
+        self.general.iter().any(|m| m.matches(lower, s))
     }
 }
 
