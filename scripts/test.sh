@@ -20,6 +20,9 @@ for component in rustfmt clippy; do
 done
 cargo --version
 
+step "GeoLite2 (best effort: a test reads it when present)"
+bash scripts/install-geoip.sh || echo "notice: GeoLite2 not installed; its test will be skipped"
+
 step "format"
 cargo fmt --all -- --check
 
