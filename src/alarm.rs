@@ -281,7 +281,7 @@ fn source_ip_of(event: &Event, enrichment: &Enrichment, ip_hidden: bool) -> Opti
         geo: if ip_hidden {
             GeoInfo::default()
         } else {
-            enrichment.geo.clone().unwrap_or_default()
+            enrichment.geo.as_deref().cloned().unwrap_or_default()
         },
         classes: enrichment.ip_class.iter().collect(),
     })

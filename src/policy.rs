@@ -176,7 +176,7 @@ pub struct RulePolicy {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub allowlist: Vec<AllowEntry>,
-    pub hidden_keys: HashSet<String>,
+    pub hidden_keys: rustc_hash::FxHashSet<String>,
     pub rules: BTreeMap<String, RulePolicy>,
     pub default_aggregation: Dur,
     pub default_renotify: Dur,
@@ -188,7 +188,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             allowlist: Vec::new(),
-            hidden_keys: HashSet::new(),
+            hidden_keys: Default::default(),
             rules: BTreeMap::new(),
             default_aggregation: Dur(86_400),
             default_renotify: Dur(3600),

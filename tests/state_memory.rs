@@ -57,14 +57,14 @@ fn event(key: usize, ip: usize, n: usize) -> (Event, Enrichment) {
         origin: Origin::default(),
     };
     let mut enr = Enrichment {
-        geo: Some(GeoInfo {
+        geo: Some(std::sync::Arc::new(GeoInfo {
             country: Some("US".into()),
             city: Some("Ashburn".into()),
             latitude: Some(39.04),
             longitude: Some(-77.49),
             asn: Some(64600 + ip as u32 % 2),
             as_org: Some("ISP".into()),
-        }),
+        })),
         ..Enrichment::default()
     };
     enr.ip_class.insert(IpClass::Public);

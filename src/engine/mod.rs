@@ -180,14 +180,14 @@ impl Engine {
     /// Evaluates the rules on one event and updates the state; returns (rule index, hit).
     pub fn detect(&mut self, event: &Event, enr: &Enrichment) -> Vec<(usize, Hit)> {
         let t = event.event_time.timestamp();
-        let subject = crate::alarm::subject_of(event);
+        let subject = subject_hash(event);
         let hidden = self.policy.is_hidden(event);
         let api = event.api();
         let api_lower = api.to_ascii_lowercase();
         let mut key = self
             .state
             .keys
-            .entry(value_hash(Attr::None, &subject))
+            .entry(subject)
             .or_insert_with(|| KeyState::new(t));
         let ks: &mut KeyState = key.value_mut();
         let new_key = ks.first_seen == t && ks.last_seen == t && ks.seen.is_empty();
@@ -341,8 +341,8 @@ impl Engine {
             if hidden && attr.from_ip() {
                 continue;
             }
-            if let Some(v) = dimension_value(*attr, event, enr, &api, ip_value.as_deref()) {
-                ks.remember(value_hash(*attr, &v), t);
+            if let Some(h) = attr_hash(*attr, event, enr, &api, ip_value.as_deref()) {
+                ks.remember(h, t);
             }
         }
         drop(key);
@@ -355,6 +355,30 @@ impl Engine {
         }
         hits
     }
+}
+
+/// The state key of an event's subject (see [`crate::alarm::subject_of`]), hashed without
+/// building the string.
+fn subject_hash(e: &Event) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match &e.access_key_id {
+        Some(k) => feed(k.as_str().as_bytes()),
+        None => {
+            feed(b"principal:");
+            feed(e.cloud.as_str().as_bytes());
+            feed(b":");
+            feed(e.account_id.as_ref().map_or("-", |a| a.as_str()).as_bytes());
+            feed(b":");
+            feed(e.principal.name.as_deref().unwrap_or("-").as_bytes());
+        }
+    }
+    h
 }
 
 /// AWS attached its compromised-key quarantine policy to a user.
@@ -393,6 +417,47 @@ pub fn dimension_value<'a>(
         Attr::UserAgent => e.user_agent.as_deref().map(Cow::Borrowed),
         Attr::Resource => e.request.resource.as_deref().map(Cow::Borrowed),
         Attr::TargetUser => e.request.target_user.as_deref().map(Cow::Borrowed),
+    }
+}
+
+/// The hash of an attribute's value ([`value_hash`] of [`dimension_value`]) without building
+/// the value when it would need formatting (city, ASN).
+pub fn attr_hash(
+    attr: Attr,
+    e: &Event,
+    enr: &Enrichment,
+    api: &str,
+    ip: Option<&str>,
+) -> Option<u64> {
+    match attr {
+        Attr::City => {
+            let g = enr.geo.as_ref()?;
+            let city = g.city.as_deref()?;
+            let mut h = state::Fnv::new(attr);
+            h.write(g.country.as_deref().unwrap_or("?").as_bytes());
+            h.write(b"/");
+            h.write(city.as_bytes());
+            Some(h.finish())
+        }
+        Attr::Asn => {
+            let asn = enr.geo.as_ref()?.asn?;
+            let mut h = state::Fnv::new(attr);
+            h.write(b"AS");
+            let mut digits = [0u8; 10];
+            let mut n = asn;
+            let mut i = digits.len();
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            h.write(&digits[i..]);
+            Some(h.finish())
+        }
+        _ => dimension_value(attr, e, enr, api, ip).map(|v| value_hash(attr, &v)),
     }
 }
 

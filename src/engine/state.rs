@@ -9,14 +9,31 @@ use dashmap::DashMap;
 
 use crate::rule::Attr;
 
-/// A 64-bit hash of an attribute value (FNV-1a; stable across runs, so state can be saved).
-pub fn value_hash(attr: Attr, value: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (attr as u64);
-    for b in value.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// FNV-1a, seeded by the attribute: stable across runs and versions, so state can be saved.
+pub struct Fnv(u64);
+
+impl Fnv {
+    pub fn new(attr: Attr) -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325 ^ (attr as u64))
     }
-    h
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A 64-bit hash of an attribute value.
+pub fn value_hash(attr: Attr, value: &str) -> u64 {
+    let mut h = Fnv::new(attr);
+    h.write(value.as_bytes());
+    h.finish()
 }
 
 /// Event times in state are seconds since 2000-01-01 in a `u32` (good until 2136).

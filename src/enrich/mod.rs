@@ -145,7 +145,8 @@ pub struct PrincipalFacts {
 /// Everything enrichment adds to one event.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Enrichment {
-    pub geo: Option<GeoInfo>,
+    /// Shared with the GeoIP cache: no copy per event.
+    pub geo: Option<std::sync::Arc<GeoInfo>>,
     pub ip_class: IpClasses,
     /// Report facts for the key itself (Tencent reports name keys), or for the principal's only
     /// key.
@@ -268,7 +269,8 @@ pub struct Enricher {
     pub geo: Option<GeoDb>,
     /// GeoIP answers by IP (an API key calls from few IPs; the MaxMind decode is the costly
     /// part). Cleared when it reaches `GEO_CACHE_MAX` entries.
-    pub geo_cache: dashmap::DashMap<IpAddr, Option<GeoInfo>>,
+    pub geo_cache:
+        dashmap::DashMap<IpAddr, Option<std::sync::Arc<GeoInfo>>, rustc_hash::FxBuildHasher>,
     pub lists: IpLists,
     pub reports: ReportIndex,
     pub leaks: LeakFeed,
@@ -280,7 +282,7 @@ impl Enricher {
             (Some(db), Some(ip)) => match self.geo_cache.get(&ip) {
                 Some(hit) => hit.clone(),
                 None => {
-                    let found = db.lookup(ip);
+                    let found = db.lookup(ip).map(std::sync::Arc::new);
                     if self.geo_cache.len() >= GEO_CACHE_MAX {
                         self.geo_cache.clear();
                     }
@@ -290,7 +292,7 @@ impl Enricher {
             },
             _ => None,
         };
-        let ip_class = self.classify(event, geo.as_ref());
+        let ip_class = self.classify(event, geo.as_deref());
         let principal = self.reports.principal(event).cloned();
         let key_id = event.access_key_id.as_ref().map(|k| k.as_str());
         let key = key_id

@@ -118,6 +118,8 @@ pub struct Globs {
     exact: rustc_hash::FxHashSet<String>,
     by_service: rustc_hash::FxHashMap<String, Vec<Matcher>>,
     general: Vec<Matcher>,
+    /// `*text*` patterns, matched in one pass, case-insensitively (hacker-tool signatures).
+    contains: Option<aho_corasick::AhoCorasick>,
 }
 
 impl Globs {
@@ -130,6 +132,7 @@ impl Globs {
             }
         }
         let mut g = Globs::default();
+        let mut contains: Vec<String> = Vec::new();
         for p in all {
             let lower = p.to_ascii_lowercase();
             if !lower.contains(['*', '?']) {
@@ -137,6 +140,12 @@ impl Globs {
                 continue;
             }
             let matcher = Matcher::new(&lower, &p);
+            if let Matcher::Contains(text) = &matcher
+                && !text.contains(':')
+            {
+                contains.push(text.clone());
+                continue;
+            }
             match lower.split_once(':') {
                 Some((service, _)) if !service.contains(['*', '?']) => g
                     .by_service
@@ -146,16 +155,40 @@ impl Globs {
                 _ => g.general.push(matcher),
             }
         }
+        if !contains.is_empty() {
+            let ac = aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(&contains)
+                .map_err(|e| format!("cannot compile {} patterns: {e}", contains.len()))?;
+            g.contains = Some(ac);
+        }
         Ok(g)
     }
 
     pub fn matches(&self, s: &str) -> bool {
+        if let Some(ac) = &self.contains
+            && ac.is_match(s)
+        {
+            return true;
+        }
+        if self.exact.is_empty() && self.by_service.is_empty() && self.general.is_empty() {
+            return false;
+        }
+        // Few plain names and nothing else (an action, an outcome code): compare in place.
+        if self.by_service.is_empty() && self.general.is_empty() && self.exact.len() <= 4 {
+            return self.exact.iter().any(|e| e.eq_ignore_ascii_case(s));
+        }
         self.matches_lower(&s.to_ascii_lowercase(), s)
     }
 
     /// `matches` for a text the caller has lower-cased already (`lower`, and the original `s`).
     pub fn matches_lower(&self, lower: &str, s: &str) -> bool {
         if self.exact.contains(lower) {
+            return true;
+        }
+        if let Some(ac) = &self.contains
+            && ac.is_match(lower)
+        {
             return true;
         }
         if !self.by_service.is_empty()

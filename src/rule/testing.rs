@@ -229,7 +229,7 @@ impl TestEvent {
             },
             origin: Origin::default(),
         };
-        let geo = self.geo.clone();
+        let geo = self.geo.clone().map(std::sync::Arc::new);
         let key_facts = self.report_key.as_ref().map(|k| KeyFacts {
             active: k.active,
             created: k.created_days_ago.map(|d| event_time - Duration::days(d)),
