@@ -35,18 +35,7 @@ impl ReplayOptions {
     /// The bundled example scenario under `dir` (`examples/`): its logs, reports, GeoIP file,
     /// lists, leak feed and policies, with the repository's rules.
     pub fn bundled(dir: &Path, rules: &Path) -> ReplayOptions {
-        let files = |sub: &str| -> Vec<PathBuf> {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .map(|e| e.path())
-                        .filter(|p| p.is_file())
-                        .collect()
-                })
-                .unwrap_or_default();
-            v.sort();
-            v
-        };
+        let files = |sub: &str| files_in(&[dir.join(sub)]);
         let geo = dir.join("geo.mmdb");
         ReplayOptions {
             inputs: vec![dir.join("logs").display().to_string()],
@@ -194,23 +183,17 @@ fn files_in(paths: &[PathBuf]) -> Vec<PathBuf> {
 /// Reads list files by name: `own*` (the account's CIDRs), `tor*`, `threat*` (IPs / CIDRs),
 /// `hosting*` and `cloud*` (ASNs). Directories are read for their `*.txt` files.
 pub fn load_lists(paths: &[PathBuf]) -> Result<IpLists, Vec<String>> {
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .map(|e| e.path())
-                        .filter(|f| f.extension().is_some_and(|x| x == "txt"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            v.sort();
-            files.extend(v);
-        } else if p.is_file() {
-            files.push(p.clone());
-        }
-    }
+    // In directories, the `*.txt` files (a README beside them is not a list).
+    let files: Vec<PathBuf> = files_in(paths)
+        .into_iter()
+        .filter(|f| {
+            !paths
+                .iter()
+                .any(|p| p.is_dir() && f.parent() == Some(p.as_path()))
+                || f.extension().is_some_and(|x| x == "txt")
+        })
+        .filter(|f| f.is_file())
+        .collect();
     let (mut own, mut tor, mut threat) = (Vec::new(), Vec::new(), Vec::new());
     let mut lists = IpLists::default();
     let mut errors = Vec::new();
