@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The project's one test command: installs what is missing, then runs every check and test.
+# The project's one test command: installs what is missing, starts Apache Kafka, runs every
+# check and test, and stops Kafka.
 #   bash scripts/test.sh
 # Environment:
 #   AKWATCH_REQUIRE_CORPUS=1  fail (instead of skipping) when ../shared/corpus is absent (CI sets it)
+#   KAFKA_BROKERS=host:port   use that broker instead of starting one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,15 @@ cargo fmt --all -- --check
 
 step "clippy"
 cargo clippy --all-targets --locked -- -D warnings
+
+step "Apache Kafka"
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+    KAFKA_BROKERS="$(bash scripts/kafka.sh start | tail -n 1)"
+    trap 'bash scripts/kafka.sh stop' EXIT
+fi
+export KAFKA_BROKERS
+export AKWATCH_REQUIRE_KAFKA=1
+echo "broker: $KAFKA_BROKERS"
 
 step "tests"
 # --all-targets also runs each criterion bench once, as a test. The bound keeps a hung test

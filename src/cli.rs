@@ -32,6 +32,12 @@ pub enum Command {
     Normalize(NormalizeArgs),
     /// Parse credential reports (AWS IAM, Alibaba RAM, Tencent CAM) and print them as JSON.
     Reports(ReportsArgs),
+    /// The service: consume call logs from Kafka, produce alarms and dead letters (Ctrl-C /
+    /// SIGTERM stops it cleanly).
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Run the whole pipeline over files and print alarms (JSON lines on stdout, a summary
     /// table on stderr). With no paths: the bundled example scenario under examples/.
     Replay(ReplayArgs),
@@ -143,6 +149,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reports(args) => reports(args),
         Command::CheckRules { dir } => check_rules(&dir),
         Command::Replay(args) => replay(args),
+        Command::Run { config } => {
+            let config = match crate::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("error: {e}");
+                    }
+                    anyhow::bail!("{} problem(s) in the configuration", errors.len());
+                }
+            };
+            init_logging();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::kafka::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate {
             seed,
             keys,
@@ -585,4 +608,19 @@ fn risks(as_of: Option<&str>, reports: &[PathBuf]) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `tracing` to stderr: text, or JSON with `AKWATCH_LOG_FORMAT=json`; level from `RUST_LOG`
+/// (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    if std::env::var("AKWATCH_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -9,9 +9,11 @@
 
 pub mod alarm;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod enrich;
 pub mod event;
+pub mod kafka;
 pub mod policy;
 pub mod provider;
 pub mod replay;

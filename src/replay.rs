@@ -293,6 +293,27 @@ pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud) -> Alarm {
     }
 }
 
+/// An alarm for every key known to be leaked before any call: the leak feeds' entries and the
+/// keys a credential report flags as at risk. Sorted by key id (deterministic ids and order).
+pub fn leak_alarms(enricher: &Enricher) -> Vec<Alarm> {
+    let mut leak_keys: Vec<LeakEntry> = enricher.leaks.entries().into_iter().cloned().collect();
+    for key in enricher.reports.at_risk_keys() {
+        if !leak_keys.iter().any(|l| l.key_id == key) {
+            leak_keys.push(LeakEntry {
+                key_id: key.to_owned(),
+                source: "credential report: may be at risk".to_owned(),
+                location: None,
+                found_at: None,
+            });
+        }
+    }
+    leak_keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    leak_keys
+        .iter()
+        .map(|entry| leak_alarm(entry, cloud_of_key(&entry.key_id)))
+        .collect()
+}
+
 /// The cloud of a key id, from its shape.
 pub fn cloud_of_key(key: &str) -> Cloud {
     if key.starts_with("LTAI") || key.starts_with("STS.") {
@@ -331,26 +352,7 @@ pub fn run(
         ..Summary::default()
     };
     // Leaks known before any call.
-    let mut leak_keys: Vec<LeakEntry> = setup
-        .enricher
-        .leaks
-        .entries()
-        .into_iter()
-        .cloned()
-        .collect();
-    for key in setup.enricher.reports.at_risk_keys() {
-        if !leak_keys.iter().any(|l| l.key_id == key) {
-            leak_keys.push(LeakEntry {
-                key_id: key.to_owned(),
-                source: "credential report: may be at risk".to_owned(),
-                location: None,
-                found_at: None,
-            });
-        }
-    }
-    leak_keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
-    for entry in &leak_keys {
-        let alarm = leak_alarm(entry, cloud_of_key(&entry.key_id));
+    for alarm in leak_alarms(&setup.enricher) {
         summary.notifications += 1;
         on_alarm(&alarm);
         summary.alarms.push(alarm);

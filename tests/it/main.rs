@@ -5,6 +5,7 @@ mod cli;
 mod corpus;
 mod detect;
 mod golden;
+mod kafka;
 mod props;
 mod reports;
 mod schema;

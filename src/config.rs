@@ -1,0 +1,255 @@
+//! The service configuration (`akwatch run --config FILE`): a raw serde struct that rejects
+//! unknown keys, validated into what the service needs, every problem reported at once with the
+//! file and line. `${NAME}` in a Kafka option is taken from the environment (secrets).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::event::Cloud;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    kafka: RawKafka,
+    #[serde(default = "default_rules")]
+    rules: PathBuf,
+    #[serde(default)]
+    policies: Vec<PathBuf>,
+    #[serde(default)]
+    lists: Vec<PathBuf>,
+    #[serde(default)]
+    geoip: Vec<PathBuf>,
+    #[serde(default)]
+    reports: Vec<PathBuf>,
+    #[serde(default)]
+    leaks: Vec<PathBuf>,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    ops_addr: Option<String>,
+}
+
+fn default_rules() -> PathBuf {
+    PathBuf::from("rules")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: String,
+    group_id: String,
+    inputs: Vec<RawInput>,
+    alarm_topic: String,
+    dlq_topic: String,
+    /// librdkafka options, passed through (TLS, SASL, tuning).
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    topic: String,
+    #[serde(default)]
+    provider: Option<String>,
+}
+
+/// An input topic and the cloud its records are (None: detected per record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub topic: String,
+    pub provider: Option<Cloud>,
+}
+
+/// The validated service configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub brokers: String,
+    pub group_id: String,
+    pub inputs: Vec<Input>,
+    pub alarm_topic: String,
+    pub dlq_topic: String,
+    pub options: BTreeMap<String, String>,
+    pub rules: PathBuf,
+    pub policies: Vec<PathBuf>,
+    pub lists: Vec<PathBuf>,
+    pub geoip: Vec<PathBuf>,
+    pub reports: Vec<PathBuf>,
+    pub leaks: Vec<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub ops_addr: Option<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let name = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{name}: cannot read: {e}")])?;
+        Config::parse(&name, &text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses and validates; relative paths stay relative to the working directory.
+    pub fn parse(
+        name: &str,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<String>> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+            vec![format!(
+                "{name}: {}",
+                crate::rule::first_line(&e.to_string())
+            )]
+        })?;
+        let line_of = |needle: &str| {
+            text.lines()
+                .position(|l| l.contains(needle))
+                .map_or(1, |i| i + 1)
+        };
+        let mut errors = Vec::new();
+        let k = raw.kafka;
+        for (field, value) in [
+            ("brokers", &k.brokers),
+            ("group_id", &k.group_id),
+            ("alarm_topic", &k.alarm_topic),
+            ("dlq_topic", &k.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(format!("{name}:{}: kafka.{field} is empty", line_of(field)));
+            }
+        }
+        if k.inputs.is_empty() {
+            errors.push(format!(
+                "{name}:{}: kafka.inputs: no input topics",
+                line_of("inputs")
+            ));
+        }
+        let mut inputs = Vec::new();
+        for i in k.inputs {
+            let provider = match i.provider.as_deref() {
+                None | Some("auto") => None,
+                Some(p) => match p.parse::<Cloud>() {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errors.push(format!(
+                            "{name}:{}: kafka.inputs[{}].provider: {e}",
+                            line_of(p),
+                            i.topic
+                        ));
+                        None
+                    }
+                },
+            };
+            if i.topic == k.alarm_topic || i.topic == k.dlq_topic {
+                errors.push(format!(
+                    "{name}:{}: kafka.inputs: {} is also the alarm or dead-letter topic",
+                    line_of(&i.topic),
+                    i.topic
+                ));
+            }
+            inputs.push(Input {
+                topic: i.topic,
+                provider,
+            });
+        }
+        let mut options = BTreeMap::new();
+        for (key, value) in k.options {
+            match expand_env(&value, env) {
+                Ok(v) => {
+                    options.insert(key, v);
+                }
+                Err(var) => errors.push(format!(
+                    "{name}:{}: kafka.options.{key}: environment variable {var} is not set",
+                    line_of(&key)
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            brokers: k.brokers,
+            group_id: k.group_id,
+            inputs,
+            alarm_topic: k.alarm_topic,
+            dlq_topic: k.dlq_topic,
+            options,
+            rules: raw.rules,
+            policies: raw.policies,
+            lists: raw.lists,
+            geoip: raw.geoip,
+            reports: raw.reports,
+            leaks: raw.leaks,
+            state_dir: raw.state_dir,
+            ops_addr: raw.ops_addr,
+        })
+    }
+}
+
+/// Replaces `${NAME}` with the environment's value; the error is the missing name.
+fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        out.push_str(&env(var).ok_or_else(|| var.to_owned())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "KAFKA_PASSWORD").then(|| "s3cret".to_owned())
+    }
+
+    #[test]
+    fn the_commented_example_parses() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/akwatch.example.yaml"))
+                .unwrap();
+        let c =
+            Config::parse("akwatch.example.yaml", &text, &env).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(c.inputs.len(), 3);
+        assert_eq!(c.inputs[0].provider, Some(Cloud::Aws));
+        assert_eq!(
+            c.options.get("sasl.password").map(String::as_str),
+            Some("s3cret")
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = "kafka:\n  brokers: ''\n  group_id: g\n  inputs:\n    - topic: alarms\n      provider: azure\n  alarm_topic: alarms\n  dlq_topic: dlq\n  options:\n    sasl.password: ${NOPE}\n";
+        let errors = Config::parse("c.yaml", text, &env).unwrap_err();
+        let all = errors.join("\n");
+        assert!(all.contains("c.yaml:2: kafka.brokers is empty"), "{all}");
+        assert!(
+            all.contains("c.yaml:6: kafka.inputs[alarms].provider: unknown provider"),
+            "{all}"
+        );
+        assert!(
+            all.contains("alarms is also the alarm or dead-letter topic"),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "c.yaml:10: kafka.options.sasl.password: environment variable NOPE is not set"
+            ),
+            "{all}"
+        );
+        let e = Config::parse("c.yaml", "kafka:\n  brokerz: x\n", &env).unwrap_err();
+        assert!(e[0].contains("unknown field `brokerz`"), "{e:?}");
+    }
+}

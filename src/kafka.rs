@@ -1,0 +1,244 @@
+//! `akwatch run`: the pipeline on Kafka. At-least-once: an input offset is stored for commit only
+//! after every alarm (and dead-letter record) derived from it has been acknowledged by the broker
+//! (`acks=all`, idempotent producer); offsets are committed every second and at shutdown.
+//!
+//! Still to come (next milestone): state checkpoints, metrics and health endpoints, rebalance
+//! hooks, bounded concurrency between stages.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::alarm::Alarm;
+use crate::config::Config;
+use crate::event::Origin;
+use crate::provider::{Decoder, Reject};
+use crate::replay::{ReplayOptions, Setup, leak_alarms, setup};
+
+/// How long a produce may wait in librdkafka's queue before it is reported as failed and
+/// retried by us (broker outage: we keep retrying, never drop).
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers);
+    for (k, v) in &config.options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Produces one record, retrying with backoff until the broker acknowledges it.
+async fn deliver(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
+        match producer.send(record, PRODUCE_TIMEOUT).await {
+            Ok(_) => return,
+            Err((e, _)) => {
+                tracing::warn!(topic, error = %e, "produce failed; retrying in {:?}", backoff);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn deliver_alarm(producer: &FutureProducer, topic: &str, alarm: &Alarm) {
+    match serde_json::to_vec(alarm) {
+        Ok(bytes) => deliver(producer, topic, &alarm.alarm_id, &bytes, None).await,
+        Err(e) => tracing::error!(error = %e, "cannot serialise an alarm"),
+    }
+}
+
+async fn deliver_reject(
+    producer: &FutureProducer,
+    topic: &str,
+    reject: &Reject,
+    raw: &[u8],
+    origin: &Origin,
+) {
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "akwatch-reason",
+            value: Some(reject.reason.as_str()),
+        })
+        .insert(Header {
+            key: "akwatch-kind",
+            value: Some(reject.kind.as_str()),
+        })
+        .insert(Header {
+            key: "akwatch-origin-topic",
+            value: origin.topic.as_deref(),
+        })
+        .insert(Header {
+            key: "akwatch-origin-partition",
+            value: Some(&origin.partition.unwrap_or(-1).to_string()),
+        })
+        .insert(Header {
+            key: "akwatch-origin-offset",
+            value: Some(&origin.offset.unwrap_or(-1).to_string()),
+        });
+    let key = format!(
+        "{}:{}:{}",
+        origin.topic.as_deref().unwrap_or("-"),
+        origin.partition.unwrap_or(-1),
+        origin.offset.unwrap_or(-1)
+    );
+    deliver(producer, topic, &key, raw, Some(headers)).await;
+}
+
+/// Runs the service until SIGTERM / Ctrl-C: then stops consuming, notifies pending alarm
+/// updates, flushes the producer and commits.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let options = ReplayOptions {
+        inputs: Vec::new(),
+        reports: config.reports.clone(),
+        rules: config.rules.clone(),
+        policies: if config.policies.is_empty() {
+            vec![config.rules.join("policies")]
+        } else {
+            config.policies.clone()
+        },
+        lists: if config.lists.is_empty() {
+            vec![config.rules.join("lists")]
+        } else {
+            config.lists.clone()
+        },
+        geoip: config.geoip.clone(),
+        leaks: config.leaks.clone(),
+        provider: None,
+    };
+    let mut s: Setup = setup(&options).map_err(|errors| {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        anyhow::anyhow!("{} problem(s) at start-up", errors.len())
+    })?;
+    for w in &s.warnings {
+        tracing::warn!("{w}");
+    }
+    let consumer: StreamConsumer = client_config(&config)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let producer: FutureProducer = client_config(&config)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set(
+            "message.timeout.ms",
+            PRODUCE_TIMEOUT.as_millis().to_string(),
+        )
+        .create()?;
+    let topics: Vec<&str> = config.inputs.iter().map(|i| i.topic.as_str()).collect();
+    consumer.subscribe(&topics)?;
+    let decoders: HashMap<String, Decoder> = config
+        .inputs
+        .iter()
+        .map(|i| (i.topic.clone(), Decoder::pinned(i.provider)))
+        .collect();
+    tracing::info!(brokers = %config.brokers, topics = ?topics, group = %config.group_id, "akwatch run: consuming");
+
+    // Leaks known before any call (deterministic ids: re-sent on restart, harmless).
+    for alarm in leak_alarms(&s.enricher) {
+        deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
+    }
+
+    let mut shutdown = Box::pin(shutdown_signal());
+    let mut last_commit = Instant::now();
+    let mut results = Vec::new();
+    loop {
+        let message = tokio::select! {
+            _ = &mut shutdown => break,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consume error");
+                continue;
+            }
+        };
+        let origin = Origin::kafka(message.topic(), message.partition(), message.offset());
+        let payload = message.payload().unwrap_or_default();
+        let decoder = decoders
+            .get(message.topic())
+            .copied()
+            .unwrap_or_else(Decoder::auto);
+        decoder.decode(payload, &origin, &mut results);
+        for result in results.drain(..) {
+            match result {
+                Ok(event) => {
+                    let enrichment = s.enricher.enrich(&event);
+                    for alarm in s.engine.process(&event, &enrichment) {
+                        deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
+                    }
+                }
+                Err(reject) => {
+                    deliver_reject(&producer, &config.dlq_topic, &reject, payload, &origin).await
+                }
+            }
+        }
+        // Everything derived from this message is acknowledged: its offset may be committed.
+        if let Err(e) = consumer.store_offset_from_message(&message) {
+            tracing::warn!(error = %e, "cannot store an offset");
+        }
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            last_commit = Instant::now();
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                tracing::debug!(error = %e, "commit");
+            }
+        }
+    }
+    tracing::info!("shutting down: notifying pending alarm updates, flushing, committing");
+    for alarm in s.engine.flush() {
+        deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
+    }
+    use rdkafka::producer::Producer;
+    producer.flush(Duration::from_secs(30))?;
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::warn!(error = %e, "final commit");
+    }
+    tracing::info!(events = s.engine.stats.events, "stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,305 @@
+//! End to end on a real Apache Kafka broker (`scripts/kafka.sh`, started by the test command,
+//! which exports `KAFKA_BROKERS`). Without a broker the test prints a notice and skips, unless
+//! `AKWATCH_REQUIRE_KAFKA` is set (the test command sets it).
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use akwatch::replay::{ReplayOptions, run, setup};
+use akwatch::source::framing::{FrameOptions, frame_records};
+
+use crate::repo;
+
+fn brokers() -> Option<String> {
+    match std::env::var("KAFKA_BROKERS") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ if std::env::var_os("AKWATCH_REQUIRE_KAFKA").is_some() => {
+            panic!("AKWATCH_REQUIRE_KAFKA is set but KAFKA_BROKERS is not")
+        }
+        _ => {
+            eprintln!(
+                "notice: KAFKA_BROKERS not set (bash scripts/kafka.sh start); Kafka end-to-end test skipped"
+            );
+            None
+        }
+    }
+}
+
+/// The records of one cloud's bundled logs, as the framer hands them out.
+fn cloud_records(cloud: &str) -> Vec<Vec<u8>> {
+    let dir = repo().join("examples/logs").join(cloud);
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let mut bytes = Vec::new();
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(&f).unwrap())
+            .read_to_end(&mut bytes)
+            .unwrap();
+        frame_records(bytes.as_slice(), FrameOptions::default(), |fr| {
+            out.push(fr.bytes.to_vec())
+        })
+        .unwrap();
+    }
+    out
+}
+
+/// The alarm ids `akwatch replay` creates for the bundled scenario.
+fn replay_alarm_ids() -> BTreeSet<String> {
+    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let mut s = setup(&options).unwrap();
+    let summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap();
+    summary.alarms.into_iter().map(|a| a.alarm_id).collect()
+}
+
+fn consume_all(
+    brokers: &str,
+    topic: &str,
+    want: impl Fn(&[rdkafka::message::OwnedMessage]) -> bool,
+    timeout: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while start.elapsed() < timeout && !want(&got) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            got.push(m.detach());
+        }
+    }
+    got
+}
+
+#[test]
+fn run_on_kafka_gives_the_replay_alarms_dead_letters_and_zero_lag() {
+    let Some(brokers) = brokers() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let prefix = format!(
+        "it-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let topic = |s: &str| format!("{prefix}-{s}");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let names: Vec<String> = ["aws", "alibaba", "tencent", "alarms", "dlq"]
+        .iter()
+        .map(|s| topic(s))
+        .collect();
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1)))
+        .collect();
+    rt.block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .unwrap();
+
+    // The bundled scenario into one topic per cloud, and three malformed records among them.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut sent = 0usize;
+    let malformed: [&[u8]; 3] = [
+        b"not json at all",
+        br#"{"eventName": 42, "awsRegion": "us-east-1"}"#,
+        br#"{"Records": [{"eventTime": "#,
+    ];
+    rt.block_on(async {
+        for cloud in ["aws", "alibaba", "tencent"] {
+            let records = cloud_records(cloud);
+            let t = topic(cloud);
+            let mut futures = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                if cloud == "aws" && i % 1000 == 500 {
+                    let bad = malformed[(i / 1000) % 3];
+                    futures.push(producer.send(
+                        FutureRecord::<(), _>::to(&t).payload(bad),
+                        Duration::from_secs(30),
+                    ));
+                }
+                futures.push(producer.send(
+                    FutureRecord::<(), _>::to(&t).payload(r.as_slice()),
+                    Duration::from_secs(30),
+                ));
+            }
+            sent += futures.len();
+            for f in futures {
+                f.await.unwrap();
+            }
+        }
+    });
+    let expected_rejects = (0..cloud_records("aws").len())
+        .filter(|i| i % 1000 == 500)
+        .count();
+
+    // The service.
+    let dir = std::env::temp_dir().join(format!("{prefix}-cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let r = repo();
+    let config = format!(
+        "kafka:\n  brokers: {brokers}\n  group_id: {prefix}-akwatch\n  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\nrules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n",
+        topic("aws"),
+        topic("alibaba"),
+        topic("tencent"),
+        topic("alarms"),
+        topic("dlq"),
+        r.join("rules").display(),
+        r.join("rules/policies").display(),
+        r.join("examples/policies").display(),
+        r.join("rules/lists").display(),
+        r.join("examples/lists").display(),
+        r.join("examples/geo.mmdb").display(),
+        r.join("examples/reports").display(),
+        r.join("examples/leaks").display(),
+    );
+    let config_path = dir.join("akwatch.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        .args(["run", "--config", config_path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Every alarm replay raises arrives on the alarm topic, keyed by its id.
+    let expected = replay_alarm_ids();
+    let alarms = consume_all(
+        &brokers,
+        &topic("alarms"),
+        |got| {
+            let ids: BTreeSet<_> = got
+                .iter()
+                .filter_map(|m| m.key())
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            expected.iter().all(|e| ids.contains(e))
+        },
+        Duration::from_secs(120),
+    );
+    let ids: BTreeSet<String> = alarms
+        .iter()
+        .filter_map(|m| m.key())
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let missing: Vec<_> = expected.iter().filter(|e| !ids.contains(*e)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} replay alarms missing on the alarm topic: {missing:?}",
+        missing.len(),
+        expected.len()
+    );
+    for m in &alarms {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(
+            v["alarm_id"].as_str().unwrap().as_bytes(),
+            m.key().unwrap(),
+            "alarms are keyed by their id"
+        );
+    }
+
+    // Every malformed record is on the dead-letter topic, unchanged, with reason and origin.
+    let dead = consume_all(
+        &brokers,
+        &topic("dlq"),
+        |got| got.len() >= expected_rejects,
+        Duration::from_secs(60),
+    );
+    assert_eq!(dead.len(), expected_rejects);
+    for m in &dead {
+        assert!(
+            malformed.contains(&m.payload().unwrap()),
+            "unchanged: {:?}",
+            m.payload()
+        );
+        let headers = m.headers().unwrap();
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == k)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert!(get("akwatch-reason").is_some_and(|r| !r.is_empty()));
+        assert_eq!(get("akwatch-origin-topic"), Some(topic("aws")));
+        assert!(
+            get("akwatch-origin-offset")
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+                >= 0
+        );
+    }
+
+    // A clean stop commits everything: the group's lag is zero.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(exit.success(), "akwatch run exited with {exit}: {stderr}");
+    let checker: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{prefix}-akwatch"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for c in ["aws", "alibaba", "tencent"] {
+        tpl.add_partition(&topic(c), 0);
+    }
+    let committed = checker
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let mut total = 0i64;
+    for e in committed.elements() {
+        let (_, high) = checker
+            .fetch_watermarks(e.topic(), 0, Duration::from_secs(10))
+            .unwrap();
+        let Offset::Offset(at) = e.offset() else {
+            panic!("{} has no committed offset", e.topic())
+        };
+        assert_eq!(at, high, "lag on {}", e.topic());
+        total += at;
+    }
+    assert_eq!(total as usize, sent);
+    std::fs::remove_dir_all(&dir).ok();
+    let _ = rt.block_on(admin.delete_topics(
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+        &AdminOptions::new(),
+    ));
+}
