@@ -93,7 +93,8 @@ pub struct AggregationSettings {
     pub renotify_secs: i64,
 }
 
-struct Tracked {
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Tracked {
     alarm: Alarm,
     last_notified: DateTime<Utc>,
     pending: bool,
@@ -104,6 +105,22 @@ struct Tracked {
 #[derive(Default)]
 pub struct Aggregator {
     alarms: HashMap<String, Tracked>,
+}
+
+impl Aggregator {
+    /// Every tracked alarm, for a checkpoint (sorted by id).
+    pub fn export(&self) -> Vec<Tracked> {
+        let mut v: Vec<Tracked> = self.alarms.values().cloned().collect();
+        v.sort_by(|a, b| a.alarm.alarm_id.cmp(&b.alarm.alarm_id));
+        v
+    }
+
+    /// Restores tracked alarms from a checkpoint.
+    pub fn import(&mut self, tracked: Vec<Tracked>) {
+        for t in tracked {
+            self.alarms.insert(t.alarm.alarm_id.clone(), t);
+        }
+    }
 }
 
 /// `akw-` and the first 24 hex digits of SHA-256 over the alarm's identity.

@@ -24,6 +24,9 @@ use crate::replay::{ReplayOptions, Setup, leak_alarms, setup};
 /// retried by us (broker outage: we keep retrying, never drop).
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// With a state directory, state and offsets are checkpointed (and the offsets committed)
+/// together this often.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 fn client_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -147,6 +150,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             PRODUCE_TIMEOUT.as_millis().to_string(),
         )
         .create()?;
+    // Restore the last checkpoint: the engine's state, and the offsets it reflects. Messages
+    // before those offsets (delivered again because the group's commit lagged the checkpoint, or
+    // after a rebalance) are skipped: their effect is in the state already.
+    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    if let Some(dir) = &config.state_dir {
+        match crate::checkpoint::read(dir) {
+            Ok(Some(cp)) => {
+                let same_rules = s.engine.restore(cp.engine);
+                for o in &cp.offsets {
+                    positions.insert((o.topic.clone(), o.partition), o.offset);
+                }
+                tracing::info!(written_at = %cp.written_at, partitions = cp.offsets.len(), same_rules, "restored the checkpoint");
+            }
+            Ok(None) => {
+                tracing::info!(dir = %dir.display(), "no checkpoint: starting with empty state")
+            }
+            Err(e) => tracing::warn!("cannot read the checkpoint, starting with empty state: {e}"),
+        }
+    }
     let topics: Vec<&str> = config.inputs.iter().map(|i| i.topic.as_str()).collect();
     consumer.subscribe(&topics)?;
     let decoders: HashMap<String, Decoder> = config
@@ -163,10 +185,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut shutdown = Box::pin(shutdown_signal());
     let mut last_commit = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    let mut dirty = false;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut results = Vec::new();
     loop {
         let message = tokio::select! {
             _ = &mut shutdown => break,
+            _ = ticker.tick() => {
+                // Idle: checkpoint what was processed since the last one.
+                if let Some(dir) = &config.state_dir
+                    && dirty
+                    && last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+                {
+                    last_checkpoint = Instant::now();
+                    dirty = false;
+                    checkpoint(&consumer, &s, &positions, dir);
+                }
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let message = match message {
@@ -176,6 +213,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 continue;
             }
         };
+        if positions
+            .get(&(message.topic().to_owned(), message.partition()))
+            .is_some_and(|next| message.offset() < *next)
+        {
+            continue;
+        }
         let origin = Origin::kafka(message.topic(), message.partition(), message.offset());
         let payload = message.payload().unwrap_or_default();
         let decoder = decoders
@@ -197,13 +240,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         // Everything derived from this message is acknowledged: its offset may be committed.
-        if let Err(e) = consumer.store_offset_from_message(&message) {
-            tracing::warn!(error = %e, "cannot store an offset");
-        }
-        if last_commit.elapsed() >= COMMIT_EVERY {
-            last_commit = Instant::now();
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-                tracing::debug!(error = %e, "commit");
+        positions.insert(
+            (message.topic().to_owned(), message.partition()),
+            message.offset() + 1,
+        );
+        dirty = true;
+        match &config.state_dir {
+            Some(dir) => {
+                if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                    last_checkpoint = Instant::now();
+                    dirty = false;
+                    checkpoint(&consumer, &s, &positions, dir);
+                }
+            }
+            None => {
+                if let Err(e) = consumer.store_offset_from_message(&message) {
+                    tracing::warn!(error = %e, "cannot store an offset");
+                }
+                if last_commit.elapsed() >= COMMIT_EVERY {
+                    last_commit = Instant::now();
+                    if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                        tracing::debug!(error = %e, "commit");
+                    }
+                }
             }
         }
     }
@@ -213,8 +272,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     use rdkafka::producer::Producer;
     producer.flush(Duration::from_secs(30))?;
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::warn!(error = %e, "final commit");
+    match &config.state_dir {
+        Some(dir) => checkpoint(&consumer, &s, &positions, dir),
+        None => {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::warn!(error = %e, "final commit");
+            }
+        }
     }
     tracing::info!(events = s.engine.stats.events, "stopped");
     Ok(())
@@ -240,5 +304,54 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Writes the state with the offsets it reflects, then commits those offsets. Every alarm derived
+/// from events before them has been acknowledged (deliveries are awaited before an offset moves).
+fn checkpoint(
+    consumer: &StreamConsumer,
+    s: &Setup,
+    positions: &HashMap<(String, i32), i64>,
+    dir: &std::path::Path,
+) {
+    let mut offsets: Vec<crate::checkpoint::TopicOffset> = positions
+        .iter()
+        .map(
+            |((topic, partition), offset)| crate::checkpoint::TopicOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            },
+        )
+        .collect();
+    offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let cp = crate::checkpoint::Checkpoint {
+        version: crate::checkpoint::VERSION,
+        written_at: chrono::Utc::now(),
+        offsets: offsets.clone(),
+        engine: s.engine.snapshot(),
+    };
+    match crate::checkpoint::write(dir, &cp) {
+        Ok(bytes) => tracing::debug!(bytes, partitions = offsets.len(), "checkpoint written"),
+        Err(e) => {
+            // Without a checkpoint the offsets must not move either: state and offsets go together.
+            tracing::error!(error = %e, "cannot write the checkpoint; offsets not committed");
+            return;
+        }
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for o in &offsets {
+        if tpl
+            .add_partition_offset(&o.topic, o.partition, rdkafka::Offset::Offset(o.offset))
+            .is_err()
+        {
+            continue;
+        }
+    }
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+    {
+        tracing::warn!(error = %e, "commit after checkpoint");
     }
 }

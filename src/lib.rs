@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alarm;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod engine;

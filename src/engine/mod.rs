@@ -22,6 +22,16 @@ use state::{
     insert_sorted, value_hash,
 };
 
+/// The engine's state as saved in a checkpoint.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub rules_fingerprint: String,
+    pub keys: Vec<(u64, KeyState)>,
+    pub created: Vec<((u16, String), (i64, u64))>,
+    pub quarantined: Vec<((crate::event::Cloud, String), i64)>,
+    pub alarms: Vec<crate::alarm::Tracked>,
+}
+
 /// Counters a run reports (and the metrics expose).
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -118,6 +128,73 @@ impl Engine {
             ip_history,
             processed_since_expiry: 0,
         })
+    }
+
+    /// A fingerprint of the active rules and their detectors: per-rule state is only restored
+    /// into the same rules.
+    pub fn rules_fingerprint(&self) -> String {
+        let mut h = state::Fnv::new(Attr::None);
+        for a in &self.rules {
+            h.write(a.rule.id.as_bytes());
+            h.write(format!("{:?}", a.rule.detectors).as_bytes());
+        }
+        format!("{:016x}", h.finish())
+    }
+
+    /// The engine's state, for a checkpoint.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut keys: Vec<(u64, KeyState)> = self
+            .state
+            .keys
+            .iter()
+            .map(|k| (*k.key(), k.value().clone()))
+            .collect();
+        keys.sort_by_key(|k| k.0);
+        let mut created: Vec<((u16, String), (i64, u64))> = self
+            .state
+            .created
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        created.sort();
+        let mut quarantined: Vec<((crate::event::Cloud, String), i64)> = self
+            .state
+            .quarantined
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        quarantined.sort();
+        Snapshot {
+            rules_fingerprint: self.rules_fingerprint(),
+            keys,
+            created,
+            quarantined,
+            alarms: self.aggregator.export(),
+        }
+    }
+
+    /// Restores a checkpoint. When the rules changed since, the per-rule parts (windows,
+    /// sightings, created-key marks) are dropped and the rest (remembered values, locations,
+    /// alarms) kept. Returns whether the per-rule parts were restored.
+    pub fn restore(&mut self, snapshot: Snapshot) -> bool {
+        let same_rules = snapshot.rules_fingerprint == self.rules_fingerprint();
+        for (k, mut ks) in snapshot.keys {
+            if !same_rules {
+                ks.windows.clear();
+                ks.sightings.clear();
+            }
+            self.state.keys.insert(k, ks);
+        }
+        if same_rules {
+            for (k, v) in snapshot.created {
+                self.state.created.insert(k, v);
+            }
+        }
+        for (k, v) in snapshot.quarantined {
+            self.state.quarantined.insert(k, v);
+        }
+        self.aggregator.import(snapshot.alarms);
+        same_rules
     }
 
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {

@@ -48,7 +48,7 @@ pub fn full_time(t: u32) -> i64 {
 }
 
 /// A remembered value: its hash and when it was first and last seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
     pub hash: u64,
     pub first: u32,
@@ -59,7 +59,7 @@ pub struct Seen {
 pub const MAX_SEEN_PER_KEY: usize = 512;
 
 /// A located call, for `velocity` (compact: 16 bytes).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Located {
     pub time: u32,
     pub lat: f32,
@@ -71,7 +71,7 @@ pub struct Located {
 pub const MAX_LOCATIONS: usize = 4;
 
 /// An exponentially weighted mean of a key's count per window (the `threshold` baseline).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Ewma {
     /// Start of the bucket being counted (compact time).
     pub bucket: u32,
@@ -107,7 +107,7 @@ impl Ewma {
 
 /// A `distinct` detector's memory of one value: which detector and attribute, the value's
 /// hash and its latest sighting (16 bytes; all detectors of a key share one vector).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sighting {
     pub hash: u64,
     pub time: u32,
@@ -117,7 +117,7 @@ pub struct Sighting {
 }
 
 /// The state of one detector of one rule for one key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Window {
     /// `threshold`: event times in the window (compact, sorted) and the baseline.
     Times {
@@ -171,7 +171,7 @@ impl Window {
 }
 
 /// Everything the engine remembers about one key.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct KeyState {
     pub first_seen: i64,
     pub last_seen: i64,

@@ -88,6 +88,260 @@ fn consume_all(
     got
 }
 
+/// One test's topics, group and service processes.
+struct Harness {
+    brokers: String,
+    prefix: String,
+    rt: tokio::runtime::Runtime,
+    admin: AdminClient<DefaultClientContext>,
+    producer: FutureProducer,
+    dir: std::path::PathBuf,
+}
+
+const CLOUDS: [&str; 3] = ["aws", "alibaba", "tencent"];
+
+impl Harness {
+    fn new(brokers: &str, tag: &str) -> Harness {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let prefix = format!(
+            "it-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        );
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        let h = Harness {
+            brokers: brokers.to_owned(),
+            dir: std::env::temp_dir().join(format!("{prefix}-dir")),
+            producer: ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "5")
+                .create()
+                .unwrap(),
+            prefix,
+            rt,
+            admin,
+        };
+        let names = h.topics();
+        let new: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1)))
+            .collect();
+        h.rt.block_on(h.admin.create_topics(&new, &AdminOptions::new()))
+            .unwrap();
+        std::fs::create_dir_all(&h.dir).unwrap();
+        h
+    }
+
+    fn topic(&self, s: &str) -> String {
+        format!("{}-{s}", self.prefix)
+    }
+
+    fn topics(&self) -> Vec<String> {
+        ["aws", "alibaba", "tencent", "alarms", "dlq"]
+            .iter()
+            .map(|s| self.topic(s))
+            .collect()
+    }
+
+    fn produce(&self, topic: &str, records: &[Vec<u8>]) {
+        self.rt.block_on(async {
+            let futures: Vec<_> = records
+                .iter()
+                .map(|r| {
+                    self.producer.send(
+                        FutureRecord::<(), _>::to(topic).payload(r.as_slice()),
+                        Duration::from_secs(30),
+                    )
+                })
+                .collect();
+            for f in futures {
+                f.await.unwrap();
+            }
+        });
+    }
+
+    fn config(&self, state: bool) -> std::path::PathBuf {
+        let r = repo();
+        let state_dir = if state {
+            format!("state_dir: {}\n", self.dir.join("state").display())
+        } else {
+            String::new()
+        };
+        let config = format!(
+            "kafka:\n  brokers: {}\n  group_id: {}-akwatch\n  options:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\n  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\nrules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n{state_dir}",
+            self.brokers,
+            self.prefix,
+            self.topic("aws"),
+            self.topic("alibaba"),
+            self.topic("tencent"),
+            self.topic("alarms"),
+            self.topic("dlq"),
+            r.join("rules").display(),
+            r.join("rules/policies").display(),
+            r.join("examples/policies").display(),
+            r.join("rules/lists").display(),
+            r.join("examples/lists").display(),
+            r.join("examples/geo.mmdb").display(),
+            r.join("examples/reports").display(),
+            r.join("examples/leaks").display(),
+        );
+        let path = self.dir.join("akwatch.yaml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
+    fn spawn(&self, state: bool) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_akwatch"))
+            .args(["run", "--config", self.config(state).to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn signal(child: &mut std::process::Child, signal: &str) -> String {
+        assert!(
+            Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let exit = child.wait().unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        if signal == "-TERM" {
+            assert!(exit.success(), "akwatch run exited with {exit}: {stderr}");
+        }
+        stderr
+    }
+
+    /// Alarm ids on the alarm topic (all notifications, with repeats), read until `expected` are
+    /// all there and a little longer, or the timeout.
+    fn alarm_ids(&self, expected: &BTreeSet<String>, timeout: Duration) -> Vec<String> {
+        let msgs = consume_all(
+            &self.brokers,
+            &self.topic("alarms"),
+            |got| {
+                let ids: BTreeSet<_> = got
+                    .iter()
+                    .filter_map(|m| m.key())
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                expected.iter().all(|e| ids.contains(e))
+            },
+            timeout,
+        );
+        msgs.iter()
+            .filter_map(|m| m.key())
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let names = self.topics();
+        let _ = self.rt.block_on(self.admin.delete_topics(
+            &names.iter().map(String::as_str).collect::<Vec<_>>(),
+            &AdminOptions::new(),
+        ));
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+fn assert_same_alarms(got: &[String], expected: &BTreeSet<String>) -> usize {
+    let ids: BTreeSet<String> = got.iter().cloned().collect();
+    let missing: Vec<_> = expected.difference(&ids).collect();
+    let extra: Vec<_> = ids.difference(expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?} (of {} expected)",
+        expected.len()
+    );
+    got.len() - ids.len()
+}
+
+/// `kill -9` in the middle of the stream, then a restart from the checkpoint: every alarm replay
+/// raises is on the topic, no other, and repeats carry the same id.
+#[test]
+fn kill_minus_nine_then_restart_loses_no_alarm_and_invents_none() {
+    let Some(brokers) = brokers() else { return };
+    let h = Harness::new(&brokers, "kill9");
+    let expected = replay_alarm_ids();
+    let all: Vec<(String, Vec<Vec<u8>>)> = CLOUDS
+        .iter()
+        .map(|c| (h.topic(c), cloud_records(c)))
+        .collect();
+    for (topic, records) in &all {
+        h.produce(topic, &records[..records.len() * 6 / 10]);
+    }
+    let mut first = h.spawn(true);
+    let checkpoint = h.dir.join("state/checkpoint.json.gz");
+    let start = Instant::now();
+    while !checkpoint.exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(checkpoint.exists(), "no checkpoint after 60 s");
+    std::thread::sleep(Duration::from_secs(2));
+    Harness::signal(&mut first, "-KILL");
+    for (topic, records) in &all {
+        h.produce(topic, &records[records.len() * 6 / 10..]);
+    }
+    let mut second = h.spawn(true);
+    h.alarm_ids(&expected, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(6));
+    let stderr = Harness::signal(&mut second, "-TERM");
+    assert!(stderr.contains("restored the checkpoint"), "{stderr}");
+    let got = h.alarm_ids(&expected, Duration::from_secs(30));
+    let repeats = assert_same_alarms(&got, &expected);
+    eprintln!(
+        "kill -9: {} alarms, {} notifications ({repeats} beyond one per alarm: updates, and re-sends of work after the last checkpoint, all with the alarm's own id)",
+        expected.len(),
+        got.len()
+    );
+}
+
+/// A clean restart keeps what the keys did before it: their IPs are not "new" again and no
+/// alarm appears that one continuous run would not raise.
+#[test]
+fn after_a_clean_restart_known_ips_are_not_new() {
+    let Some(brokers) = brokers() else { return };
+    let h = Harness::new(&brokers, "restart");
+    let expected = replay_alarm_ids();
+    let all: Vec<(String, Vec<Vec<u8>>)> = CLOUDS
+        .iter()
+        .map(|c| (h.topic(c), cloud_records(c)))
+        .collect();
+    for (topic, records) in &all {
+        h.produce(topic, &records[..records.len() / 2]);
+    }
+    let mut first = h.spawn(true);
+    std::thread::sleep(Duration::from_secs(8));
+    Harness::signal(&mut first, "-TERM");
+    for (topic, records) in &all {
+        h.produce(topic, &records[records.len() / 2..]);
+    }
+    let mut second = h.spawn(true);
+    let got = h.alarm_ids(&expected, Duration::from_secs(120));
+    Harness::signal(&mut second, "-TERM");
+    assert_same_alarms(&got, &expected);
+}
+
 #[test]
 fn run_on_kafka_gives_the_replay_alarms_dead_letters_and_zero_lag() {
     let Some(brokers) = brokers() else { return };
