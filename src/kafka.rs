@@ -169,8 +169,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("cannot read the checkpoint, starting with empty state: {e}"),
         }
     }
+    let metrics = crate::telemetry::Metrics::new()?;
+    if let Some(addr) = &config.ops_addr {
+        let (addr, m) = (addr.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::telemetry::serve(&addr, m).await {
+                tracing::error!(%addr, error = %e, "ops HTTP server stopped");
+            }
+        });
+    }
     let topics: Vec<&str> = config.inputs.iter().map(|i| i.topic.as_str()).collect();
     consumer.subscribe(&topics)?;
+    metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let provider_label: HashMap<String, &'static str> = config
+        .inputs
+        .iter()
+        .map(|i| {
+            (
+                i.topic.clone(),
+                i.provider.map_or("auto", crate::event::Cloud::as_str),
+            )
+        })
+        .collect();
+    let mut exported = ExportedStats::default();
+    let mut last_gauges = Instant::now();
     let decoders: HashMap<String, Decoder> = config
         .inputs
         .iter()
@@ -193,6 +217,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let message = tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => {
+                exported.export(&s.engine.stats, &metrics);
+                metrics.checkpoint_age_seconds.set(last_checkpoint.elapsed().as_secs_f64());
+                if last_gauges.elapsed() >= Duration::from_secs(10) {
+                    last_gauges = Instant::now();
+                    let (keys, entries, bytes) = s.engine.state.size();
+                    metrics.state_keys.set(keys as i64);
+                    metrics.state_entries.set(entries as i64);
+                    metrics.state_bytes.set(bytes as i64);
+                    update_lag(&consumer, &metrics);
+                }
                 // Idle: checkpoint what was processed since the last one.
                 if let Some(dir) = &config.state_dir
                     && dirty
@@ -219,6 +253,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         {
             continue;
         }
+        let label = provider_label
+            .get(message.topic())
+            .copied()
+            .unwrap_or("auto");
+        metrics.records_consumed.with_label_values(&[label]).inc();
+        let ingested = message.timestamp().to_millis();
         let origin = Origin::kafka(message.topic(), message.partition(), message.offset());
         let payload = message.payload().unwrap_or_default();
         let decoder = decoders
@@ -229,12 +269,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         for result in results.drain(..) {
             match result {
                 Ok(event) => {
+                    metrics
+                        .events_decoded
+                        .with_label_values(&[event.cloud.as_str()])
+                        .inc();
                     let enrichment = s.enricher.enrich(&event);
                     for alarm in s.engine.process(&event, &enrichment) {
                         deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
+                        metrics
+                            .alarms
+                            .with_label_values(&[alarm.rule_id.as_str(), alarm.severity.as_str()])
+                            .inc();
+                        let now = chrono::Utc::now();
+                        metrics.event_to_alarm_seconds.observe(
+                            ((now - event.event_time).num_milliseconds().max(0) as f64) / 1000.0,
+                        );
+                        if let Some(ms) = ingested {
+                            metrics
+                                .ingest_to_alarm_seconds
+                                .observe(((now.timestamp_millis() - ms).max(0) as f64) / 1000.0);
+                        }
                     }
                 }
                 Err(reject) => {
+                    metrics
+                        .records_rejected
+                        .with_label_values(&[label, reject.kind.as_str()])
+                        .inc();
                     deliver_reject(&producer, &config.dlq_topic, &reject, payload, &origin).await
                 }
             }
@@ -353,5 +414,54 @@ fn checkpoint(
         && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
     {
         tracing::warn!(error = %e, "commit after checkpoint");
+    }
+}
+
+/// The engine's counters as last exported, to add only what changed since.
+#[derive(Default)]
+struct ExportedStats {
+    allowlisted: std::collections::BTreeMap<String, u64>,
+    ip_hidden_skips: u64,
+}
+
+impl ExportedStats {
+    fn export(&mut self, stats: &crate::engine::Stats, metrics: &crate::telemetry::Metrics) {
+        for (rule, n) in &stats.allowlisted {
+            let before = self.allowlisted.insert(rule.clone(), *n).unwrap_or(0);
+            metrics
+                .allowlisted
+                .with_label_values(&[rule.as_str()])
+                .inc_by(n.saturating_sub(before));
+        }
+        metrics
+            .ip_hidden_skips
+            .inc_by(stats.ip_hidden_skips.saturating_sub(self.ip_hidden_skips));
+        self.ip_hidden_skips = stats.ip_hidden_skips;
+    }
+}
+
+/// Consumer lag per input topic: the end of each assigned partition minus our position.
+fn update_lag(consumer: &StreamConsumer, metrics: &crate::telemetry::Metrics) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    let mut per_topic: HashMap<String, i64> = HashMap::new();
+    for e in positions.elements() {
+        let Ok((_, high)) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500))
+        else {
+            continue;
+        };
+        let at = match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => continue,
+        };
+        *per_topic.entry(e.topic().to_owned()).or_default() += (high - at).max(0);
+    }
+    for (topic, lag) in per_topic {
+        metrics
+            .consumer_lag
+            .with_label_values(&[topic.as_str()])
+            .set(lag);
     }
 }

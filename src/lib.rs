@@ -24,6 +24,7 @@ pub mod rule;
 pub mod simulate;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 
 pub use event::{Cloud, Event};
 pub use provider::{Decoder, Reject, RejectKind};

@@ -96,6 +96,8 @@ struct Harness {
     admin: AdminClient<DefaultClientContext>,
     producer: FutureProducer,
     dir: std::path::PathBuf,
+    /// The ops address to give the service, if any.
+    ops: Option<String>,
 }
 
 const CLOUDS: [&str; 3] = ["aws", "alibaba", "tencent"];
@@ -129,6 +131,7 @@ impl Harness {
             prefix,
             rt,
             admin,
+            ops: None,
         };
         let names = h.topics();
         let new: Vec<NewTopic> = names
@@ -171,13 +174,16 @@ impl Harness {
 
     fn config(&self, state: bool) -> std::path::PathBuf {
         let r = repo();
-        let state_dir = if state {
+        let mut extra = if state {
             format!("state_dir: {}\n", self.dir.join("state").display())
         } else {
             String::new()
         };
+        if let Some(ops) = &self.ops {
+            extra.push_str(&format!("ops_addr: {ops}\n"));
+        }
         let config = format!(
-            "kafka:\n  brokers: {}\n  group_id: {}-akwatch\n  options:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\n  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\nrules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n{state_dir}",
+            "kafka:\n  brokers: {}\n  group_id: {}-akwatch\n  options:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\n  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\nrules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n{extra}",
             self.brokers,
             self.prefix,
             self.topic("aws"),
@@ -342,111 +348,65 @@ fn after_a_clean_restart_known_ips_are_not_new() {
     assert_same_alarms(&got, &expected);
 }
 
-#[test]
-fn run_on_kafka_gives_the_replay_alarms_dead_letters_and_zero_lag() {
-    let Some(brokers) = brokers() else { return };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let prefix = format!(
-        "it-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    let topic = |s: &str| format!("{prefix}-{s}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let names: Vec<String> = ["aws", "alibaba", "tencent", "alarms", "dlq"]
-        .iter()
-        .map(|s| topic(s))
-        .collect();
-    let new: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1)))
-        .collect();
-    rt.block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .unwrap();
+/// A GET on the ops port (plain HTTP/1.1, no client library needed).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
 
-    // The bundled scenario into one topic per cloud, and three malformed records among them.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let mut sent = 0usize;
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
+    let Some(brokers) = brokers() else { return };
+    let mut h = Harness::new(&brokers, "run");
+    let ops = format!("127.0.0.1:{}", free_port());
+    h.ops = Some(ops.clone());
+    let expected = replay_alarm_ids();
+    // The bundled scenario into one topic per cloud, and malformed records among the AWS ones.
     let malformed: [&[u8]; 3] = [
         b"not json at all",
         br#"{"eventName": 42, "awsRegion": "us-east-1"}"#,
         br#"{"Records": [{"eventTime": "#,
     ];
-    rt.block_on(async {
-        for cloud in ["aws", "alibaba", "tencent"] {
-            let records = cloud_records(cloud);
-            let t = topic(cloud);
-            let mut futures = Vec::new();
-            for (i, r) in records.iter().enumerate() {
-                if cloud == "aws" && i % 1000 == 500 {
-                    let bad = malformed[(i / 1000) % 3];
-                    futures.push(producer.send(
-                        FutureRecord::<(), _>::to(&t).payload(bad),
-                        Duration::from_secs(30),
-                    ));
-                }
-                futures.push(producer.send(
-                    FutureRecord::<(), _>::to(&t).payload(r.as_slice()),
-                    Duration::from_secs(30),
-                ));
-            }
-            sent += futures.len();
-            for f in futures {
-                f.await.unwrap();
+    let mut sent = 0usize;
+    let mut expected_rejects = 0usize;
+    for cloud in CLOUDS {
+        let mut records = cloud_records(cloud);
+        if cloud == "aws" {
+            for (n, at) in [500usize, 1500, 2500].iter().enumerate() {
+                records.insert(*at, malformed[n].to_vec());
+                expected_rejects += 1;
             }
         }
-    });
-    let expected_rejects = (0..cloud_records("aws").len())
-        .filter(|i| i % 1000 == 500)
-        .count();
+        sent += records.len();
+        h.produce(&h.topic(cloud), &records);
+    }
+    let mut child = h.spawn(false);
 
-    // The service.
-    let dir = std::env::temp_dir().join(format!("{prefix}-cfg"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let r = repo();
-    let config = format!(
-        "kafka:\n  brokers: {brokers}\n  group_id: {prefix}-akwatch\n  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\nrules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n",
-        topic("aws"),
-        topic("alibaba"),
-        topic("tencent"),
-        topic("alarms"),
-        topic("dlq"),
-        r.join("rules").display(),
-        r.join("rules/policies").display(),
-        r.join("examples/policies").display(),
-        r.join("rules/lists").display(),
-        r.join("examples/lists").display(),
-        r.join("examples/geo.mmdb").display(),
-        r.join("examples/reports").display(),
-        r.join("examples/leaks").display(),
-    );
-    let config_path = dir.join("akwatch.yaml");
-    std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_akwatch"))
-        .args(["run", "--config", config_path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
-    // Every alarm replay raises arrives on the alarm topic, keyed by its id.
-    let expected = replay_alarm_ids();
+    // Every alarm replay raises arrives on the alarm topic, keyed by its id, and no other.
     let alarms = consume_all(
         &brokers,
-        &topic("alarms"),
+        &h.topic("alarms"),
         |got| {
             let ids: BTreeSet<_> = got
                 .iter()
@@ -457,18 +417,12 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_and_zero_lag() {
         },
         Duration::from_secs(120),
     );
-    let ids: BTreeSet<String> = alarms
+    let ids: Vec<String> = alarms
         .iter()
         .filter_map(|m| m.key())
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .collect();
-    let missing: Vec<_> = expected.iter().filter(|e| !ids.contains(*e)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} replay alarms missing on the alarm topic: {missing:?}",
-        missing.len(),
-        expected.len()
-    );
+    assert_same_alarms(&ids, &expected);
     for m in &alarms {
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
         assert_eq!(
@@ -481,7 +435,7 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_and_zero_lag() {
     // Every malformed record is on the dead-letter topic, unchanged, with reason and origin.
     let dead = consume_all(
         &brokers,
-        &topic("dlq"),
+        &h.topic("dlq"),
         |got| got.len() >= expected_rejects,
         Duration::from_secs(60),
     );
@@ -501,7 +455,7 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_and_zero_lag() {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
         assert!(get("akwatch-reason").is_some_and(|r| !r.is_empty()));
-        assert_eq!(get("akwatch-origin-topic"), Some(topic("aws")));
+        assert_eq!(get("akwatch-origin-topic"), Some(h.topic("aws")));
         assert!(
             get("akwatch-origin-offset")
                 .unwrap()
@@ -511,30 +465,63 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_and_zero_lag() {
         );
     }
 
+    // The ops port: health, readiness, metrics with bounded labels, lag back to zero.
+    assert_eq!(http_get(&ops, "/healthz").0, 200);
+    assert_eq!(http_get(&ops, "/readyz").0, 200);
+    let start = Instant::now();
+    let metrics = loop {
+        let (status, body) = http_get(&ops, "/metrics");
+        assert_eq!(status, 200);
+        let lag_zero = body
+            .lines()
+            .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
+            .count()
+            == 3
+            && body
+                .lines()
+                .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
+                .all(|l| l.ends_with(" 0"));
+        if lag_zero || start.elapsed() > Duration::from_secs(30) {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for needle in [
+        "akwatch_records_rejected_total{provider=\"aws\",reason=\"bad_json\"} 1",
+        "akwatch_records_rejected_total{provider=\"aws\",reason=\"bad_field\"} 1",
+        "akwatch_records_rejected_total{provider=\"aws\",reason=\"truncated\"} 1",
+        "akwatch_alarm_notifications_total{rule=\"ak.audit_tamper\",severity=\"critical\"}",
+        "akwatch_allowlisted_hits_total{rule=\"ak.sensitive_api\"}",
+        "akwatch_event_to_alarm_seconds_bucket",
+        "akwatch_state_keys",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
+            .all(|l| l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("AKIA") && !metrics.contains("198.18."),
+        "no key or IP in metric labels"
+    );
+
     // A clean stop commits everything: the group's lag is zero.
-    std::thread::sleep(Duration::from_secs(2));
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(exit.success(), "akwatch run exited with {exit}: {stderr}");
+    Harness::signal(&mut child, "-TERM");
     let checker: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{prefix}-akwatch"))
+        .set("group.id", format!("{}-akwatch", h.prefix))
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    for c in ["aws", "alibaba", "tencent"] {
-        tpl.add_partition(&topic(c), 0);
+    for c in CLOUDS {
+        tpl.add_partition(&h.topic(c), 0);
     }
     let committed = checker
         .committed_offsets(tpl, Duration::from_secs(10))
@@ -551,9 +538,4 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_and_zero_lag() {
         total += at;
     }
     assert_eq!(total as usize, sent);
-    std::fs::remove_dir_all(&dir).ok();
-    let _ = rt.block_on(admin.delete_topics(
-        &names.iter().map(String::as_str).collect::<Vec<_>>(),
-        &AdminOptions::new(),
-    ));
 }
