@@ -2,6 +2,7 @@
 //! schemas and property tests.
 
 mod cli;
+mod compose;
 mod corpus;
 mod detect;
 mod golden;
