@@ -2,13 +2,16 @@
 # A single-node Apache Kafka broker (KRaft) on 127.0.0.1 for the tests, from Maven Central.
 #   bash scripts/kafka.sh start   fetch (once, cached under target/kafka), format, start, wait until ready
 #   bash scripts/kafka.sh stop    stop it and remove its data
+#   bash scripts/kafka.sh pause   stop it, keeping its data (a broker outage)
+#   bash scripts/kafka.sh resume  start it again on its data
 #   bash scripts/kafka.sh status
-# Environment: KAFKA_PORT (default 19092; the controller listens on KAFKA_PORT+1).
+# Environment: KAFKA_PORT (default 19092; the controller listens on KAFKA_PORT+1), KAFKA_ROOT
+# (default target/kafka: a second broker needs its own).
 # Prints the bootstrap address on success (e.g. 127.0.0.1:19092).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="target/kafka"
-libs="$root/libs"
+root="${KAFKA_ROOT:-target/kafka}"
+libs="target/kafka/libs"
 data="$root/data"
 port="${KAFKA_PORT:-19092}"
 cport=$((port + 1))
@@ -44,6 +47,7 @@ start() {
     fi
     rm -rf "$data"
     mkdir -p "$data"
+    mkdir -p "$root"
     cat > "$props" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -65,6 +69,10 @@ PROPS
     local id
     id="$(java_cmd kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
     java_cmd kafka.tools.StorageTool format -t "$id" -c "$props" >/dev/null
+    launch
+}
+
+launch() {
     nohup java -Xms256m -Xmx768m -Dlog4j.configuration="file:$(pwd)/scripts/kafka/log4j.properties" \
         -cp "$libs/*" kafka.Kafka "$props" > "$root/broker.log" 2>&1 &
     echo $! > "$pidfile"
@@ -84,7 +92,16 @@ PROPS
     exit 1
 }
 
-stop() {
+resume() {
+    if running; then
+        echo "127.0.0.1:$port"
+        return
+    fi
+    [ -f "$props" ] || { echo "no broker to resume in $root" >&2; exit 1; }
+    launch
+}
+
+halt() {
     if running; then
         local pid
         pid="$(cat "$pidfile")"
@@ -96,12 +113,18 @@ stop() {
         kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$pidfile"
+}
+
+stop() {
+    halt
     rm -rf "$data"
 }
 
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
+    pause) halt ;;
+    resume) resume ;;
     status) if running; then echo "running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; else echo "stopped"; fi ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|pause|resume|status" >&2; exit 2 ;;
 esac

@@ -539,3 +539,68 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
     }
     assert_eq!(total as usize, sent);
 }
+
+/// Runs `scripts/kafka.sh` for the outage test's own broker (port 19292, its own data).
+fn outage_broker(command: &str) -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/kafka.sh"))
+        .arg(command)
+        .env("KAFKA_PORT", "19292")
+        .env("KAFKA_ROOT", "target/kafka-outage")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kafka.sh {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The broker stops in the middle of the stream and comes back: the service waits, retries,
+/// and every alarm replay raises is still on the topic (and no other).
+#[test]
+fn a_broker_outage_mid_stream_loses_nothing() {
+    if brokers().is_none() {
+        return;
+    }
+    let brokers = outage_broker("start");
+    let result = std::panic::catch_unwind(|| {
+        let h = Harness::new(&brokers, "outage");
+        let expected = replay_alarm_ids();
+        let all: Vec<(String, Vec<Vec<u8>>)> = CLOUDS
+            .iter()
+            .map(|c| (h.topic(c), cloud_records(c)))
+            .collect();
+        for (topic, records) in &all {
+            h.produce(topic, &records[..records.len() / 2]);
+        }
+        let mut child = h.spawn(true);
+        std::thread::sleep(Duration::from_secs(4));
+        outage_broker("pause");
+        std::thread::sleep(Duration::from_secs(8));
+        outage_broker("resume");
+        for (topic, records) in &all {
+            h.produce(topic, &records[records.len() / 2..]);
+        }
+        h.alarm_ids(&expected, Duration::from_secs(180));
+        std::thread::sleep(Duration::from_secs(6));
+        let stderr = Harness::signal(&mut child, "-TERM");
+        let got = h.alarm_ids(&expected, Duration::from_secs(30));
+        assert_same_alarms(&got, &expected);
+        eprintln!(
+            "broker outage: {} alarms, all delivered; the service logged {} retries",
+            expected.len(),
+            stderr.matches("retrying").count()
+        );
+    });
+    outage_broker("stop");
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
