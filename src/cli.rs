@@ -38,6 +38,22 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Load generator: produce the records of log files to a Kafka topic at a fixed rate (for
+    /// the end-to-end load run; see benches/README.md).
+    Load {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        /// Records per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Send the inputs this many times.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
     /// Run the whole pipeline over files and print alarms (JSON lines on stdout, a summary
     /// table on stderr). With no paths: the bundled example scenario under examples/.
     Replay(ReplayArgs),
@@ -149,6 +165,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reports(args) => reports(args),
         Command::CheckRules { dir } => check_rules(&dir),
         Command::Replay(args) => replay(args),
+        Command::Load {
+            brokers,
+            topic,
+            rate,
+            repeat,
+            paths,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let sent =
+                runtime.block_on(crate::kafka::load(&brokers, &topic, rate, repeat, &paths))?;
+            eprintln!("sent {sent} records to {topic}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { config } => {
             let config = match crate::config::Config::load(&config) {
                 Ok(c) => c,

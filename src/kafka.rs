@@ -465,3 +465,60 @@ fn update_lag(consumer: &StreamConsumer, metrics: &crate::telemetry::Metrics) {
             .set(lag);
     }
 }
+
+/// The load generator: every record of the inputs (framed as the file source frames them),
+/// `repeat` times, to `topic` at `rate` records per second (0: unpaced). Returns records sent.
+pub async fn load(
+    brokers: &str,
+    topic: &str,
+    rate: u64,
+    repeat: u32,
+    paths: &[String],
+) -> anyhow::Result<u64> {
+    let inputs = crate::source::expand(paths)?;
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    for input in &inputs.inputs {
+        let reader = crate::source::open(input)?;
+        crate::source::framing::frame_records(
+            reader,
+            crate::source::framing::FrameOptions::default(),
+            |f| records.push(f.bytes.to_vec()),
+        )?;
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", if rate == 0 { "20" } else { "0" })
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let mut pending = Vec::new();
+    for _ in 0..repeat {
+        for r in &records {
+            if rate > 0 {
+                // Sleep only when 2 ms or more ahead of schedule (timer granularity).
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed())
+                    && wait >= Duration::from_millis(2)
+                {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            pending.push(producer.send(
+                FutureRecord::<(), _>::to(topic).payload(r.as_slice()),
+                Duration::from_secs(60),
+            ));
+            sent += 1;
+            if pending.len() >= 10_000 {
+                for f in pending.drain(..) {
+                    f.await.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+                }
+            }
+        }
+    }
+    for f in pending {
+        f.await.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
+    Ok(sent)
+}
