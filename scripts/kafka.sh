@@ -23,7 +23,12 @@ fetch() {
     command -v mvn >/dev/null 2>&1 || { echo "mvn (Maven) is needed to fetch Kafka from Maven Central" >&2; exit 1; }
     command -v java >/dev/null 2>&1 || { echo "java is needed to run Kafka" >&2; exit 1; }
     mkdir -p "$libs"
-    mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory="$(pwd)/$libs" -DincludeScope=runtime
+    # Maven's output goes to a log: stdout carries only the broker address.
+    if ! mvn -q -B -Dstyle.color=never -f scripts/kafka/pom.xml dependency:copy-dependencies \
+        -DoutputDirectory="$(pwd)/$libs" -DincludeScope=runtime > "target/kafka-fetch.log" 2>&1; then
+        cat target/kafka-fetch.log >&2
+        exit 1
+    fi
     touch "$libs/.complete"
 }
 

@@ -148,6 +148,22 @@ impl Harness {
         format!("{}-{s}", self.prefix)
     }
 
+    /// The bundled scenario's records, by cloud topic.
+    fn stream(&self) -> Vec<(String, Vec<Vec<u8>>)> {
+        CLOUDS
+            .iter()
+            .map(|c| (self.topic(c), cloud_records(c)))
+            .collect()
+    }
+
+    /// Produces, of each topic's records, the part between the fractions `from` and `to`.
+    fn produce_part(&self, stream: &[(String, Vec<Vec<u8>>)], from: f64, to: f64) {
+        for (topic, records) in stream {
+            let at = |f: f64| ((records.len() as f64) * f) as usize;
+            self.produce(topic, &records[at(from)..at(to)]);
+        }
+    }
+
     fn topics(&self) -> Vec<String> {
         ["aws", "alibaba", "tencent", "alarms", "dlq"]
             .iter()
@@ -289,13 +305,8 @@ fn kill_minus_nine_then_restart_loses_no_alarm_and_invents_none() {
     let Some(brokers) = brokers() else { return };
     let h = Harness::new(&brokers, "kill9");
     let expected = replay_alarm_ids();
-    let all: Vec<(String, Vec<Vec<u8>>)> = CLOUDS
-        .iter()
-        .map(|c| (h.topic(c), cloud_records(c)))
-        .collect();
-    for (topic, records) in &all {
-        h.produce(topic, &records[..records.len() * 6 / 10]);
-    }
+    let all = h.stream();
+    h.produce_part(&all, 0.0, 0.6);
     let mut first = h.spawn(true);
     let checkpoint = h.dir.join("state/checkpoint.json.gz");
     let start = Instant::now();
@@ -305,9 +316,7 @@ fn kill_minus_nine_then_restart_loses_no_alarm_and_invents_none() {
     assert!(checkpoint.exists(), "no checkpoint after 60 s");
     std::thread::sleep(Duration::from_secs(2));
     Harness::signal(&mut first, "-KILL");
-    for (topic, records) in &all {
-        h.produce(topic, &records[records.len() * 6 / 10..]);
-    }
+    h.produce_part(&all, 0.6, 1.0);
     let mut second = h.spawn(true);
     h.alarm_ids(&expected, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(6));
@@ -329,19 +338,12 @@ fn after_a_clean_restart_known_ips_are_not_new() {
     let Some(brokers) = brokers() else { return };
     let h = Harness::new(&brokers, "restart");
     let expected = replay_alarm_ids();
-    let all: Vec<(String, Vec<Vec<u8>>)> = CLOUDS
-        .iter()
-        .map(|c| (h.topic(c), cloud_records(c)))
-        .collect();
-    for (topic, records) in &all {
-        h.produce(topic, &records[..records.len() / 2]);
-    }
+    let all = h.stream();
+    h.produce_part(&all, 0.0, 0.5);
     let mut first = h.spawn(true);
     std::thread::sleep(Duration::from_secs(8));
     Harness::signal(&mut first, "-TERM");
-    for (topic, records) in &all {
-        h.produce(topic, &records[records.len() / 2..]);
-    }
+    h.produce_part(&all, 0.5, 1.0);
     let mut second = h.spawn(true);
     let got = h.alarm_ids(&expected, Duration::from_secs(120));
     Harness::signal(&mut second, "-TERM");
@@ -573,21 +575,14 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     let result = std::panic::catch_unwind(|| {
         let h = Harness::new(&brokers, "outage");
         let expected = replay_alarm_ids();
-        let all: Vec<(String, Vec<Vec<u8>>)> = CLOUDS
-            .iter()
-            .map(|c| (h.topic(c), cloud_records(c)))
-            .collect();
-        for (topic, records) in &all {
-            h.produce(topic, &records[..records.len() / 2]);
-        }
+        let all = h.stream();
+        h.produce_part(&all, 0.0, 0.5);
         let mut child = h.spawn(true);
         std::thread::sleep(Duration::from_secs(4));
         outage_broker("pause");
         std::thread::sleep(Duration::from_secs(8));
         outage_broker("resume");
-        for (topic, records) in &all {
-            h.produce(topic, &records[records.len() / 2..]);
-        }
+        h.produce_part(&all, 0.5, 1.0);
         h.alarm_ids(&expected, Duration::from_secs(180));
         std::thread::sleep(Duration::from_secs(6));
         let stderr = Harness::signal(&mut child, "-TERM");
