@@ -136,12 +136,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for w in &s.warnings {
         tracing::warn!("{w}");
     }
-    let consumer: StreamConsumer = client_config(&config)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer: std::sync::Arc<StreamConsumer> = std::sync::Arc::new(
+        client_config(&config)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?,
+    );
     let producer: FutureProducer = client_config(&config)
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -212,6 +214,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut lag_task: Option<tokio::task::JoinHandle<()>> = None;
+    let mut checkpoint_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut results = Vec::new();
     loop {
         let message = tokio::select! {
@@ -225,7 +229,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     metrics.state_keys.set(keys as i64);
                     metrics.state_entries.set(entries as i64);
                     metrics.state_bytes.set(bytes as i64);
-                    update_lag(&consumer, &metrics);
+                    // Off the consume task: the watermark look-ups are network round trips.
+                    if lag_task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                        let (c, m) = (consumer.clone(), metrics.clone());
+                        lag_task = Some(tokio::task::spawn_blocking(move || update_lag(&c, &m)));
+                    }
                 }
                 // Idle: checkpoint what was processed since the last one.
                 if let Some(dir) = &config.state_dir
@@ -233,8 +241,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     && last_checkpoint.elapsed() >= CHECKPOINT_EVERY
                 {
                     last_checkpoint = Instant::now();
-                    dirty = false;
-                    checkpoint(&consumer, &s, &positions, dir);
+                    if start_checkpoint(&mut checkpoint_task, &consumer, &s, &positions, dir) {
+                        dirty = false;
+                    }
                 }
                 continue;
             }
@@ -310,8 +319,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(dir) => {
                 if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                     last_checkpoint = Instant::now();
-                    dirty = false;
-                    checkpoint(&consumer, &s, &positions, dir);
+                    if start_checkpoint(&mut checkpoint_task, &consumer, &s, &positions, dir) {
+                        dirty = false;
+                    }
                 }
             }
             None => {
@@ -333,8 +343,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     use rdkafka::producer::Producer;
     producer.flush(Duration::from_secs(30))?;
+    if let Some(task) = checkpoint_task.take() {
+        let _ = task.await;
+    }
     match &config.state_dir {
-        Some(dir) => checkpoint(&consumer, &s, &positions, dir),
+        Some(dir) => write_checkpoint(&consumer, s.engine.snapshot(), &positions, dir),
         None => {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::warn!(error = %e, "final commit");
@@ -368,11 +381,36 @@ async fn shutdown_signal() {
     }
 }
 
+/// Takes a snapshot of the state and the offsets it reflects on the consume task, and writes and
+/// commits it on a blocking thread, unless the previous checkpoint is still being written (the
+/// next tick tries again). Checkpoints never overlap, so they land in order.
+fn start_checkpoint(
+    task: &mut Option<tokio::task::JoinHandle<()>>,
+    consumer: &std::sync::Arc<StreamConsumer>,
+    s: &Setup,
+    positions: &HashMap<(String, i32), i64>,
+    dir: &std::path::Path,
+) -> bool {
+    if task.as_ref().is_some_and(|t| !t.is_finished()) {
+        return false;
+    }
+    let (consumer, snapshot, positions, dir) = (
+        consumer.clone(),
+        s.engine.snapshot(),
+        positions.clone(),
+        dir.to_path_buf(),
+    );
+    *task = Some(tokio::task::spawn_blocking(move || {
+        write_checkpoint(&consumer, snapshot, &positions, &dir)
+    }));
+    true
+}
+
 /// Writes the state with the offsets it reflects, then commits those offsets. Every alarm derived
 /// from events before them has been acknowledged (deliveries are awaited before an offset moves).
-fn checkpoint(
+fn write_checkpoint(
     consumer: &StreamConsumer,
-    s: &Setup,
+    snapshot: crate::engine::Snapshot,
     positions: &HashMap<(String, i32), i64>,
     dir: &std::path::Path,
 ) {
@@ -391,7 +429,7 @@ fn checkpoint(
         version: crate::checkpoint::VERSION,
         written_at: chrono::Utc::now(),
         offsets: offsets.clone(),
-        engine: s.engine.snapshot(),
+        engine: snapshot,
     };
     match crate::checkpoint::write(dir, &cp) {
         Ok(bytes) => tracing::debug!(bytes, partitions = offsets.len(), "checkpoint written"),
