@@ -3,43 +3,18 @@
 //! Target: the pipeline at least half the speed of decode alone.
 
 use std::hint::black_box;
-use std::io::Read;
 use std::path::Path;
 
 use akwatch::event::Origin;
 use akwatch::provider::Decoder;
 use akwatch::replay::{ReplayOptions, setup};
-use akwatch::source::framing::{FrameOptions, frame_records};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-
-/// Every record of the bundled scenario, as the framer hands them out.
-fn records(dir: &Path) -> Vec<Vec<u8>> {
-    let mut files: Vec<_> = walkdir::WalkDir::new(dir)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let mut bytes = Vec::new();
-        flate2::read::MultiGzDecoder::new(std::fs::File::open(&f).unwrap())
-            .read_to_end(&mut bytes)
-            .unwrap();
-        frame_records(bytes.as_slice(), FrameOptions::default(), |frame| {
-            out.push(frame.bytes.to_vec())
-        })
-        .unwrap();
-    }
-    out
-}
 
 fn pipeline(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let examples = root.join("examples");
-    let records = records(&examples.join("logs"));
+    let records =
+        akwatch::source::read_records(&[examples.join("logs").display().to_string()]).unwrap();
     let bytes: usize = records.iter().map(Vec::len).sum();
     eprintln!("{} records, {bytes} bytes", records.len());
     let decoder = Decoder::auto();

@@ -513,16 +513,7 @@ pub async fn load(
     repeat: u32,
     paths: &[String],
 ) -> anyhow::Result<u64> {
-    let inputs = crate::source::expand(paths)?;
-    let mut records: Vec<Vec<u8>> = Vec::new();
-    for input in &inputs.inputs {
-        let reader = crate::source::open(input)?;
-        crate::source::framing::frame_records(
-            reader,
-            crate::source::framing::FrameOptions::default(),
-            |f| records.push(f.bytes.to_vec()),
-        )?;
-    }
+    let records = crate::source::read_records(paths)?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", if rate == 0 { "20" } else { "0" })

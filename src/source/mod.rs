@@ -225,6 +225,18 @@ pub fn read_input(
     counts
 }
 
+/// Every record of the inputs (`-`, files, directories, gzip), framed as `read_input` frames them
+/// but not decoded: for the load generator and the benches.
+pub fn read_records(paths: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut records = Vec::new();
+    for input in &expand(paths)?.inputs {
+        frame_records(open(input)?, FrameOptions::default(), |f| {
+            records.push(f.bytes.to_vec())
+        })?;
+    }
+    Ok(records)
+}
+
 fn file_origin(name: &str, index: u64, line: u64) -> Origin {
     Origin {
         file: Some(name.to_owned()),

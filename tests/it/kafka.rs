@@ -15,7 +15,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use akwatch::replay::{ReplayOptions, run, setup};
-use akwatch::source::framing::{FrameOptions, frame_records};
 
 use crate::repo;
 
@@ -36,24 +35,30 @@ fn brokers() -> Option<String> {
 
 /// The records of one cloud's bundled logs, as the framer hands them out.
 fn cloud_records(cloud: &str) -> Vec<Vec<u8>> {
-    let dir = repo().join("examples/logs").join(cloud);
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let mut bytes = Vec::new();
-        flate2::read::MultiGzDecoder::new(std::fs::File::open(&f).unwrap())
-            .read_to_end(&mut bytes)
-            .unwrap();
-        frame_records(bytes.as_slice(), FrameOptions::default(), |fr| {
-            out.push(fr.bytes.to_vec())
-        })
-        .unwrap();
+    akwatch::source::read_records(&[repo()
+        .join("examples/logs")
+        .join(cloud)
+        .display()
+        .to_string()])
+    .unwrap()
+}
+
+/// The keys (alarm ids) of alarm-topic messages.
+fn alarm_keys(msgs: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
+    msgs.iter()
+        .filter_map(|m| m.key())
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect()
+}
+
+/// Until every expected alarm id has been read.
+fn all_present(
+    expected: &BTreeSet<String>,
+) -> impl Fn(&[rdkafka::message::OwnedMessage]) -> bool + '_ {
+    move |got| {
+        let ids: BTreeSet<String> = alarm_keys(got).into_iter().collect();
+        expected.iter().all(|e| ids.contains(e))
     }
-    out
 }
 
 /// The alarm ids `akwatch replay` creates for the bundled scenario.
@@ -255,23 +260,12 @@ impl Harness {
     /// Alarm ids on the alarm topic (all notifications, with repeats), read until `expected` are
     /// all there and a little longer, or the timeout.
     fn alarm_ids(&self, expected: &BTreeSet<String>, timeout: Duration) -> Vec<String> {
-        let msgs = consume_all(
+        alarm_keys(&consume_all(
             &self.brokers,
             &self.topic("alarms"),
-            |got| {
-                let ids: BTreeSet<_> = got
-                    .iter()
-                    .filter_map(|m| m.key())
-                    .map(|k| String::from_utf8_lossy(k).into_owned())
-                    .collect();
-                expected.iter().all(|e| ids.contains(e))
-            },
+            all_present(expected),
             timeout,
-        );
-        msgs.iter()
-            .filter_map(|m| m.key())
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .collect()
+        ))
     }
 }
 
@@ -409,21 +403,10 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
     let alarms = consume_all(
         &brokers,
         &h.topic("alarms"),
-        |got| {
-            let ids: BTreeSet<_> = got
-                .iter()
-                .filter_map(|m| m.key())
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .collect();
-            expected.iter().all(|e| ids.contains(e))
-        },
+        all_present(&expected),
         Duration::from_secs(120),
     );
-    let ids: Vec<String> = alarms
-        .iter()
-        .filter_map(|m| m.key())
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .collect();
+    let ids = alarm_keys(&alarms);
     assert_same_alarms(&ids, &expected);
     for m in &alarms {
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
