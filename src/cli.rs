@@ -648,7 +648,9 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr);
+        .with_writer(io::stderr)
+        // Colours only on a terminal: not in files, pipes or log collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()));
     if std::env::var("AKWATCH_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {

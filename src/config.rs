@@ -23,16 +23,28 @@ struct RawConfig {
     geoip: Vec<PathBuf>,
     #[serde(default)]
     reports: Vec<PathBuf>,
+    #[serde(default = "default_rescan")]
+    reports_rescan_seconds: u64,
     #[serde(default)]
     leaks: Vec<PathBuf>,
     #[serde(default)]
     state_dir: Option<PathBuf>,
+    #[serde(default = "default_commit_interval")]
+    commit_interval_seconds: u64,
     #[serde(default)]
     ops_addr: Option<String>,
 }
 
 fn default_rules() -> PathBuf {
     PathBuf::from("rules")
+}
+
+fn default_rescan() -> u64 {
+    30
+}
+
+fn default_commit_interval() -> u64 {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +55,9 @@ struct RawKafka {
     inputs: Vec<RawInput>,
     alarm_topic: String,
     dlq_topic: String,
+    /// Credential reports keyed by account, read from the beginning and followed.
+    #[serde(default)]
+    report_topic: Option<String>,
     /// librdkafka options, passed through (TLS, SASL, tuning).
     #[serde(default)]
     options: BTreeMap<String, String>,
@@ -71,14 +86,21 @@ pub struct Config {
     pub inputs: Vec<Input>,
     pub alarm_topic: String,
     pub dlq_topic: String,
+    /// Credential reports, keyed by account (`aws:123456789012`); the newest per account wins.
+    pub report_topic: Option<String>,
     pub options: BTreeMap<String, String>,
     pub rules: PathBuf,
     pub policies: Vec<PathBuf>,
     pub lists: Vec<PathBuf>,
     pub geoip: Vec<PathBuf>,
+    /// Report files and directories, re-scanned every `reports_rescan`.
     pub reports: Vec<PathBuf>,
+    pub reports_rescan: std::time::Duration,
     pub leaks: Vec<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// How often the state is checkpointed and the offsets committed (also at a rebalance and at
+    /// shutdown).
+    pub commit_interval: std::time::Duration,
     pub ops_addr: Option<String>,
 }
 
@@ -141,9 +163,12 @@ impl Config {
                     }
                 },
             };
-            if i.topic == k.alarm_topic || i.topic == k.dlq_topic {
+            if i.topic == k.alarm_topic
+                || i.topic == k.dlq_topic
+                || k.report_topic.as_ref() == Some(&i.topic)
+            {
                 errors.push(format!(
-                    "{name}:{}: kafka.inputs: {} is also the alarm or dead-letter topic",
+                    "{name}:{}: kafka.inputs: {} is also the alarm, dead-letter or report topic",
                     line_of(&i.topic),
                     i.topic
                 ));
@@ -152,6 +177,26 @@ impl Config {
                 topic: i.topic,
                 provider,
             });
+        }
+        if let Some(t) = &k.report_topic
+            && (t.trim().is_empty() || *t == k.alarm_topic || *t == k.dlq_topic)
+        {
+            errors.push(format!(
+                "{name}:{}: kafka.report_topic: {t:?} is empty or also the alarm or dead-letter topic",
+                line_of("report_topic")
+            ));
+        }
+        if raw.commit_interval_seconds == 0 {
+            errors.push(format!(
+                "{name}:{}: commit_interval_seconds must be at least 1",
+                line_of("commit_interval_seconds")
+            ));
+        }
+        if raw.reports_rescan_seconds == 0 {
+            errors.push(format!(
+                "{name}:{}: reports_rescan_seconds must be at least 1",
+                line_of("reports_rescan_seconds")
+            ));
         }
         let mut options = BTreeMap::new();
         for (key, value) in k.options {
@@ -174,14 +219,17 @@ impl Config {
             inputs,
             alarm_topic: k.alarm_topic,
             dlq_topic: k.dlq_topic,
+            report_topic: k.report_topic,
             options,
             rules: raw.rules,
             policies: raw.policies,
             lists: raw.lists,
             geoip: raw.geoip,
             reports: raw.reports,
+            reports_rescan: std::time::Duration::from_secs(raw.reports_rescan_seconds),
             leaks: raw.leaks,
             state_dir: raw.state_dir,
+            commit_interval: std::time::Duration::from_secs(raw.commit_interval_seconds),
             ops_addr: raw.ops_addr,
         })
     }
@@ -240,13 +288,23 @@ mod tests {
             "{all}"
         );
         assert!(
-            all.contains("alarms is also the alarm or dead-letter topic"),
+            all.contains("alarms is also the alarm, dead-letter or report topic"),
             "{all}"
         );
         assert!(
             all.contains(
                 "c.yaml:10: kafka.options.sasl.password: environment variable NOPE is not set"
             ),
+            "{all}"
+        );
+        let text = "kafka:\n  brokers: b\n  group_id: g\n  inputs:\n    - topic: in\n  alarm_topic: alarms\n  dlq_topic: dlq\n  report_topic: dlq\nreports_rescan_seconds: 0\n";
+        let all = Config::parse("c.yaml", text, &env).unwrap_err().join("\n");
+        assert!(
+            all.contains("c.yaml:8: kafka.report_topic: \"dlq\" is empty or also the alarm or dead-letter topic"),
+            "{all}"
+        );
+        assert!(
+            all.contains("c.yaml:9: reports_rescan_seconds must be at least 1"),
             "{all}"
         );
         let e = Config::parse("c.yaml", "kafka:\n  brokerz: x\n", &env).unwrap_err();

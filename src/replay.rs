@@ -11,11 +11,11 @@ use crate::enrich::{Enricher, GeoDb, IpLists, IpSet, LeakEntry, LeakFeed, Report
 use crate::event::{Cloud, KeyKind, Principal, PrincipalType};
 use crate::policy::Policy;
 use crate::provider::Decoder;
-use crate::report::{ReportSnapshot, read_report};
+use crate::report::live::ReportFeed;
 use crate::risk::{Risk, report_time, risks};
 use crate::rule::{AlarmType, RuleSet, Severity};
 use crate::source::framing::FrameOptions;
-use crate::source::{Rejected, expand, read_input};
+use crate::source::{Rejected, expand, files_in, read_input};
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -54,7 +54,8 @@ impl ReplayOptions {
 pub struct Setup {
     pub enricher: Enricher,
     pub engine: Engine,
-    pub snapshots: Vec<ReportSnapshot>,
+    /// The credential reports read, the newest per account in use.
+    pub reports: ReportFeed,
     /// Start-up warnings (rules disabled for want of a GeoIP database, ...).
     pub warnings: Vec<String>,
 }
@@ -116,18 +117,11 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             IpLists::default()
         }
     };
-    let mut snapshots = Vec::new();
-    for path in &files_in(&o.reports) {
-        match read_report(path) {
-            Ok(parsed) => {
-                for e in parsed.row_errors {
-                    warnings.push(format!("credential report row left out: {e}"));
-                }
-                snapshots.push(parsed.snapshot);
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
+    // The newest report per account (files: by `GeneratedTime`, else modification time).
+    let mut reports = ReportFeed::new(&o.reports);
+    let scanned = reports.scan();
+    errors.extend(scanned.errors);
+    warnings.extend(scanned.warnings);
     let mut leaks = LeakFeed::default();
     for path in &files_in(&o.leaks) {
         if let Err(e) = leaks.read(path) {
@@ -146,12 +140,12 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             enricher: Enricher {
                 geo,
                 lists,
-                reports: ReportIndex::new(&snapshots),
+                reports: ReportIndex::new(reports.latest()),
                 leaks,
                 ..Enricher::default()
             },
             engine,
-            snapshots,
+            reports,
             warnings,
         }),
         _ => Err(errors),
@@ -159,27 +153,6 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
 }
 
 /// The paths, with directories replaced by the (sorted) files in them.
-fn files_in(paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .map(|e| e.path())
-                        .filter(|f| f.is_file())
-                        .collect()
-                })
-                .unwrap_or_default();
-            v.sort();
-            out.extend(v);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    out
-}
-
 /// Reads list files by name: `own*` (the account's CIDRs), `tor*`, `threat*` (IPs / CIDRs),
 /// `hosting*` and `cloud*` (ASNs). Directories are read for their `*.txt` files.
 pub fn load_lists(paths: &[PathBuf]) -> Result<IpLists, Vec<String>> {
@@ -380,7 +353,7 @@ pub fn run(
         on_alarm(&alarm);
     }
     summary.alarms.extend(engine.alarms());
-    for s in &setup.snapshots {
+    for s in setup.reports.latest() {
         summary.risks.extend(risks(s, report_time(s)));
     }
     Ok(summary)

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub state_entries: IntGauge,
     pub state_bytes: IntGauge,
     pub checkpoint_age_seconds: Gauge,
+    pub report_accounts: IntGauge,
+    pub report_updates: IntCounter,
+    pub report_errors: IntCounter,
     pub event_to_alarm_seconds: Histogram,
     pub ingest_to_alarm_seconds: Histogram,
     /// Set once the consumer is subscribed and the first poll returned.
@@ -52,8 +55,8 @@ impl Metrics {
         };
         let latency = |name: &str, help: &str| -> prometheus::Result<Histogram> {
             let buckets = vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-                900.0, 3600.0,
+                0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
             ];
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
             r.register(Box::new(h.clone()))?;
@@ -77,6 +80,11 @@ impl Metrics {
             "Seconds since the last state checkpoint",
         )?;
         r.register(Box::new(checkpoint_age_seconds.clone()))?;
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
         Ok(Arc::new(Metrics {
             records_consumed: counter_vec(
                 &r,
@@ -120,6 +128,18 @@ impl Metrics {
                 "Approximate bytes of detection state",
             )?,
             checkpoint_age_seconds,
+            report_accounts: gauge(
+                "akwatch_report_accounts",
+                "Accounts with a credential report in use",
+            )?,
+            report_updates: counter(
+                "akwatch_report_updates_total",
+                "Times the credential-report index was rebuilt and swapped in",
+            )?,
+            report_errors: counter(
+                "akwatch_report_errors_total",
+                "Credential reports (files or messages) that could not be read",
+            )?,
             event_to_alarm_seconds: latency(
                 "akwatch_event_to_alarm_seconds",
                 "From the call's event time to its alarm notification",

@@ -168,7 +168,8 @@ pub struct ReportIndex {
 }
 
 impl ReportIndex {
-    pub fn new(snapshots: &[ReportSnapshot]) -> Self {
+    /// The index over reports given oldest first (a later report's facts about a key win).
+    pub fn new<'a>(snapshots: impl IntoIterator<Item = &'a ReportSnapshot>) -> Self {
         let mut index = ReportIndex::default();
         for s in snapshots {
             index.add(s);

@@ -6,6 +6,7 @@
 //! `not_supported` and `no_information` stay distinguishable from a value.
 
 mod columns;
+pub mod live;
 
 use std::fmt;
 use std::path::Path;

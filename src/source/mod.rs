@@ -245,3 +245,31 @@ fn file_origin(name: &str, index: u64, line: u64) -> Origin {
         ..Origin::default()
     }
 }
+
+/// Files named, and the files in directories named (not hidden ones: editors' and `rsync`'s
+/// temporary files), sorted.
+pub fn files_in(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|f| f.is_file())
+                        .filter(|f| {
+                            !f.file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| n.starts_with('.'))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}

@@ -75,14 +75,23 @@ fn consume_all(
     want: impl Fn(&[rdkafka::message::OwnedMessage]) -> bool,
     timeout: Duration,
 ) -> Vec<rdkafka::message::OwnedMessage> {
+    // Every partition from the beginning, by assignment: no group to join (a group's join waits
+    // for the previous reader's session to end).
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-reader"))
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
     let start = Instant::now();
     let mut got = Vec::new();
     while start.elapsed() < timeout && !want(&got) {
@@ -103,12 +112,23 @@ struct Harness {
     dir: std::path::PathBuf,
     /// The ops address to give the service, if any.
     ops: Option<String>,
+    /// Credential-report files and directories (default: the bundled reports).
+    reports: Vec<std::path::PathBuf>,
+    /// More top-level configuration lines.
+    extra: String,
+    /// Read the test's report topic.
+    report_topic: bool,
 }
 
 const CLOUDS: [&str; 3] = ["aws", "alibaba", "tencent"];
 
 impl Harness {
     fn new(brokers: &str, tag: &str) -> Harness {
+        Harness::with_partitions(brokers, tag, 1)
+    }
+
+    /// Input topics of `partitions` partitions each.
+    fn with_partitions(brokers: &str, tag: &str, partitions: i32) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -137,11 +157,21 @@ impl Harness {
             rt,
             admin,
             ops: None,
+            reports: vec![repo().join("examples/reports")],
+            extra: String::new(),
+            report_topic: false,
         };
         let names = h.topics();
         let new: Vec<NewTopic> = names
             .iter()
-            .map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1)))
+            .map(|n| {
+                let input = CLOUDS.iter().any(|c| *n == h.topic(c));
+                NewTopic::new(
+                    n,
+                    if input { partitions } else { 1 },
+                    TopicReplication::Fixed(1),
+                )
+            })
             .collect();
         h.rt.block_on(h.admin.create_topics(&new, &AdminOptions::new()))
             .unwrap();
@@ -170,7 +200,7 @@ impl Harness {
     }
 
     fn topics(&self) -> Vec<String> {
-        ["aws", "alibaba", "tencent", "alarms", "dlq"]
+        ["aws", "alibaba", "tencent", "alarms", "dlq", "reports"]
             .iter()
             .map(|s| self.topic(s))
             .collect()
@@ -193,18 +223,29 @@ impl Harness {
         });
     }
 
-    fn config(&self, state: bool) -> std::path::PathBuf {
+    /// The service's configuration; `state`: its state directory under the test's directory.
+    fn config(&self, state: Option<&str>) -> std::path::PathBuf {
         let r = repo();
-        let mut extra = if state {
-            format!("state_dir: {}\n", self.dir.join("state").display())
-        } else {
-            String::new()
+        let mut extra = match state {
+            Some(sub) => format!("state_dir: {}\n", self.dir.join(sub).display()),
+            None => String::new(),
         };
         if let Some(ops) = &self.ops {
             extra.push_str(&format!("ops_addr: {ops}\n"));
         }
+        extra.push_str(&self.extra);
+        let report_topic = if self.report_topic {
+            format!("  report_topic: {}\n", self.topic("reports"))
+        } else {
+            String::new()
+        };
+        let reports: Vec<String> = self
+            .reports
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         let config = format!(
-            "kafka:\n  brokers: {}\n  group_id: {}-akwatch\n  options:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\n  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\nrules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n{extra}",
+            "kafka:\n  brokers: {}\n  group_id: {}-akwatch\n  options:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\n  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\n{report_topic}rules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n{extra}",
             self.brokers,
             self.prefix,
             self.topic("aws"),
@@ -218,15 +259,21 @@ impl Harness {
             r.join("rules/lists").display(),
             r.join("examples/lists").display(),
             r.join("examples/geo.mmdb").display(),
-            r.join("examples/reports").display(),
+            reports.join(", "),
             r.join("examples/leaks").display(),
         );
-        let path = self.dir.join("akwatch.yaml");
+        let path = self
+            .dir
+            .join(format!("akwatch-{}.yaml", state.unwrap_or("nostate")));
         std::fs::write(&path, config).unwrap();
         path
     }
 
     fn spawn(&self, state: bool) -> std::process::Child {
+        self.spawn_with(state.then_some("state"))
+    }
+
+    fn spawn_with(&self, state: Option<&str>) -> std::process::Child {
         Command::new(env!("CARGO_BIN_EXE_akwatch"))
             .args(["run", "--config", self.config(state).to_str().unwrap()])
             .stdout(Stdio::null())
@@ -581,4 +628,294 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// A Tencent CAM credential report (the console's CSV columns) of (user, uin, key, status,
+/// may-be-at-risk) rows.
+fn tencent_report(rows: &[(&str, &str, &str, &str, bool)]) -> Vec<u8> {
+    let mut csv = String::from(
+        "AccountID,Username,UserType,CreationTime,PasswordEnabled,PasswordLastRotation,LoginConsoleActive,LoginProtectionActive,OperationProtectionActive,MFADeviceActive,Abnormal LoginsNumWithin30Days,AccessKey1SecretId,AccessKey1MayBeAtRisk,AccessKey1CreationTime,AccessKey1Status,AccessKey1lastUsedDate,AccessKey1CreatedOver90Days,AccessKey1CreatedOver30Days\n",
+    );
+    for (user, uin, key, status, risk) in rows {
+        let risk = if *risk { "TRUE" } else { "FALSE" };
+        csv.push_str(&format!(
+            "{uin},{user},sub-user,2025/1/3 8:00:00,FALSE,FALSE,FALSE,FALSE,FALSE,FALSE,FALSE,{key},{risk},2025/1/3 8:00:00,{status},2025/6/1 8:00:00,TRUE,TRUE\n"
+        ));
+    }
+    csv.into_bytes()
+}
+
+/// Alarms (parsed) on the alarm topic, read until `want` holds or the timeout.
+fn alarms_until(
+    h: &Harness,
+    want: impl Fn(&[serde_json::Value]) -> bool,
+    timeout: Duration,
+) -> Vec<serde_json::Value> {
+    let parse = |got: &[rdkafka::message::OwnedMessage]| -> Vec<serde_json::Value> {
+        got.iter()
+            .filter_map(|m| serde_json::from_slice(m.payload()?).ok())
+            .collect()
+    };
+    parse(&consume_all(
+        &h.brokers,
+        &h.topic("alarms"),
+        |got| want(&parse(got)),
+        timeout,
+    ))
+}
+
+fn has_alarm(alarms: &[serde_json::Value], rule: &str, key: &str) -> bool {
+    alarms
+        .iter()
+        .any(|a| a["rule_id"] == rule && a["access_key_id"] == key)
+}
+
+/// Credential reports change while the service runs: a newer report on the report topic replaces
+/// the account's older one (a key disabled since is used: alarm; a key newly flagged at risk:
+/// leak alarm), a report file dropped into the watched directory is read within the rescan
+/// interval, and a broken one is counted and leaves the rest alone.
+#[test]
+fn credential_reports_from_the_topic_and_a_watched_directory_are_swapped_in_while_running() {
+    let Some(brokers) = brokers() else { return };
+    let mut h = Harness::new(&brokers, "reports");
+    let ops = format!("127.0.0.1:{}", free_port());
+    h.ops = Some(ops.clone());
+    let watched = h.dir.join("reports");
+    std::fs::create_dir_all(&watched).unwrap();
+    h.reports = vec![watched.clone()];
+    h.report_topic = true;
+    h.extra = "reports_rescan_seconds: 1\n".to_owned();
+    let used = "AKIDSIM00000000000000000000000000003";
+    let flagged = "AKIDTESTREPORTTOPIC00000000000000001";
+    let account = b"tencent:100011110000".to_vec();
+    let publish = |report: Vec<u8>| {
+        h.rt.block_on(async {
+            h.producer
+                .send(
+                    FutureRecord::to(&h.topic("reports"))
+                        .key(&account)
+                        .payload(&report),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+        });
+    };
+    // Published before the service starts: read before the first event.
+    publish(tencent_report(&[
+        ("web-00003", "200000000003", used, "Active", false),
+        ("ops-1", "200000000099", flagged, "Active", false),
+    ]));
+    let mut child = h.spawn(false);
+    let event = |id: &str| {
+        format!(
+            r#"{{"eventID":"{id}","eventName":"DescribeVpcs","eventRegion":"ap-shanghai","eventSource":"vpc.tencentcloudapi.com","eventTime":1748831232,"eventType":"ApiCall","eventVersion":2,"requestID":"{id}","sourceIPAddress":"198.18.56.144","userAgent":"TencentCloudSDK/Go 1.0.800","errorCode":"0","userIdentity":{{"accountId":"100011110000","principalId":"200000000003","secretId":"{used}","type":"CAMUser","userName":"web-00003"}}}}"#
+        )
+        .into_bytes()
+    };
+    h.produce(&h.topic("tencent"), &[event("before-00000001")]);
+
+    // A newer report of the same account: the used key is disabled, another one at risk.
+    std::thread::sleep(Duration::from_millis(50));
+    publish(tencent_report(&[
+        ("web-00003", "200000000003", used, "Disable", false),
+        ("ops-1", "200000000099", flagged, "Active", true),
+    ]));
+    let got = alarms_until(
+        &h,
+        |a| has_alarm(a, "ak.key_leaked", flagged),
+        Duration::from_secs(60),
+    );
+    if !has_alarm(&got, "ak.key_leaked", flagged) {
+        let stderr = Harness::signal(&mut child, "-TERM");
+        panic!("no leak alarm for {flagged}: {stderr}");
+    }
+    assert!(
+        !has_alarm(&got, "ak.disabled_key_use", used),
+        "the key was active when it was used"
+    );
+    // The leak alarm is sent after the swap: a call with the now disabled key raises its alarm.
+    h.produce(&h.topic("tencent"), &[event("after-000000000002")]);
+    let got = alarms_until(
+        &h,
+        |a| has_alarm(a, "ak.disabled_key_use", used),
+        Duration::from_secs(60),
+    );
+    assert!(has_alarm(&got, "ak.disabled_key_use", used), "{got:#?}");
+
+    // A report file dropped into the watched directory (atomically: written, then renamed), and
+    // a broken one beside it.
+    let from_file = "AKIDTESTREPORTFILE000000000000000002";
+    let tmp = watched.join(".other-account.csv.tmp");
+    std::fs::write(
+        &tmp,
+        tencent_report(&[("ci", "200000000777", from_file, "Active", true)]),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, watched.join("other-account.csv")).unwrap();
+    std::fs::write(watched.join("broken.csv"), "AccountID,Username\n\"open").unwrap();
+    let got = alarms_until(
+        &h,
+        |a| has_alarm(a, "ak.key_leaked", from_file),
+        Duration::from_secs(60),
+    );
+    assert!(has_alarm(&got, "ak.key_leaked", from_file), "{got:#?}");
+    let start = Instant::now();
+    let metrics = loop {
+        let body = http_get(&ops, "/metrics").1;
+        if body.contains("akwatch_report_errors_total 1")
+            || start.elapsed() > Duration::from_secs(20)
+        {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        metrics.contains("akwatch_report_errors_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("akwatch_report_accounts 2"), "{metrics}");
+    let stderr = Harness::signal(&mut child, "-TERM");
+    assert!(
+        stderr.contains("broken.csv"),
+        "the broken file is named: {stderr}"
+    );
+}
+
+/// The dead-letter records on the topic: (origin topic, partition, offset) of each.
+fn dead_letter_origins(h: &Harness, want: usize, timeout: Duration) -> Vec<(String, i32, i64)> {
+    consume_all(
+        &h.brokers,
+        &h.topic("dlq"),
+        |got| got.len() >= want,
+        timeout,
+    )
+    .iter()
+    .map(|m| {
+        let headers = m.headers().unwrap();
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == k)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap()
+        };
+        (
+            get("akwatch-origin-topic"),
+            get("akwatch-origin-partition").parse().unwrap(),
+            get("akwatch-origin-offset").parse().unwrap(),
+        )
+    })
+    .collect()
+}
+
+/// A second instance joins the group mid-stream: the first one's revoked partitions are
+/// committed where it stood, so the newcomer starts exactly there — no record is processed twice
+/// (each malformed record reaches the dead-letter topic exactly once), none is skipped, and at
+/// the end the group's committed offsets are the topics' ends. The periodic checkpoint is set to
+/// an hour, so only the rebalance hook can have committed the first instance's progress.
+#[test]
+fn a_rebalance_commits_where_the_revoked_partitions_stood() {
+    let Some(brokers) = brokers() else { return };
+    let mut h = Harness::with_partitions(&brokers, "rebalance", 2);
+    h.extra = "commit_interval_seconds: 3600\n".to_owned();
+    // Every 40th record malformed, in each cloud's stream.
+    let mut stream = h.stream();
+    let mut malformed = 0usize;
+    for (_, records) in &mut stream {
+        for (i, r) in records.iter_mut().enumerate() {
+            if i % 40 == 7 {
+                *r = format!("not json, record {i}").into_bytes();
+                malformed += 1;
+            }
+        }
+    }
+    let total: usize = stream.iter().map(|(_, r)| r.len()).sum();
+    h.produce_part(&stream, 0.0, 0.5);
+    let mut first = h.spawn_with(Some("state-a"));
+    // The first half processed by the first instance alone.
+    let half = dead_letter_origins(&h, malformed / 2 - 3, Duration::from_secs(60));
+    assert!(
+        half.len() >= malformed / 2 - 3,
+        "{} dead letters",
+        half.len()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mut second = h.spawn_with(Some("state-b"));
+    // Give the group time to rebalance, then the rest of the stream.
+    std::thread::sleep(Duration::from_secs(8));
+    h.produce_part(&stream, 0.5, 1.0);
+    let origins = dead_letter_origins(&h, malformed, Duration::from_secs(90));
+    // Any late duplicate would arrive by now.
+    std::thread::sleep(Duration::from_secs(3));
+    let origins_again = dead_letter_origins(&h, malformed + 1, Duration::from_secs(3));
+    let first_log = Harness::signal(&mut first, "-TERM");
+    let second_log = Harness::signal(&mut second, "-TERM");
+    assert!(
+        first_log.contains("partitions revoked, their positions committed"),
+        "{first_log}"
+    );
+    assert!(second_log.contains("partitions assigned"), "{second_log}");
+    let unique: BTreeSet<_> = origins_again.iter().cloned().collect();
+    assert_eq!(
+        origins_again.len(),
+        unique.len(),
+        "a record was processed twice: {} dead letters, {} distinct",
+        origins_again.len(),
+        unique.len()
+    );
+    assert_eq!(unique.len(), malformed, "{origins:?}");
+    // Both instances did part of the work.
+    let events = |log: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("stopped"))
+            .find_map(|l| {
+                l.split("events=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        events(&first_log) > 0 && events(&second_log) > 0,
+        "first: {first_log}\nsecond: {second_log}"
+    );
+    // The group's committed offsets are the ends of every partition.
+    let checker: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{}-akwatch", h.prefix))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for c in CLOUDS {
+        for p in 0..2 {
+            tpl.add_partition(&h.topic(c), p);
+        }
+    }
+    let committed = checker
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let mut sum = 0i64;
+    for e in committed.elements() {
+        let (_, high) = checker
+            .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+            .unwrap();
+        let at = match e.offset() {
+            Offset::Offset(at) => at,
+            _ if high == 0 => 0,
+            other => panic!("{}/{} committed {other:?}", e.topic(), e.partition()),
+        };
+        assert_eq!(at, high, "lag on {}/{}", e.topic(), e.partition());
+        sum += at;
+    }
+    assert_eq!(sum as usize, total);
+    eprintln!(
+        "rebalance: {total} records over 6 partitions, {malformed} malformed, each dead-lettered once; first instance {} events, second {}",
+        events(&first_log),
+        events(&second_log)
+    );
 }

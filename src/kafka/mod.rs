@@ -1,16 +1,21 @@
 //! `akwatch run`: the pipeline on Kafka. At-least-once: an input offset is stored for commit only
 //! after every alarm (and dead-letter record) derived from it has been acknowledged by the broker
-//! (`acks=all`, idempotent producer); offsets are committed every second and at shutdown.
-//!
-//! Still to come (next milestone): state checkpoints, metrics and health endpoints, rebalance
-//! hooks, bounded concurrency between stages.
+//! (`acks=all`, idempotent producer); offsets are committed with each state checkpoint (or every
+//! second without a state directory) and at shutdown.
+
+mod group;
+mod reports;
+
+use std::sync::Arc;
+
+use group::{GroupConsumer, GroupContext, Progress, write_checkpoint};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -23,10 +28,6 @@ use crate::replay::{ReplayOptions, Setup, leak_alarms, setup};
 /// How long a produce may wait in librdkafka's queue before it is reported as failed and
 /// retried by us (broker outage: we keep retrying, never drop).
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
-const COMMIT_EVERY: Duration = Duration::from_secs(1);
-/// With a state directory, state and offsets are checkpointed (and the offsets committed)
-/// together this often.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 fn client_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -109,6 +110,7 @@ async fn deliver_reject(
 /// Runs the service until SIGTERM / Ctrl-C: then stops consuming, notifies pending alarm
 /// updates, flushes the producer and commits.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut shutdown = Box::pin(shutdown_signal());
     let options = ReplayOptions {
         inputs: Vec::new(),
         reports: config.reports.clone(),
@@ -136,13 +138,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for w in &s.warnings {
         tracing::warn!("{w}");
     }
-    let consumer: std::sync::Arc<StreamConsumer> = std::sync::Arc::new(
+    let progress = Arc::new(Progress::default());
+    let consumer: Arc<GroupConsumer> = Arc::new(
         client_config(&config)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .create()?,
+            .create_with_context(GroupContext {
+                progress: progress.clone(),
+            })?,
     );
     let producer: FutureProducer = client_config(&config)
         .set("acks", "all")
@@ -155,14 +160,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Restore the last checkpoint: the engine's state, and the offsets it reflects. Messages
     // before those offsets (delivered again because the group's commit lagged the checkpoint, or
     // after a rebalance) are skipped: their effect is in the state already.
-    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
     if let Some(dir) = &config.state_dir {
         match crate::checkpoint::read(dir) {
             Ok(Some(cp)) => {
                 let same_rules = s.engine.restore(cp.engine);
-                for o in &cp.offsets {
-                    positions.insert((o.topic.clone(), o.partition), o.offset);
-                }
+                progress.restore(&cp.offsets);
                 tracing::info!(written_at = %cp.written_at, partitions = cp.offsets.len(), same_rules, "restored the checkpoint");
             }
             Ok(None) => {
@@ -172,6 +174,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let metrics = crate::telemetry::Metrics::new()?;
+    // Credential reports: the files were read by `setup`; the topic is read to its end before
+    // the first event, then both are followed on a thread of their own.
+    let reports_group = format!("{}-reports", config.group_id);
+    let mut follower = reports::Follower::new(
+        std::mem::take(&mut s.reports),
+        config
+            .report_topic
+            .as_deref()
+            .map(|t| (client_config(&config), reports_group.as_str(), t)),
+        config.reports_rescan,
+        metrics.clone(),
+    )?;
+    let stop_reports = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = stop_reports.clone();
+    let bootstrap = tokio::task::spawn_blocking(move || {
+        let first = follower.bootstrap(&stop);
+        (follower, first)
+    });
+    let (follower, first) = tokio::select! {
+        _ = &mut shutdown => {
+            tracing::info!("stopped while reading the report topic");
+            stop_reports.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+        done = bootstrap => done?,
+    };
+    if let Some(u) = first {
+        s.enricher.reports = u.index;
+    }
+    let (reports_tx, mut reports_rx) = tokio::sync::mpsc::channel(2);
+    let reports_thread = {
+        let stop = stop_reports.clone();
+        std::thread::Builder::new()
+            .name("akwatch-reports".to_owned())
+            .spawn(move || follower.run(reports_tx, stop))?
+    };
     if let Some(addr) = &config.ops_addr {
         let (addr, m) = (addr.clone(), metrics.clone());
         tokio::spawn(async move {
@@ -204,15 +242,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
     tracing::info!(brokers = %config.brokers, topics = ?topics, group = %config.group_id, "akwatch run: consuming");
 
-    // Leaks known before any call (deterministic ids: re-sent on restart, harmless).
+    // Leaks known before any call (deterministic ids: re-sent on restart, harmless); later, the
+    // keys a new credential report flags.
+    let mut leaks_sent = std::collections::HashSet::new();
     for alarm in leak_alarms(&s.enricher) {
         deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
+        leaks_sent.insert(alarm.alarm_id);
     }
 
-    let mut shutdown = Box::pin(shutdown_signal());
-    let mut last_commit = Instant::now();
+    // Checkpoint (state + offsets) or, without a state directory, commit this often.
+    let dir = config.state_dir.as_deref();
+    let period = config.commit_interval;
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
+    let mut rebalances_seen = 0;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut lag_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut checkpoint_task: Option<tokio::task::JoinHandle<()>> = None;
@@ -220,6 +263,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         let message = tokio::select! {
             _ = &mut shutdown => break,
+            Some(update) = reports_rx.recv() => {
+                // Between two records: every event is joined with one whole version.
+                s.enricher.reports = update.index;
+                metrics.report_updates.inc();
+                for alarm in leak_alarms(&s.enricher) {
+                    if leaks_sent.insert(alarm.alarm_id.clone()) {
+                        deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
+                    }
+                }
+                continue;
+            }
             _ = ticker.tick() => {
                 exported.export(&s.engine.stats, &metrics);
                 metrics.checkpoint_age_seconds.set(last_checkpoint.elapsed().as_secs_f64());
@@ -235,13 +289,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         lag_task = Some(tokio::task::spawn_blocking(move || update_lag(&c, &m)));
                     }
                 }
-                // Idle: checkpoint what was processed since the last one.
-                if let Some(dir) = &config.state_dir
-                    && dirty
-                    && last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-                {
+                // Idle: checkpoint / commit what was processed since the last one.
+                if dirty && last_checkpoint.elapsed() >= period {
                     last_checkpoint = Instant::now();
-                    if start_checkpoint(&mut checkpoint_task, &consumer, &s, &positions, dir) {
+                    if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
                         dirty = false;
                     }
                 }
@@ -256,10 +307,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 continue;
             }
         };
-        if positions
-            .get(&(message.topic().to_owned(), message.partition()))
-            .is_some_and(|next| message.offset() < *next)
-        {
+        if progress.already_done(message.topic(), message.partition(), message.offset()) {
             continue;
         }
         let label = provider_label
@@ -310,34 +358,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         // Everything derived from this message is acknowledged: its offset may be committed.
-        positions.insert(
-            (message.topic().to_owned(), message.partition()),
-            message.offset() + 1,
-        );
+        progress.done(message.topic(), message.partition(), message.offset());
         dirty = true;
-        match &config.state_dir {
-            Some(dir) => {
-                if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                    last_checkpoint = Instant::now();
-                    if start_checkpoint(&mut checkpoint_task, &consumer, &s, &positions, dir) {
-                        dirty = false;
-                    }
-                }
-            }
-            None => {
-                if let Err(e) = consumer.store_offset_from_message(&message) {
-                    tracing::warn!(error = %e, "cannot store an offset");
-                }
-                if last_commit.elapsed() >= COMMIT_EVERY {
-                    last_commit = Instant::now();
-                    if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-                        tracing::debug!(error = %e, "commit");
-                    }
-                }
+        // After a rebalance, checkpoint at once: the state then reflects the partitions kept.
+        let rebalances = progress
+            .rebalances
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if last_checkpoint.elapsed() >= period || rebalances != rebalances_seen {
+            last_checkpoint = Instant::now();
+            if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
+                dirty = false;
+                rebalances_seen = rebalances;
             }
         }
     }
     tracing::info!("shutting down: notifying pending alarm updates, flushing, committing");
+    stop_reports.store(true, std::sync::atomic::Ordering::Relaxed);
     for alarm in s.engine.flush() {
         deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
     }
@@ -346,112 +382,75 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(task) = checkpoint_task.take() {
         let _ = task.await;
     }
-    match &config.state_dir {
-        Some(dir) => write_checkpoint(&consumer, s.engine.snapshot(), &positions, dir),
-        None => {
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::warn!(error = %e, "final commit");
-            }
-        }
+    match dir {
+        Some(dir) => write_checkpoint(&consumer, &progress, &checkpoint(&progress, &s), dir),
+        None => progress.commit(&*consumer, None),
     }
+    drop(reports_rx);
+    let _ = reports_thread.join();
     tracing::info!(events = s.engine.stats.events, "stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM or Ctrl-C. The handlers are installed when this is called, not when first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match term {
                 Ok(t) => t,
                 Err(_) => {
                     let _ = ctrl_c.await;
                     return;
                 }
             };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
     }
 }
 
-/// Takes a snapshot of the state and the offsets it reflects on the consume task, and writes and
-/// commits it on a blocking thread, unless the previous checkpoint is still being written (the
-/// next tick tries again). Checkpoints never overlap, so they land in order.
+/// Takes a snapshot of the state and the offsets it reflects on the consume task, and writes it
+/// and commits (or only commits, without a state directory) on a blocking thread, unless the
+/// previous one is still at it (the next tick tries again). They never overlap, so they land in
+/// order.
 fn start_checkpoint(
     task: &mut Option<tokio::task::JoinHandle<()>>,
-    consumer: &std::sync::Arc<StreamConsumer>,
+    consumer: &Arc<GroupConsumer>,
+    progress: &Arc<Progress>,
     s: &Setup,
-    positions: &HashMap<(String, i32), i64>,
-    dir: &std::path::Path,
+    dir: Option<&std::path::Path>,
 ) -> bool {
     if task.as_ref().is_some_and(|t| !t.is_finished()) {
         return false;
     }
-    let (consumer, snapshot, positions, dir) = (
-        consumer.clone(),
-        s.engine.snapshot(),
-        positions.clone(),
-        dir.to_path_buf(),
-    );
-    *task = Some(tokio::task::spawn_blocking(move || {
-        write_checkpoint(&consumer, snapshot, &positions, &dir)
-    }));
+    let (consumer, progress) = (consumer.clone(), progress.clone());
+    *task = Some(match dir {
+        Some(dir) => {
+            let cp = checkpoint(&progress, s);
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || write_checkpoint(&consumer, &progress, &cp, &dir))
+        }
+        None => tokio::task::spawn_blocking(move || progress.commit(&*consumer, None)),
+    });
     true
 }
 
-/// Writes the state with the offsets it reflects, then commits those offsets. Every alarm derived
-/// from events before them has been acknowledged (deliveries are awaited before an offset moves).
-fn write_checkpoint(
-    consumer: &StreamConsumer,
-    snapshot: crate::engine::Snapshot,
-    positions: &HashMap<(String, i32), i64>,
-    dir: &std::path::Path,
-) {
-    let mut offsets: Vec<crate::checkpoint::TopicOffset> = positions
-        .iter()
-        .map(
-            |((topic, partition), offset)| crate::checkpoint::TopicOffset {
-                topic: topic.clone(),
-                partition: *partition,
-                offset: *offset,
-            },
-        )
-        .collect();
-    offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    let cp = crate::checkpoint::Checkpoint {
+fn checkpoint(progress: &Progress, s: &Setup) -> crate::checkpoint::Checkpoint {
+    crate::checkpoint::Checkpoint {
         version: crate::checkpoint::VERSION,
         written_at: chrono::Utc::now(),
-        offsets: offsets.clone(),
-        engine: snapshot,
-    };
-    match crate::checkpoint::write(dir, &cp) {
-        Ok(bytes) => tracing::debug!(bytes, partitions = offsets.len(), "checkpoint written"),
-        Err(e) => {
-            // Without a checkpoint the offsets must not move either: state and offsets go together.
-            tracing::error!(error = %e, "cannot write the checkpoint; offsets not committed");
-            return;
-        }
-    }
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for o in &offsets {
-        if tpl
-            .add_partition_offset(&o.topic, o.partition, rdkafka::Offset::Offset(o.offset))
-            .is_err()
-        {
-            continue;
-        }
-    }
-    if tpl.count() > 0
-        && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
-    {
-        tracing::warn!(error = %e, "commit after checkpoint");
+        offsets: progress.checkpoint_offsets(),
+        engine: s.engine.snapshot(),
     }
 }
 
@@ -479,7 +478,7 @@ impl ExportedStats {
 }
 
 /// Consumer lag per input topic: the end of each assigned partition minus our position.
-fn update_lag(consumer: &StreamConsumer, metrics: &crate::telemetry::Metrics) {
+fn update_lag(consumer: &GroupConsumer, metrics: &crate::telemetry::Metrics) {
     let Ok(positions) = consumer.position() else {
         return;
     };

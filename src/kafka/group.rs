@@ -1,0 +1,204 @@
+//! The consumer group's side of delivery: where each partition stands, commits (with or without a
+//! state checkpoint), and the rebalance hooks.
+//!
+//! A partition's *position* is the next offset to process; every alarm and dead-letter record
+//! derived from the records before it has been acknowledged by the broker (the consume loop
+//! awaits each delivery before it moves a position). Commits only ever send positions.
+//!
+//! Rebalances: librdkafka calls the hooks from inside `recv()`, on the consume task, so never
+//! while a record is half processed — "drain" is the loop's shape. On revocation the revoked
+//! partitions' positions are committed synchronously and forgotten, under the same lock as the
+//! checkpoint thread's commits, so no commit of ours for a partition lands after it has been
+//! revoked (which could rewind the new owner's progress).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::checkpoint::{Checkpoint, TopicOffset};
+
+pub type Partition = (String, i32);
+
+/// What the consume loop, the checkpoint thread and the rebalance hooks share.
+#[derive(Default)]
+pub struct Progress {
+    /// Partitions this instance processed records of since it got them, and where they stand.
+    positions: Mutex<HashMap<Partition, i64>>,
+    /// From the restored checkpoint: records before these offsets are in the state already and
+    /// are skipped. Never committed from (the partition may belong to another instance now).
+    skip_before: Mutex<HashMap<Partition, i64>>,
+    /// Serialises commits with revocations.
+    commit_lock: Mutex<()>,
+    /// Rebalances seen (for the loop: checkpoint soon after one).
+    pub rebalances: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding one of these maps leaves them consistent (single inserts).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Progress {
+    pub fn restore(&self, offsets: &[TopicOffset]) {
+        let mut skip = lock(&self.skip_before);
+        for o in offsets {
+            skip.insert((o.topic.clone(), o.partition), o.offset);
+        }
+    }
+
+    /// Whether a record's effect is in the restored state already.
+    pub fn already_done(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        lock(&self.skip_before)
+            .get(&(topic.to_owned(), partition))
+            .is_some_and(|next| offset < *next)
+    }
+
+    /// Everything derived from this record is acknowledged.
+    pub fn done(&self, topic: &str, partition: i32, offset: i64) {
+        let mut positions = lock(&self.positions);
+        match positions.get_mut(&(topic.to_owned(), partition)) {
+            Some(p) => *p = offset + 1,
+            None => {
+                positions.insert((topic.to_owned(), partition), offset + 1);
+            }
+        }
+    }
+
+    /// The offsets a checkpoint records: the positions, and the restored ones not since moved.
+    pub fn checkpoint_offsets(&self) -> Vec<TopicOffset> {
+        let mut all = lock(&self.skip_before).clone();
+        all.extend(lock(&self.positions).iter().map(|(k, v)| (k.clone(), *v)));
+        let mut offsets: Vec<TopicOffset> = all
+            .into_iter()
+            .map(|((topic, partition), offset)| TopicOffset {
+                topic,
+                partition,
+                offset,
+            })
+            .collect();
+        offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        offsets
+    }
+
+    /// Commits `offsets` (as taken with a checkpoint, or now), leaving out partitions revoked
+    /// since.
+    pub fn commit<C: ConsumerContext, K: Consumer<C>>(
+        &self,
+        consumer: &K,
+        offsets: Option<&[TopicOffset]>,
+    ) {
+        let _serial = lock(&self.commit_lock);
+        let mut tpl = TopicPartitionList::new();
+        {
+            let positions = lock(&self.positions);
+            let now: Vec<TopicOffset>;
+            let offsets = match offsets {
+                Some(o) => o,
+                None => {
+                    now = positions
+                        .iter()
+                        .map(|((topic, partition), offset)| TopicOffset {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset: *offset,
+                        })
+                        .collect();
+                    &now
+                }
+            };
+            for o in offsets {
+                if positions.contains_key(&(o.topic.clone(), o.partition)) {
+                    let _ =
+                        tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset));
+                }
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "commit");
+        }
+    }
+
+    /// The revocation hook: commit the revoked partitions' positions, forget them.
+    fn revoke<C: ConsumerContext, K: Consumer<C>>(
+        &self,
+        consumer: &K,
+        revoked: &TopicPartitionList,
+    ) {
+        let _serial = lock(&self.commit_lock);
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut positions = lock(&self.positions);
+            let mut skip = lock(&self.skip_before);
+            for e in revoked.elements() {
+                let key = (e.topic().to_owned(), e.partition());
+                skip.remove(&key);
+                if let Some(offset) = positions.remove(&key) {
+                    let _ =
+                        tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset));
+                }
+            }
+        }
+        let result = if tpl.count() > 0 {
+            consumer.commit(&tpl, CommitMode::Sync)
+        } else {
+            Ok(())
+        };
+        match result {
+            Ok(()) => tracing::info!(
+                revoked = revoked.count(),
+                committed = tpl.count(),
+                "rebalance: partitions revoked, their positions committed"
+            ),
+            // The new owner starts from the previous commit: work repeated, nothing lost
+            // (at-least-once; alarm ids make repeats harmless).
+            Err(e) => tracing::warn!(error = %e, "rebalance: commit of revoked partitions failed"),
+        }
+    }
+}
+
+/// The consumer's context: the rebalance hooks.
+pub struct GroupContext {
+    pub progress: Arc<Progress>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.progress.rebalances.fetch_add(1, Ordering::Relaxed);
+        match rebalance {
+            Rebalance::Revoke(tpl) => self.progress.revoke(consumer, tpl),
+            Rebalance::Assign(tpl) => {
+                tracing::info!(assigned = tpl.count(), "rebalance: partitions assigned")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// Writes the state with the offsets it reflects, then commits those offsets (not for partitions
+/// revoked in between). Without a checkpoint the offsets must not move either.
+pub fn write_checkpoint(
+    consumer: &GroupConsumer,
+    progress: &Progress,
+    cp: &Checkpoint,
+    dir: &std::path::Path,
+) {
+    match crate::checkpoint::write(dir, cp) {
+        Ok(bytes) => tracing::debug!(bytes, partitions = cp.offsets.len(), "checkpoint written"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the checkpoint; offsets not committed");
+            return;
+        }
+    }
+    progress.commit(consumer, Some(&cp.offsets));
+}
