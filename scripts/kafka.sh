@@ -5,6 +5,7 @@
 #   bash scripts/kafka.sh pause   stop it, keeping its data (a broker outage)
 #   bash scripts/kafka.sh resume  start it again on its data
 #   bash scripts/kafka.sh status
+#   bash scripts/kafka.sh topic NAME [PARTITIONS]   create a topic (if it does not exist)
 # Environment: KAFKA_PORT (default 19092; the controller listens on KAFKA_PORT+1), KAFKA_ROOT
 # (default target/kafka: a second broker needs its own).
 # Prints the bootstrap address on success (e.g. 127.0.0.1:19092).
@@ -130,6 +131,10 @@ case "${1:-}" in
     stop) stop ;;
     pause) halt ;;
     resume) resume ;;
+    topic)
+        [ -n "${2:-}" ] || { echo "usage: $0 topic NAME [PARTITIONS]" >&2; exit 2; }
+        java_cmd org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" --create \
+            --if-not-exists --topic "$2" --partitions "${3:-1}" --replication-factor 1 >/dev/null ;;
     status) if running; then echo "running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; else echo "stopped"; fi ;;
-    *) echo "usage: $0 start|stop|pause|resume|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|pause|resume|status|topic" >&2; exit 2 ;;
 esac

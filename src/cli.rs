@@ -175,9 +175,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let sent =
+            let (sent, secs) =
                 runtime.block_on(crate::kafka::load(&brokers, &topic, rate, repeat, &paths))?;
-            eprintln!("sent {sent} records to {topic}");
+            eprintln!(
+                "sent {sent} records to {topic} in {secs:.1} s ({:.0} records/s)",
+                sent as f64 / secs.max(1e-9)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {

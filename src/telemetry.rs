@@ -30,6 +30,7 @@ pub struct Metrics {
     pub report_errors: IntCounter,
     pub event_to_alarm_seconds: Histogram,
     pub ingest_to_alarm_seconds: Histogram,
+    pub ingest_to_done_seconds: Histogram,
     /// Set once the consumer is subscribed and the first poll returned.
     pub ready: AtomicBool,
 }
@@ -147,6 +148,10 @@ impl Metrics {
             ingest_to_alarm_seconds: latency(
                 "akwatch_ingest_to_alarm_seconds",
                 "From the record's Kafka timestamp to its alarm notification",
+            )?,
+            ingest_to_done_seconds: latency(
+                "akwatch_ingest_to_done_seconds",
+                "From the record's Kafka timestamp until everything derived from it is acknowledged",
             )?,
             ready: AtomicBool::new(false),
             registry: r,

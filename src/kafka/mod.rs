@@ -30,7 +30,15 @@ use crate::replay::{ReplayOptions, Setup, leak_alarms, setup};
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn client_config(config: &Config) -> ClientConfig {
+    client_config_over(config, &[])
+}
+
+/// The brokers and the user's options over `defaults`.
+fn client_config_over(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
     c.set("bootstrap.servers", &config.brokers);
     for (k, v) in &config.options {
         c.set(k, v);
@@ -149,7 +157,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 progress: progress.clone(),
             })?,
     );
-    let producer: FutureProducer = client_config(&config)
+    // Each alarm's delivery is awaited before the next record: no lingering for a batch (the
+    // user's options may still set it).
+    let producer: FutureProducer = client_config_over(&config, &[("linger.ms", "0")])
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set(
@@ -359,6 +369,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         // Everything derived from this message is acknowledged: its offset may be committed.
         progress.done(message.topic(), message.partition(), message.offset());
+        if let Some(ms) = ingested {
+            metrics
+                .ingest_to_done_seconds
+                .observe(((chrono::Utc::now().timestamp_millis() - ms).max(0) as f64) / 1000.0);
+        }
         dirty = true;
         // After a rebalance, checkpoint at once: the state then reflects the partitions kept.
         let rebalances = progress
@@ -504,49 +519,90 @@ fn update_lag(consumer: &GroupConsumer, metrics: &crate::telemetry::Metrics) {
 }
 
 /// The load generator: every record of the inputs (framed as the file source frames them),
-/// `repeat` times, to `topic` at `rate` records per second (0: unpaced). Returns records sent.
+/// `repeat` times, to `topic` at `rate` records per second (0: unpaced). Each record is handed
+/// to librdkafka when it is due (its Kafka timestamp is then), deliveries are awaited behind;
+/// a full local queue is waited out, not dropped. Returns records sent and seconds taken.
 pub async fn load(
     brokers: &str,
     topic: &str,
     rate: u64,
     repeat: u32,
     paths: &[String],
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, f64)> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let records = crate::source::read_records(paths)?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", if rate == 0 { "20" } else { "0" })
+        .set("linger.ms", if rate == 0 { "20" } else { "1" })
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let start = Instant::now();
     let mut sent: u64 = 0;
-    let mut pending = Vec::new();
+    let mut pending = std::collections::VecDeque::new();
     for _ in 0..repeat {
         for r in &records {
             if rate > 0 {
-                // Sleep only when 2 ms or more ahead of schedule (timer granularity).
+                // Sleep only when 1 ms or more ahead of schedule (timer granularity).
                 let due = Duration::from_secs_f64(sent as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(start.elapsed())
-                    && wait >= Duration::from_millis(2)
+                    && wait >= Duration::from_millis(1)
                 {
                     tokio::time::sleep(wait).await;
                 }
             }
-            pending.push(producer.send(
-                FutureRecord::<(), _>::to(topic).payload(r.as_slice()),
-                Duration::from_secs(60),
-            ));
+            let mut record = FutureRecord::<(), _>::to(topic).payload(r.as_slice());
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => anyhow::bail!("produce: {e}"),
+                }
+            }
             sent += 1;
-            if pending.len() >= 10_000 {
-                for f in pending.drain(..) {
-                    f.await.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+            // Collect the acknowledgements that are in (waiting only when too many are out).
+            loop {
+                let full = pending.len() > 50_000;
+                let Some(front) = pending.front_mut() else {
+                    break;
+                };
+                let done = if full {
+                    Some(front.await)
+                } else {
+                    poll_once(front)
+                };
+                let Some(done) = done else { break };
+                pending.pop_front();
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => anyhow::bail!("produce: {e}"),
+                    Err(_) => anyhow::bail!("produce: cancelled"),
                 }
             }
         }
     }
     for f in pending {
-        f.await.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => anyhow::bail!("produce: {e}"),
+            Err(_) => anyhow::bail!("produce: cancelled"),
+        }
     }
-    Ok(sent)
+    Ok((sent, start.elapsed().as_secs_f64()))
+}
+
+/// Polls a future once without blocking: `Some` if it is ready.
+fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(f).poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }
