@@ -31,6 +31,8 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     #[serde(default = "default_commit_interval")]
     commit_interval_seconds: u64,
+    #[serde(default = "default_max_keys")]
+    state_max_keys: usize,
     #[serde(default)]
     ops_addr: Option<String>,
 }
@@ -45,6 +47,10 @@ fn default_rescan() -> u64 {
 
 fn default_commit_interval() -> u64 {
     5
+}
+
+fn default_max_keys() -> usize {
+    crate::engine::DEFAULT_MAX_KEYS
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +107,8 @@ pub struct Config {
     /// How often the state is checkpointed and the offsets committed (also at a rebalance and at
     /// shutdown).
     pub commit_interval: std::time::Duration,
+    /// The most keys with detection state; past it the least recently seen are evicted.
+    pub state_max_keys: usize,
     pub ops_addr: Option<String>,
 }
 
@@ -186,6 +194,12 @@ impl Config {
                 line_of("report_topic")
             ));
         }
+        if raw.state_max_keys == 0 {
+            errors.push(format!(
+                "{name}:{}: state_max_keys must be at least 1",
+                line_of("state_max_keys")
+            ));
+        }
         if raw.commit_interval_seconds == 0 {
             errors.push(format!(
                 "{name}:{}: commit_interval_seconds must be at least 1",
@@ -230,6 +244,7 @@ impl Config {
             leaks: raw.leaks,
             state_dir: raw.state_dir,
             commit_interval: std::time::Duration::from_secs(raw.commit_interval_seconds),
+            state_max_keys: raw.state_max_keys,
             ops_addr: raw.ops_addr,
         })
     }

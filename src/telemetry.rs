@@ -24,6 +24,7 @@ pub struct Metrics {
     pub state_keys: IntGauge,
     pub state_entries: IntGauge,
     pub state_bytes: IntGauge,
+    pub state_evicted_keys: IntCounter,
     pub checkpoint_age_seconds: Gauge,
     pub report_accounts: IntGauge,
     pub report_updates: IntCounter,
@@ -129,6 +130,10 @@ impl Metrics {
                 "Approximate bytes of detection state",
             )?,
             checkpoint_age_seconds,
+            state_evicted_keys: counter(
+                "akwatch_state_evicted_keys_total",
+                "Keys whose state was dropped to stay under state_max_keys",
+            )?,
             report_accounts: gauge(
                 "akwatch_report_accounts",
                 "Accounts with a credential report in use",

@@ -41,6 +41,8 @@ pub struct Stats {
     pub allowlisted: BTreeMap<String, u64>,
     /// Rule evaluations skipped because the key's IPs are hidden.
     pub ip_hidden_skips: u64,
+    /// Keys whose state was dropped to stay under the total cap (least recently seen first).
+    pub evicted_keys: u64,
 }
 
 /// A rule as the engine runs it: compiled, with its policy applied.
@@ -63,7 +65,12 @@ pub struct Engine {
     /// `new_source_ip` history, for the `ip_new_for_key` fact.
     ip_history: i64,
     processed_since_expiry: u64,
+    /// The most keys with state; past it the least recently seen are evicted.
+    max_keys: usize,
 }
+
+/// The default total cap on keys with state: under 1 KiB each, about 1 GiB.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 /// Keys are expired of old state every this many events.
 const EXPIRY_EVERY: u64 = 50_000;
@@ -127,6 +134,7 @@ impl Engine {
             horizon,
             ip_history,
             processed_since_expiry: 0,
+            max_keys: DEFAULT_MAX_KEYS,
         })
     }
 
@@ -232,7 +240,40 @@ impl Engine {
         if self.processed_since_expiry >= EXPIRY_EVERY {
             self.expire();
         }
+        if self.state.keys.len() > self.max_keys {
+            self.evict();
+        }
         out
+    }
+
+    /// Sets the total cap on keys with state (at least 1).
+    pub fn set_max_keys(&mut self, max: usize) {
+        self.max_keys = max.max(1);
+    }
+
+    /// Drops the least recently seen keys (by event time) down to 99% of the cap, so eviction
+    /// runs once per 1% of the cap in new keys (a linear pass each time: amortised constant).
+    /// A flood of random keys costs the oldest keys their baselines, never the memory bound.
+    fn evict(&mut self) {
+        let len = self.state.keys.len();
+        let target = self.max_keys - self.max_keys / 100;
+        let excess = len.saturating_sub(target).max(1).min(len);
+        let mut ages: Vec<(i64, u64)> = self
+            .state
+            .keys
+            .iter()
+            .map(|k| (k.value().last_seen, *k.key()))
+            .collect();
+        ages.select_nth_unstable(excess - 1);
+        for (_, k) in &ages[..excess] {
+            self.state.keys.remove(k);
+        }
+        self.stats.evicted_keys += excess as u64;
+        tracing::warn!(
+            evicted = excess,
+            cap = self.max_keys,
+            "state cap reached: the least recently seen keys' state dropped"
+        );
     }
 
     /// The alarms with hits not yet notified (end of a replay).

@@ -143,6 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         anyhow::anyhow!("{} problem(s) at start-up", errors.len())
     })?;
+    s.engine.set_max_keys(config.state_max_keys);
     for w in &s.warnings {
         tracing::warn!("{w}");
     }
@@ -474,6 +475,7 @@ fn checkpoint(progress: &Progress, s: &Setup) -> crate::checkpoint::Checkpoint {
 struct ExportedStats {
     allowlisted: std::collections::BTreeMap<String, u64>,
     ip_hidden_skips: u64,
+    evicted_keys: u64,
 }
 
 impl ExportedStats {
@@ -489,6 +491,10 @@ impl ExportedStats {
             .ip_hidden_skips
             .inc_by(stats.ip_hidden_skips.saturating_sub(self.ip_hidden_skips));
         self.ip_hidden_skips = stats.ip_hidden_skips;
+        metrics
+            .state_evicted_keys
+            .inc_by(stats.evicted_keys.saturating_sub(self.evicted_keys));
+        self.evicted_keys = stats.evicted_keys;
     }
 }
 

@@ -325,3 +325,62 @@ fn real_geolite2_city_database_is_read() {
     assert_eq!(g.country.as_deref(), Some("US"));
     assert!(db.lookup("10.1.2.3".parse().unwrap()).is_none());
 }
+
+/// A flood of random keys cannot grow the state past its cap: the least recently seen keys are
+/// evicted (and counted), recently active keys keep their history — an IP a kept key used before
+/// the flood is still not new to it.
+#[test]
+fn a_flood_of_random_keys_is_capped_by_evicting_the_least_recently_seen() {
+    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let mut s = setup(&options).unwrap();
+    s.engine.set_max_keys(1_000);
+    let event = |key: &str, ip: &str, t: i64| {
+        let json = format!(
+            r#"{{"eventVersion":"1.08","userIdentity":{{"type":"IAMUser","principalId":"AIDA{key}","arn":"arn:aws:iam::111122223333:user/u-{key}","accountId":"111122223333","accessKeyId":"{key}","userName":"u-{key}"}},"eventTime":"{}","eventSource":"s3.amazonaws.com","eventName":"ListBuckets","awsRegion":"us-east-1","sourceIPAddress":"{ip}","userAgent":"aws-cli/2.15.0","eventID":"{key}-{t}","eventType":"AwsApiCall","recipientAccountId":"111122223333"}}"#,
+            chrono::DateTime::from_timestamp(t, 0).unwrap().to_rfc3339()
+        );
+        akwatch::Decoder::auto()
+            .decode_to_vec(json.as_bytes(), &akwatch::event::Origin::default())
+            .pop()
+            .unwrap()
+            .unwrap()
+    };
+    let t0 = 1_750_000_000;
+    let mut process = |s: &mut akwatch::replay::Setup, key: &str, ip: &str, t: i64| {
+        let e = event(key, ip, t);
+        let enr = s.enricher.enrich(&e);
+        s.engine.process(&e, &enr)
+    };
+    // A key with a long history from one IP, active throughout.
+    let kept = "AKIAKEPTKEY000000001";
+    for day in 0..10 {
+        process(&mut s, kept, "203.0.113.10", t0 + day * 86_400);
+    }
+    // 20,000 random keys, one call each; the kept key stays active among them.
+    for i in 0..20_000i64 {
+        let t = t0 + 10 * 86_400 + i;
+        process(&mut s, &format!("AKIAFLOOD{i:011}"), "198.51.100.7", t);
+        if i % 500 == 0 {
+            process(&mut s, kept, "203.0.113.10", t);
+        }
+    }
+    let (keys, _, _) = s.engine.state.size();
+    assert!(keys <= 1_000, "{keys} keys held");
+    assert!(
+        s.engine.stats.evicted_keys >= 19_000,
+        "{} evicted",
+        s.engine.stats.evicted_keys
+    );
+    // The kept key's IP is still known to it: no new-IP alarm.
+    let alarms = process(&mut s, kept, "203.0.113.10", t0 + 10 * 86_400 + 20_001);
+    assert!(
+        alarms.iter().all(|a| a.rule_id != "ak.new_source_ip"),
+        "{alarms:?}"
+    );
+    // And a new IP for it still is new (its history survived, learning period long over).
+    let alarms = process(&mut s, kept, "192.0.2.99", t0 + 10 * 86_400 + 20_002);
+    assert!(
+        alarms.iter().any(|a| a.rule_id == "ak.new_source_ip"),
+        "{alarms:?}"
+    );
+}

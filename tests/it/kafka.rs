@@ -526,6 +526,9 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
         "akwatch_allowlisted_hits_total{rule=\"ak.sensitive_api\"}",
         "akwatch_event_to_alarm_seconds_bucket",
         "akwatch_state_keys",
+        "akwatch_state_evicted_keys_total 0",
+        "akwatch_report_accounts 3",
+        "akwatch_ingest_to_done_seconds_bucket",
     ] {
         assert!(
             metrics.contains(needle),
