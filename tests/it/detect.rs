@@ -346,7 +346,7 @@ fn a_flood_of_random_keys_is_capped_by_evicting_the_least_recently_seen() {
             .unwrap()
     };
     let t0 = 1_750_000_000;
-    let mut process = |s: &mut akwatch::replay::Setup, key: &str, ip: &str, t: i64| {
+    let process = |s: &mut akwatch::replay::Setup, key: &str, ip: &str, t: i64| {
         let e = event(key, ip, t);
         let enr = s.enricher.enrich(&e);
         s.engine.process(&e, &enr)
