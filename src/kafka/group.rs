@@ -15,9 +15,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::checkpoint::{Checkpoint, TopicOffset};
@@ -166,19 +165,49 @@ impl Progress {
 /// The consumer's context: the rebalance hooks.
 pub struct GroupContext {
     pub progress: Arc<Progress>,
+    /// The group uses the cooperative protocol (`partition.assignment.strategy`
+    /// `cooperative-sticky`): assignments are incremental.
+    pub cooperative: bool,
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    /// rdkafka's default asks librdkafka for the rebalance protocol here, which can hang forever
+    /// when the rebalance is the one `close` makes (librdkafka #4041, rust-rdkafka #509; seen
+    /// here as a shutdown that never ended). The protocol is known from the configuration, so
+    /// the (un)assignment is done directly.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         self.progress.rebalances.fetch_add(1, Ordering::Relaxed);
-        match rebalance {
-            Rebalance::Revoke(tpl) => self.progress.revoke(consumer, tpl),
-            Rebalance::Assign(tpl) => {
-                tracing::info!(assigned = tpl.count(), "rebalance: partitions assigned")
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                tracing::info!(assigned = tpl.count(), "rebalance: partitions assigned");
+                if self.cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.progress.revoke(consumer, tpl);
+                if self.cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "rebalance: (un)assignment failed");
         }
     }
 }

@@ -163,6 +163,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .set("auto.offset.reset", "earliest")
             .create_with_context(GroupContext {
                 progress: progress.clone(),
+                cooperative: config
+                    .options
+                    .get("partition.assignment.strategy")
+                    .is_some_and(|s| s.contains("cooperative")),
             })?,
     );
     // Each alarm's delivery is awaited before the next record: no lingering for a batch (the
@@ -396,6 +400,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down: notifying pending alarm updates, flushing, committing");
+    // A second SIGTERM / Ctrl-C does not wait for a clean stop.
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second stop signal: exiting without finishing the shutdown");
+        std::process::exit(130);
+    });
     stop_reports.store(true, std::sync::atomic::Ordering::Relaxed);
     for alarm in s.engine.flush() {
         deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
@@ -411,7 +421,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(reports_rx);
     let _ = reports_thread.join();
+    // Leave the group while polling normally, so the revocation runs like any other (a
+    // revocation inside librdkafka's `close` can hang: librdkafka #4041 / #4884). Records that
+    // arrive meanwhile are not processed and their offsets not committed.
+    let before = progress
+        .rebalances
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if consumer.subscription().is_ok_and(|s| s.count() > 0) {
+        consumer.unsubscribe();
+        let until = Instant::now() + Duration::from_secs(5);
+        while progress
+            .rebalances
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == before
+            && Instant::now() < until
+        {
+            let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+        }
+    }
+    // State and offsets are saved: a close that still hangs must not keep the process.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(10));
+        tracing::warn!(
+            "the Kafka client did not close within 10 s; exiting (state and offsets are saved)"
+        );
+        std::process::exit(0);
+    });
     tracing::info!(events = s.engine.stats.events, "stopped");
+    drop(lag_task);
+    drop(consumer);
     Ok(())
 }
 

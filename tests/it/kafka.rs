@@ -290,7 +290,20 @@ impl Harness {
                 .unwrap()
                 .success()
         );
-        let exit = child.wait().unwrap();
+        // Bounded: a service that does not stop is a failure, not a hung test run.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut hung = false;
+        let exit = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                hung = true;
+                child.kill().unwrap();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let mut stderr = String::new();
         child
             .stderr
@@ -298,6 +311,10 @@ impl Harness {
             .unwrap()
             .read_to_string(&mut stderr)
             .unwrap();
+        assert!(
+            !hung,
+            "akwatch run did not stop within 60 s of {signal}: {stderr}"
+        );
         if signal == "-TERM" {
             assert!(exit.success(), "akwatch run exited with {exit}: {stderr}");
         }
