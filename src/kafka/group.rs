@@ -7,9 +7,10 @@
 //!
 //! Rebalances: librdkafka calls the hooks from inside `recv()`, on the consume task, so never
 //! while a record is half processed — "drain" is the loop's shape. On revocation the revoked
-//! partitions' positions are committed synchronously and forgotten, under the same lock as the
-//! checkpoint thread's commits, so no commit of ours for a partition lands after it has been
-//! revoked (which could rewind the new owner's progress).
+//! partitions' positions are committed synchronously and forgotten. The checkpoint thread queues
+//! its commits asynchronously (a synchronous one could wait on the rebalance that waits on us)
+//! under the same short lock, and librdkafka sends commits in order, so no commit of ours for a
+//! partition lands after its revocation's (which could rewind the new owner's progress).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,7 +86,10 @@ impl Progress {
     }
 
     /// Commits `offsets` (as taken with a checkpoint, or now), leaving out partitions revoked
-    /// since.
+    /// since. Asynchronously: the commit is queued under the lock and librdkafka sends commits
+    /// in order, so a revocation's (synchronous) commit always lands after it. A synchronous
+    /// commit here would deadlock with a revocation: it can wait on the group's rebalance, which
+    /// waits on the consume task's callback, which would wait on this lock.
     pub fn commit<C: ConsumerContext, K: Consumer<C>>(
         &self,
         consumer: &K,
@@ -118,7 +122,7 @@ impl Progress {
             }
         }
         if tpl.count() > 0
-            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
         {
             tracing::warn!(error = %e, "commit");
         }
@@ -173,6 +177,19 @@ pub struct GroupContext {
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
+    /// The outcome of the asynchronous commits (a failed one is repeated by the next checkpoint
+    /// or the revocation).
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        match result {
+            Ok(()) => tracing::debug!(partitions = offsets.count(), "offsets committed"),
+            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+        }
+    }
+
     /// rdkafka's default asks librdkafka for the rebalance protocol here, which can hang forever
     /// when the rebalance is the one `close` makes (librdkafka #4041, rust-rdkafka #509; seen
     /// here as a shutdown that never ended). The protocol is known from the configuration, so

@@ -637,6 +637,18 @@ fn a_broker_outage_mid_stream_loses_nothing() {
         std::thread::sleep(Duration::from_secs(6));
         let stderr = Harness::signal(&mut child, "-TERM");
         let got = h.alarm_ids(&expected, Duration::from_secs(30));
+        let ids: BTreeSet<String> = got.iter().cloned().collect();
+        if !expected.is_subset(&ids) {
+            let tail: String = stderr
+                .chars()
+                .skip(stderr.chars().count().saturating_sub(6000))
+                .collect();
+            panic!(
+                "{} of {} alarms missing; the service's log ends:\n{tail}",
+                expected.difference(&ids).count(),
+                expected.len()
+            );
+        }
         assert_same_alarms(&got, &expected);
         eprintln!(
             "broker outage: {} alarms, all delivered; the service logged {} retries",
