@@ -22,16 +22,57 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::checkpoint::{Checkpoint, TopicOffset};
 
-pub type Partition = (String, i32);
+/// Offsets by topic and partition. Nested so that the per-record look-ups take the topic as
+/// `&str` (no allocation per record).
+#[derive(Default, Clone)]
+struct PartitionOffsets(HashMap<String, HashMap<i32, i64>>);
+
+impl PartitionOffsets {
+    fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.get(topic)?.get(&partition).copied()
+    }
+
+    fn set(&mut self, topic: &str, partition: i32, offset: i64) {
+        match self.0.get_mut(topic) {
+            Some(t) => {
+                t.insert(partition, offset);
+            }
+            None => {
+                self.0
+                    .insert(topic.to_owned(), HashMap::from([(partition, offset)]));
+            }
+        }
+    }
+
+    fn remove(&mut self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.get_mut(topic)?.remove(&partition)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.0
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t.as_str(), *p, *o)))
+    }
+
+    fn to_vec(&self) -> Vec<TopicOffset> {
+        self.iter()
+            .map(|(topic, partition, offset)| TopicOffset {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+            })
+            .collect()
+    }
+}
 
 /// What the consume loop, the checkpoint thread and the rebalance hooks share.
 #[derive(Default)]
 pub struct Progress {
     /// Partitions this instance processed records of since it got them, and where they stand.
-    positions: Mutex<HashMap<Partition, i64>>,
+    positions: Mutex<PartitionOffsets>,
     /// From the restored checkpoint: records before these offsets are in the state already and
     /// are skipped. Never committed from (the partition may belong to another instance now).
-    skip_before: Mutex<HashMap<Partition, i64>>,
+    skip_before: Mutex<PartitionOffsets>,
     /// Serialises commits with revocations.
     commit_lock: Mutex<()>,
     /// Rebalances seen (for the loop: checkpoint soon after one).
@@ -47,49 +88,39 @@ impl Progress {
     pub fn restore(&self, offsets: &[TopicOffset]) {
         let mut skip = lock(&self.skip_before);
         for o in offsets {
-            skip.insert((o.topic.clone(), o.partition), o.offset);
+            skip.set(&o.topic, o.partition, o.offset);
         }
     }
 
     /// Whether a record's effect is in the restored state already.
     pub fn already_done(&self, topic: &str, partition: i32, offset: i64) -> bool {
         lock(&self.skip_before)
-            .get(&(topic.to_owned(), partition))
-            .is_some_and(|next| offset < *next)
+            .get(topic, partition)
+            .is_some_and(|next| offset < next)
     }
 
     /// Everything derived from this record is acknowledged.
     pub fn done(&self, topic: &str, partition: i32, offset: i64) {
-        let mut positions = lock(&self.positions);
-        match positions.get_mut(&(topic.to_owned(), partition)) {
-            Some(p) => *p = offset + 1,
-            None => {
-                positions.insert((topic.to_owned(), partition), offset + 1);
-            }
-        }
+        lock(&self.positions).set(topic, partition, offset + 1);
     }
 
     /// The offsets a checkpoint records: the positions, and the restored ones not since moved.
     pub fn checkpoint_offsets(&self) -> Vec<TopicOffset> {
         let mut all = lock(&self.skip_before).clone();
-        all.extend(lock(&self.positions).iter().map(|(k, v)| (k.clone(), *v)));
-        let mut offsets: Vec<TopicOffset> = all
-            .into_iter()
-            .map(|((topic, partition), offset)| TopicOffset {
-                topic,
-                partition,
-                offset,
-            })
-            .collect();
+        for (topic, partition, offset) in lock(&self.positions).iter() {
+            all.set(topic, partition, offset);
+        }
+        let mut offsets = all.to_vec();
         offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         offsets
     }
 
-    /// Commits `offsets` (as taken with a checkpoint, or now), leaving out partitions revoked
-    /// since. Asynchronously: the commit is queued under the lock and librdkafka sends commits
-    /// in order, so a revocation's (synchronous) commit always lands after it. A synchronous
-    /// commit here would deadlock with a revocation: it can wait on the group's rebalance, which
-    /// waits on the consume task's callback, which would wait on this lock.
+    /// Commits `offsets` (as taken with a checkpoint, or the positions now), leaving out
+    /// partitions revoked since. Asynchronously: the commit is queued under the lock and
+    /// librdkafka sends commits in order, so a revocation's (synchronous) commit always lands
+    /// after it. A synchronous commit here would deadlock with a revocation: it can wait on the
+    /// group's rebalance, which waits on the consume task's callback, which would wait on this
+    /// lock.
     pub fn commit<C: ConsumerContext, K: Consumer<C>>(
         &self,
         consumer: &K,
@@ -99,23 +130,16 @@ impl Progress {
         let mut tpl = TopicPartitionList::new();
         {
             let positions = lock(&self.positions);
-            let now: Vec<TopicOffset>;
+            let now;
             let offsets = match offsets {
                 Some(o) => o,
                 None => {
-                    now = positions
-                        .iter()
-                        .map(|((topic, partition), offset)| TopicOffset {
-                            topic: topic.clone(),
-                            partition: *partition,
-                            offset: *offset,
-                        })
-                        .collect();
+                    now = positions.to_vec();
                     &now
                 }
             };
             for o in offsets {
-                if positions.contains_key(&(o.topic.clone(), o.partition)) {
+                if positions.get(&o.topic, o.partition).is_some() {
                     let _ =
                         tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset));
                 }
@@ -140,9 +164,8 @@ impl Progress {
             let mut positions = lock(&self.positions);
             let mut skip = lock(&self.skip_before);
             for e in revoked.elements() {
-                let key = (e.topic().to_owned(), e.partition());
-                skip.remove(&key);
-                if let Some(offset) = positions.remove(&key) {
+                skip.remove(e.topic(), e.partition());
+                if let Some(offset) = positions.remove(e.topic(), e.partition()) {
                     let _ =
                         tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset));
                 }

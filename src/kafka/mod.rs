@@ -1,17 +1,18 @@
 //! `akwatch run`: the pipeline on Kafka. At-least-once: an input offset is stored for commit only
 //! after every alarm (and dead-letter record) derived from it has been acknowledged by the broker
-//! (`acks=all`, idempotent producer); offsets are committed with each state checkpoint (or every
-//! second without a state directory) and at shutdown.
+//! (`acks=all`, idempotent producer); offsets are committed with each state checkpoint (every
+//! `commit_interval_seconds`, after a rebalance and at shutdown), or on that schedule alone
+//! without a state directory, and at the revocation of a partition.
 
 mod group;
 mod reports;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use group::{GroupConsumer, GroupContext, Progress, write_checkpoint};
-
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::Message;
@@ -122,6 +123,20 @@ async fn deliver_reject(
     deliver(producer, topic, &key, raw, Some(headers)).await;
 }
 
+/// Delivers the leak alarms (leak feed, keys the reports flag) not delivered before.
+async fn deliver_new_leak_alarms(
+    s: &Setup,
+    sent: &mut HashSet<String>,
+    producer: &FutureProducer,
+    topic: &str,
+) {
+    for alarm in leak_alarms(&s.enricher) {
+        if sent.insert(alarm.alarm_id.clone()) {
+            deliver_alarm(producer, topic, &alarm).await;
+        }
+    }
+}
+
 /// Runs the service until SIGTERM / Ctrl-C: then stops consuming, notifies pending alarm
 /// updates, flushes the producer and commits.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -208,7 +223,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.reports_rescan,
         metrics.clone(),
     )?;
-    let stop_reports = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_reports = Arc::new(AtomicBool::new(false));
     let stop = stop_reports.clone();
     let bootstrap = tokio::task::spawn_blocking(move || {
         let first = follower.bootstrap(&stop);
@@ -217,7 +232,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (follower, first) = tokio::select! {
         _ = &mut shutdown => {
             tracing::info!("stopped while reading the report topic");
-            stop_reports.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop_reports.store(true, Ordering::Relaxed);
             return Ok(());
         }
         done = bootstrap => done?,
@@ -242,9 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let topics: Vec<&str> = config.inputs.iter().map(|i| i.topic.as_str()).collect();
     consumer.subscribe(&topics)?;
-    metrics
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    metrics.ready.store(true, Ordering::Relaxed);
     let provider_label: HashMap<String, &'static str> = config
         .inputs
         .iter()
@@ -266,11 +279,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Leaks known before any call (deterministic ids: re-sent on restart, harmless); later, the
     // keys a new credential report flags.
-    let mut leaks_sent = std::collections::HashSet::new();
-    for alarm in leak_alarms(&s.enricher) {
-        deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
-        leaks_sent.insert(alarm.alarm_id);
-    }
+    let mut leaks_sent = HashSet::new();
+    deliver_new_leak_alarms(&s, &mut leaks_sent, &producer, &config.alarm_topic).await;
 
     // Checkpoint (state + offsets) or, without a state directory, commit this often.
     let dir = config.state_dir.as_deref();
@@ -289,11 +299,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 // Between two records: every event is joined with one whole version.
                 s.enricher.reports = update.index;
                 metrics.report_updates.inc();
-                for alarm in leak_alarms(&s.enricher) {
-                    if leaks_sent.insert(alarm.alarm_id.clone()) {
-                        deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
-                    }
-                }
+                deliver_new_leak_alarms(&s, &mut leaks_sent, &producer, &config.alarm_topic).await;
                 continue;
             }
             _ = ticker.tick() => {
@@ -388,9 +394,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         dirty = true;
         // After a rebalance, checkpoint at once: the state then reflects the partitions kept.
-        let rebalances = progress
-            .rebalances
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let rebalances = progress.rebalances.load(Ordering::Relaxed);
         if last_checkpoint.elapsed() >= period || rebalances != rebalances_seen {
             last_checkpoint = Instant::now();
             if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
@@ -406,7 +410,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("second stop signal: exiting without finishing the shutdown");
         std::process::exit(130);
     });
-    stop_reports.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_reports.store(true, Ordering::Relaxed);
     for alarm in s.engine.flush() {
         deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
     }
@@ -424,18 +428,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Leave the group while polling normally, so the revocation runs like any other (a
     // revocation inside librdkafka's `close` can hang: librdkafka #4041 / #4884). Records that
     // arrive meanwhile are not processed and their offsets not committed.
-    let before = progress
-        .rebalances
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let before = progress.rebalances.load(Ordering::Relaxed);
     if consumer.subscription().is_ok_and(|s| s.count() > 0) {
         consumer.unsubscribe();
         let until = Instant::now() + Duration::from_secs(5);
-        while progress
-            .rebalances
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == before
-            && Instant::now() < until
-        {
+        while progress.rebalances.load(Ordering::Relaxed) == before && Instant::now() < until {
             let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
         }
     }

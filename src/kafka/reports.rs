@@ -105,10 +105,7 @@ impl TopicReader {
                 .and_then(DateTime::<Utc>::from_timestamp_millis)
                 .unwrap_or_else(Utc::now);
             let origin = format!("{}:{}:{}", m.topic(), m.partition(), m.offset());
-            let c = feed.apply_message(&self.topic, m.key(), m.payload(), received, &origin);
-            change.changed |= c.changed;
-            change.errors.extend(c.errors);
-            change.warnings.extend(c.warnings);
+            change.merge(feed.apply_message(&self.topic, m.key(), m.payload(), received, &origin));
         }
         change
     }
@@ -136,8 +133,10 @@ fn report(change: Change, metrics: &Metrics) -> bool {
     change.changed
 }
 
-fn update(feed: &ReportFeed) -> ReportUpdate {
+/// The index over the newest report per account; the accounts gauge follows.
+fn update(feed: &ReportFeed, metrics: &Metrics) -> ReportUpdate {
     let latest = feed.latest();
+    metrics.report_accounts.set(latest.len() as i64);
     ReportUpdate {
         accounts: latest.len(),
         index: ReportIndex::new(latest),
@@ -197,8 +196,7 @@ impl Follower {
                 break;
             }
         }
-        let u = update(&self.feed);
-        self.metrics.report_accounts.set(u.accounts as i64);
+        let u = update(&self.feed, &self.metrics);
         tracing::info!(
             accounts = u.accounts,
             ms = start.elapsed().as_millis() as u64,
@@ -228,8 +226,7 @@ impl Follower {
                 }
             }
             if changed {
-                let u = update(&self.feed);
-                self.metrics.report_accounts.set(u.accounts as i64);
+                let u = update(&self.feed, &self.metrics);
                 tracing::info!(accounts = u.accounts, "credential reports changed");
                 if tx.blocking_send(u).is_err() {
                     return;

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 
-use super::{ReportSnapshot, parse_report, read_report};
+use super::{Parsed, ReportSnapshot, parse_report, read_report};
 use crate::event::{AccountId, Cloud};
 use crate::source::files_in;
 
@@ -58,7 +58,7 @@ pub struct Change {
 }
 
 impl Change {
-    fn merge(&mut self, other: Change) {
+    pub fn merge(&mut self, other: Change) {
         self.changed |= other.changed;
         self.errors.extend(other.errors);
         self.warnings.extend(other.warnings);
@@ -123,12 +123,7 @@ impl ReportFeed {
         });
         match read_report(&path) {
             Ok(parsed) => {
-                change.warnings.extend(
-                    parsed
-                        .row_errors
-                        .iter()
-                        .map(|e| format!("credential report row left out: {e}")),
-                );
+                change.warnings.extend(row_warnings(&parsed));
                 let received = stamp.0.map_or_else(Utc::now, DateTime::<Utc>::from);
                 entry.candidate = Some(Candidate::new(parsed.snapshot, received));
                 entry.stamp = stamp;
@@ -171,12 +166,7 @@ impl ReportFeed {
         };
         match parse_report(origin, payload) {
             Ok(parsed) => {
-                change.warnings.extend(
-                    parsed
-                        .row_errors
-                        .iter()
-                        .map(|e| format!("credential report row left out: {e}")),
-                );
+                change.warnings.extend(row_warnings(&parsed));
                 let mut snapshot = parsed.snapshot;
                 if snapshot.account_id.is_none()
                     && let Some((cloud, account)) = key.as_deref().and_then(|k| k.split_once(':'))
@@ -227,6 +217,13 @@ impl ReportFeed {
     }
 }
 
+fn row_warnings(parsed: &Parsed) -> impl Iterator<Item = String> + '_ {
+    parsed
+        .row_errors
+        .iter()
+        .map(|e| format!("credential report row left out: {e}"))
+}
+
 /// A file's identity for change detection: modification time and size.
 fn stamp(path: &Path) -> (Option<SystemTime>, u64) {
     match std::fs::metadata(path) {
@@ -261,49 +258,37 @@ mod tests {
         v
     }
 
+    /// A message of the test topic.
+    fn publish(feed: &mut ReportFeed, key: &str, report: Option<&str>, at: &str) -> Change {
+        let origin = format!("reports:0:{at}");
+        feed.apply_message(
+            "reports",
+            Some(key.as_bytes()),
+            report.map(str::as_bytes),
+            t(at),
+            &origin,
+        )
+    }
+
     #[test]
     fn a_newer_report_replaces_the_older_per_account_whatever_the_origin() {
         let mut feed = ReportFeed::default();
         let a1 = aws_report("111111111111", "alice", true);
         let b1 = aws_report("222222222222", "bob", true);
-        let c = feed.apply_message(
-            "reports",
-            Some(b"a"),
-            Some(a1.as_bytes()),
-            t("2026-11-01T00:00:00Z"),
-            "reports:0:0",
-        );
+        let c = publish(&mut feed, "a", Some(&a1), "2026-11-01T00:00:00Z");
         assert!(c.changed && c.errors.is_empty(), "{c:?}");
-        feed.apply_message(
-            "reports",
-            Some(b"b"),
-            Some(b1.as_bytes()),
-            t("2026-11-01T00:00:00Z"),
-            "reports:0:1",
-        );
+        publish(&mut feed, "b", Some(&b1), "2026-11-01T00:00:00Z");
         assert_eq!(users(&feed), ["alice", "bob"]);
         // Same account 111..., another key, newer: replaces alice's report.
         let a2 = aws_report("111111111111", "carol", true);
-        feed.apply_message(
-            "reports",
-            Some(b"a-again"),
-            Some(a2.as_bytes()),
-            t("2026-11-02T00:00:00Z"),
-            "reports:0:2",
-        );
+        publish(&mut feed, "a-again", Some(&a2), "2026-11-02T00:00:00Z");
         assert_eq!(users(&feed), ["bob", "carol"]);
         // An older report of that account arriving late does not win.
         let a0 = aws_report("111111111111", "dave", true);
-        feed.apply_message(
-            "reports",
-            Some(b"a-old"),
-            Some(a0.as_bytes()),
-            t("2026-10-01T00:00:00Z"),
-            "reports:0:3",
-        );
+        publish(&mut feed, "a-old", Some(&a0), "2026-10-01T00:00:00Z");
         assert_eq!(users(&feed), ["bob", "carol"]);
         // A tombstone withdraws the key's report.
-        let c = feed.apply_message("reports", Some(b"b"), None, t("2026-11-03T00:00:00Z"), "r");
+        let c = publish(&mut feed, "b", None, "2026-11-03T00:00:00Z");
         assert!(c.changed);
         assert_eq!(users(&feed), ["carol"]);
     }
@@ -312,12 +297,11 @@ mod tests {
     fn a_topic_key_names_the_account_of_reports_that_do_not() {
         let tencent = "AccountID,Username,UserType,CreationTime,PasswordEnabled,PasswordLastRotation,LoginConsoleActive,LoginProtectionActive,OperationProtectionActive,MFADeviceActive,Abnormal LoginsNumWithin30Days,AccessKey1SecretId,AccessKey1MayBeAtRisk,AccessKey1CreationTime,AccessKey1Status,AccessKey1lastUsedDate,AccessKey1CreatedOver90Days,AccessKey1CreatedOver30Days\n200000000003,web-00003,sub-user,2025/1/3 8:00:00,FALSE,FALSE,FALSE,FALSE,FALSE,FALSE,FALSE,AKIDSIM00000000000000000000000000003,FALSE,2025/1/3 8:00:00,Active,2025/6/1 8:00:00,TRUE,TRUE\n";
         let mut feed = ReportFeed::default();
-        let c = feed.apply_message(
-            "reports",
-            Some(b"tencent:100012345678"),
-            Some(tencent.as_bytes()),
-            t("2026-11-01T00:00:00Z"),
-            "reports:0:0",
+        let c = publish(
+            &mut feed,
+            "tencent:100012345678",
+            Some(tencent),
+            "2026-11-01T00:00:00Z",
         );
         assert!(c.errors.is_empty(), "{c:?}");
         let latest = feed.latest();

@@ -333,6 +333,50 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Asserts that the service's group has committed the end of every partition of the input
+    /// topics (`partitions` each; an empty partition may have no commit); returns the sum.
+    fn committed_at_end(&self, partitions: i32) -> usize {
+        let checker: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("{}-akwatch", self.prefix))
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for c in CLOUDS {
+            for p in 0..partitions {
+                tpl.add_partition(&self.topic(c), p);
+            }
+        }
+        let committed = checker
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        let mut sum = 0i64;
+        for e in committed.elements() {
+            let (_, high) = checker
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                .unwrap();
+            let at = match e.offset() {
+                Offset::Offset(at) => at,
+                _ if high == 0 => 0,
+                other => panic!("{}/{} committed {other:?}", e.topic(), e.partition()),
+            };
+            assert_eq!(at, high, "lag on {}/{}", e.topic(), e.partition());
+            sum += at;
+        }
+        sum as usize
+    }
+}
+
+/// A header of a message, as text.
+fn header(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         let names = self.topics();
@@ -495,14 +539,7 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
             "unchanged: {:?}",
             m.payload()
         );
-        let headers = m.headers().unwrap();
-        let get = |k: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == k)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
+        let get = |k: &str| header(m, k);
         assert!(get("akwatch-reason").is_some_and(|r| !r.is_empty()));
         assert_eq!(get("akwatch-origin-topic"), Some(h.topic("aws")));
         assert!(
@@ -566,30 +603,7 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
 
     // A clean stop commits everything: the group's lag is zero.
     Harness::signal(&mut child, "-TERM");
-    let checker: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{}-akwatch", h.prefix))
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for c in CLOUDS {
-        tpl.add_partition(&h.topic(c), 0);
-    }
-    let committed = checker
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    let mut total = 0i64;
-    for e in committed.elements() {
-        let (_, high) = checker
-            .fetch_watermarks(e.topic(), 0, Duration::from_secs(10))
-            .unwrap();
-        let Offset::Offset(at) = e.offset() else {
-            panic!("{} has no committed offset", e.topic())
-        };
-        assert_eq!(at, high, "lag on {}", e.topic());
-        total += at;
-    }
-    assert_eq!(total as usize, sent);
+    assert_eq!(h.committed_at_end(1), sent);
 }
 
 /// Runs `scripts/kafka.sh` for the outage test's own broker (port 19292, its own data).
@@ -824,15 +838,7 @@ fn dead_letter_origins(h: &Harness, want: usize, timeout: Duration) -> Vec<(Stri
     )
     .iter()
     .map(|m| {
-        let headers = m.headers().unwrap();
-        let get = |k: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == k)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap()
-        };
+        let get = |k: &str| header(m, k).unwrap();
         (
             get("akwatch-origin-topic"),
             get("akwatch-origin-partition").parse().unwrap(),
@@ -917,34 +923,7 @@ fn a_rebalance_commits_where_the_revoked_partitions_stood() {
         "first: {first_log}\nsecond: {second_log}"
     );
     // The group's committed offsets are the ends of every partition.
-    let checker: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{}-akwatch", h.prefix))
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for c in CLOUDS {
-        for p in 0..2 {
-            tpl.add_partition(&h.topic(c), p);
-        }
-    }
-    let committed = checker
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    let mut sum = 0i64;
-    for e in committed.elements() {
-        let (_, high) = checker
-            .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
-            .unwrap();
-        let at = match e.offset() {
-            Offset::Offset(at) => at,
-            _ if high == 0 => 0,
-            other => panic!("{}/{} committed {other:?}", e.topic(), e.partition()),
-        };
-        assert_eq!(at, high, "lag on {}/{}", e.topic(), e.partition());
-        sum += at;
-    }
-    assert_eq!(sum as usize, total);
+    assert_eq!(h.committed_at_end(2), total);
     eprintln!(
         "rebalance: {total} records over 6 partitions, {malformed} malformed, each dead-lettered once; first instance {} events, second {}",
         events(&first_log),
