@@ -188,7 +188,15 @@ pub fn read_report(path: &Path) -> Result<Parsed, ReportError> {
 
 /// Parses report bytes: CSV (any cloud) or the JSON that `aws iam get-credential-report`
 /// prints (base64 CSV in `Content`).
+///
+/// Isolated: a failure inside (a panic included) is an error naming the file, never the
+/// caller's end; a failure on one row leaves that row out with its line.
 pub fn parse_report(name: &str, bytes: &[u8]) -> Result<Parsed, ReportError> {
+    crate::isolate::guard(|| parse_any(name, bytes))
+        .unwrap_or_else(|reason| Err(file_error(name, 0, reason)))
+}
+
+fn parse_any(name: &str, bytes: &[u8]) -> Result<Parsed, ReportError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     if bytes.trim_ascii_start().first() == Some(&b'{') {
         return parse_aws_json(name, bytes);
@@ -292,13 +300,22 @@ fn parse_csv(
             ));
             continue;
         }
-        let mut row = Row::new(&columns, &record);
-        let principal = match cloud {
-            Cloud::Aws => aws_principal(&mut row, line),
-            Cloud::Alibaba => alibaba_principal(&mut row, line),
-            Cloud::Tencent => tencent_principal(&mut row, line),
+        let parsed = crate::isolate::guard(|| {
+            let mut row = Row::new(&columns, &record);
+            let principal = match cloud {
+                Cloud::Aws => aws_principal(&mut row, line),
+                Cloud::Alibaba => alibaba_principal(&mut row, line),
+                Cloud::Tencent => tencent_principal(&mut row, line),
+            };
+            (principal, row.into_errors())
+        });
+        let (principal, errors) = match parsed {
+            Ok(p) => p,
+            Err(reason) => {
+                row_errors.push(file_error(name, line, reason));
+                continue;
+            }
         };
-        let errors = row.into_errors();
         if errors.is_empty() {
             principals.push(principal);
         } else {

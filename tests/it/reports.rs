@@ -185,3 +185,31 @@ fn unknown_and_missing_files_are_clear_errors() {
         .to_string();
     assert!(e.contains("nope.csv") && e.contains("cannot read"), "{e}");
 }
+
+/// A date cell with an extreme year (chrono parses ±262143) used to panic in the UTC+8 shift:
+/// now that row is left out with its line and column, and the other rows are kept — also when
+/// the report arrives as a message (same parser).
+#[test]
+fn an_extreme_date_cell_is_a_row_error_not_a_panic() {
+    let text = std::fs::read_to_string(fixture("reports/tencent_cam.csv")).unwrap();
+    let before = akwatch::report::parse_report("cam.csv", text.as_bytes()).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[1] = lines[1].replacen("2019/8/16 9:25:56", "-262143/1/1 0:00:00", 1);
+    let poisoned = lines.join("\n") + "\n";
+    let parsed = akwatch::report::parse_report("cam.csv", poisoned.as_bytes()).unwrap();
+    assert_eq!(
+        parsed.snapshot.principals.len(),
+        before.snapshot.principals.len() - 1
+    );
+    assert_eq!(parsed.row_errors.len(), before.row_errors.len() + 1);
+    let e = parsed
+        .row_errors
+        .iter()
+        .map(ToString::to_string)
+        .find(|e| e.starts_with("cam.csv:2:"))
+        .unwrap();
+    assert!(
+        e.contains("CreationTime") && e.contains("out of range"),
+        "{e}"
+    );
+}
