@@ -46,6 +46,24 @@ pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// Test hook, in debug builds only: panics when `id` equals the environment variable
+/// `AKWATCH_TEST_PANIC_ON`, so the end-to-end tests can prove that a panic inside the per-record
+/// work is isolated (no input can trigger one on purpose any more). Release builds compile it
+/// to nothing.
+#[inline]
+pub fn fault_point(id: &str) {
+    #[cfg(debug_assertions)]
+    {
+        static TARGET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let target = TARGET.get_or_init(|| std::env::var("AKWATCH_TEST_PANIC_ON").ok());
+        if target.as_deref() == Some(id) {
+            panic!("injected fault for event {id}");
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = id;
+}
+
 /// Panics caught so far.
 pub fn caught() -> u64 {
     CAUGHT.load(Ordering::Relaxed)

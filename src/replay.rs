@@ -307,6 +307,7 @@ pub fn process_isolated(
     event: &crate::event::Event,
 ) -> Result<Vec<Alarm>, String> {
     crate::isolate::guard(|| {
+        crate::isolate::fault_point(&event.event_id);
         let enrichment = enricher.enrich(event);
         engine.process(event, &enrichment)
     })

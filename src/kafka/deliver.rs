@@ -32,8 +32,11 @@ pub const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// librdkafka's default `message.max.bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
-/// Room left under `message.max.bytes` for the record's framing, key and headers.
-const RECORD_OVERHEAD: usize = 4096;
+/// Room left under `message.max.bytes` for the record's framing, key and headers (at most a
+/// tenth of it for small limits).
+fn payload_limit(max_bytes: usize) -> usize {
+    max_bytes.saturating_sub(4096.min(max_bytes / 10)).max(512)
+}
 
 /// The stop signal as deliveries see it: `None` while running, then the instant after which
 /// nothing more is waited for.
@@ -224,7 +227,7 @@ impl Outputs<'_> {
             self.failed("alarm", "permanent");
             return Ok(());
         };
-        let mut limit = self.max_bytes.saturating_sub(RECORD_OVERHEAD).max(1024);
+        let mut limit = payload_limit(self.max_bytes);
         let mut bytes = serde_json::to_vec(&value).unwrap_or_default();
         let mut shrunk = false;
         for _ in 0..8 {
@@ -256,7 +259,7 @@ impl Outputs<'_> {
                 }
                 // The broker's (or the topic's) limit is lower than ours: halve and try again.
                 Delivery::Permanent(e) if too_large(&e) => {
-                    limit = (bytes.len().min(limit) / 2).max(1024);
+                    limit = (bytes.len().min(limit) / 2).max(512);
                 }
                 Delivery::Permanent(e) => {
                     tracing::error!(alarm_id = %alarm.alarm_id, topic = self.alarm_topic, error = %e,
@@ -303,7 +306,7 @@ impl Outputs<'_> {
             origin.partition.unwrap_or(-1),
             origin.offset.unwrap_or(-1)
         );
-        let mut limit = self.max_bytes.saturating_sub(RECORD_OVERHEAD).max(1024);
+        let mut limit = payload_limit(self.max_bytes);
         for _ in 0..8 {
             let cut = raw.len() > limit;
             let payload = if cut { &raw[..limit] } else { raw };

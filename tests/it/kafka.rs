@@ -118,6 +118,10 @@ struct Harness {
     extra: String,
     /// Read the test's report topic.
     report_topic: bool,
+    /// More librdkafka options (`kafka.options`).
+    options: Vec<(&'static str, String)>,
+    /// Environment of the service processes.
+    env: Vec<(&'static str, String)>,
 }
 
 const CLOUDS: [&str; 3] = ["aws", "alibaba", "tencent"];
@@ -160,6 +164,8 @@ impl Harness {
             reports: vec![repo().join("examples/reports")],
             extra: String::new(),
             report_topic: false,
+            options: Vec::new(),
+            env: Vec::new(),
         };
         let names = h.topics();
         let new: Vec<NewTopic> = names
@@ -244,8 +250,13 @@ impl Harness {
             .iter()
             .map(|p| p.display().to_string())
             .collect();
+        let options: String = self
+            .options
+            .iter()
+            .map(|(k, v)| format!("    {k}: '{v}'\n"))
+            .collect();
         let config = format!(
-            "kafka:\n  brokers: {}\n  group_id: {}-akwatch\n  options:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\n  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\n{report_topic}rules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n{extra}",
+            "kafka:\n  brokers: {}\n  group_id: {}-akwatch\n  options:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\n{options}  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\n{report_topic}rules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n{extra}",
             self.brokers,
             self.prefix,
             self.topic("aws"),
@@ -276,6 +287,7 @@ impl Harness {
     fn spawn_with(&self, state: Option<&str>) -> std::process::Child {
         Command::new(env!("CARGO_BIN_EXE_akwatch"))
             .args(["run", "--config", self.config(state).to_str().unwrap()])
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -929,4 +941,210 @@ fn a_rebalance_commits_where_the_revoked_partitions_stood() {
         events(&first_log),
         events(&second_log)
     );
+}
+
+/// A CloudTrail record of a test key (`userName` and ARN of `name_len` bytes).
+fn poison_aws(event_id: &str, time: &str, api: &str, key: &str, name_len: usize) -> Vec<u8> {
+    let name = "n".repeat(name_len.max(1));
+    serde_json::json!({
+        "eventVersion": "1.08", "eventTime": time, "eventSource": "cloudtrail.amazonaws.com",
+        "eventName": api, "awsRegion": "us-east-1", "sourceIPAddress": "198.51.100.77",
+        "eventID": event_id, "userAgent": "aws-cli/2.15.0",
+        "requestParameters": {"name": "org-trail"},
+        "userIdentity": {"type": "IAMUser", "accessKeyId": key, "userName": name,
+            "arn": format!("arn:aws:iam::111122223333:user/{name}"), "accountId": "111122223333"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// One poisoned record of each class in the middle of the stream: each is on the dead-letter
+/// topic with its kind and a short reason (a too-large one cut, with its size in a header); an
+/// alarm larger than the producer's `message.max.bytes` arrives shrunk; every alarm replay
+/// raises is there; the service never restarted and its lag returns to zero.
+#[test]
+fn poisoned_records_mid_stream_are_dead_lettered_and_nothing_else_is_lost() {
+    let Some(brokers) = brokers() else { return };
+    let mut h = Harness::new(&brokers, "poison");
+    let ops = format!("127.0.0.1:{}", free_port());
+    h.ops = Some(ops.clone());
+    h.options.push(("message.max.bytes", "20000".to_owned()));
+    h.env
+        .push(("AKWATCH_TEST_PANIC_ON", "poison-panic".to_owned()));
+    let expected = replay_alarm_ids();
+    let ok_time = "2025-06-05T10:00:00Z";
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "bad_field",
+            poison_aws(
+                "p1",
+                "-262143-01-01 00:00:00",
+                "ListBuckets",
+                "AKIAPOISON0000000001",
+                1,
+            ),
+        ),
+        (
+            "bad_field",
+            poison_aws(
+                "p2",
+                "2099-01-01T00:00:00Z",
+                "ListBuckets",
+                "AKIAPOISON0000000001",
+                1,
+            ),
+        ),
+        // 900 KB: far over the producer's limit for the dead letter too.
+        (
+            "bad_field",
+            poison_aws(
+                "p3",
+                &"9".repeat(900_000),
+                "ListBuckets",
+                "AKIAPOISON0000000001",
+                1,
+            ),
+        ),
+        // On the AWS topic (provider pinned): a CloudTrail event without its members.
+        ("missing_field", b"{}".to_vec()),
+        (
+            "internal_error",
+            poison_aws(
+                "poison-panic",
+                ok_time,
+                "ListBuckets",
+                "AKIAPOISON0000000002",
+                1,
+            ),
+        ),
+    ];
+    // A valid call whose alarm (its 300 KB user name and ARN are copied into it) is far over
+    // the producer's 20,000-byte limit.
+    let huge = poison_aws(
+        "p-huge",
+        ok_time,
+        "StopLogging",
+        "AKIAPOISONHUGE000001",
+        300_000,
+    );
+    let mut records = cloud_records("aws");
+    let mut sent = 0usize;
+    for (i, (_, r)) in poison.iter().enumerate() {
+        records.insert(300 + i * 400, r.clone());
+    }
+    records.insert(2500, huge);
+    for cloud in CLOUDS {
+        let records = if cloud == "aws" {
+            records.clone()
+        } else {
+            cloud_records(cloud)
+        };
+        sent += records.len();
+        h.produce(&h.topic(cloud), &records);
+    }
+    let mut child = h.spawn(false);
+    let t0 = Instant::now();
+
+    let huge_alarm = |m: &rdkafka::message::OwnedMessage| {
+        serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default())
+            .is_ok_and(|v| v["access_key_id"] == "AKIAPOISONHUGE000001")
+    };
+    let alarms = consume_all(
+        &brokers,
+        &h.topic("alarms"),
+        |got| all_present(&expected)(got) && got.iter().any(huge_alarm),
+        Duration::from_secs(120),
+    );
+    let ids: Vec<String> = alarms
+        .iter()
+        .filter(|m| !huge_alarm(m))
+        .filter_map(|m| m.key())
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_same_alarms(&ids, &expected);
+    let big = alarms
+        .iter()
+        .find(|m| huge_alarm(m))
+        .expect("the huge alarm");
+    let payload = big.payload().unwrap();
+    assert!(payload.len() <= 20_000, "{} bytes", payload.len());
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(v["rule_id"], "ak.audit_tamper");
+    assert!(
+        v["evidence"]["facts"]["truncated"]
+            .as_str()
+            .is_some_and(|t| t.contains("shrunk")),
+        "{v}"
+    );
+
+    let dead = consume_all(
+        &brokers,
+        &h.topic("dlq"),
+        |got| got.len() >= poison.len(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(dead.len(), poison.len());
+    let mut kinds: Vec<String> = dead
+        .iter()
+        .map(|m| header(m, "akwatch-kind").unwrap())
+        .collect();
+    kinds.sort();
+    let mut want: Vec<String> = poison.iter().map(|(k, _)| (*k).to_owned()).collect();
+    want.sort();
+    assert_eq!(kinds, want);
+    for m in &dead {
+        let reason = header(m, "akwatch-reason").unwrap();
+        assert!(!reason.is_empty() && reason.len() <= 310, "{reason}");
+        match header(m, "akwatch-truncated") {
+            // The 900 KB record, cut under the limit, its original size in the header.
+            Some(n) => {
+                assert!(n.parse::<usize>().unwrap() > 900_000);
+                assert!(m.payload().unwrap().len() <= 20_000);
+            }
+            None => assert!(
+                poison
+                    .iter()
+                    .any(|(_, r)| r.as_slice() == m.payload().unwrap()),
+                "unchanged"
+            ),
+        }
+    }
+
+    // Lag back to zero, the counters say what happened, and the service never restarted.
+    let start = Instant::now();
+    let metrics = loop {
+        let (_, body) = http_get(&ops, "/metrics");
+        let lag: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
+            .collect();
+        if (lag.len() == 3 && lag.iter().all(|l| l.ends_with(" 0")))
+            || start.elapsed() > Duration::from_secs(30)
+        {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // Shrunk once per notification of that alarm (created, then its update).
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("akwatch_alarms_shrunk_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    for needle in [
+        "akwatch_dead_letters_truncated_total 1",
+        "akwatch_records_rejected_total{provider=\"aws\",reason=\"internal_error\"} 1",
+        "akwatch_records_rejected_total{provider=\"aws\",reason=\"bad_field\"} 3",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the service is still the same process"
+    );
+    eprintln!("poison: checks done {:?} after start", t0.elapsed());
+    let stderr = Harness::signal(&mut child, "-TERM");
+    assert!(stderr.contains("injected fault"), "the panic was logged");
+    assert_eq!(h.committed_at_end(1), sent);
 }
