@@ -618,7 +618,10 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
     assert_eq!(h.committed_at_end(1), sent);
 }
 
-/// Runs `scripts/kafka.sh` for the outage test's own broker (port 19292, its own data).
+/// The tests that stop and start a broker of their own share one (port 19292): one at a time.
+static OWN_BROKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `scripts/kafka.sh` for the outage tests' own broker (port 19292, its own data).
 fn outage_broker(command: &str) -> String {
     let out = Command::new("bash")
         .arg(repo().join("scripts/kafka.sh"))
@@ -647,6 +650,9 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     if brokers().is_none() {
         return;
     }
+    let _own = OWN_BROKER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let brokers = outage_broker("start");
     let result = std::panic::catch_unwind(|| {
         let h = Harness::new(&brokers, "outage");
@@ -1147,4 +1153,81 @@ fn poisoned_records_mid_stream_are_dead_lettered_and_nothing_else_is_lost() {
     let stderr = Harness::signal(&mut child, "-TERM");
     assert!(stderr.contains("injected fault"), "the panic was logged");
     assert_eq!(h.committed_at_end(1), sent);
+}
+
+/// SIGTERM with the broker gone: the service gives up what it cannot deliver, exits within
+/// its grace period (it used to retry for ever and ignore the signal), and loses nothing: a
+/// restart with the broker back puts every alarm replay raises on the topic, and no other.
+#[test]
+fn a_stop_with_the_broker_gone_ends_within_the_grace_period_and_loses_no_alarm() {
+    if brokers().is_none() {
+        return;
+    }
+    let _own = OWN_BROKER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let brokers = outage_broker("start");
+    let result = std::panic::catch_unwind(|| {
+        let mut h = Harness::new(&brokers, "grace");
+        let grace = Duration::from_secs(6);
+        h.extra = format!(
+            "shutdown_grace_seconds: {}\ncommit_interval_seconds: 1\n",
+            grace.as_secs()
+        );
+        let expected = replay_alarm_ids();
+        let all = h.stream();
+        h.produce_part(&all, 0.0, 0.5);
+        let mut child = h.spawn(true);
+        // Some alarms are out; then the broker goes away and the stop signal comes.
+        consume_all(
+            &brokers,
+            &h.topic("alarms"),
+            |got| got.len() >= 5,
+            Duration::from_secs(120),
+        );
+        outage_broker("pause");
+        std::thread::sleep(Duration::from_secs(2));
+        let signalled = Instant::now();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if signalled.elapsed() > Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("akwatch run ignored SIGTERM for 60 s with the broker gone");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let took = signalled.elapsed();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(
+            took <= grace + Duration::from_millis(1500),
+            "stopped after {took:?} ({status}), grace {grace:?}: {stderr}"
+        );
+        eprintln!("broker gone: SIGTERM -> exit in {took:?} ({status}), grace {grace:?}");
+
+        outage_broker("resume");
+        h.produce_part(&all, 0.5, 1.0);
+        let mut child = h.spawn(true);
+        let got = h.alarm_ids(&expected, Duration::from_secs(180));
+        Harness::signal(&mut child, "-TERM");
+        assert_same_alarms(&got, &expected);
+    });
+    outage_broker("stop");
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }
