@@ -59,17 +59,20 @@ pub enum Command {
     /// Write a realistic multi-cloud scenario: native logs, reports, GeoIP, lists, leak feed,
     /// policies and the ground truth of the attacks it injected.
     Simulate {
+        /// Seed of the random generator: the same seed writes the same scenario.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        #[arg(long, default_value_t = 40)]
-        keys: usize,
-        #[arg(long, default_value_t = 10)]
+        /// Access keys in the scenario (1 to 100,000).
+        #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        keys: u32,
+        /// Days of traffic (1 to 3,650).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=3650))]
         days: i64,
         /// First day (UTC), YYYY-MM-DD.
         #[arg(long, default_value = "2025-06-02")]
         start: String,
-        /// Median calls per key per day.
-        #[arg(long, default_value_t = 12.0)]
+        /// Median calls per key per day (0.1 to 100,000).
+        #[arg(long, default_value_t = 12.0, value_parser = parse_rate)]
         calls_per_day: f64,
         #[arg(long, default_value = "scenario")]
         out: PathBuf,
@@ -221,9 +224,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .and_hms_opt(0, 0, 0)
                 .map(|t| t.and_utc())
                 .ok_or_else(|| anyhow::anyhow!("--start: bad date"))?;
+            // Event times outside [2006, now] would be rejected by the decoder.
+            let end = start.checked_add_signed(chrono::TimeDelta::days(days));
+            if chrono::Datelike::year(&start) < 2006 || end.is_none_or(|e| e > chrono::Utc::now()) {
+                anyhow::bail!(
+                    "--start: a scenario from {} for {days} days is out of range: it must start in 2006 or later and end by today (later event times are rejected as from the future)",
+                    start.format("%Y-%m-%d")
+                );
+            }
             let options = crate::simulate::SimOptions {
                 seed,
-                keys,
+                keys: keys as usize,
                 days,
                 start,
                 out: out.clone(),
@@ -270,6 +281,14 @@ pub fn risk_schema() -> String {
 pub fn event_schema() -> String {
     let schema = schemars::schema_for!(Event);
     serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=100_000.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is out of range (0.1 to 100000)")),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 fn open_rejects(path: Option<&Path>, max_bytes: u64) -> anyhow::Result<RejectOutput> {
