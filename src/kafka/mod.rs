@@ -23,7 +23,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::Config;
 use crate::event::Origin;
-use crate::provider::{Decoder, Reject, RejectKind};
+use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
 use crate::replay::{ReplayOptions, Setup, leak_alarms, process_isolated, setup};
 
 fn client_config(config: &Config) -> ClientConfig {
@@ -307,11 +307,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )));
         }
         let mut outcome = Ok(());
+        // One dead letter per record, however many of its events were rejected.
+        let mut rejects = RecordRejects::default();
         for result in results.drain(..) {
             if outcome.is_err() {
                 continue;
             }
-            outcome = match result {
+            match result {
                 Ok(event) => {
                     metrics
                         .events_decoded
@@ -319,10 +321,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         .inc();
                     match process_isolated(&s.enricher, &mut s.engine, &event) {
                         Ok(alarms) => {
-                            let mut delivered = Ok(());
                             for alarm in alarms {
-                                delivered = out.alarm(&alarm).await;
-                                if delivered.is_err() {
+                                outcome = out.alarm(&alarm).await;
+                                if outcome.is_err() {
                                     break;
                                 }
                                 metrics
@@ -334,17 +335,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                                     .inc();
                                 observe_alarm_latency(&metrics, &event, ingested);
                             }
-                            delivered
                         }
                         Err(reason) => {
                             tracing::error!(%origin, %reason, "processing a record failed; it goes to the dead-letter topic");
-                            let reject =
-                                Reject::new(RejectKind::InternalError, reason, origin.clone());
                             metrics
                                 .records_rejected
-                                .with_label_values(&[label, reject.kind.as_str()])
+                                .with_label_values(&[label, RejectKind::InternalError.as_str()])
                                 .inc();
-                            out.dead_letter(&reject, payload, &origin).await
+                            rejects.add(Reject::new(
+                                RejectKind::InternalError,
+                                reason,
+                                origin.clone(),
+                            ));
                         }
                     }
                 }
@@ -353,9 +355,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         .records_rejected
                         .with_label_values(&[label, reject.kind.as_str()])
                         .inc();
-                    out.dead_letter(&reject, payload, &origin).await
+                    rejects.add(reject);
                 }
-            };
+            }
+        }
+        if outcome.is_ok()
+            && let Some(reject) = rejects.take()
+        {
+            outcome = out.dead_letter(&reject, payload, &origin).await;
         }
         if outcome.is_err() {
             // Stopping and not acknowledged in time: this record is not done.

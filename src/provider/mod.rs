@@ -27,6 +27,9 @@ use raw::{MaybeJson, RawEvent, RawIdentity, RawTencentResponse, Scalar};
 /// Wrappers nested deeper than this (an envelope in an envelope in ...) are rejected.
 const MAX_WRAPPER_DEPTH: u8 = 6;
 
+/// The most rejects kept per batch record; the others are summed up in one.
+pub const MAX_REJECTS_PER_BATCH: usize = 100;
+
 /// The longest reject reason kept (it goes into a log line, a header and stderr).
 pub const MAX_REASON_BYTES: usize = 300;
 
@@ -118,6 +121,46 @@ impl Reject {
             reason,
             origin,
         }
+    }
+}
+
+/// The rejects of one record, kept as one dead letter: a record's raw bytes are written (or
+/// produced) once, however many of its events were rejected.
+#[derive(Debug, Default)]
+pub struct RecordRejects {
+    first: Option<Reject>,
+    more: u64,
+}
+
+impl RecordRejects {
+    pub fn add(&mut self, reject: Reject) {
+        match self.first {
+            None => self.first = Some(reject),
+            Some(_) => self.more += 1,
+        }
+    }
+
+    /// Rejected events of the record.
+    pub fn len(&self) -> u64 {
+        u64::from(self.first.is_some()) + self.more
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// The record's dead letter: the first reject, its reason saying how many others there
+    /// were.
+    pub fn take(&mut self) -> Option<Reject> {
+        let mut first = self.first.take()?;
+        if self.more > 0 {
+            first.reason = format!(
+                "{} (and {} more of the record's events rejected)",
+                first.reason, self.more
+            );
+        }
+        self.more = 0;
+        Some(first)
     }
 }
 
@@ -338,7 +381,12 @@ impl Decoder {
         depth: u8,
         out: &mut Vec<Result<Event, Reject>>,
     ) {
+        // Past `MAX_REJECTS_PER_BATCH` rejects, the rest of a batch's are counted, not kept: a
+        // 16 MiB batch of `{}` would otherwise be millions of rejects in memory.
+        let mut rejects = 0usize;
+        let mut more = 0usize;
         for (i, item) in items.iter().enumerate() {
+            let before = out.len();
             self.decode_value(
                 item.get().as_bytes(),
                 &origin.at_index(i),
@@ -346,6 +394,27 @@ impl Decoder {
                 depth + 1,
                 out,
             );
+            let mut k = before;
+            while k < out.len() {
+                if out[k].is_err() {
+                    if rejects >= MAX_REJECTS_PER_BATCH {
+                        let _ = out.remove(k);
+                        more += 1;
+                        continue;
+                    }
+                    rejects += 1;
+                }
+                k += 1;
+            }
+        }
+        if more > 0 {
+            out.push(Err(Reject::new(
+                RejectKind::BadField,
+                format!(
+                    "{more} more events of this batch rejected (the first {MAX_REJECTS_PER_BATCH} are reported)"
+                ),
+                origin.clone(),
+            )));
         }
     }
 

@@ -145,3 +145,33 @@ fn non_cloudtrail_eventbridge_events_are_named() {
         reject.reason
     );
 }
+
+#[test]
+fn a_batch_of_bad_events_keeps_a_bounded_number_of_rejects() {
+    let batch = format!("{{\"Records\":[{}]}}", vec!["{}"; 50_000].join(","));
+    let out = Decoder::auto().decode_to_vec(batch.as_bytes(), &Origin::default());
+    assert_eq!(out.len(), MAX_REJECTS_PER_BATCH + 1);
+    let last = out.last().unwrap().as_ref().unwrap_err();
+    assert!(
+        last.reason.starts_with(&format!(
+            "{} more events of this batch rejected",
+            50_000 - MAX_REJECTS_PER_BATCH
+        )),
+        "{}",
+        last.reason
+    );
+    // One dead letter for the record, saying how many of its events were rejected.
+    let mut rejects = RecordRejects::default();
+    for r in out {
+        rejects.add(r.unwrap_err());
+    }
+    assert_eq!(rejects.len(), MAX_REJECTS_PER_BATCH as u64 + 1);
+    let one = rejects.take().unwrap();
+    assert!(
+        one.reason
+            .ends_with("(and 100 more of the record's events rejected)"),
+        "{}",
+        one.reason
+    );
+    assert!(rejects.take().is_none());
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use flate2::read::MultiGzDecoder;
 
 use crate::event::{Event, Origin};
-use crate::provider::{Decoder, Reject, RejectKind};
+use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
 use framing::{Broken, FrameOptions, frame_records};
 
 const READ_BUFFER: usize = 256 * 1024;
@@ -209,26 +209,27 @@ pub fn read_input(
             });
             return;
         }
+        // One dead letter per record, however many of its events were rejected.
+        let mut rejects = RecordRejects::default();
         for result in results.drain(..) {
             match result {
                 Ok(event) => match on_event(event) {
                     Ok(()) => counts.events += 1,
-                    Err(reason) => {
-                        counts.rejected += 1;
-                        on_reject(Rejected {
-                            reject: Reject::new(RejectKind::InternalError, reason, origin.clone()),
-                            raw: frame.bytes,
-                        });
-                    }
+                    Err(reason) => rejects.add(Reject::new(
+                        RejectKind::InternalError,
+                        reason,
+                        origin.clone(),
+                    )),
                 },
-                Err(reject) => {
-                    counts.rejected += 1;
-                    on_reject(Rejected {
-                        reject,
-                        raw: frame.bytes,
-                    });
-                }
+                Err(reject) => rejects.add(reject),
             }
+        }
+        counts.rejected += rejects.len();
+        if let Some(reject) = rejects.take() {
+            on_reject(Rejected {
+                reject,
+                raw: frame.bytes,
+            });
         }
     });
     if let Err(e) = outcome {
