@@ -11,6 +11,7 @@ mod ops;
 mod props;
 mod reports;
 mod schema;
+mod validation;
 
 use std::path::{Path, PathBuf};
 
