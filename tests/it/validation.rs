@@ -267,6 +267,18 @@ fn other_detector_parameters_are_range_checked() {
 }
 
 #[test]
+fn condition_numbers_are_range_checked() {
+    let text = rule(THRESHOLD, "").replace(
+        "detector:\n",
+        "when:\n  key_idle_days_min: 4294967296\ndetector:\n",
+    );
+    has(
+        &rule_errors(&text),
+        "r.yaml:7: when: key_idle_days_min must be between 0 and 36500 (100 years), not 4294967296",
+    );
+}
+
+#[test]
 fn policy_settings_are_range_checked() {
     let e = policy_errors(
         "alarm_policy:\n  defaults:\n    aggregation: 0s\n    allowed_lateness: 30d\n  rules:\n    ak.t:\n      aggregation: 0s\nallowlist:\n  - id: old\n    ips: [192.0.2.1]\n    expires: 1999-12-31\n",
