@@ -229,6 +229,14 @@ impl Config {
                 line_of("reports_rescan_seconds")
             ));
         }
+        if let Some(addr) = &raw.ops_addr
+            && let Err(e) = check_ops_addr(addr)
+        {
+            errors.push(format!(
+                "{name}:{}: ops_addr {addr:?}: {e}",
+                line_of("ops_addr")
+            ));
+        }
         let mut options = BTreeMap::new();
         for (key, value) in k.options {
             match expand_env(&value, env) {
@@ -281,6 +289,23 @@ impl Config {
             max_event_skew_secs: i64::try_from(raw.max_event_skew_seconds).unwrap_or(i64::MAX),
         })
     }
+}
+
+/// `ops_addr` is `IP:port` or `host:port` (binding it is checked at start: a bad one is fatal).
+fn check_ops_addr(addr: &str) -> Result<(), String> {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || "not an address host:port (e.g. 127.0.0.1:9464)".to_owned();
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !host_ok || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// Replaces `${NAME}` with the environment's value; the error is the missing name.
@@ -355,6 +380,23 @@ mod tests {
             all.contains("c.yaml:9: reports_rescan_seconds must be at least 1"),
             "{all}"
         );
+        let text = "kafka:\n  brokers: b\n  group_id: g\n  inputs:\n    - topic: in\n  alarm_topic: alarms\n  dlq_topic: dlq\nops_addr: 127.0.0.1:99999\n";
+        let all = Config::parse("c.yaml", text, &env).unwrap_err().join("\n");
+        assert!(
+            all.contains("c.yaml:8: ops_addr \"127.0.0.1:99999\": not an address host:port (e.g. 127.0.0.1:9464)"),
+            "{all}"
+        );
+        for ok in [
+            "0.0.0.0:9464",
+            "[::1]:9464",
+            "localhost:9464",
+            "akwatch.internal:80",
+        ] {
+            assert_eq!(check_ops_addr(ok), Ok(()), "{ok}");
+        }
+        for bad in ["9464", ":9464", "localhost", "local host:1", "1.2.3.4:x"] {
+            assert!(check_ops_addr(bad).is_err(), "{bad}");
+        }
         let e = Config::parse("c.yaml", "kafka:\n  brokerz: x\n", &env).unwrap_err();
         assert!(e[0].contains("unknown field `brokerz`"), "{e:?}");
     }

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
@@ -284,10 +284,11 @@ impl Policy {
     /// Adds one policy file's text.
     pub fn add_file(&mut self, name: &str, text: &str, rules: &RuleSet) -> Result<(), Vec<String>> {
         let spec: PolicyFile = serde_saphyr::from_str(text).map_err(|e| {
-            vec![format!(
-                "{name}: {}",
-                crate::rule::first_line(&e.to_string())
-            )]
+            let msg = e.to_string();
+            vec![
+                crate::rule::duration_error_at(name, text, &msg)
+                    .unwrap_or_else(|| format!("{name}: {}", crate::rule::first_line(&msg))),
+            ]
         })?;
         let mut errors = Vec::new();
         let line_of = |needle: &str| {
@@ -362,6 +363,12 @@ impl Policy {
             let expires = match a.expires.as_deref() {
                 None => None,
                 Some(x) => match parse_expiry(x) {
+                    Some(t) if t.year() < MIN_EXPIRY_YEAR => {
+                        err(format!(
+                            "expires: {x:?} is before {MIN_EXPIRY_YEAR}: the entry would never apply"
+                        ));
+                        None
+                    }
                     Some(t) => Some(t),
                     None => {
                         err(format!("expires: not a date or time: {x:?}"));
@@ -404,8 +411,23 @@ impl Policy {
             let _ = h.comment;
             self.hidden_keys.extend(h.keys);
         }
+        // The first line from `from` (1-based, inclusive) holding `needle`, else `from`.
+        let line_after = |from: usize, needle: &str| {
+            text.lines()
+                .enumerate()
+                .skip(from.saturating_sub(1))
+                .find(|(_, l)| l.contains(needle))
+                .map_or(from, |(i, _)| i + 1)
+        };
         if let Some(ap) = spec.alarm_policy {
             if let Some(d) = ap.defaults {
+                let from = line_of("defaults");
+                for (what, problem) in check_settings(&d) {
+                    errors.push(format!(
+                        "{name}:{}: alarm_policy.defaults: {problem}",
+                        line_after(from, what)
+                    ));
+                }
                 if let Some(a) = d.aggregation {
                     self.default_aggregation = a;
                 }
@@ -417,15 +439,33 @@ impl Policy {
                 }
             }
             for (id, r) in ap.rules {
-                if !known(&id) {
+                let Some(rule) = rules.get(&id) else {
                     errors.push(format!(
                         "{name}:{}: alarm_policy: unknown rule {id:?}",
                         line_of(&id)
                     ));
                     continue;
-                }
+                };
+                let from = line_of(&id);
                 if r.allowed_lateness.is_some() {
                     errors.push(format!("{name}:{}: alarm_policy: allowed_lateness is set in defaults, not per rule", line_of(&id)));
+                }
+                for (what, problem) in check_settings(&r) {
+                    errors.push(format!(
+                        "{name}:{}: alarm_policy.rules.{id}: {problem}",
+                        line_after(from, what)
+                    ));
+                }
+                // Each detector parameter as the engine will apply it, one at a time so that
+                // each problem gets its own line.
+                for (param, value) in &r.thresholds {
+                    let one = BTreeMap::from([(param.clone(), value.clone())]);
+                    if let Err(e) = rule.clone().apply_thresholds(&one) {
+                        errors.push(format!(
+                            "{name}:{}: alarm_policy.rules.{id}.thresholds: {e}",
+                            line_after(from, param)
+                        ));
+                    }
                 }
                 self.rules.insert(
                     id,
@@ -446,6 +486,33 @@ impl Policy {
         }
     }
 }
+
+/// The longest `allowed_lateness`: windows hold their span plus the lateness, per key.
+pub const MAX_LATENESS: Dur = Dur(7 * 86_400);
+
+/// Alarm settings out of range, as (member, message): `aggregation` at least 1s (durations are
+/// at most 10 years by [`Dur::parse`]), `allowed_lateness` at most [`MAX_LATENESS`].
+fn check_settings(r: &RulePolicySpec) -> Vec<(&'static str, String)> {
+    let mut bad = Vec::new();
+    if r.aggregation.is_some_and(|a| a.secs() < 1) {
+        bad.push((
+            "aggregation",
+            "aggregation must be at least 1s, not 0s".to_owned(),
+        ));
+    }
+    if let Some(l) = r.allowed_lateness
+        && l > MAX_LATENESS
+    {
+        bad.push((
+            "allowed_lateness",
+            format!("allowed_lateness must be at most {MAX_LATENESS}, not {l}"),
+        ));
+    }
+    bad
+}
+
+/// Allowlist expiry dates from 2000 on (an earlier one is a typo: the entry would never apply).
+const MIN_EXPIRY_YEAR: i32 = 2000;
 
 fn parse_expiry(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {

@@ -2,9 +2,18 @@
 //!
 //! Every metric name is here; labels come from bounded sets only — provider, reject kind, rule
 //! id, severity, configured input topic — never a key, an IP, an account or a user.
+//!
+//! The ops server is bounded ([`OpsLimits`]): a request's headers must arrive within a few
+//! seconds of the connection opening (or of the previous response, on a kept-alive connection),
+//! every request and every connection has a total time limit, and past a number of concurrent
+//! connections the oldest is closed at once for each new one (counted in
+//! `akwatch_ops_connections_rejected_total`).
+//! `/readyz` reflects [`Readiness`]: subscribed, broker reachable, consume loop making progress.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -41,8 +50,22 @@ pub struct Metrics {
     pub alarms_shrunk: IntCounter,
     /// Dead letters too large for the topic, delivered cut (header `akwatch-truncated`).
     pub dead_letters_truncated: IntCounter,
-    /// Set once the consumer is subscribed and the first poll returned.
+    /// Connections the ops server closed at once because it was at its connection limit.
+    pub ops_connections_rejected: IntCounter,
+    /// Connections the ops server holds open.
+    pub ops_connections: IntGauge,
+    /// 1 when the last broker probe succeeded.
+    pub broker_up: IntGauge,
+    /// Set once the consumer is subscribed (see [`Readiness`]).
     pub ready: AtomicBool,
+    /// Milliseconds since `since` (+1, so 0 means never) of the consume loop's last iteration.
+    heartbeat_ms: AtomicU64,
+    /// Milliseconds since `since` (+1) of the last broker probe, and of the last successful one.
+    broker_checked_ms: AtomicU64,
+    broker_ok_ms: AtomicU64,
+    /// The last broker probe's error, if it failed.
+    broker_error: Mutex<Option<String>>,
+    since: Instant,
 }
 
 fn counter_vec(
@@ -187,7 +210,21 @@ impl Metrics {
                 "akwatch_dead_letters_truncated_total",
                 "Dead letters larger than the producer's message.max.bytes, delivered cut",
             )?,
+            ops_connections_rejected: counter(
+                "akwatch_ops_connections_rejected_total",
+                "Ops HTTP connections closed at once because the connection limit was reached",
+            )?,
+            ops_connections: gauge("akwatch_ops_connections", "Ops HTTP connections open")?,
+            broker_up: gauge(
+                "akwatch_broker_up",
+                "1 when the last broker metadata probe succeeded, else 0",
+            )?,
             ready: AtomicBool::new(false),
+            heartbeat_ms: AtomicU64::new(0),
+            broker_checked_ms: AtomicU64::new(0),
+            broker_ok_ms: AtomicU64::new(0),
+            broker_error: Mutex::new(None),
+            since: Instant::now(),
             registry: r,
         }))
     }
@@ -197,15 +234,190 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+
+    /// Time since these metrics were created (the clock [`Readiness`] is read on).
+    pub fn uptime(&self) -> Duration {
+        self.since.elapsed()
+    }
+
+    fn stamp(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    /// The consume loop calls this on every iteration (records, ticks and idle polls alike).
+    pub fn heartbeat(&self) {
+        self.heartbeat_ms.store(self.stamp(), Ordering::Relaxed);
+    }
+
+    /// The outcome of one broker probe.
+    pub fn set_broker(&self, result: Result<(), String>) {
+        let now = self.stamp();
+        self.broker_checked_ms.store(now, Ordering::Relaxed);
+        self.broker_up.set(i64::from(result.is_ok()));
+        if result.is_ok() {
+            self.broker_ok_ms.store(now, Ordering::Relaxed);
+        }
+        if let Ok(mut e) = self.broker_error.lock() {
+            *e = result.err();
+        }
+    }
+
+    /// What readiness is judged on, as of now.
+    pub fn readiness(&self) -> Readiness {
+        let at = |a: &AtomicU64| match a.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms - 1)),
+        };
+        Readiness {
+            started: self.ready.load(Ordering::Relaxed),
+            heartbeat: at(&self.heartbeat_ms),
+            broker_checked: at(&self.broker_checked_ms),
+            broker_ok: at(&self.broker_ok_ms),
+            broker_error: self.broker_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the runtime ends.
-pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// The consume loop is unready when its last iteration is older than this (it iterates at least
+/// once a second when idle).
+pub const MAX_HEARTBEAT_AGE: Duration = Duration::from_secs(30);
+/// The broker is taken as unreachable when no probe has succeeded for this long (a probe every
+/// [`BROKER_PROBE_INTERVAL`], each waiting at most [`BROKER_PROBE_TIMEOUT`]).
+pub const MAX_BROKER_OK_AGE: Duration = Duration::from_secs(30);
+pub const BROKER_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+pub const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The facts `/readyz` is judged on; times are since the metrics were created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// The consumer is subscribed.
+    pub started: bool,
+    /// The consume loop's last iteration.
+    pub heartbeat: Option<Duration>,
+    /// The last broker probe, and the last successful one.
+    pub broker_checked: Option<Duration>,
+    pub broker_ok: Option<Duration>,
+    /// The last probe's error when it failed.
+    pub broker_error: Option<String>,
+}
+
+impl Readiness {
+    /// Ready when subscribed, the last broker probe succeeded and one succeeded within
+    /// [`MAX_BROKER_OK_AGE`], and the consume loop iterated within [`MAX_HEARTBEAT_AGE`].
+    /// Otherwise every failed condition, joined with `; `.
+    pub fn check(&self, now: Duration) -> Result<(), String> {
+        let mut failed = Vec::new();
+        let age = |t: Duration| now.saturating_sub(t).as_secs();
+        if !self.started {
+            failed.push("starting: the consumer is not subscribed yet".to_owned());
+        }
+        match (self.broker_ok, &self.broker_error) {
+            (_, Some(e)) => failed.push(format!(
+                "broker unreachable: {e} (last reachable {})",
+                self.broker_ok
+                    .map_or("never".to_owned(), |t| format!("{} s ago", age(t)))
+            )),
+            (None, None) => failed.push("broker: not probed yet".to_owned()),
+            (Some(t), None) if now.saturating_sub(t) > MAX_BROKER_OK_AGE => failed.push(format!(
+                "broker: no successful probe for {} s (limit {} s)",
+                age(t),
+                MAX_BROKER_OK_AGE.as_secs()
+            )),
+            (Some(_), None) => {}
+        }
+        match self.heartbeat {
+            None if self.started => {
+                failed.push("consume loop: not started yet".to_owned());
+            }
+            None => {}
+            Some(t) if now.saturating_sub(t) > MAX_HEARTBEAT_AGE => failed.push(format!(
+                "consume loop: no progress for {} s (limit {} s)",
+                age(t),
+                MAX_HEARTBEAT_AGE.as_secs()
+            )),
+            Some(_) => {}
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+}
+
+/// Probes the broker every [`BROKER_PROBE_INTERVAL`] on a thread of its own and records the
+/// outcome in `metrics` (see [`Metrics::set_broker`]). `probe` gets the time it may wait and
+/// returns `None` when there is nothing left to probe (the client is gone): the thread ends.
+pub fn watch_broker<F>(metrics: Arc<Metrics>, mut probe: F) -> std::io::Result<()>
+where
+    F: FnMut(Duration) -> Option<Result<(), String>> + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name("akwatch-broker-probe".to_owned())
+        .spawn(move || {
+            while let Some(result) = probe(BROKER_PROBE_TIMEOUT) {
+                if let Err(e) = &result
+                    && metrics.broker_up.get() == 1
+                {
+                    tracing::warn!(error = %e, "broker probe failed: /readyz reports unready");
+                }
+                metrics.set_broker(result);
+                std::thread::sleep(BROKER_PROBE_INTERVAL);
+            }
+        })
+        .map(drop)
+}
+
+/// Limits of the ops HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct OpsLimits {
+    /// From a connection's opening (or its previous response) to a request's complete headers;
+    /// an idle kept-alive connection is closed after this too.
+    pub header_read_timeout: Duration,
+    /// From a request's headers to its response.
+    pub request_timeout: Duration,
+    /// The longest a connection may stay open, whatever it does.
+    pub connection_timeout: Duration,
+    /// Concurrent connections; past it the oldest is closed at once for each new one.
+    pub max_connections: usize,
+}
+
+impl Default for OpsLimits {
+    fn default() -> Self {
+        OpsLimits {
+            header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(60),
+            max_connections: 256,
+        }
+    }
+}
+
+/// Binds the ops address; the error names the address and the cause.
+pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("ops_addr {addr:?}: cannot listen: {e}"))
+}
+
+/// Binds `addr` and serves the ops endpoints on it in a task of their own, with the default
+/// limits. Fails (naming the address and the cause) when the address cannot be bound.
+pub async fn start(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
+    let listener = bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(serve(listener, metrics, OpsLimits::default()));
+    tracing::info!(addr = %local, "ops HTTP server listening");
+    Ok(local)
+}
+
+fn router(metrics: Arc<Metrics>) -> axum::Router {
     use axum::Router;
     use axum::http::StatusCode;
     use axum::routing::get;
     let m = metrics.clone();
-    let app = Router::new()
+    Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -219,14 +431,229 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> std::io::Result<()> {
             get(move || {
                 let m = metrics.clone();
                 async move {
-                    if m.ready.load(Ordering::Relaxed) {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    match m.readiness().check(m.uptime()) {
+                        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unready: {why}")),
                     }
                 }
             }),
+        )
+}
+
+/// The open connections of the ops server, oldest first: dropping a sender closes its connection.
+#[derive(Default)]
+struct Slots {
+    next: u64,
+    open: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A connection's place in [`Slots`], given back when its task ends however it ends.
+struct Slot {
+    id: u64,
+    slots: Arc<Mutex<Slots>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.slots.lock() {
+            s.open.remove(&self.id);
+        }
+        self.metrics.ops_connections.dec();
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the runtime ends, within
+/// `limits`. At the connection limit the oldest connection is closed to admit the new one
+/// (counted in `akwatch_ops_connections_rejected_total`): stalled connections cannot keep a
+/// prober out for longer than it takes `max_connections` newer ones to arrive, and a prober's
+/// request, answered in microseconds, is done long before it is the oldest.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, limits: OpsLimits) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let app = router(metrics.clone());
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    let mut last_accept_error: Option<Instant> = None;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, or the like: wait a little rather than spin.
+                if last_accept_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    last_accept_error = Some(Instant::now());
+                    tracing::warn!(error = %e, "ops HTTP server: cannot accept a connection");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let (id, evicted) = {
+            let Ok(mut s) = slots.lock() else { return };
+            let evicted = if s.open.len() >= limits.max_connections.max(1) {
+                s.open.pop_first()
+            } else {
+                None
+            };
+            let id = s.next;
+            s.next += 1;
+            s.open.insert(id, kill);
+            (id, evicted)
+        };
+        if evicted.is_some() {
+            metrics.ops_connections_rejected.inc();
+        }
+        drop(evicted);
+        let _ = stream.set_nodelay(true);
+        metrics.ops_connections.inc();
+        let slot = Slot {
+            id,
+            slots: slots.clone(),
+            metrics: metrics.clone(),
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move {
+                    match tokio::time::timeout(limits.request_timeout, app.oneshot(req)).await {
+                        Ok(response) => response,
+                        Err(_) => {
+                            let mut r = axum::response::Response::new(axum::body::Body::from(
+                                "request timed out",
+                            ));
+                            *r.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                            Ok(r)
+                        }
+                    }
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(limits.connection_timeout, connection) => {}
+                _ = killed => {}
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn ready_at(now: u64) -> Readiness {
+        Readiness {
+            started: true,
+            heartbeat: Some(S(now)),
+            broker_checked: Some(S(now)),
+            broker_ok: Some(S(now)),
+            broker_error: None,
+        }
+    }
+
+    #[test]
+    fn ready_when_subscribed_reachable_and_progressing() {
+        assert_eq!(ready_at(100).check(S(100)), Ok(()));
+        let mut r = ready_at(100);
+        r.heartbeat = Some(S(71));
+        r.broker_ok = Some(S(71));
+        assert_eq!(r.check(S(100)), Ok(()), "29 s old is still fresh");
+    }
+
+    #[test]
+    fn starting_until_subscribed() {
+        let r = Readiness::default();
+        let why = r.check(S(1)).unwrap_err();
+        assert!(why.starts_with("starting: "), "{why}");
+        assert!(why.contains("broker: not probed yet"), "{why}");
+        let r = Readiness {
+            started: true,
+            ..ready_at(5)
+        };
+        assert_eq!(r.check(S(5)), Ok(()));
+    }
+
+    #[test]
+    fn unready_while_the_broker_is_unreachable() {
+        let mut r = ready_at(100);
+        r.broker_ok = Some(S(90));
+        r.broker_error = Some("Local: Broker transport failure".into());
+        assert_eq!(
+            r.check(S(100)),
+            Err(
+                "broker unreachable: Local: Broker transport failure (last reachable 10 s ago)"
+                    .into()
+            )
         );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+        r.broker_ok = None;
+        assert!(
+            r.check(S(100))
+                .unwrap_err()
+                .ends_with("(last reachable never)")
+        );
+        // Reachable again: ready again.
+        r.broker_error = None;
+        r.broker_ok = Some(S(100));
+        assert_eq!(r.check(S(100)), Ok(()));
+    }
+
+    #[test]
+    fn unready_when_the_probe_itself_stalls() {
+        let mut r = ready_at(100);
+        r.broker_ok = Some(S(60));
+        assert_eq!(
+            r.check(S(100)),
+            Err("broker: no successful probe for 40 s (limit 30 s)".into())
+        );
+    }
+
+    #[test]
+    fn unready_when_the_consume_loop_stalls() {
+        let mut r = ready_at(100);
+        r.heartbeat = Some(S(50));
+        assert_eq!(
+            r.check(S(100)),
+            Err("consume loop: no progress for 50 s (limit 30 s)".into())
+        );
+        r.heartbeat = None;
+        assert_eq!(r.check(S(100)), Err("consume loop: not started yet".into()));
+    }
+
+    #[test]
+    fn every_failed_condition_is_named() {
+        let r = Readiness {
+            started: true,
+            heartbeat: Some(S(0)),
+            broker_checked: Some(S(99)),
+            broker_ok: None,
+            broker_error: Some("all brokers down".into()),
+        };
+        let why = r.check(S(100)).unwrap_err();
+        assert!(
+            why.contains("broker unreachable: all brokers down"),
+            "{why}"
+        );
+        assert!(why.contains("consume loop: no progress for 100 s"), "{why}");
+    }
+
+    #[test]
+    fn metrics_feed_readiness() {
+        let m = Metrics::new().unwrap();
+        assert!(m.readiness().check(m.uptime()).is_err());
+        m.ready.store(true, Ordering::Relaxed);
+        m.heartbeat();
+        m.set_broker(Err("down".into()));
+        assert_eq!(m.broker_up.get(), 0);
+        let why = m.readiness().check(m.uptime()).unwrap_err();
+        assert!(why.starts_with("broker unreachable: down"), "{why}");
+        m.set_broker(Ok(()));
+        assert_eq!(m.broker_up.get(), 1);
+        assert_eq!(m.readiness().check(m.uptime()), Ok(()));
+    }
 }

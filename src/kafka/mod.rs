@@ -133,6 +133,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let metrics = crate::telemetry::Metrics::new()?;
+    if let Some(addr) = &config.ops_addr {
+        crate::telemetry::start(addr, metrics.clone()).await?;
+    }
+    let (probe, probe_topic) = (
+        Arc::downgrade(&consumer),
+        config.inputs.first().map(|i| i.topic.clone()),
+    );
+    crate::telemetry::watch_broker(metrics.clone(), move |wait| {
+        let c = probe.upgrade()?;
+        Some(
+            c.fetch_metadata(probe_topic.as_deref(), wait)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        )
+    })?;
     // Credential reports: the files were read by `setup`; the topic is read to its end before
     // the first event, then both are followed on a thread of their own.
     let reports_group = format!("{}-reports", config.group_id);
@@ -169,14 +184,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .name("akwatch-reports".to_owned())
             .spawn(move || follower.run(reports_tx, stop))?
     };
-    if let Some(addr) = &config.ops_addr {
-        let (addr, m) = (addr.clone(), metrics.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::telemetry::serve(&addr, m).await {
-                tracing::error!(%addr, error = %e, "ops HTTP server stopped");
-            }
-        });
-    }
     let topics: Vec<&str> = config.inputs.iter().map(|i| i.topic.as_str()).collect();
     consumer.subscribe(&topics)?;
     metrics.ready.store(true, Ordering::Relaxed);
@@ -235,6 +242,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut checkpoint_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut results = Vec::new();
     while !abandoned {
+        metrics.heartbeat();
         let message = tokio::select! {
             _ = stop.signalled() => break,
             Some(update) = reports_rx.recv() => {

@@ -24,6 +24,9 @@ impl<T: Clone> OneOrMany<T> {
     }
 }
 
+/// The largest `key_idle_days_min`.
+pub const MAX_IDLE_DAYS: i64 = 36_500;
+
 /// A condition as written in a rule file: every member given must hold (`any`, `all` and
 /// `not` combine conditions). Text matches are case-insensitive globs (`*`, `?`); `@name`
 /// refers to a catalog under `rules/catalogs/`.
@@ -63,7 +66,7 @@ pub struct CondSpec {
     pub key_inactive: Option<bool>,
     /// Days since the key was last used before this call (engine history or report; a key
     /// never used counts from its creation), at least this many.
-    pub key_idle_days_min: Option<u32>,
+    pub key_idle_days_min: Option<i64>,
     /// The source IP has not been seen for this key in the `new_source_ip` history.
     pub ip_new_for_key: Option<bool>,
     pub any: Option<Vec<CondSpec>>,
@@ -366,7 +369,14 @@ impl Cond {
             all.push(Cond::KeyInactive(b));
         }
         if let Some(d) = spec.key_idle_days_min {
-            all.push(Cond::KeyIdleDaysMin(d));
+            match u32::try_from(d) {
+                Ok(days) if d <= MAX_IDLE_DAYS => all.push(Cond::KeyIdleDaysMin(days)),
+                _ => {
+                    return Err(format!(
+                        "key_idle_days_min must be between 0 and {MAX_IDLE_DAYS} (100 years), not {d}"
+                    ));
+                }
+            }
         }
         if let Some(b) = spec.ip_new_for_key {
             all.push(Cond::IpNewForKey(b));

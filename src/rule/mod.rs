@@ -17,11 +17,15 @@ pub use catalog::Catalogs;
 pub use cond::{Cond, CondSpec, Facts, OneOrMany};
 pub use testing::TestSpec;
 
-/// A span of event time, written `30s`, `10m`, `6h`, `10d` or `2w`.
+/// A span of event time, written `30s`, `10m`, `6h`, `10d` or `2w`: from 0 to
+/// [`Dur::MAX`] (10 years); the arithmetic is checked, so a long one is an error, never a wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Dur(pub i64);
 
 impl Dur {
+    /// The longest duration a rule, a policy or a rule test may give: 10 years (3650d).
+    pub const MAX: Dur = Dur(3650 * 86_400);
+
     pub fn secs(self) -> i64 {
         self.0
     }
@@ -30,18 +34,49 @@ impl Dur {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (n, unit) = t.split_at(split);
-        let n: i64 = n
-            .parse()
-            .map_err(|_| format!("bad duration {s:?} (expected e.g. 30s, 10m, 6h, 10d)"))?;
-        let mult = match unit {
+        let mult: i64 = match unit {
             "s" | "" => 1,
             "m" => 60,
             "h" => 3600,
             "d" => 86_400,
             "w" => 7 * 86_400,
+            _ if n.is_empty() => {
+                return Err(format!(
+                    "bad duration {s:?} (expected e.g. 30s, 10m, 6h, 10d)"
+                ));
+            }
             _ => return Err(format!("bad duration unit in {s:?} (s, m, h, d or w)")),
         };
-        Ok(Dur(n * mult))
+        if n.is_empty() {
+            return Err(format!(
+                "bad duration {s:?} (expected e.g. 30s, 10m, 6h, 10d)"
+            ));
+        }
+        let too_long = || format!("duration {s:?} is longer than 10 years (3650d)");
+        // Only digits: a parse failure is an overflow.
+        let n: i64 = n.parse().map_err(|_| too_long())?;
+        n.checked_mul(mult)
+            .filter(|secs| *secs <= Dur::MAX.0)
+            .map(Dur)
+            .ok_or_else(too_long)
+    }
+}
+
+/// The largest `count` of a threshold and `min` of a distinct detector.
+pub const MAX_COUNT: i64 = 100_000;
+/// The largest `baseline_factor`.
+pub const MAX_FACTOR: f64 = 1e6;
+/// The largest `min_distance_km`: half the Earth's circumference (no two places are further).
+pub const MAX_DISTANCE_KM: f64 = 20_040.0;
+/// The largest `max_speed_kmh`.
+pub const MAX_SPEED_KMH: f64 = 1e6;
+
+/// A whole count within `1..=MAX_COUNT`.
+fn count_in_range(what: &str, n: i64) -> Result<u32, String> {
+    if (1..=MAX_COUNT).contains(&n) {
+        u32::try_from(n).map_err(|_| format!("{what} must be between 1 and {MAX_COUNT}, not {n}"))
+    } else {
+        Err(format!("{what} must be between 1 and {MAX_COUNT}, not {n}"))
     }
 }
 
@@ -185,7 +220,7 @@ pub enum DetectorSpec {
     /// at least that many times the key's own average per `window` over `baseline_history`.
     Threshold {
         window: Dur,
-        count: u32,
+        count: i64,
         #[serde(default)]
         baseline_factor: Option<f64>,
         #[serde(default)]
@@ -194,7 +229,7 @@ pub enum DetectorSpec {
     /// At least `min` distinct values of each listed attribute within `window`.
     Distinct {
         window: Dur,
-        min: BTreeMap<Attr, u32>,
+        min: BTreeMap<Attr, i64>,
     },
     /// Two located successful calls more than `min_distance_km` apart at more than
     /// `max_speed_kmh`.
@@ -294,6 +329,100 @@ impl Detector {
             Detector::Sequence { first, .. } => first.uses_ip(),
             Detector::Match | Detector::Threshold { .. } => false,
         }
+    }
+
+    /// The detector's parameters out of range, each as (parameter, message): every window is
+    /// longer than 0 and at most [`Dur::MAX`], counts are within `1..=MAX_COUNT`, factors,
+    /// distances and speeds finite and within their bounds. The engine relies on this (a window
+    /// of 0 would divide by zero).
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        let mut bad = Vec::new();
+        let mut dur = |name: &'static str, secs: i64, min: i64| {
+            if secs < min || secs > Dur::MAX.0 {
+                bad.push((
+                    name,
+                    if secs < min {
+                        format!("{name} must be longer than 0s, not {}", Dur(secs))
+                    } else {
+                        format!("{name} must be at most 10 years (3650d), not {secs}s")
+                    },
+                ));
+            }
+        };
+        match self {
+            Detector::Match => {}
+            Detector::FirstSeen {
+                history, learning, ..
+            } => {
+                dur("history", *history, 1);
+                dur("learning", *learning, 0);
+            }
+            Detector::Threshold {
+                window,
+                count,
+                baseline,
+            } => {
+                dur("window", *window, 1);
+                if let Some((factor, history)) = baseline {
+                    dur("baseline_history", *history, 1);
+                    if !(factor.is_finite() && *factor > 0.0 && *factor <= MAX_FACTOR) {
+                        bad.push((
+                            "baseline_factor",
+                            format!(
+                                "baseline_factor must be a number above 0 and at most {MAX_FACTOR}, not {factor}"
+                            ),
+                        ));
+                    }
+                    if history <= window {
+                        bad.push((
+                            "baseline_history",
+                            format!(
+                                "baseline_history ({}) must be longer than the window ({})",
+                                Dur(*history),
+                                Dur(*window)
+                            ),
+                        ));
+                    }
+                }
+                if let Err(e) = count_in_range("count", i64::from(*count)) {
+                    bad.push(("count", e));
+                }
+            }
+            Detector::Distinct { window, min } => {
+                dur("window", *window, 1);
+                for (attr, m) in min {
+                    if let Err(e) = count_in_range(&format!("min.{}", attr.as_str()), i64::from(*m))
+                    {
+                        bad.push(("min", e));
+                    }
+                }
+            }
+            Detector::Velocity {
+                min_km,
+                max_kmh,
+                max_gap,
+            } => {
+                dur("max_gap", *max_gap, 1);
+                if !(min_km.is_finite() && (0.0..=MAX_DISTANCE_KM).contains(min_km)) {
+                    bad.push((
+                        "min_distance_km",
+                        format!(
+                            "min_distance_km must be between 0 and {MAX_DISTANCE_KM}, not {min_km}"
+                        ),
+                    ));
+                }
+                if !(max_kmh.is_finite() && *max_kmh > 0.0 && *max_kmh <= MAX_SPEED_KMH) {
+                    bad.push((
+                        "max_speed_kmh",
+                        format!(
+                            "max_speed_kmh must be above 0 and at most {MAX_SPEED_KMH}, not {max_kmh}"
+                        ),
+                    ));
+                }
+            }
+            Detector::Sequence { within, .. } => dur("within", *within, 1),
+        }
+        bad
     }
 
     /// How far back this detector looks, for state expiry.
@@ -419,11 +548,61 @@ impl RuleSet {
     }
 }
 
+/// A YAML error about a duration (from [`Dur::parse`]) as `file:line: message`, with the line
+/// that holds the duration: the reader's own position can be the start of the enclosing map
+/// (an internally tagged detector is buffered before it is read).
+pub(crate) fn duration_error_at(name: &str, text: &str, msg: &str) -> Option<String> {
+    let msg = first_line(msg);
+    let (pos, what) = msg.split_once(": ")?;
+    if !(what.starts_with("duration \"") || what.starts_with("bad duration")) {
+        return None;
+    }
+    let reported: usize = pos.strip_prefix("line ")?.split(' ').next()?.parse().ok()?;
+    let value = what.split('"').nth(1)?;
+    let line = text
+        .lines()
+        .enumerate()
+        .skip(reported.saturating_sub(1))
+        .find(|(_, l)| l.contains(&format!(": {value}")))
+        .map_or(reported, |(i, _)| i + 1);
+    Some(format!("{name}:{line}: {what}"))
+}
+
+/// The real error inside `detector` (one detector or a list of them), which the untagged
+/// `OneOrMany` hides behind "did not match any variant" at the line of `detector:`.
+fn detector_error(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct One {
+        #[serde(rename = "detector")]
+        _detector: DetectorSpec,
+    }
+    #[derive(Deserialize)]
+    struct Many {
+        #[serde(rename = "detector")]
+        _detector: Vec<DetectorSpec>,
+    }
+    let v: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+    let e = if v.get("detector")?.is_array() {
+        serde_saphyr::from_str::<Many>(text).err()
+    } else {
+        serde_saphyr::from_str::<One>(text).err()
+    };
+    e.map(|e| e.to_string())
+}
+
 /// Parses and compiles one rule file; every problem is reported with the file and a line.
 pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule, Vec<String>> {
     let name = file.display().to_string();
-    let spec: RuleSpec = serde_saphyr::from_str(text)
-        .map_err(|e| vec![format!("{name}: {}", first_line(&e.to_string()))])?;
+    let spec: RuleSpec = serde_saphyr::from_str(text).map_err(|e| {
+        let mut msg = e.to_string();
+        if msg.contains("untagged enum OneOrMany") {
+            msg = detector_error(text).unwrap_or(msg);
+        }
+        vec![
+            duration_error_at(&name, text, &msg)
+                .unwrap_or_else(|| format!("{name}: {}", first_line(&msg))),
+        ]
+    })?;
     let mut errors = Vec::new();
     let at = |needle: &str| -> usize {
         text.lines()
@@ -476,16 +655,12 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
                 baseline_factor,
                 baseline_history,
             } => {
-                if count == 0 || window.secs() <= 0 {
-                    errors.push(format!(
-                        "{name}:{}: threshold needs count > 0 and a window",
-                        at("threshold")
-                    ));
-                }
+                let count = count_in_range("count", count).unwrap_or_else(|e| {
+                    errors.push(format!("{name}:{}: threshold: {e}", at("count:")));
+                    1
+                });
                 let baseline = match (baseline_factor, baseline_history) {
-                    (Some(f), Some(h)) if f > 0.0 && h.secs() > window.secs() => {
-                        Some((f, h.secs()))
-                    }
+                    (Some(f), Some(h)) => Some((f, h.secs())),
                     (None, None) => None,
                     _ => {
                         errors.push(format!(
@@ -508,9 +683,24 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
                         at("distinct")
                     ));
                 }
+                let mut mins = Vec::new();
+                for (attr, m) in min {
+                    let what = format!("min.{}", attr.as_str());
+                    match count_in_range(&what, m) {
+                        Ok(m) => mins.push((attr, m)),
+                        Err(e) => {
+                            let line = text
+                                .lines()
+                                .position(|l| l.contains(&format!("{}:", attr.as_str())))
+                                .map_or_else(|| at("min:"), |i| i + 1);
+                            errors.push(format!("{name}:{line}: distinct: {e}"));
+                            mins.push((attr, 1));
+                        }
+                    }
+                }
                 Detector::Distinct {
                     window: window.secs(),
-                    min: min.into_iter().collect(),
+                    min: mins,
                 }
             }
             DetectorSpec::Velocity {
@@ -540,6 +730,20 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
                 }
             }
         };
+        let kind = match &compiled {
+            Detector::Match => "match",
+            Detector::FirstSeen { .. } => "first_seen",
+            Detector::Threshold { .. } => "threshold",
+            Detector::Distinct { .. } => "distinct",
+            Detector::Velocity { .. } => "velocity",
+            Detector::Sequence { .. } => "sequence",
+        };
+        for (param, e) in compiled.check() {
+            // Counts were range-checked above, before narrowing.
+            if param != "count" && param != "min" {
+                errors.push(format!("{name}:{}: {kind}: {e}", at(&format!("{param}:"))));
+            }
+        }
         detectors.push(compiled);
     }
     if spec.tests.is_empty() {
@@ -559,7 +763,23 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
     }
     for t in &spec.tests {
         if let Err(e) = t.validate() {
-            errors.push(format!("{name}:{}: test {:?}: {e}", at(&t.name), t.name));
+            // The line of the member the message names, after the test's name; else the name's.
+            let start = at(&t.name);
+            let member = ["created_days_ago", "last_used_days_ago", "at"]
+                .into_iter()
+                .find(|m| e.contains(&format!("{m}: ")) || e.contains(&format!(".{m} ")));
+            let line = member
+                .and_then(|m| {
+                    let key = format!("{m}:");
+                    text.lines().enumerate().skip(start).find_map(|(i, l)| {
+                        let holds = l.match_indices(&key).any(|(at, _)| {
+                            !l[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                        });
+                        holds.then_some(i + 1)
+                    })
+                })
+                .unwrap_or(start);
+            errors.push(format!("{name}:{line}: test {:?}: {e}", t.name));
         }
     }
     if !errors.is_empty() {
@@ -588,7 +808,7 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
     }
     let uses_ip =
         cond.uses_ip() || detectors.iter().any(Detector::uses_ip) || spec.dimension.from_ip();
-    Ok(Rule {
+    let rule = Rule {
         id: spec.id,
         name: spec.name,
         severity: spec.severity,
@@ -603,28 +823,49 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
         uses_ip,
         file: file.to_path_buf(),
         tests: spec.tests,
-    })
+    };
+    // A test case's own detector parameters obey the same ranges as the alarm policy's.
+    for t in rule.tests.iter().filter(|t| !t.thresholds.is_empty()) {
+        if let Err(e) = rule.clone().apply_thresholds(&t.thresholds) {
+            errors.push(format!(
+                "{name}:{}: test {:?}: thresholds: {e}",
+                at(&t.name),
+                t.name
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(rule)
 }
 
 impl Rule {
     /// Applies alarm-policy overrides of detector parameters (`count`, `window`, `history`,
     /// `learning`, `within`, `min_distance_km`, `max_speed_kmh`, `baseline_factor`,
-    /// `min.<attribute>`). A name no detector of the rule has is an error.
+    /// `min.<attribute>`). A name no detector of the rule has is an error, and so is a value
+    /// out of the range [`Detector::check`] allows; the first such problem is returned.
     pub fn apply_thresholds(&mut self, overrides: &BTreeMap<String, String>) -> Result<(), String> {
         for (name, value) in overrides {
             let dur = || Dur::parse(value).map(Dur::secs);
             let num = || {
                 value
+                    .trim()
                     .parse::<f64>()
                     .map_err(|_| format!("{name}: not a number: {value:?}"))
+            };
+            let whole = |what: &str| {
+                let n = value
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("{what}: not a whole number: {value:?}"))?;
+                count_in_range(what, n)
             };
             let mut applied = false;
             for d in &mut self.detectors {
                 match (name.as_str(), &mut *d) {
                     ("count", Detector::Threshold { count, .. }) => {
-                        *count = value
-                            .parse()
-                            .map_err(|_| format!("count: not a whole number: {value:?}"))?;
+                        *count = whole("count")?;
                         applied = true;
                     }
                     (
@@ -667,9 +908,7 @@ impl Rule {
                     (n, Detector::Distinct { min, .. }) if n.starts_with("min.") => {
                         for (attr, m) in min.iter_mut() {
                             if n == format!("min.{}", attr.as_str()) {
-                                *m = value
-                                    .parse()
-                                    .map_err(|_| format!("{n}: not a whole number: {value:?}"))?;
+                                *m = whole(n)?;
                                 applied = true;
                             }
                         }
@@ -684,6 +923,59 @@ impl Rule {
                 ));
             }
         }
-        Ok(())
+        match self.detectors.iter().flat_map(Detector::check).next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_checked_never_wrapped() {
+        assert_eq!(Dur::parse("30s"), Ok(Dur(30)));
+        assert_eq!(Dur::parse("2w"), Ok(Dur(14 * 86_400)));
+        assert_eq!(Dur::parse("0s"), Ok(Dur(0)));
+        assert_eq!(Dur::parse("3650d"), Ok(Dur::MAX));
+        assert_eq!(Dur::parse("521w"), Ok(Dur(521 * 7 * 86_400)));
+        let long = "is longer than 10 years (3650d)";
+        for s in [
+            "3651d",
+            "522w",
+            "30500569566319w",
+            "10000000000000000s",
+            "99999999999999999999999s",
+        ] {
+            let e = Dur::parse(s).unwrap_err();
+            assert!(e.ends_with(long), "{s}: {e}");
+        }
+        assert!(Dur::parse("5x").unwrap_err().contains("bad duration unit"));
+        assert!(Dur::parse("-5s").unwrap_err().starts_with("bad duration"));
+        assert!(Dur::parse("m").unwrap_err().starts_with("bad duration"));
+    }
+
+    #[test]
+    fn overrides_out_of_range_are_refused() {
+        let mut d = Detector::Threshold {
+            window: 300,
+            count: 3,
+            baseline: None,
+        };
+        assert!(d.check().is_empty());
+        d = Detector::Threshold {
+            window: 0,
+            count: 0,
+            baseline: Some((f64::NAN, 10)),
+        };
+        let names: Vec<&str> = d.check().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            ["window", "baseline_factor", "count"],
+            "{:?}",
+            d.check()
+        );
     }
 }

@@ -111,6 +111,9 @@ pub struct TestEvent {
     pub fires: Option<bool>,
 }
 
+/// The most days ago a test event's report key may have been created or last used.
+pub const MAX_DAYS_AGO: i64 = 36_500;
+
 /// Test cases start here.
 pub fn test_epoch() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 6, 2, 8, 0, 0)
@@ -126,8 +129,39 @@ fn enum_value<T: for<'de> Deserialize<'de>>(s: &str, what: &str) -> Result<T, St
 impl TestEvent {
     /// The event and the enrichment it stands for.
     pub fn build(&self, index: usize) -> Result<(Event, Enrichment), String> {
-        let at = self.at.map_or(index as i64 * 60, Dur::secs);
-        let event_time = test_epoch() + Duration::seconds(at);
+        // `at` is at most Dur::MAX (10 years); the default, a minute per event, is checked too.
+        let at = match self.at {
+            Some(d) => d.secs(),
+            None => i64::try_from(index)
+                .ok()
+                .and_then(|i| i.checked_mul(60))
+                .filter(|s| *s <= Dur::MAX.secs())
+                .ok_or_else(|| "too many events for one-minute steps".to_owned())?,
+        };
+        let event_time = Duration::try_seconds(at)
+            .and_then(|d| test_epoch().checked_add_signed(d))
+            .ok_or_else(|| format!("at: {} is out of range", Dur(at)))?;
+        let days_before = |what: &str,
+                           days: Option<i64>|
+         -> Result<Option<DateTime<Utc>>, String> {
+            let Some(d) = days else { return Ok(None) };
+            if !(0..=MAX_DAYS_AGO).contains(&d) {
+                return Err(format!(
+                    "report_key.{what} must be between 0 and {MAX_DAYS_AGO} (100 years), not {d}"
+                ));
+            }
+            Duration::try_days(d)
+                .and_then(|d| event_time.checked_sub_signed(d))
+                .map(Some)
+                .ok_or_else(|| format!("report_key.{what}: {d} days is out of range"))
+        };
+        let (created, last_used) = match &self.report_key {
+            Some(k) => (
+                days_before("created_days_ago", k.created_days_ago)?,
+                days_before("last_used_days_ago", k.last_used_days_ago)?,
+            ),
+            None => (None, None),
+        };
         let cloud: Cloud = self.cloud.as_deref().unwrap_or("aws").parse()?;
         let (mut service, mut action) = ("sts".to_owned(), "GetCallerIdentity".to_owned());
         if let Some(api) = &self.api {
@@ -232,8 +266,8 @@ impl TestEvent {
         let geo = self.geo.clone().map(std::sync::Arc::new);
         let key_facts = self.report_key.as_ref().map(|k| KeyFacts {
             active: k.active,
-            created: k.created_days_ago.map(|d| event_time - Duration::days(d)),
-            last_used: k.last_used_days_ago.map(|d| event_time - Duration::days(d)),
+            created,
+            last_used,
             never_used: k.never_used,
             at_risk: k.at_risk,
         });

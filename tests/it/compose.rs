@@ -1,5 +1,5 @@
 //! Docker cannot run on the project's machines, so this checks `docker-compose.yml` against the
-//! repository: the services, the ports, and that every mounted or copied path exists and fits.
+//! repository: the services, the ports (published on loopback only), and that every mounted or copied path exists and fits.
 
 use serde_json::Value;
 
@@ -62,9 +62,19 @@ fn docker_compose_matches_the_repository() {
         .map(|p| p.as_str().unwrap())
         .collect();
     assert!(
-        ports.contains(&format!("{ops_port}:{ops_port}").as_str()),
+        ports.contains(&format!("127.0.0.1:{ops_port}:{ops_port}").as_str()),
         "{ports:?}"
     );
+    // Every published port listens on the host's loopback only, unless the operator opens it.
+    for (name, svc) in services {
+        for p in svc["ports"].as_array().into_iter().flatten() {
+            let p = p.as_str().unwrap();
+            assert!(
+                p.starts_with("127.0.0.1:"),
+                "{name} publishes {p} on every interface"
+            );
+        }
+    }
     let prometheus = std::fs::read_to_string(repo().join("deploy/prometheus.yml")).unwrap();
     assert!(prometheus.contains(&format!("akwatch:{ops_port}")));
     assert_eq!(config.brokers, "kafka:9092");

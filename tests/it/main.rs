@@ -7,10 +7,12 @@ mod corpus;
 mod detect;
 mod golden;
 mod kafka;
+mod ops;
 mod poison;
 mod props;
 mod reports;
 mod schema;
+mod validation;
 
 use std::path::{Path, PathBuf};
 
