@@ -467,14 +467,20 @@ fn after_a_clean_restart_known_ips_are_not_new() {
 /// A GET on the ops port (plain HTTP/1.1, no client library needed).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
+    // Status 0: no answer (not listening yet, or the connection failed).
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let mut response = String::new();
+    if write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    .and_then(|()| stream.read_to_string(&mut response))
+    .is_err()
+    {
+        return (0, response);
+    }
     let status = response
         .split_whitespace()
         .nth(1)
@@ -655,15 +661,39 @@ fn a_broker_outage_mid_stream_loses_nothing() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let brokers = outage_broker("start");
     let result = std::panic::catch_unwind(|| {
-        let h = Harness::new(&brokers, "outage");
+        let mut h = Harness::new(&brokers, "outage");
+        let ops = format!("127.0.0.1:{}", free_port());
+        h.ops = Some(ops.clone());
         let expected = replay_alarm_ids();
         let all = h.stream();
         h.produce_part(&all, 0.0, 0.5);
         let mut child = h.spawn(true);
-        std::thread::sleep(Duration::from_secs(4));
+        let ready_within = |want: u16, limit: Duration| {
+            let start = Instant::now();
+            loop {
+                let (status, body) = http_get(&ops, "/readyz");
+                if status == want {
+                    return (start.elapsed(), body);
+                }
+                assert!(
+                    start.elapsed() < limit,
+                    "/readyz still {status} ({body}) after {limit:?}, wanted {want}"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        };
+        ready_within(200, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_secs(2));
         outage_broker("pause");
-        std::thread::sleep(Duration::from_secs(8));
+        // Readiness follows the broker: unready while it is gone, ready again after.
+        let (down, why) = ready_within(503, Duration::from_secs(40));
+        assert!(why.contains("broker"), "{why}");
+        std::thread::sleep(Duration::from_secs(4));
         outage_broker("resume");
+        let (up, _) = ready_within(200, Duration::from_secs(60));
+        eprintln!(
+            "/readyz: unready {down:?} after the broker stopped ({why}); ready {up:?} after it came back"
+        );
         h.produce_part(&all, 0.5, 1.0);
         h.alarm_ids(&expected, Duration::from_secs(180));
         std::thread::sleep(Duration::from_secs(6));
