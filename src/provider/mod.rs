@@ -167,6 +167,8 @@ impl RecordRejects {
 /// What a wrapper tells the event inside it.
 #[derive(Debug, Clone, Copy, Default)]
 struct Context {
+    /// The wall clock when the record's decoding began (read once per record).
+    now: Option<DateTime<Utc>>,
     /// The envelope's time, used when the event itself has none.
     fallback_time: Option<DateTime<Utc>>,
     /// The cloud the wrapper belongs to, used when the event's own members do not tell.
@@ -212,7 +214,11 @@ impl Decoder {
 
     /// Decodes one record, pushing one result per event it holds (none for an empty batch).
     pub fn decode(&self, bytes: &[u8], origin: &Origin, out: &mut Vec<Result<Event, Reject>>) {
-        self.decode_value(bytes, origin, Context::default(), 0, out);
+        let ctx = Context {
+            now: Some(Utc::now()),
+            ..Context::default()
+        };
+        self.decode_value(bytes, origin, ctx, 0, out);
     }
 
     /// Convenience for tests and tools: decodes one record into a fresh vector.
@@ -291,6 +297,7 @@ impl Decoder {
                 let ctx = Context {
                     fallback_time: envelope_time(raw.time.as_ref()).or(ctx.fallback_time),
                     hint: Some(Cloud::Aws),
+                    now: ctx.now,
                 };
                 self.decode_inner(detail, origin, ctx, depth, out);
                 return;
@@ -299,6 +306,7 @@ impl Decoder {
                 let ctx = Context {
                     fallback_time: envelope_time(raw.time.as_ref()).or(ctx.fallback_time),
                     hint: ctx.hint,
+                    now: ctx.now,
                 };
                 self.decode_inner(data, origin, ctx, depth, out);
                 return;
@@ -312,6 +320,7 @@ impl Decoder {
                     fallback_time: envelope_time(raw.outer_event_time.as_ref())
                         .or(ctx.fallback_time),
                     hint: Some(Cloud::Tencent),
+                    now: ctx.now,
                 };
                 self.decode_inner(inner, origin, ctx, depth, out);
                 return;
@@ -320,6 +329,7 @@ impl Decoder {
                 let ctx = Context {
                     fallback_time: envelope_time(raw.sls_time.as_ref()).or(ctx.fallback_time),
                     hint: Some(Cloud::Alibaba),
+                    now: ctx.now,
                 };
                 self.decode_inner(event, origin, ctx, depth, out);
                 return;
@@ -330,6 +340,7 @@ impl Decoder {
                 let ctx = Context {
                     fallback_time: envelope_time(raw.at_timestamp.as_ref()).or(ctx.fallback_time),
                     hint: ctx.hint,
+                    now: ctx.now,
                 };
                 self.decode_value(message.as_bytes(), origin, ctx, depth + 1, out);
                 return;
@@ -504,8 +515,12 @@ impl Decoder {
             }
         };
         // Checked after every fallback: an envelope's time is no more trusted than the event's.
-        let event_time = time::check_event_time(event_time, Utc::now(), self.max_skew_secs)
-            .map_err(|e| reject(RejectKind::BadField, format!("event time: {e}")))?;
+        let event_time = time::check_event_time(
+            event_time,
+            ctx.now.unwrap_or_else(Utc::now),
+            self.max_skew_secs,
+        )
+        .map_err(|e| reject(RejectKind::BadField, format!("event time: {e}")))?;
         let identity = match &raw.user_identity {
             Some(MaybeJson::Text(text)) => {
                 let parsed: Box<RawIdentity<'_>> = serde_json::from_str(text).map_err(|e| {
