@@ -241,6 +241,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut lag_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut checkpoint_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut results = Vec::new();
+    let (mut consume_errors, mut last_consume_error) = (0u64, None);
     while !abandoned {
         metrics.heartbeat();
         let message = tokio::select! {
@@ -283,7 +284,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let message = match message {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "consume error");
+                // An outage makes librdkafka report an error per poll: one line per 10 s.
+                consume_errors += 1;
+                if last_consume_error
+                    .is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10))
+                {
+                    tracing::warn!(error = %e, errors = consume_errors, "consume error");
+                    last_consume_error = Some(Instant::now());
+                    consume_errors = 0;
+                }
                 continue;
             }
         };
@@ -453,8 +462,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max(Duration::from_secs(1));
     std::thread::spawn(move || {
         std::thread::sleep(close_limit);
-        tracing::warn!("the Kafka client did not close in time; exiting");
-        std::process::exit(if SAVED.load(Ordering::SeqCst) { 0 } else { 1 });
+        exit_soon(
+            if SAVED.load(Ordering::SeqCst) { 0 } else { 1 },
+            "the Kafka client did not close in time; exiting",
+        );
     });
     tracing::info!(events = s.engine.stats.events, "stopped");
     drop(lag_task);
@@ -478,22 +489,29 @@ fn stop_on_signal(grace: Duration) -> Stop {
     let first = shutdown_signal();
     tokio::spawn(async move {
         first.await;
-        tracing::info!(?grace, "stop signal: finishing within the grace period");
+        // Before anything that could block (a log write to a full pipe, say).
         handle.stop(delivery_grace(grace));
         std::thread::spawn(move || {
             std::thread::sleep(grace);
-            let saved = SAVED.load(Ordering::SeqCst);
-            tracing::warn!(
-                saved,
-                "the shutdown grace period is over; exiting (what was not acknowledged is redone at the next start)"
+            exit_soon(
+                if SAVED.load(Ordering::SeqCst) { 0 } else { 1 },
+                "the shutdown grace period is over; exiting (what was not acknowledged is redone at the next start)",
             );
-            std::process::exit(if saved { 0 } else { 1 });
         });
+        tracing::info!(?grace, "stop signal: finishing within the grace period");
         shutdown_signal().await;
         tracing::warn!("second stop signal: exiting without finishing the shutdown");
         std::process::exit(130);
     });
     stop
+}
+
+/// Exits with `code` after trying to log `why` for at most 200 ms: a log that cannot be
+/// written (stderr a full pipe) must not keep the process.
+fn exit_soon(code: i32, why: &'static str) -> ! {
+    std::thread::spawn(move || tracing::warn!("{why}"));
+    std::thread::sleep(Duration::from_millis(200));
+    std::process::exit(code)
 }
 
 fn observe_alarm_latency(

@@ -102,6 +102,26 @@ fn consume_all(
     got
 }
 
+type ServiceLog = (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    std::thread::JoinHandle<()>,
+);
+
+/// The stderr of each service process, by pid, drained by a thread of its own.
+static SERVICE_LOGS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<u32, ServiceLog>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Everything an exited service process wrote on stderr.
+fn service_log(child: &std::process::Child) -> String {
+    let Some((log, drain)) = SERVICE_LOGS.lock().unwrap().remove(&child.id()) else {
+        return String::new();
+    };
+    let _ = drain.join();
+    let bytes = log.lock().unwrap().clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// One test's topics, group and service processes.
 struct Harness {
     brokers: String,
@@ -285,13 +305,31 @@ impl Harness {
     }
 
     fn spawn_with(&self, state: Option<&str>) -> std::process::Child {
-        Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_akwatch"))
             .args(["run", "--config", self.config(state).to_str().unwrap()])
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
+            .unwrap();
+        // Drained all along: a service whose log fills the pipe would block writing it.
+        let mut pipe = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let drain = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        SERVICE_LOGS
+            .lock()
             .unwrap()
+            .insert(child.id(), (log, drain));
+        child
     }
 
     fn signal(child: &mut std::process::Child, signal: &str) -> String {
@@ -316,13 +354,7 @@ impl Harness {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let stderr = service_log(child);
         assert!(
             !hung,
             "akwatch run did not stop within 60 s of {signal}: {stderr}"
@@ -1236,13 +1268,7 @@ fn a_stop_with_the_broker_gone_ends_within_the_grace_period_and_loses_no_alarm()
             std::thread::sleep(Duration::from_millis(50));
         };
         let took = signalled.elapsed();
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let stderr = service_log(&child);
         assert!(
             took <= grace + Duration::from_millis(1500),
             "stopped after {took:?} ({status}), grace {grace:?}: {stderr}"
