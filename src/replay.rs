@@ -270,8 +270,10 @@ pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud) -> Alarm {
 /// keys a credential report flags as at risk. Sorted by key id (deterministic ids and order).
 pub fn leak_alarms(enricher: &Enricher) -> Vec<Alarm> {
     let mut leak_keys: Vec<LeakEntry> = enricher.leaks.entries().into_iter().cloned().collect();
+    let known: std::collections::HashSet<String> =
+        leak_keys.iter().map(|l| l.key_id.clone()).collect();
     for key in enricher.reports.at_risk_keys() {
-        if !leak_keys.iter().any(|l| l.key_id == key) {
+        if !known.contains(key) {
             leak_keys.push(LeakEntry {
                 key_id: key.to_owned(),
                 source: "credential report: may be at risk".to_owned(),

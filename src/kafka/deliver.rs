@@ -115,7 +115,10 @@ pub enum Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Abandoned;
 
-/// Errors that no retry can cure.
+/// Errors that no retry of the same record to the same topic can cure: its size, or what the
+/// topic is (an illegal name, a policy that refuses the record). Authorisation errors are *not*
+/// among them: an ACL is fixed by an operator, and until then the alarms wait (retried, logged,
+/// counted) rather than being skipped.
 pub fn is_permanent(e: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
     matches!(
@@ -125,14 +128,24 @@ pub fn is_permanent(e: &KafkaError) -> bool {
                 | C::InvalidMessageSize
                 | C::MessageBatchTooLarge
                 | C::InvalidTopic
-                | C::TopicAuthorizationFailed
-                | C::ClusterAuthorizationFailed
                 | C::InvalidRecord
                 | C::InvalidArgument
-                | C::InvalidMessage
                 | C::UnknownPartition
+                | C::PolicyViolation
         )
     )
+}
+
+/// The idempotent producer is unusable after a fatal error: only a new one (a restart) can
+/// deliver again. Nothing unacknowledged was committed, so exiting loses nothing.
+fn exit_on_fatal(e: &KafkaError) {
+    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+        std::thread::spawn(|| {
+            tracing::error!("fatal producer error: exiting so that a restart builds a new producer")
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        std::process::exit(1);
+    }
 }
 
 fn too_large(e: &KafkaError) -> bool {
@@ -179,6 +192,7 @@ pub async fn deliver(
             Ok(_) => return Delivery::Acked(attempts),
             Err((e, _)) if is_permanent(&e) => return Delivery::Permanent(e),
             Err((e, _)) => {
+                exit_on_fatal(&e);
                 on_retry();
                 tracing::warn!(topic, error = %e, "produce failed; retrying in {:?}", backoff);
                 tokio::select! {
@@ -220,20 +234,43 @@ impl Outputs<'_> {
     }
 
     /// Delivers an alarm: shrunk when too large, to the dead-letter topic when the alarm topic
-    /// refuses it for good. Only a stop can make it fail.
+    /// refuses it for good. It is stored somewhere before this returns `Ok`: when neither topic
+    /// takes it, it is tried again (with backoff) until one does. Only a stop can make it fail.
     pub async fn alarm(&self, alarm: &Alarm) -> Result<(), Abandoned> {
-        let Ok(mut value) = serde_json::to_value(alarm) else {
-            tracing::error!(alarm_id = %alarm.alarm_id, "cannot serialise an alarm");
-            self.failed("alarm", "permanent");
-            return Ok(());
-        };
+        let mut value = serde_json::to_value(alarm).unwrap_or_else(|_| minimal_alarm(alarm));
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if self.try_alarm(alarm, &mut value).await? {
+                return Ok(());
+            }
+            tracing::error!(alarm_id = %alarm.alarm_id, "neither the alarm topic nor the dead-letter topic takes the alarm; trying again in {backoff:?}");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.stop.until_expired() => {
+                    self.failed("alarm", "stopped");
+                    return Err(Abandoned);
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    }
+
+    /// One round: the alarm topic (shrinking as needed), else the dead-letter topic. Whether
+    /// the alarm was stored.
+    async fn try_alarm(&self, alarm: &Alarm, value: &mut Value) -> Result<bool, Abandoned> {
         let mut limit = payload_limit(self.max_bytes);
-        let mut bytes = serde_json::to_vec(&value).unwrap_or_default();
+        let mut bytes = serde_json::to_vec(&*value).unwrap_or_default();
         let mut shrunk = false;
-        for _ in 0..8 {
+        for round in 0..8 {
             if bytes.len() > limit {
-                shrink_to(&mut value, limit);
-                bytes = serde_json::to_vec(&value).unwrap_or_default();
+                if round < 7 {
+                    shrink_to(value, limit);
+                }
+                if serde_json::to_vec(&*value).map_or(true, |b| b.len() > limit) || round == 7 {
+                    // Nothing left to cut but what identifies it: the alarm's core alone.
+                    *value = minimal_alarm(alarm);
+                }
+                bytes = serde_json::to_vec(&*value).unwrap_or_default();
                 if !shrunk {
                     shrunk = true;
                     self.metrics.alarms_shrunk.inc();
@@ -252,7 +289,7 @@ impl Outputs<'_> {
             )
             .await
             {
-                Delivery::Acked(_) => return Ok(()),
+                Delivery::Acked(_) => return Ok(true),
                 Delivery::Abandoned => {
                     self.failed("alarm", "stopped");
                     return Err(Abandoned);
@@ -265,21 +302,24 @@ impl Outputs<'_> {
                     tracing::error!(alarm_id = %alarm.alarm_id, topic = self.alarm_topic, error = %e,
                         "the alarm topic refuses the alarm for good; sending it to the dead-letter topic");
                     self.failed("alarm", "permanent");
-                    let origin = Origin::default();
                     let reject = Reject::new(
                         crate::provider::RejectKind::InternalError,
                         format!("undeliverable alarm: {e}"),
-                        origin.clone(),
+                        Origin::default(),
                     );
                     return self
-                        .dead_letter_as(&reject, "undeliverable_alarm", &bytes, &origin)
+                        .dead_letter_keyed(
+                            &reject,
+                            "undeliverable_alarm",
+                            &bytes,
+                            &alarm.alarm_id,
+                            &Origin::default(),
+                        )
                         .await;
                 }
             }
         }
-        tracing::error!(alarm_id = %alarm.alarm_id, "alarm still too large after cutting; not delivered");
-        self.failed("alarm", "permanent");
-        Ok(())
+        Ok(false)
     }
 
     /// Delivers a rejected record unchanged (cut when too large) with its reason and origin.
@@ -289,27 +329,36 @@ impl Outputs<'_> {
         raw: &[u8],
         origin: &Origin,
     ) -> Result<(), Abandoned> {
-        self.dead_letter_as(reject, reject.kind.as_str(), raw, origin)
-            .await
-    }
-
-    async fn dead_letter_as(
-        &self,
-        reject: &Reject,
-        kind: &str,
-        raw: &[u8],
-        origin: &Origin,
-    ) -> Result<(), Abandoned> {
         let key = format!(
             "{}:{}:{}",
             origin.topic.as_deref().unwrap_or("-"),
             origin.partition.unwrap_or(-1),
             origin.offset.unwrap_or(-1)
         );
+        // A dead letter the topic refuses for good is logged and counted: the record itself is
+        // bad input, and the partition must not stall on it.
+        self.dead_letter_keyed(reject, reject.kind.as_str(), raw, &key, origin)
+            .await
+            .map(drop)
+    }
+
+    /// Produces a dead letter under `key`; whether it was stored.
+    async fn dead_letter_keyed(
+        &self,
+        reject: &Reject,
+        kind: &str,
+        raw: &[u8],
+        key: &str,
+        origin: &Origin,
+    ) -> Result<bool, Abandoned> {
         let mut limit = payload_limit(self.max_bytes);
         for _ in 0..8 {
             let cut = raw.len() > limit;
-            let payload = if cut { &raw[..limit] } else { raw };
+            let payload = if cut {
+                &raw[..char_floor(raw, limit)]
+            } else {
+                raw
+            };
             if cut {
                 tracing::warn!(%key, bytes = raw.len(), limit, "dead letter too large for the topic: cut");
             }
@@ -318,7 +367,7 @@ impl Outputs<'_> {
             match deliver(
                 self.producer,
                 self.dlq_topic,
-                &key,
+                key,
                 payload,
                 Some(headers),
                 &self.stop,
@@ -330,7 +379,7 @@ impl Outputs<'_> {
                     if cut {
                         self.metrics.dead_letters_truncated.inc();
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 Delivery::Abandoned => {
                     self.failed("dead_letter", "stopped");
@@ -343,13 +392,13 @@ impl Outputs<'_> {
                     tracing::error!(%key, topic = self.dlq_topic, error = %e, reason = %reject.reason,
                         "the dead-letter topic refuses the record for good; it is not kept");
                     self.failed("dead_letter", "permanent");
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
         tracing::error!(%key, "dead letter still too large after cutting; not kept");
         self.failed("dead_letter", "permanent");
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -397,10 +446,16 @@ pub fn shrink_to(value: &mut Value, limit: usize) {
     let mut max_items = 256usize;
     let mut cut = Cut::default();
     loop {
-        cut_value(value, max_str, max_items, &mut cut);
+        // What identifies the alarm is never cut.
+        if let Some(o) = value.as_object_mut() {
+            for (k, v) in o.iter_mut() {
+                if !PROTECTED.contains(&k.as_str()) {
+                    cut_value(v, max_str, max_items, &mut cut);
+                }
+            }
+        }
         let note = format!(
-            "shrunk to fit the topic's message size: {} string(s) cut to {max_str} bytes, {} list(s) cut to {max_items} items",
-            cut.strings, cut.lists
+            "shrunk to fit the topic's message size: strings cut to {max_str} bytes, lists to {max_items} items"
         );
         if let Some(facts) = value
             .get_mut("evidence")
@@ -415,6 +470,51 @@ pub fn shrink_to(value: &mut Value, limit: usize) {
         }
         max_str = (max_str / 2).max(16);
         max_items = (max_items / 2).max(1);
+    }
+}
+
+/// Alarm fields never cut: its identity, kind and times.
+const PROTECTED: [&str; 10] = [
+    "alarm_id",
+    "rule_id",
+    "severity",
+    "alarm_type",
+    "status",
+    "cloud",
+    "account_id",
+    "key_kind",
+    "first_seen",
+    "last_seen",
+];
+
+/// The alarm's core, when nothing else fits: identity, key, times, count, and a note.
+fn minimal_alarm(alarm: &Alarm) -> Value {
+    let key = alarm.access_key_id.as_ref().map(|k| cut_str(&k.0, 128));
+    serde_json::json!({
+        "alarm_id": alarm.alarm_id,
+        "rule_id": alarm.rule_id,
+        "severity": alarm.severity,
+        "alarm_type": alarm.alarm_type,
+        "status": alarm.status,
+        "cloud": alarm.cloud,
+        "access_key_id": key,
+        "count": alarm.count,
+        "first_seen": alarm.first_seen,
+        "last_seen": alarm.last_seen,
+        "evidence": {"event_ids": [], "facts": {"truncated": "only the alarm's core fits the topic's message size: see the akwatch log for the rest"}},
+    })
+}
+
+fn cut_str(s: &str, max: usize) -> String {
+    s[..char_floor(s.as_bytes(), max)].to_owned()
+}
+
+/// The largest index ≤ `at` that does not split a UTF-8 character (when the bytes are text).
+fn char_floor(bytes: &[u8], at: usize) -> usize {
+    let at = at.min(bytes.len());
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (0..=at).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0),
+        Err(_) => at,
     }
 }
 
@@ -470,7 +570,7 @@ mod tests {
         assert!(bytes.len() <= 100_000, "{}", bytes.len());
         assert_eq!(v["alarm_id"], "akw-1");
         let note = v["evidence"]["facts"]["truncated"].as_str().unwrap();
-        assert!(note.contains("string(s) cut"), "{note}");
+        assert!(note.contains("strings cut to"), "{note}");
         // Cut on character boundaries: still valid JSON text, still the same characters.
         assert!(
             v["evidence"]["facts"]["user_agent"]
@@ -478,6 +578,33 @@ mod tests {
                 .unwrap()
                 .starts_with("时时")
         );
+    }
+
+    #[test]
+    fn what_identifies_an_alarm_is_never_cut() {
+        let id = format!("akw-{}", "0".repeat(64));
+        let mut v = serde_json::json!({
+            "alarm_id": id, "rule_id": "ak.sensitive_api", "first_seen": "2025-06-05T10:00:00Z",
+            "description": "d".repeat(100_000),
+            "evidence": {"event_ids": (0..1000).map(|i| i.to_string()).collect::<Vec<_>>(), "facts": {}},
+        });
+        shrink_to(&mut v, 600);
+        assert_eq!(v["alarm_id"], id);
+        assert_eq!(v["rule_id"], "ak.sensitive_api");
+        assert_eq!(v["first_seen"], "2025-06-05T10:00:00Z");
+        assert!(v["description"].as_str().unwrap().len() < 600);
+        assert!(serde_json::to_vec(&v).unwrap().len() <= 600);
+    }
+
+    #[test]
+    fn cuts_keep_utf8_whole() {
+        let text = "时".repeat(10);
+        for at in 0..31 {
+            assert!(
+                std::str::from_utf8(&text.as_bytes()[..char_floor(text.as_bytes(), at)]).is_ok()
+            );
+        }
+        assert_eq!(char_floor(&[0xff, 0xfe, 0xfd], 2), 2);
     }
 
     #[test]
@@ -494,8 +621,11 @@ mod tests {
     fn too_large_and_authorisation_errors_are_permanent_outages_are_not() {
         use rdkafka::error::KafkaError::MessageProduction as P;
         assert!(is_permanent(&P(RDKafkaErrorCode::MessageSizeTooLarge)));
-        assert!(is_permanent(&P(RDKafkaErrorCode::TopicAuthorizationFailed)));
         assert!(is_permanent(&P(RDKafkaErrorCode::InvalidTopic)));
+        // An ACL is fixed by an operator: the alarms wait for it rather than being skipped.
+        assert!(!is_permanent(&P(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
         assert!(!is_permanent(&P(RDKafkaErrorCode::MessageTimedOut)));
         assert!(!is_permanent(&P(RDKafkaErrorCode::QueueFull)));
         assert!(!is_permanent(&P(RDKafkaErrorCode::AllBrokersDown)));

@@ -104,6 +104,13 @@ impl Progress {
         lock(&self.positions).set(topic, partition, offset + 1);
     }
 
+    /// Forgets every position: nothing processed since the last checkpoint may be committed
+    /// (a stop that could not save the state). The revocation then commits nothing.
+    pub fn forget_positions(&self) {
+        let _serial = lock(&self.commit_lock);
+        *lock(&self.positions) = PartitionOffsets::default();
+    }
+
     /// The offsets a checkpoint records: the positions, and the restored ones not since moved.
     pub fn checkpoint_offsets(&self) -> Vec<TopicOffset> {
         let mut all = lock(&self.skip_before).clone();
@@ -255,19 +262,21 @@ impl ConsumerContext for GroupContext {
 pub type GroupConsumer = StreamConsumer<GroupContext>;
 
 /// Writes the state with the offsets it reflects, then commits those offsets (not for partitions
-/// revoked in between). Without a checkpoint the offsets must not move either.
+/// revoked in between). Without a checkpoint the offsets must not move either. Returns whether
+/// the checkpoint was written.
 pub fn write_checkpoint(
     consumer: &GroupConsumer,
     progress: &Progress,
     cp: &Checkpoint,
     dir: &std::path::Path,
-) {
+) -> bool {
     match crate::checkpoint::write(dir, cp) {
         Ok(bytes) => tracing::debug!(bytes, partitions = cp.offsets.len(), "checkpoint written"),
         Err(e) => {
             tracing::error!(error = %e, "cannot write the checkpoint; offsets not committed");
-            return;
+            return false;
         }
     }
     progress.commit(consumer, Some(&cp.offsets));
+    true
 }

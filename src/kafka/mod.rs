@@ -245,6 +245,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     while !abandoned {
         metrics.heartbeat();
         let message = tokio::select! {
+            // Once the stop signal has come, no further record is taken.
+            biased;
             _ = stop.signalled() => break,
             Some(update) = reports_rx.recv() => {
                 // Between two records: every event is joined with one whole version.
@@ -381,6 +383,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         {
             outcome = out.dead_letter(&reject, payload, &origin).await;
         }
+        if results.capacity() > 4096 {
+            // A huge batch once must not keep its buffer for ever.
+            results = Vec::new();
+        }
         if outcome.is_err() {
             // Stopping and not acknowledged in time: this record is not done.
             abandoned = true;
@@ -389,9 +395,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Everything derived from this message is acknowledged: its offset may be committed.
         progress.done(message.topic(), message.partition(), message.offset());
         if let Some(ms) = ingested {
-            metrics
-                .ingest_to_done_seconds
-                .observe(((chrono::Utc::now().timestamp_millis() - ms).max(0) as f64) / 1000.0);
+            metrics.ingest_to_done_seconds.observe(
+                (chrono::Utc::now()
+                    .timestamp_millis()
+                    .saturating_sub(ms)
+                    .max(0) as f64)
+                    / 1000.0,
+            );
         }
         dirty = true;
         // After a rebalance, checkpoint at once: the state then reflects the partitions kept.
@@ -410,7 +420,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     stop_reports.store(true, Ordering::Relaxed);
     if !abandoned {
-        for alarm in s.engine.flush() {
+        let pending = crate::isolate::guard(|| s.engine.flush()).unwrap_or_else(|e| {
+            tracing::error!("pending alarm updates lost: {e}");
+            Vec::new()
+        });
+        for alarm in pending {
             if out.alarm(&alarm).await.is_err() {
                 abandoned = true;
                 break;
@@ -431,16 +445,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(
             "deliveries not acknowledged within the shutdown grace period: the last checkpoint and committed offsets stand; the next start redoes the records after them"
         );
-        if dir.is_none() {
-            // No state to keep consistent: the positions are of acknowledged records only.
-            progress.commit(&*consumer, None);
-        }
-    } else {
         match dir {
-            Some(dir) => write_checkpoint(&consumer, &progress, &checkpoint(&progress, &s), dir),
+            // The positions run past the last checkpoint: no commit of them may land, not even
+            // the revocation's when we leave the group.
+            Some(_) => progress.forget_positions(),
+            // No state to keep consistent: the positions are of acknowledged records only.
             None => progress.commit(&*consumer, None),
         }
-        SAVED.store(true, Ordering::SeqCst);
+    } else {
+        let saved = match dir {
+            Some(dir) => write_checkpoint(&consumer, &progress, &checkpoint(&progress, &s), dir),
+            None => {
+                progress.commit(&*consumer, None);
+                true
+            }
+        };
+        if saved {
+            SAVED.store(true, Ordering::SeqCst);
+        } else {
+            // As when abandoned: the last good checkpoint and its offsets stand.
+            progress.forget_positions();
+            abandoned = true;
+        }
     }
     drop(reports_rx);
     let joined = tokio::task::spawn_blocking(move || reports_thread.join());
@@ -468,6 +494,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     });
     tracing::info!(events = s.engine.stats.events, "stopped");
+    if abandoned {
+        // Exit 1: stopped without saving; the next start redoes what was not acknowledged.
+        drop(consumer);
+        exit_soon(
+            1,
+            "stopped without saving the state: the next start redoes the records after the last checkpoint",
+        );
+    }
     drop(lag_task);
     drop(consumer);
     Ok(())
@@ -486,23 +520,51 @@ fn delivery_grace(grace: Duration) -> Duration {
 /// at once.
 fn stop_on_signal(grace: Duration) -> Stop {
     let (handle, stop) = Stop::new();
-    let first = shutdown_signal();
-    tokio::spawn(async move {
-        first.await;
-        // Before anything that could block (a log write to a full pipe, say).
-        handle.stop(delivery_grace(grace));
-        std::thread::spawn(move || {
-            std::thread::sleep(grace);
-            exit_soon(
-                if SAVED.load(Ordering::SeqCst) { 0 } else { 1 },
-                "the shutdown grace period is over; exiting (what was not acknowledged is redone at the next start)",
-            );
+    // On a thread and a runtime of their own: a consume task blocked in a synchronous call
+    // (librdkafka's revocation commit during an outage, say) must not delay the stop.
+    let (installed_tx, installed) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("akwatch-signals".to_owned())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the signal thread's runtime");
+                    let _ = installed_tx.send(());
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                // Installed when called, not when first polled.
+                let first = shutdown_signal();
+                let _ = installed_tx.send(());
+                first.await;
+                // Before anything that could block (a log write to a full pipe, say).
+                handle.stop(delivery_grace(grace));
+                std::thread::spawn(move || {
+                    std::thread::sleep(grace);
+                    exit_soon(
+                        if SAVED.load(Ordering::SeqCst) { 0 } else { 1 },
+                        "the shutdown grace period is over; exiting (what was not acknowledged is redone at the next start)",
+                    );
+                });
+                tracing::info!(?grace, "stop signal: finishing within the grace period");
+                shutdown_signal().await;
+                exit_soon(
+                    130,
+                    "second stop signal: exiting without finishing the shutdown",
+                );
+            });
         });
-        tracing::info!(?grace, "stop signal: finishing within the grace period");
-        shutdown_signal().await;
-        tracing::warn!("second stop signal: exiting without finishing the shutdown");
-        std::process::exit(130);
-    });
+    match spawned {
+        Ok(_) => {
+            let _ = installed.recv();
+        }
+        Err(e) => tracing::error!(error = %e, "cannot start the signal thread"),
+    }
     stop
 }
 
@@ -576,7 +638,9 @@ fn start_checkpoint(
         Some(dir) => {
             let cp = checkpoint(&progress, s);
             let dir = dir.to_path_buf();
-            tokio::task::spawn_blocking(move || write_checkpoint(&consumer, &progress, &cp, &dir))
+            tokio::task::spawn_blocking(move || {
+                write_checkpoint(&consumer, &progress, &cp, &dir);
+            })
         }
         None => tokio::task::spawn_blocking(move || progress.commit(&*consumer, None)),
     });

@@ -145,7 +145,15 @@ fn fast_rfc3339_z(s: &str) -> Option<DateTime<Utc>> {
 
 /// Parses the times credential reports write: ISO 8601 (`2019-11-11T12:33:18Z`,
 /// `2017-06-10T02:35:07+00:00`) and Tencent's `2019/8/16 9:25:56` (UTC+8, unpadded).
+///
+/// A report time outside [2006, now + 1 day] is an error too: a report from the future would be
+/// "newest" for ever, and a future last use would make a key's idle days negative.
 pub fn parse_report_time(s: &str) -> Result<DateTime<Utc>, String> {
+    let t = parse_report_time_any(s)?;
+    check_event_time(t, Utc::now(), 86_400)
+}
+
+fn parse_report_time_any(s: &str) -> Result<DateTime<Utc>, String> {
     let t = s.trim();
     if let Some(dt) = fast_rfc3339_z(t) {
         return Ok(dt);
@@ -277,5 +285,15 @@ mod tests {
         let t = parse_report_time("2017-06-10T02:35:07+00:00").unwrap();
         assert_eq!(t.to_rfc3339(), "2017-06-10T02:35:07+00:00");
         assert!(parse_report_time("N/A").is_err());
+        assert!(
+            parse_report_time("2999/1/1 0:00:00")
+                .unwrap_err()
+                .contains("ahead of the clock")
+        );
+        assert!(
+            parse_report_time("1999-01-01T00:00:00Z")
+                .unwrap_err()
+                .contains("before 2006")
+        );
     }
 }

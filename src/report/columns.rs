@@ -188,7 +188,10 @@ impl<'a> Row<'a> {
         } else {
             self.errors.push((
                 self.columns.label(i),
-                format!("expected TRUE or FALSE, found {v:?}"),
+                format!(
+                    "expected TRUE or FALSE, found {}",
+                    crate::provider::time::excerpt(v)
+                ),
             ));
             Cell::NotApplicable
         }

@@ -178,6 +178,9 @@ pub struct Parsed {
     pub row_errors: Vec<ReportError>,
 }
 
+/// The most row errors reported per report file; the rest are counted in one.
+pub const MAX_ROW_ERRORS: usize = 100;
+
 /// Reads a credential report file of any of the three clouds.
 pub fn read_report(path: &Path) -> Result<Parsed, ReportError> {
     let name = path.display().to_string();
@@ -326,6 +329,17 @@ fn parse_csv(
                 message,
             }));
         }
+    }
+    // A report of a million bad rows is a hundred lines of errors and a count.
+    if row_errors.len() > MAX_ROW_ERRORS {
+        let more = row_errors.len() - MAX_ROW_ERRORS;
+        let line = row_errors[MAX_ROW_ERRORS].line;
+        row_errors.truncate(MAX_ROW_ERRORS);
+        row_errors.push(file_error(
+            name,
+            line,
+            format!("and {more} more row error(s) from here on"),
+        ));
     }
     let account_id = principals
         .iter()
@@ -504,7 +518,10 @@ fn tencent_principal(row: &mut Row<'_>, line: u64) -> ReportPrincipal {
             Some(other) => {
                 row.error(
                     &format!("AccessKey{n}Status"),
-                    format!("expected Active or Disable, found {other:?}"),
+                    format!(
+                        "expected Active or Disable, found {}",
+                        crate::provider::time::excerpt(other)
+                    ),
                 );
                 None
             }

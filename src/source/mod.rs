@@ -183,61 +183,71 @@ pub fn read_input(
         }
     };
     let mut results = Vec::new();
-    let outcome = frame_records(reader, options, |frame| {
-        counts.records += 1;
-        let origin = file_origin(&name, frame.index, frame.line);
-        if let Some((kind, reason)) = frame.broken {
-            let kind = match kind {
-                Broken::Truncated => RejectKind::Truncated,
-                Broken::TooLarge => RejectKind::TooLarge,
-            };
-            counts.rejected += 1;
-            on_reject(Rejected {
-                reject: Reject::new(kind, reason, origin),
-                raw: frame.bytes,
-            });
-            return;
-        }
-        if let Err(reason) =
-            crate::isolate::guard(|| decoder.decode(frame.bytes, &origin, &mut results))
-        {
-            results.clear();
-            counts.rejected += 1;
-            on_reject(Rejected {
-                reject: Reject::new(RejectKind::InternalError, reason, origin.clone()),
-                raw: frame.bytes,
-            });
-            return;
-        }
-        // One dead letter per record, however many of its events were rejected.
-        let mut rejects = RecordRejects::default();
-        for result in results.drain(..) {
-            match result {
-                Ok(event) => match on_event(event) {
-                    Ok(()) => counts.events += 1,
-                    Err(reason) => rejects.add(Reject::new(
-                        RejectKind::InternalError,
-                        reason,
-                        origin.clone(),
-                    )),
-                },
-                Err(reject) => rejects.add(reject),
+    // The framer and gunzip are isolated too: a failure inside them ends this input as a
+    // `read_error` (the records before it kept), never the run.
+    let counts_ref = &mut counts;
+    let framed = crate::isolate::guard(|| {
+        frame_records(reader, options, |frame| {
+            let counts = &mut *counts_ref;
+            counts.records += 1;
+            let origin = file_origin(&name, frame.index, frame.line);
+            if let Some((kind, reason)) = frame.broken {
+                let kind = match kind {
+                    Broken::Truncated => RejectKind::Truncated,
+                    Broken::TooLarge => RejectKind::TooLarge,
+                };
+                counts.rejected += 1;
+                on_reject(Rejected {
+                    reject: Reject::new(kind, reason, origin),
+                    raw: frame.bytes,
+                });
+                return;
             }
-        }
-        counts.rejected += rejects.len();
-        if let Some(reject) = rejects.take() {
-            on_reject(Rejected {
-                reject,
-                raw: frame.bytes,
-            });
-        }
+            if let Err(reason) =
+                crate::isolate::guard(|| decoder.decode(frame.bytes, &origin, &mut results))
+            {
+                results.clear();
+                counts.rejected += 1;
+                on_reject(Rejected {
+                    reject: Reject::new(RejectKind::InternalError, reason, origin.clone()),
+                    raw: frame.bytes,
+                });
+                return;
+            }
+            // One dead letter per record, however many of its events were rejected.
+            let mut rejects = RecordRejects::default();
+            for result in results.drain(..) {
+                match result {
+                    Ok(event) => match on_event(event) {
+                        Ok(()) => counts.events += 1,
+                        Err(reason) => rejects.add(Reject::new(
+                            RejectKind::InternalError,
+                            reason,
+                            origin.clone(),
+                        )),
+                    },
+                    Err(reject) => rejects.add(reject),
+                }
+            }
+            counts.rejected += rejects.len();
+            if let Some(reject) = rejects.take() {
+                on_reject(Rejected {
+                    reject,
+                    raw: frame.bytes,
+                });
+            }
+        })
     });
+    let outcome = match framed {
+        Ok(r) => r.map_err(|e| format!("read error: {e}")),
+        Err(reason) => Err(reason),
+    };
     if let Err(e) = outcome {
         counts.rejected += 1;
         on_reject(Rejected {
             reject: Reject::new(
                 RejectKind::ReadError,
-                format!("read error: {e}"),
+                e,
                 file_origin(&name, counts.records, 0),
             ),
             raw: &[],
