@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+/// The most patterns one catalog may expand to.
+pub const MAX_EXPANDED: usize = 100_000;
+
 #[derive(Debug, Clone, Default)]
 pub struct Catalogs {
     lists: BTreeMap<String, Vec<String>>,
@@ -15,9 +18,13 @@ impl Catalogs {
     }
 
     /// The catalog's patterns with `@other` entries expanded (recursively; a cycle is an error).
+    /// Each catalog is expanded once per expansion (a catalog named twice adds nothing new to a
+    /// glob set), and an expansion past `MAX_EXPANDED` patterns is an error: a 1 KB file of
+    /// catalogs that each name the next twice must not expand to 2^24 strings.
     pub fn expand(&self, name: &str) -> Result<Vec<String>, String> {
         let mut out = Vec::new();
-        self.expand_into(name, &mut Vec::new(), &mut out)?;
+        let mut done = std::collections::HashSet::new();
+        self.expand_into(name, &mut Vec::new(), &mut done, &mut out)?;
         Ok(out)
     }
 
@@ -25,6 +32,7 @@ impl Catalogs {
         &self,
         name: &str,
         stack: &mut Vec<String>,
+        done: &mut std::collections::HashSet<String>,
         out: &mut Vec<String>,
     ) -> Result<(), String> {
         if stack.iter().any(|s| s == name) {
@@ -36,11 +44,22 @@ impl Catalogs {
         let list = self
             .get(name)
             .ok_or_else(|| format!("unknown catalog @{name}"))?;
+        if !done.insert(name.to_owned()) {
+            return Ok(());
+        }
         stack.push(name.to_owned());
         for entry in list {
             match entry.strip_prefix('@') {
-                Some(inner) => self.expand_into(inner, stack, out)?,
-                None => out.push(entry.clone()),
+                Some(inner) => self.expand_into(inner, stack, done, out)?,
+                None => {
+                    if out.len() >= MAX_EXPANDED {
+                        return Err(format!(
+                            "catalog @{} expands to more than {MAX_EXPANDED} patterns",
+                            stack[0]
+                        ));
+                    }
+                    out.push(entry.clone());
+                }
             }
         }
         stack.pop();
@@ -65,5 +84,40 @@ impl Catalogs {
             self.lists.insert(name, entries);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expansion_bomb_expands_each_catalog_once() {
+        // c0 names c1 twice, c1 names c2 twice, ...: 2^24 strings if expanded naively.
+        let mut text = String::new();
+        for i in 0..24 {
+            text.push_str(&format!(
+                "c{i}: [\"@c{}\", \"@c{}\", \"p{i}\"]\n",
+                i + 1,
+                i + 1
+            ));
+        }
+        text.push_str("c24: [\"x\"]\n");
+        let mut c = Catalogs::default();
+        c.add_file("bomb.yaml", &text).unwrap();
+        let started = std::time::Instant::now();
+        let all = c.expand("c0").unwrap();
+        assert_eq!(all.len(), 25);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn too_many_patterns_is_an_error() {
+        let list: Vec<String> = (0..=MAX_EXPANDED).map(|i| format!("\"p{i}\"")).collect();
+        let mut c = Catalogs::default();
+        c.add_file("big.yaml", &format!("big: [{}]\n", list.join(", ")))
+            .unwrap();
+        let e = c.expand("big").unwrap_err();
+        assert!(e.contains("more than 100000 patterns"), "{e}");
     }
 }
