@@ -1,8 +1,7 @@
 //! The command line: `normalize`, `reports`, `schema`.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -11,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::event::{AccountId, Cloud, Event};
 use crate::provider::Decoder;
 use crate::report::{ReportSnapshot, read_report};
-use crate::sink::{DeadLetter, write_json_line};
+use crate::sink::{RejectOutput, write_json_line};
 use crate::source::framing::FrameOptions;
 use crate::source::{Rejected, expand, read_input};
 
@@ -104,6 +103,10 @@ pub struct NormalizeArgs {
     /// listing them on stderr.
     #[arg(long, value_name = "FILE")]
     pub dlq: Option<PathBuf>,
+    /// The most bytes written to the dead-letter file (k, M, G suffixes); the rejects past it
+    /// are counted, and the count printed at the end.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::sink::parse_size)]
+    pub dlq_max_bytes: u64,
     /// Files, directories (read recursively) or `-` for stdin; `.gz` is read transparently.
     #[arg(required = true, value_name = "PATH|-")]
     pub paths: Vec<String>,
@@ -144,6 +147,10 @@ pub struct ReplayArgs {
     /// Write rejected records here (JSON lines) instead of listing them on stderr.
     #[arg(long, value_name = "FILE")]
     pub dlq: Option<PathBuf>,
+    /// The most bytes written to the dead-letter file (k, M, G suffixes); the rejects past it
+    /// are counted, and the count printed at the end.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::sink::parse_size)]
+    pub dlq_max_bytes: u64,
     /// Log files, directories or `-`; none: the bundled examples/.
     pub paths: Vec<String>,
 }
@@ -160,6 +167,7 @@ fn parse_cloud(s: &str) -> Result<Cloud, String> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::isolate::install_panic_hook();
     match cli.command {
         Command::Normalize(args) => normalize(args),
         Command::Reports(args) => reports(args),
@@ -264,6 +272,17 @@ pub fn event_schema() -> String {
     serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
 
+fn open_rejects(path: Option<&Path>, max_bytes: u64) -> anyhow::Result<RejectOutput> {
+    RejectOutput::new(path, max_bytes).with_context(|| {
+        format!(
+            "cannot create dead-letter file {}",
+            path.map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        )
+    })
+}
+
 fn normalize(args: NormalizeArgs) -> anyhow::Result<ExitCode> {
     let inputs = expand(&args.paths)?;
     if !inputs.skipped.is_empty() {
@@ -273,17 +292,11 @@ fn normalize(args: NormalizeArgs) -> anyhow::Result<ExitCode> {
             inputs.skipped[0].display()
         );
     }
-    let mut dlq = match &args.dlq {
-        Some(path) => Some(BufWriter::new(File::create(path).with_context(|| {
-            format!("cannot create dead-letter file {}", path.display())
-        })?)),
-        None => None,
-    };
+    let mut dlq = open_rejects(args.dlq.as_deref(), args.dlq_max_bytes)?;
     let decoder = Decoder::pinned(args.provider);
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
     let mut write_error: Option<io::Error> = None;
-    let mut dlq_error: Option<io::Error> = None;
     let (mut events, mut rejected) = (0u64, 0u64);
     for input in &inputs.inputs {
         let counts = read_input(
@@ -296,17 +309,9 @@ fn normalize(args: NormalizeArgs) -> anyhow::Result<ExitCode> {
                 {
                     write_error = Some(e);
                 }
+                Ok(())
             },
-            &mut |Rejected { reject, raw }| match dlq.as_mut() {
-                Some(w) => {
-                    if dlq_error.is_none()
-                        && let Err(e) = write_json_line(w, &DeadLetter::new(&reject, raw))
-                    {
-                        dlq_error = Some(e);
-                    }
-                }
-                None => eprintln!("rejected [{}] {reject}", reject.kind),
-            },
+            &mut |Rejected { reject, raw }| dlq.write(&reject, raw),
         );
         events += counts.events;
         rejected += counts.rejected;
@@ -319,13 +324,9 @@ fn normalize(args: NormalizeArgs) -> anyhow::Result<ExitCode> {
     {
         write_error = Some(e);
     }
-    if let Some(w) = dlq.as_mut()
-        && let Err(e) = w.flush()
-    {
-        dlq_error.get_or_insert(e);
-    }
+    let dlq_result = dlq.finish();
     eprintln!("decoded {events} records, rejected {rejected}");
-    if let Some(e) = dlq_error {
+    if let Err(e) = dlq_result {
         anyhow::bail!("cannot write the dead-letter file: {e}");
     }
     match write_error {
@@ -479,16 +480,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
-    let mut dlq = match &args.dlq {
-        Some(path) => Some(BufWriter::new(File::create(path).with_context(|| {
-            format!("cannot create dead-letter file {}", path.display())
-        })?)),
-        None => None,
-    };
+    let mut dlq = open_rejects(args.dlq.as_deref(), args.dlq_max_bytes)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_error: Option<io::Error> = None;
-    let mut reject_lines = 0usize;
     let summary = run(
         &mut s,
         &options.inputs,
@@ -500,17 +495,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 write_error = Some(e);
             }
         },
-        &mut |Rejected { reject, raw }| match dlq.as_mut() {
-            Some(w) => {
-                let _ = write_json_line(w, &DeadLetter::new(&reject, raw));
-            }
-            None => {
-                reject_lines += 1;
-                if reject_lines <= 20 {
-                    eprintln!("rejected [{}] {reject}", reject.kind);
-                }
-            }
-        },
+        &mut |Rejected { reject, raw }| dlq.write(&reject, raw),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     for r in &summary.risks {
@@ -520,9 +505,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             write_error = Some(e);
         }
     }
-    if let Some(w) = dlq.as_mut() {
-        w.flush()?;
-    }
+    dlq.finish().context("cannot write the dead-letter file")?;
     if write_error.is_none()
         && let Err(e) = out.flush()
     {

@@ -35,6 +35,18 @@ struct RawConfig {
     state_max_keys: usize,
     #[serde(default)]
     ops_addr: Option<String>,
+    #[serde(default = "default_grace")]
+    shutdown_grace_seconds: u64,
+    #[serde(default = "default_skew")]
+    max_event_skew_seconds: u64,
+}
+
+fn default_grace() -> u64 {
+    20
+}
+
+fn default_skew() -> u64 {
+    crate::provider::time::DEFAULT_MAX_SKEW_SECS.unsigned_abs()
 }
 
 fn default_rules() -> PathBuf {
@@ -110,6 +122,11 @@ pub struct Config {
     /// The most keys with detection state; past it the least recently seen are evicted.
     pub state_max_keys: usize,
     pub ops_addr: Option<String>,
+    /// How long a stop (SIGTERM / Ctrl-C) may take: what is not acknowledged by then is left
+    /// to the next start (its offsets were never committed).
+    pub shutdown_grace: std::time::Duration,
+    /// Event times later than the wall clock plus this are rejected (`bad_field`).
+    pub max_event_skew_secs: i64,
 }
 
 impl Config {
@@ -224,6 +241,20 @@ impl Config {
                 )),
             }
         }
+        if !(1..=3600).contains(&raw.shutdown_grace_seconds) {
+            errors.push(format!(
+                "{name}:{}: shutdown_grace_seconds: {} is out of range (1 to 3600)",
+                line_of("shutdown_grace_seconds"),
+                raw.shutdown_grace_seconds
+            ));
+        }
+        if raw.max_event_skew_seconds > 366 * 86_400 {
+            errors.push(format!(
+                "{name}:{}: max_event_skew_seconds: {} is out of range (0 to one year, 31622400)",
+                line_of("max_event_skew_seconds"),
+                raw.max_event_skew_seconds
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -246,6 +277,8 @@ impl Config {
             commit_interval: std::time::Duration::from_secs(raw.commit_interval_seconds),
             state_max_keys: raw.state_max_keys,
             ops_addr: raw.ops_addr,
+            shutdown_grace: std::time::Duration::from_secs(raw.shutdown_grace_seconds),
+            max_event_skew_secs: i64::try_from(raw.max_event_skew_seconds).unwrap_or(i64::MAX),
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod enrich;
 pub mod event;
+pub mod isolate;
 pub mod kafka;
 pub mod policy;
 pub mod provider;

@@ -298,6 +298,21 @@ pub fn cloud_of_key(key: &str) -> Cloud {
     }
 }
 
+/// Enriches one event and runs it through the engine, isolated: a panic anywhere in it is an
+/// error (the record becomes an `internal_error` dead letter) and the event's key loses its
+/// state, which the panic may have left half updated; the engine goes on with every other key.
+pub fn process_isolated(
+    enricher: &Enricher,
+    engine: &mut Engine,
+    event: &crate::event::Event,
+) -> Result<Vec<Alarm>, String> {
+    crate::isolate::guard(|| {
+        let enrichment = enricher.enrich(event);
+        engine.process(event, &enrichment)
+    })
+    .inspect_err(|_| engine.reset_subject(event))
+}
+
 /// What a replay did.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -337,11 +352,11 @@ pub fn run(
             &decoder,
             FrameOptions::default(),
             &mut |event| {
-                let enrichment = enricher.enrich(&event);
-                for alarm in engine.process(&event, &enrichment) {
+                for alarm in process_isolated(enricher, engine, &event)? {
                     summary.notifications += 1;
                     on_alarm(&alarm);
                 }
+                Ok(())
             },
             on_reject,
         );

@@ -32,6 +32,15 @@ pub struct Metrics {
     pub event_to_alarm_seconds: Histogram,
     pub ingest_to_alarm_seconds: Histogram,
     pub ingest_to_done_seconds: Histogram,
+    /// Delivery attempts that failed and were tried again, by output (`alarm`, `dead_letter`).
+    pub delivery_retries: IntCounterVec,
+    /// Deliveries given up, by output and reason (`permanent`: the broker refused for good;
+    /// `stopped`: not acknowledged within the shutdown grace period).
+    pub delivery_failures: IntCounterVec,
+    /// Alarms too large for the topic, delivered with their longest fields cut.
+    pub alarms_shrunk: IntCounter,
+    /// Dead letters too large for the topic, delivered cut (header `akwatch-truncated`).
+    pub dead_letters_truncated: IntCounter,
     /// Set once the consumer is subscribed and the first poll returned.
     pub ready: AtomicBool,
 }
@@ -157,6 +166,26 @@ impl Metrics {
             ingest_to_done_seconds: latency(
                 "akwatch_ingest_to_done_seconds",
                 "From the record's Kafka timestamp until everything derived from it is acknowledged",
+            )?,
+            delivery_retries: counter_vec(
+                &r,
+                "akwatch_delivery_retries_total",
+                "Delivery attempts that failed transiently and were retried, by output",
+                &["output"],
+            )?,
+            delivery_failures: counter_vec(
+                &r,
+                "akwatch_delivery_failures_total",
+                "Deliveries given up, by output and reason (permanent, stopped)",
+                &["output", "reason"],
+            )?,
+            alarms_shrunk: counter(
+                "akwatch_alarms_shrunk_total",
+                "Alarms larger than the producer's message.max.bytes, delivered with fields cut",
+            )?,
+            dead_letters_truncated: counter(
+                "akwatch_dead_letters_truncated_total",
+                "Dead letters larger than the producer's message.max.bytes, delivered cut",
             )?,
             ready: AtomicBool::new(false),
             registry: r,

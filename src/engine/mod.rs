@@ -246,6 +246,12 @@ impl Engine {
         out
     }
 
+    /// Drops the state of an event's subject (after a caught panic while processing it, which
+    /// may have left that key's state half updated).
+    pub fn reset_subject(&mut self, event: &Event) {
+        self.state.keys.remove(&subject_hash(event));
+    }
+
     /// Sets the total cap on keys with state (at least 1).
     pub fn set_max_keys(&mut self, max: usize) {
         self.max_keys = max.max(1);

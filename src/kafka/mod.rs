@@ -4,6 +4,7 @@
 //! `commit_interval_seconds`, after a rebalance and at shutdown), or on that schedule alone
 //! without a state directory, and at the revocation of a partition.
 
+pub mod deliver;
 mod group;
 mod reports;
 
@@ -12,23 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use deliver::{Abandoned, Outputs, PRODUCE_TIMEOUT, Stop};
 use group::{GroupConsumer, GroupContext, Progress, write_checkpoint};
 
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::alarm::Alarm;
 use crate::config::Config;
 use crate::event::Origin;
-use crate::provider::{Decoder, Reject};
-use crate::replay::{ReplayOptions, Setup, leak_alarms, setup};
-
-/// How long a produce may wait in librdkafka's queue before it is reported as failed and
-/// retried by us (broker outage: we keep retrying, never drop).
-const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::provider::{Decoder, Reject, RejectKind};
+use crate::replay::{ReplayOptions, Setup, leak_alarms, process_isolated, setup};
 
 fn client_config(config: &Config) -> ClientConfig {
     client_config_over(config, &[])
@@ -47,100 +43,26 @@ fn client_config_over(config: &Config, defaults: &[(&str, &str)]) -> ClientConfi
     c
 }
 
-/// Produces one record, retrying with backoff until the broker acknowledges it; returns the
-/// attempts it took. A full local queue (`QueueFull`) is waited out inside `send` for up to
-/// `PRODUCE_TIMEOUT`; a message librdkafka gives up on (`message.timeout.ms`: broker down) is
-/// sent again.
-async fn deliver(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-    headers: Option<OwnedHeaders>,
-) -> u32 {
-    let mut backoff = Duration::from_millis(100);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
-        if let Some(h) = &headers {
-            record = record.headers(h.clone());
-        }
-        match producer.send(record, PRODUCE_TIMEOUT).await {
-            Ok(_) => return attempts,
-            Err((e, _)) => {
-                tracing::warn!(topic, error = %e, "produce failed; retrying in {:?}", backoff);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-async fn deliver_alarm(producer: &FutureProducer, topic: &str, alarm: &Alarm) {
-    match serde_json::to_vec(alarm) {
-        Ok(bytes) => {
-            deliver(producer, topic, &alarm.alarm_id, &bytes, None).await;
-        }
-        Err(e) => tracing::error!(error = %e, "cannot serialise an alarm"),
-    }
-}
-
-async fn deliver_reject(
-    producer: &FutureProducer,
-    topic: &str,
-    reject: &Reject,
-    raw: &[u8],
-    origin: &Origin,
-) {
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "akwatch-reason",
-            value: Some(reject.reason.as_str()),
-        })
-        .insert(Header {
-            key: "akwatch-kind",
-            value: Some(reject.kind.as_str()),
-        })
-        .insert(Header {
-            key: "akwatch-origin-topic",
-            value: origin.topic.as_deref(),
-        })
-        .insert(Header {
-            key: "akwatch-origin-partition",
-            value: Some(&origin.partition.unwrap_or(-1).to_string()),
-        })
-        .insert(Header {
-            key: "akwatch-origin-offset",
-            value: Some(&origin.offset.unwrap_or(-1).to_string()),
-        });
-    let key = format!(
-        "{}:{}:{}",
-        origin.topic.as_deref().unwrap_or("-"),
-        origin.partition.unwrap_or(-1),
-        origin.offset.unwrap_or(-1)
-    );
-    deliver(producer, topic, &key, raw, Some(headers)).await;
-}
-
 /// Delivers the leak alarms (leak feed, keys the reports flag) not delivered before.
 async fn deliver_new_leak_alarms(
     s: &Setup,
     sent: &mut HashSet<String>,
-    producer: &FutureProducer,
-    topic: &str,
-) {
+    out: &Outputs<'_>,
+) -> Result<(), Abandoned> {
     for alarm in leak_alarms(&s.enricher) {
-        if sent.insert(alarm.alarm_id.clone()) {
-            deliver_alarm(producer, topic, &alarm).await;
+        if !sent.contains(&alarm.alarm_id) {
+            out.alarm(&alarm).await?;
+            sent.insert(alarm.alarm_id.clone());
         }
     }
+    Ok(())
 }
 
 /// Runs the service until SIGTERM / Ctrl-C: then stops consuming, notifies pending alarm
 /// updates, flushes the producer and commits.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let mut shutdown = Box::pin(shutdown_signal());
+    crate::isolate::install_panic_hook();
+    let stop = stop_on_signal(config.shutdown_grace);
     let options = ReplayOptions {
         inputs: Vec::new(),
         reports: config.reports.clone(),
@@ -224,13 +146,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let stop_reports = Arc::new(AtomicBool::new(false));
-    let stop = stop_reports.clone();
+    let stop_bootstrap = stop_reports.clone();
     let bootstrap = tokio::task::spawn_blocking(move || {
-        let first = follower.bootstrap(&stop);
+        let first = follower.bootstrap(&stop_bootstrap);
         (follower, first)
     });
     let (follower, first) = tokio::select! {
-        _ = &mut shutdown => {
+        _ = stop.signalled() => {
             tracing::info!("stopped while reading the report topic");
             stop_reports.store(true, Ordering::Relaxed);
             return Ok(());
@@ -273,14 +195,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let decoders: HashMap<String, Decoder> = config
         .inputs
         .iter()
-        .map(|i| (i.topic.clone(), Decoder::pinned(i.provider)))
+        .map(|i| {
+            (
+                i.topic.clone(),
+                Decoder::pinned(i.provider).with_max_skew(config.max_event_skew_secs),
+            )
+        })
         .collect();
+    let out = Outputs {
+        producer: &producer,
+        alarm_topic: &config.alarm_topic,
+        dlq_topic: &config.dlq_topic,
+        max_bytes: config
+            .options
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(deliver::DEFAULT_MAX_MESSAGE_BYTES),
+        stop: stop.clone(),
+        metrics: &metrics,
+    };
     tracing::info!(brokers = %config.brokers, topics = ?topics, group = %config.group_id, "akwatch run: consuming");
 
     // Leaks known before any call (deterministic ids: re-sent on restart, harmless); later, the
     // keys a new credential report flags.
     let mut leaks_sent = HashSet::new();
-    deliver_new_leak_alarms(&s, &mut leaks_sent, &producer, &config.alarm_topic).await;
+    // A stop before they are out: they are sent again at the next start.
+    let mut abandoned = deliver_new_leak_alarms(&s, &mut leaks_sent, &out)
+        .await
+        .is_err();
 
     // Checkpoint (state + offsets) or, without a state directory, commit this often.
     let dir = config.state_dir.as_deref();
@@ -292,14 +234,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut lag_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut checkpoint_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut results = Vec::new();
-    loop {
+    while !abandoned {
         let message = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = stop.signalled() => break,
             Some(update) = reports_rx.recv() => {
                 // Between two records: every event is joined with one whole version.
                 s.enricher.reports = update.index;
                 metrics.report_updates.inc();
-                deliver_new_leak_alarms(&s, &mut leaks_sent, &producer, &config.alarm_topic).await;
+                if deliver_new_leak_alarms(&s, &mut leaks_sent, &out).await.is_err() {
+                    abandoned = true;
+                }
                 continue;
             }
             _ = ticker.tick() => {
@@ -349,30 +293,58 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let decoder = decoders
             .get(message.topic())
             .copied()
-            .unwrap_or_else(Decoder::auto);
-        decoder.decode(payload, &origin, &mut results);
+            .unwrap_or_else(|| Decoder::auto().with_max_skew(config.max_event_skew_secs));
+        // Each record is isolated: a panic while decoding or processing it makes it an
+        // `internal_error` dead letter, and the loop goes on.
+        if let Err(reason) =
+            crate::isolate::guard(|| decoder.decode(payload, &origin, &mut results))
+        {
+            results.clear();
+            results.push(Err(Reject::new(
+                RejectKind::InternalError,
+                reason,
+                origin.clone(),
+            )));
+        }
+        let mut outcome = Ok(());
         for result in results.drain(..) {
-            match result {
+            if outcome.is_err() {
+                continue;
+            }
+            outcome = match result {
                 Ok(event) => {
                     metrics
                         .events_decoded
                         .with_label_values(&[event.cloud.as_str()])
                         .inc();
-                    let enrichment = s.enricher.enrich(&event);
-                    for alarm in s.engine.process(&event, &enrichment) {
-                        deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
-                        metrics
-                            .alarms
-                            .with_label_values(&[alarm.rule_id.as_str(), alarm.severity.as_str()])
-                            .inc();
-                        let now = chrono::Utc::now();
-                        metrics.event_to_alarm_seconds.observe(
-                            ((now - event.event_time).num_milliseconds().max(0) as f64) / 1000.0,
-                        );
-                        if let Some(ms) = ingested {
+                    match process_isolated(&s.enricher, &mut s.engine, &event) {
+                        Ok(alarms) => {
+                            let mut delivered = Ok(());
+                            for alarm in alarms {
+                                delivered = out.alarm(&alarm).await;
+                                if delivered.is_err() {
+                                    break;
+                                }
+                                metrics
+                                    .alarms
+                                    .with_label_values(&[
+                                        alarm.rule_id.as_str(),
+                                        alarm.severity.as_str(),
+                                    ])
+                                    .inc();
+                                observe_alarm_latency(&metrics, &event, ingested);
+                            }
+                            delivered
+                        }
+                        Err(reason) => {
+                            tracing::error!(%origin, %reason, "processing a record failed; it goes to the dead-letter topic");
+                            let reject =
+                                Reject::new(RejectKind::InternalError, reason, origin.clone());
                             metrics
-                                .ingest_to_alarm_seconds
-                                .observe(((now.timestamp_millis() - ms).max(0) as f64) / 1000.0);
+                                .records_rejected
+                                .with_label_values(&[label, reject.kind.as_str()])
+                                .inc();
+                            out.dead_letter(&reject, payload, &origin).await
                         }
                     }
                 }
@@ -381,9 +353,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         .records_rejected
                         .with_label_values(&[label, reject.kind.as_str()])
                         .inc();
-                    deliver_reject(&producer, &config.dlq_topic, &reject, payload, &origin).await
+                    out.dead_letter(&reject, payload, &origin).await
                 }
-            }
+            };
+        }
+        if outcome.is_err() {
+            // Stopping and not acknowledged in time: this record is not done.
+            abandoned = true;
+            break;
         }
         // Everything derived from this message is acknowledged: its offset may be committed.
         progress.done(message.topic(), message.partition(), message.offset());
@@ -403,51 +380,121 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("shutting down: notifying pending alarm updates, flushing, committing");
-    // A second SIGTERM / Ctrl-C does not wait for a clean stop.
-    tokio::spawn(async {
-        shutdown_signal().await;
-        tracing::warn!("second stop signal: exiting without finishing the shutdown");
-        std::process::exit(130);
-    });
+    tracing::info!(
+        grace = ?config.shutdown_grace,
+        "shutting down: notifying pending alarm updates, flushing, committing"
+    );
     stop_reports.store(true, Ordering::Relaxed);
-    for alarm in s.engine.flush() {
-        deliver_alarm(&producer, &config.alarm_topic, &alarm).await;
+    if !abandoned {
+        for alarm in s.engine.flush() {
+            if out.alarm(&alarm).await.is_err() {
+                abandoned = true;
+                break;
+            }
+        }
     }
     use rdkafka::producer::Producer;
-    producer.flush(Duration::from_secs(30))?;
-    if let Some(task) = checkpoint_task.take() {
-        let _ = task.await;
+    if let Err(e) = producer.flush(stop.remaining(Duration::from_secs(30))) {
+        tracing::warn!(error = %e, "producer flush");
     }
-    match dir {
-        Some(dir) => write_checkpoint(&consumer, &progress, &checkpoint(&progress, &s), dir),
-        None => progress.commit(&*consumer, None),
+    if let Some(task) = checkpoint_task.take() {
+        let _ = tokio::time::timeout(stop.remaining(Duration::from_secs(30)), task).await;
+    }
+    if abandoned {
+        // The state now reflects records whose alarms or dead letters were not acknowledged:
+        // saving it would lose them. The last checkpoint and its committed offsets stand; the
+        // next start re-derives everything after them (same alarm ids).
+        tracing::warn!(
+            "deliveries not acknowledged within the shutdown grace period: the last checkpoint and committed offsets stand; the next start redoes the records after them"
+        );
+        if dir.is_none() {
+            // No state to keep consistent: the positions are of acknowledged records only.
+            progress.commit(&*consumer, None);
+        }
+    } else {
+        match dir {
+            Some(dir) => write_checkpoint(&consumer, &progress, &checkpoint(&progress, &s), dir),
+            None => progress.commit(&*consumer, None),
+        }
+        SAVED.store(true, Ordering::SeqCst);
     }
     drop(reports_rx);
-    let _ = reports_thread.join();
+    let joined = tokio::task::spawn_blocking(move || reports_thread.join());
+    let _ = tokio::time::timeout(stop.remaining(Duration::from_secs(10)), joined).await;
     // Leave the group while polling normally, so the revocation runs like any other (a
     // revocation inside librdkafka's `close` can hang: librdkafka #4041 / #4884). Records that
     // arrive meanwhile are not processed and their offsets not committed.
     let before = progress.rebalances.load(Ordering::Relaxed);
     if consumer.subscription().is_ok_and(|s| s.count() > 0) {
         consumer.unsubscribe();
-        let until = Instant::now() + Duration::from_secs(5);
+        let until = Instant::now() + stop.remaining(Duration::from_secs(5));
         while progress.rebalances.load(Ordering::Relaxed) == before && Instant::now() < until {
             let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
         }
     }
     // State and offsets are saved: a close that still hangs must not keep the process.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(10));
-        tracing::warn!(
-            "the Kafka client did not close within 10 s; exiting (state and offsets are saved)"
-        );
-        std::process::exit(0);
+    let close_limit = stop
+        .remaining(Duration::from_secs(10))
+        .max(Duration::from_secs(1));
+    std::thread::spawn(move || {
+        std::thread::sleep(close_limit);
+        tracing::warn!("the Kafka client did not close in time; exiting");
+        std::process::exit(if SAVED.load(Ordering::SeqCst) { 0 } else { 1 });
     });
     tracing::info!(events = s.engine.stats.events, "stopped");
     drop(lag_task);
     drop(consumer);
     Ok(())
+}
+
+/// Whether the state and offsets were saved at shutdown (for the exit code of a forced exit).
+static SAVED: AtomicBool = AtomicBool::new(false);
+
+/// The part of the grace period deliveries may use; the rest is for saving state and closing.
+fn delivery_grace(grace: Duration) -> Duration {
+    grace.saturating_sub((grace / 4).min(Duration::from_secs(5)))
+}
+
+/// Listens for SIGTERM / Ctrl-C: the first starts the grace period (deliveries give up at
+/// `delivery_grace`, the process exits at `grace` whatever it is waiting for); a second exits
+/// at once.
+fn stop_on_signal(grace: Duration) -> Stop {
+    let (handle, stop) = Stop::new();
+    let first = shutdown_signal();
+    tokio::spawn(async move {
+        first.await;
+        tracing::info!(?grace, "stop signal: finishing within the grace period");
+        handle.stop(delivery_grace(grace));
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            let saved = SAVED.load(Ordering::SeqCst);
+            tracing::warn!(
+                saved,
+                "the shutdown grace period is over; exiting (what was not acknowledged is redone at the next start)"
+            );
+            std::process::exit(if saved { 0 } else { 1 });
+        });
+        shutdown_signal().await;
+        tracing::warn!("second stop signal: exiting without finishing the shutdown");
+        std::process::exit(130);
+    });
+    stop
+}
+
+fn observe_alarm_latency(
+    metrics: &crate::telemetry::Metrics,
+    event: &crate::event::Event,
+    ingested: Option<i64>,
+) {
+    let now = chrono::Utc::now();
+    metrics
+        .event_to_alarm_seconds
+        .observe(((now - event.event_time).num_milliseconds().max(0) as f64) / 1000.0);
+    if let Some(ms) = ingested {
+        metrics
+            .ingest_to_alarm_seconds
+            .observe((now.timestamp_millis().saturating_sub(ms).max(0) as f64) / 1000.0);
+    }
 }
 
 /// SIGTERM or Ctrl-C. The handlers are installed when this is called, not when first polled.
@@ -679,7 +726,23 @@ mod tests {
         cluster.broker_down(-1).unwrap();
         let started = Instant::now();
         let (attempts, ()) = tokio::join!(
-            deliver(&producer, "alarms", "akw-1", b"{\"alarm\":1}", None),
+            async {
+                let (_handle, stop) = Stop::new();
+                match deliver::deliver(
+                    &producer,
+                    "alarms",
+                    "akw-1",
+                    b"{\"alarm\":1}",
+                    None,
+                    &stop,
+                    &|| {},
+                )
+                .await
+                {
+                    deliver::Delivery::Acked(n) => n,
+                    other => panic!("{other:?}"),
+                }
+            },
             async {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 cluster.broker_up(-1).unwrap();

@@ -27,6 +27,9 @@ use raw::{MaybeJson, RawEvent, RawIdentity, RawTencentResponse, Scalar};
 /// Wrappers nested deeper than this (an envelope in an envelope in ...) are rejected.
 const MAX_WRAPPER_DEPTH: u8 = 6;
 
+/// The longest reject reason kept (it goes into a log line, a header and stderr).
+pub const MAX_REASON_BYTES: usize = 300;
+
 /// Why a record was rejected; `as_str` is the bounded label used in metrics and headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectKind {
@@ -48,10 +51,12 @@ pub enum RejectKind {
     Unsupported,
     /// The input could not be read (I/O or decompression error).
     ReadError,
+    /// Processing the record failed inside akwatch (a bug, caught: see `isolate`).
+    InternalError,
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 9] = [
+    pub const ALL: [RejectKind; 10] = [
         RejectKind::BadJson,
         RejectKind::Truncated,
         RejectKind::UnknownFormat,
@@ -61,6 +66,7 @@ impl RejectKind {
         RejectKind::ApiError,
         RejectKind::Unsupported,
         RejectKind::ReadError,
+        RejectKind::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +80,7 @@ impl RejectKind {
             RejectKind::ApiError => "api_error",
             RejectKind::Unsupported => "unsupported",
             RejectKind::ReadError => "read_error",
+            RejectKind::InternalError => "internal_error",
         }
     }
 }
@@ -94,10 +101,21 @@ pub struct Reject {
 }
 
 impl Reject {
+    /// A reject; the reason is cut to `MAX_REASON_BYTES` (on a character boundary) so that
+    /// no reason echoes a large part of its record.
     pub fn new(kind: RejectKind, reason: impl Into<String>, origin: Origin) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON_BYTES {
+            let mut end = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push('…');
+        }
         Reject {
             kind,
-            reason: reason.into(),
+            reason,
             origin,
         }
     }
@@ -113,20 +131,40 @@ struct Context {
 }
 
 /// Decodes records into events. Cheap to create and to share between threads.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Decoder {
     pinned: Option<Cloud>,
+    /// Event times later than the wall clock plus this are rejected (`bad_field`).
+    max_skew_secs: i64,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::auto()
+    }
 }
 
 impl Decoder {
     /// A decoder that detects the cloud of every event.
     pub fn auto() -> Self {
-        Decoder { pinned: None }
+        Decoder::pinned(None)
     }
 
     /// A decoder that treats every event as coming from `cloud` (`--provider`).
     pub fn pinned(cloud: Option<Cloud>) -> Self {
-        Decoder { pinned: cloud }
+        Decoder {
+            pinned: cloud,
+            max_skew_secs: time::DEFAULT_MAX_SKEW_SECS,
+        }
+    }
+
+    /// How far ahead of the wall clock an event time may be (default one hour); later ones
+    /// are rejected, so that no record can move a detection window into the future.
+    pub fn with_max_skew(self, secs: i64) -> Self {
+        Decoder {
+            max_skew_secs: secs.max(0),
+            ..self
+        }
     }
 
     /// Decodes one record, pushing one result per event it holds (none for an empty batch).
@@ -396,6 +434,9 @@ impl Decoder {
                 ));
             }
         };
+        // Checked after every fallback: an envelope's time is no more trusted than the event's.
+        let event_time = time::check_event_time(event_time, Utc::now(), self.max_skew_secs)
+            .map_err(|e| reject(RejectKind::BadField, format!("event time: {e}")))?;
         let identity = match &raw.user_identity {
             Some(MaybeJson::Text(text)) => {
                 let parsed: Box<RawIdentity<'_>> = serde_json::from_str(text).map_err(|e| {

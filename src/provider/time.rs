@@ -1,11 +1,63 @@
 //! The time formats the three clouds write, all turned into UTC.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc};
 
 use super::raw::Scalar;
 
 /// Tencent writes local `YYYY-MM-DD HH:MM:SS` times in China Standard Time (UTC+8).
 const TENCENT_LOCAL_OFFSET_SECS: i64 = 8 * 3600;
+
+/// The earliest event time accepted: 2006-01-01T00:00:00Z (the first cloud API; CloudTrail
+/// itself began in 2013). Earlier times are damaged records, not history.
+pub const MIN_EVENT_TIME: i64 = 1_136_073_600;
+
+/// How far past the wall clock an event time may be by default: a log cannot come from the
+/// future, but clocks drift.
+pub const DEFAULT_MAX_SKEW_SECS: i64 = 3600;
+
+/// At most this many characters of an input value are quoted in an error message.
+const EXCERPT_CHARS: usize = 40;
+
+/// A short, quoted excerpt of an input value for an error message (never the whole of a large
+/// value).
+pub fn excerpt(s: &str) -> String {
+    let mut chars = s.char_indices();
+    match chars.nth(EXCERPT_CHARS) {
+        None => format!("{s:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &s[..end], s.len()),
+    }
+}
+
+/// Takes `TENCENT_LOCAL_OFFSET_SECS` off a naive local time, checked (a year of ±262143 is
+/// valid to the parser and overflows the subtraction).
+fn from_beijing(naive: &NaiveDateTime) -> Option<DateTime<Utc>> {
+    Utc.from_utc_datetime(naive)
+        .checked_sub_signed(TimeDelta::seconds(TENCENT_LOCAL_OFFSET_SECS))
+}
+
+/// Checks that an event time is within [2006, now + max_skew]: an event time outside it is a
+/// damaged or forged record, and must not move any window.
+pub fn check_event_time(
+    t: DateTime<Utc>,
+    now: DateTime<Utc>,
+    max_skew_secs: i64,
+) -> Result<DateTime<Utc>, String> {
+    let ts = t.timestamp();
+    if ts < MIN_EVENT_TIME {
+        return Err(format!(
+            "{} is before 2006-01-01",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    if ts > now.timestamp().saturating_add(max_skew_secs) {
+        return Err(format!(
+            "{} is more than {max_skew_secs} s ahead of the clock ({})",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    Ok(t)
+}
 
 /// Epoch values above this are milliseconds (year 5138 in seconds), below it seconds.
 const EPOCH_MILLIS_THRESHOLD: i64 = 100_000_000_000;
@@ -39,7 +91,7 @@ pub fn parse_time_text(s: &str) -> Result<DateTime<Utc>, String> {
     if t.bytes().all(|b| b.is_ascii_digit()) {
         return t
             .parse::<i64>()
-            .map_err(|e| format!("epoch time {t:?}: {e}"))
+            .map_err(|e| format!("epoch time {}: {e}", excerpt(t)))
             .and_then(from_epoch);
     }
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
@@ -50,11 +102,9 @@ pub fn parse_time_text(s: &str) -> Result<DateTime<Utc>, String> {
         return Ok(Utc.from_utc_datetime(&naive));
     }
     if let Ok(naive) = NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S") {
-        return Ok(
-            Utc.from_utc_datetime(&naive) - chrono::Duration::seconds(TENCENT_LOCAL_OFFSET_SECS)
-        );
+        return from_beijing(&naive).ok_or_else(|| format!("time {} out of range", excerpt(t)));
     }
-    Err(format!("unrecognised time format {t:?}"))
+    Err(format!("unrecognised time format {}", excerpt(t)))
 }
 
 fn from_epoch(value: i64) -> Result<DateTime<Utc>, String> {
@@ -103,21 +153,19 @@ pub fn parse_report_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
         return Ok(dt.with_timezone(&Utc));
     }
+    let out_of_range = || format!("time {} out of range", excerpt(t));
     for fmt in ["%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y-%m-%d %H:%M:%S"] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(t, fmt) {
-            return Ok(Utc.from_utc_datetime(&naive)
-                - chrono::Duration::seconds(TENCENT_LOCAL_OFFSET_SECS));
+            return from_beijing(&naive).ok_or_else(out_of_range);
         }
     }
     if let Ok(date) = NaiveDate::parse_from_str(t, "%Y/%m/%d") {
         let naive = date
             .and_hms_opt(0, 0, 0)
-            .ok_or_else(|| format!("bad date {t:?}"))?;
-        return Ok(
-            Utc.from_utc_datetime(&naive) - chrono::Duration::seconds(TENCENT_LOCAL_OFFSET_SECS)
-        );
+            .ok_or_else(|| format!("bad date {}", excerpt(t)))?;
+        return from_beijing(&naive).ok_or_else(out_of_range);
     }
-    Err(format!("not a time: {t:?}"))
+    Err(format!("not a time: {}", excerpt(t)))
 }
 
 #[cfg(test)]
@@ -173,6 +221,53 @@ mod tests {
         assert!(parse_event_time(&Scalar::Null).is_err());
         assert!(parse_event_time(&Scalar::Int(-5)).is_err());
         assert!(parse_event_time(&Scalar::UInt(u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn extreme_years_are_errors_not_panics() {
+        // chrono parses years of ±262143; the UTC+8 shift used to overflow and panic.
+        for bad in [
+            "-262143-01-01 00:00:00",
+            "+262142-12-31 23:59:59",
+            "-262143-01-01T00:00:00",
+            "-262143-01-01T00:00:00Z",
+        ] {
+            let _ = parse_time_text(bad);
+        }
+        assert!(parse_time_text("-262143-01-01 00:00:00").is_err());
+        for bad in [
+            "-262143/1/1 0:00:00",
+            "-262143/1/1 0:00",
+            "-262143/1/1",
+            "-262143-01-01 00:00:00",
+        ] {
+            assert!(parse_report_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_times_outside_the_sane_range_are_errors() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let t = |s: &str| parse_time_text(s).unwrap();
+        assert!(check_event_time(t("2025-12-31T23:00:00Z"), now, 3600).is_ok());
+        assert!(check_event_time(t("2026-01-01T00:59:59Z"), now, 3600).is_ok());
+        let e = check_event_time(t("2099-01-01T00:00:00Z"), now, 3600).unwrap_err();
+        assert!(e.contains("ahead of the clock"), "{e}");
+        let e = check_event_time(t("2005-12-31T23:59:59Z"), now, 3600).unwrap_err();
+        assert!(e.contains("before 2006"), "{e}");
+        // A skew of i64::MAX cannot overflow.
+        assert!(check_event_time(t("2099-01-01T00:00:00Z"), now, i64::MAX).is_ok());
+    }
+
+    #[test]
+    fn errors_quote_only_an_excerpt() {
+        let huge = "9".repeat(1 << 20) + "x";
+        let e = parse_time_text(&huge).unwrap_err();
+        assert!(e.len() < 200, "{} bytes", e.len());
+        assert!(e.contains("1048577 bytes"), "{e}");
+        // Excerpts end on a character boundary.
+        let e = parse_time_text(&"时".repeat(100)).unwrap_err();
+        assert!(e.contains('时'));
     }
 
     #[test]

@@ -154,11 +154,15 @@ pub struct Rejected<'a> {
 /// Reads one input to the end, decoding every record. Events go to `on_event`, rejects (with
 /// their raw record) to `on_reject`. A read error part-way (a corrupt `.gz`) is itself a
 /// reject; the records before it are kept.
+///
+/// Each record is isolated: a panic while decoding it, or an error `on_event` returns for one
+/// of its events (the caller's own isolation of what it does with the event), makes the record
+/// an `internal_error` reject, and reading goes on.
 pub fn read_input(
     input: &Input,
     decoder: &Decoder,
     options: FrameOptions,
-    on_event: &mut dyn FnMut(Event),
+    on_event: &mut dyn FnMut(Event) -> Result<(), String>,
     on_reject: &mut dyn FnMut(Rejected<'_>),
 ) -> ReadCounts {
     let name = input.name();
@@ -194,13 +198,29 @@ pub fn read_input(
             });
             return;
         }
-        decoder.decode(frame.bytes, &origin, &mut results);
+        if let Err(reason) =
+            crate::isolate::guard(|| decoder.decode(frame.bytes, &origin, &mut results))
+        {
+            results.clear();
+            counts.rejected += 1;
+            on_reject(Rejected {
+                reject: Reject::new(RejectKind::InternalError, reason, origin.clone()),
+                raw: frame.bytes,
+            });
+            return;
+        }
         for result in results.drain(..) {
             match result {
-                Ok(event) => {
-                    counts.events += 1;
-                    on_event(event);
-                }
+                Ok(event) => match on_event(event) {
+                    Ok(()) => counts.events += 1,
+                    Err(reason) => {
+                        counts.rejected += 1;
+                        on_reject(Rejected {
+                            reject: Reject::new(RejectKind::InternalError, reason, origin.clone()),
+                            raw: frame.bytes,
+                        });
+                    }
+                },
                 Err(reject) => {
                     counts.rejected += 1;
                     on_reject(Rejected {

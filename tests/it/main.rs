@@ -40,7 +40,10 @@ pub fn read_file(path: &Path, decoder: Decoder) -> Read {
         &Input::File(path.to_path_buf()),
         &decoder,
         FrameOptions::default(),
-        &mut |e| events.push(e),
+        &mut |e| {
+            events.push(e);
+            Ok(())
+        },
         &mut |r| rejects.push((r.reject, r.raw.to_vec())),
     );
     Read {
