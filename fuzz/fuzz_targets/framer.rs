@@ -10,14 +10,13 @@ fn main() {
         let options = FrameOptions {
             max_record_bytes: 4096,
         };
-        let mut events = 0usize;
         read_input(
             &Input::File(path),
             &Decoder::auto(),
             options,
             &mut |event| {
-                events += 1;
                 let _ = serde_json::to_vec(&event);
+                Ok(())
             },
             &mut |rejected| {
                 let _ = (rejected.reject.to_string(), rejected.raw.len());

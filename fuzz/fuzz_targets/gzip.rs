@@ -45,6 +45,7 @@ fn main() {
             },
             &mut |event| {
                 let _ = serde_json::to_vec(&event);
+                Ok(())
             },
             &mut |rejected| {
                 let _ = rejected.reject.to_string();
