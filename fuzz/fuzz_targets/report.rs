@@ -15,7 +15,11 @@ fn main() {
             }
         }
         let mut feed = ReportFeed::new(&[]);
-        for key in [&b"aws:123456789012"[..], b"alibaba:1234567890123456", b"tencent:100012345678"] {
+        for key in [
+            &b"aws:123456789012"[..],
+            b"alibaba:1234567890123456",
+            b"tencent:100012345678",
+        ] {
             let change = feed.apply_message("reports", Some(key), Some(data), received, "fuzz");
             let _ = (change.errors.len(), change.warnings.len());
         }

@@ -113,7 +113,10 @@ pub fn scratch_file(target: &str, data: &[u8]) -> PathBuf {
             std::env::temp_dir()
         }
     });
-    let path = dir.join(format!("akwatch-fuzz-{target}-{}.input", std::process::id()));
+    let path = dir.join(format!(
+        "akwatch-fuzz-{target}-{}.input",
+        std::process::id()
+    ));
     std::fs::write(&path, data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     path
 }
