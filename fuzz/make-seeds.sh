@@ -45,7 +45,7 @@ cp "$ingest"/*.json "$ingest"/*.jsonl "$out/framer/"
 cp "$ingest"/alibaba_oss.json.gz examples/logs/tencent/cloudaudit-2025-06-02.jsonl.gz "$out/gzip/"
 cp "$ingest"/aws_records.json "$ingest"/mixed_bad.jsonl "$ingest"/alibaba_sls.jsonl "$out/gzip/"
 cp tests/fixtures/reports/* examples/reports/* "$out/report/"
-cp rules/detections/*.yaml tests/fixtures/rules_broken/*.yaml "$out/rules/"
+cp rules/detections/*.yaml rules/catalogs/*.yaml tests/fixtures/rules_broken/*.yaml "$out/rules/"
 for f in rules/policies/*.yaml; do cp "$f" "$out/policy/rules-$(basename "$f")"; done
 for f in examples/policies/*.yaml; do cp "$f" "$out/policy/examples-$(basename "$f")"; done
 cp akwatch.example.yaml deploy/akwatch.compose.yaml "$out/config/"
