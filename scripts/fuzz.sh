@@ -16,6 +16,9 @@
 # full command). Works as root, without a terminal and without standard input.
 #
 # Environment:
+#   FUZZ_CACHE=DIR        where cargo-afl, AFL++ and the instrumented build are cached
+#                         (default target/; a directory outside the clone keeps them warm
+#                         across fresh clones)
 #   FUZZ_OUT=DIR          where the runs go (default target/fuzz-out; cleared per target)
 #   FUZZ_TIMEOUT_MS=N     an input taking longer is a hang (default 3000)
 #   FUZZ_MEMORY_MB=N      address-space limit of the target (default 2048): larger
@@ -76,10 +79,13 @@ started=$(date +%s)
 # Everything cached under target/: cargo-afl's binary, AFL++ (built by `cargo afl config`, kept
 # in XDG_DATA_HOME), and the instrumented build (its own target directory, so the normal
 # build's artefacts are not rebuilt with AFL's flags).
-tools="$root/target/tools"
+cache="${FUZZ_CACHE:-$root/target}"
+mkdir -p "$cache"
+cache="$(cd "$cache" && pwd)"
+tools="$cache/tools"
 export PATH="$tools/bin:$PATH"
 export XDG_DATA_HOME="$tools/share"
-export CARGO_TARGET_DIR="$root/target/fuzz"
+export CARGO_TARGET_DIR="$cache/fuzz"
 
 step "cargo-afl $AFL_VERSION"
 if ! "$tools/bin/cargo-afl" afl --version 2>/dev/null | grep -q "$AFL_VERSION"; then
@@ -122,6 +128,14 @@ memory_mb="${FUZZ_MEMORY_MB:-2048}"
 summary="$out/summary.tsv"
 printf 'target\tseconds\texecs_done\tcorpus_count\tsaved_crashes\tsaved_hangs\n' >"$summary"
 
+dict_of() { # TARGET: the AFL dictionary for the target's input language, if any
+    case "$1" in
+        decode_* | framer | gzip | pipeline) echo "fuzz/dict/json.dict" ;;
+        rules | policy | config) echo "fuzz/dict/yaml.dict" ;;
+        report) echo "fuzz/dict/csv.dict" ;;
+    esac
+}
+
 stat_of() { # FILE KEY
     sed -n "s/^$2 *: *//p" "$1" | head -n 1
 }
@@ -133,9 +147,15 @@ for t in "${selected[@]}"; do
     rm -rf "$dir"
     log="$out/$t.log"
     status=0
-    # -V: stop after that many seconds; the outer timeout only guards against AFL itself hanging.
-    timeout --kill-after=30 $((seconds + 120)) \
-        nice -n 10 cargo afl fuzz -V "$seconds" -t "$timeout_ms" -m "$memory_mb" \
+    dict_args=()
+    dict="$(dict_of "$t")"
+    if [ -n "$dict" ]; then
+        dict_args=(-x "$dict")
+    fi
+    # -V: stop after that many seconds. The outer bound only guards against afl-fuzz itself
+    # not stopping (seen once under heavy load on a shared machine); generous on purpose.
+    timeout --kill-after=30 $((seconds * 2 + 300)) \
+        nice -n 10 cargo afl fuzz -V "$seconds" -t "$timeout_ms" -m "$memory_mb" "${dict_args[@]}" \
         -i "fuzz/seeds/$t" -o "$dir" -- "$CARGO_TARGET_DIR/release/$t" \
         </dev/null >"$log" 2>&1 || status=$?
     stats="$dir/default/fuzzer_stats"
@@ -152,7 +172,10 @@ for t in "${selected[@]}"; do
     run_time=$(stat_of "$stats" run_time)
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${run_time:-$seconds}" "$execs" "$corpus" "$crashes" "$hangs" >>"$summary"
     echo "$t: ${run_time:-?} s, $execs executions, corpus $corpus, crashes $crashes, hangs $hangs"
-    if [ "$status" != 0 ]; then
+    if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+        # Stopped by the outer bound: what it found is saved and judged below.
+        echo "warning: afl-fuzz overran its time and was stopped (exit $status); log: $log" >&2
+    elif [ "$status" != 0 ]; then
         echo "afl-fuzz exited with $status; the end of its log, $log:" >&2
         tail -n 20 "$log" >&2
         failed=1
