@@ -31,6 +31,10 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "fuzz (short: every target 10 s; the long runs are in fuzz/README.md)"
+# Installs cargo-afl and AFL++ under target/ when missing; fails on a crash or a hang.
+timeout 2700 bash scripts/fuzz.sh --ci
+
 step "Apache Kafka"
 if [ -z "${KAFKA_BROKERS:-}" ]; then
     KAFKA_BROKERS="$(bash scripts/kafka.sh start | tail -n 1)"
