@@ -7,6 +7,7 @@ mod corpus;
 mod detect;
 mod golden;
 mod kafka;
+mod limits;
 mod props;
 mod reports;
 mod schema;
