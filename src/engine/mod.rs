@@ -18,7 +18,7 @@ use crate::policy::Policy;
 use crate::rule::cond::Facts;
 use crate::rule::{Attr, Detector, Link, Rule, RuleSet, Severity};
 use state::{
-    Capped, Ewma, KeyState, Located, MAX_LOCATIONS, State, compact_time, full_time, insert_sorted,
+    Capped, KeyState, Located, MAX_LOCATIONS, State, compact_time, full_time, insert_sorted,
     value_hash,
 };
 
@@ -353,7 +353,7 @@ impl Engine {
             .state
             .keys
             .iter()
-            .map(|k| (k.value().last_seen, *k.key()))
+            .map(|k| (k.value().last_seen(), *k.key()))
             .collect();
         ages.select_nth_unstable(excess - 1);
         for (_, k) in &ages[..excess] {
@@ -387,7 +387,7 @@ impl Engine {
         let mut marks: Vec<i64> = Vec::with_capacity(self.state.keys.len());
         for mut k in self.state.keys.iter_mut() {
             k.value_mut().expire(horizon);
-            marks.push(k.value().last_seen);
+            marks.push(k.value().last_seen());
         }
         if marks.is_empty() {
             return;
@@ -417,7 +417,8 @@ impl Engine {
             .entry(subject)
             .or_insert_with(|| KeyState::new(t));
         let ks: &mut KeyState = key.value_mut();
-        let new_key = ks.first_seen == t && ks.last_seen == t && ks.seen.is_empty();
+        let ct = compact_time(t);
+        let new_key = ks.first == ct && ks.last == ct && ks.seen.is_empty();
         let lateness = self.policy.allowed_lateness.secs();
         let jump_allowed = lateness.max(MIN_JUMP);
         let mut run = Run {
@@ -436,7 +437,7 @@ impl Engine {
         let ip_h = value_hash(Attr::SourceIp, ip_value.as_deref().unwrap_or(""));
         let ip_new_for_key = !hidden
             && ip_value.is_some()
-            && t.saturating_sub(ks.first_seen) >= IP_NEW_MIN_KEY_AGE
+            && t.saturating_sub(ks.first_seen()) >= IP_NEW_MIN_KEY_AGE
             && !ks.seen_within(ip_h, t, self.ip_history);
         let previous = ks.previous_call(t);
         let engine_idle = (!new_key && t > previous)
@@ -752,32 +753,40 @@ struct Run {
     capped: Capped,
 }
 
-/// Drops the oldest entries of a map (by `time`) down to 99% of `max`, in one pass (so once
-/// per 1% of the cap in new entries: amortised constant). Returns how many were dropped.
+/// Drops the oldest entries of a map (by `time`) down to 95% of `max`: one pass to find the
+/// cut-off time and one to drop, without copying keys, once per 5% of the cap in new entries
+/// (amortised constant). Returns how many were dropped.
 fn evict_oldest<K, V>(map: &dashmap::DashMap<K, V>, max: usize, time: impl Fn(&V) -> i64) -> u64
 where
-    K: Eq + std::hash::Hash + Clone,
+    K: Eq + std::hash::Hash,
 {
     let len = map.len();
-    let target = max - max / 100;
+    let target = max - max / 20;
     let excess = len.saturating_sub(target).max(1).min(len);
     if excess == 0 {
         return 0;
     }
-    let mut ages: Vec<(i64, K)> = map
-        .iter()
-        .map(|e| (time(e.value()), e.key().clone()))
-        .collect();
-    ages.select_nth_unstable_by_key(excess - 1, |a| a.0);
-    for (_, k) in &ages[..excess] {
-        map.remove(k);
-    }
+    let mut times: Vec<i64> = map.iter().map(|e| time(e.value())).collect();
+    let cut = *times.select_nth_unstable(excess - 1).1;
+    let mut at_cut = excess - times.iter().filter(|t| **t < cut).count();
+    map.retain(|_, v| {
+        let t = time(v);
+        if t < cut {
+            return false;
+        }
+        if t == cut && at_cut > 0 {
+            at_cut -= 1;
+            return false;
+        }
+        true
+    });
+    let dropped = len.saturating_sub(map.len());
     tracing::warn!(
-        evicted = excess,
+        evicted = dropped,
         cap = max,
         "map cap reached: the oldest entries dropped"
     );
-    excess as u64
+    dropped as u64
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -805,7 +814,7 @@ fn run_detector(
             learning,
         } => {
             let v = dimension_value(*attr, event, enr, api, facts.ip)?;
-            if t.saturating_sub(ks.first_seen) < *learning {
+            if t.saturating_sub(ks.first_seen()) < *learning {
                 return None;
             }
             let h = value_hash(*attr, &v);
@@ -820,7 +829,7 @@ fn run_detector(
             );
             f.insert(
                 "key_known_since".into(),
-                json!(chrono::DateTime::from_timestamp(ks.first_seen, 0)),
+                json!(chrono::DateTime::from_timestamp(ks.first_seen(), 0)),
             );
             Some(f)
         }
@@ -829,16 +838,15 @@ fn run_detector(
             count,
             baseline,
         } => {
-            let key_first_seen = ks.first_seen;
+            let key_first_seen = ks.first_seen();
             let window = &(*window).max(1);
-            let (calls, baseline_state) = ks.window(ri as u16, di as u8).calls();
+            let calls = ks.window(ri as u16, di as u8).calls();
             // The confirmed jump's call, if it was one of this window's, joins the baseline now.
             let confirmed = run
                 .confirmed
                 .filter(|p| calls.count(p.saturating_sub(1), *p) > 0)
                 .map(full_time);
             calls.add(compact_time(t));
-            run.capped.summarised += calls.bound(run.max_entries) as u64;
             // Trimmed relative to the newest call not past the key's watermark: a future-dated
             // call stays in the window (it counts for calls near it) but cannot push the
             // present out.
@@ -846,8 +854,9 @@ fn run_detector(
                 .newest_not_after(compact_time(run.watermark))
                 .map(|newest| full_time(newest).saturating_sub(window.saturating_add(lateness)));
             if let Some(c) = cutoff {
-                calls.trim_before(compact_time(c));
+                calls.trim_before(compact_time(c), calls.len() > run.max_entries);
             }
+            run.capped.summarised += calls.bound(run.max_entries) as u64;
             // Calls in (t - window, t], not before the cutoff.
             let lo = t
                 .saturating_sub(*window)
@@ -859,7 +868,7 @@ fn run_detector(
                 // baseline history, taken before this window's calls.
                 let bucket = t.div_euclid(*window).saturating_mul(*window);
                 let alpha = (*window as f32 / (*history).max(1) as f32).clamp(1e-6, 1.0);
-                let ewma = baseline_state.get_or_insert_with(Ewma::default);
+                let ewma = &mut calls.baseline;
                 if let Some(p) = confirmed {
                     ewma.add(
                         p.div_euclid(*window).saturating_mul(*window),
@@ -908,17 +917,28 @@ fn run_detector(
                     ks.sight((rule, det, i as u8), *h, ct, run.max_entries, ahead) as u64;
             }
             let wm = compact_time(run.watermark);
+            // Trimmed relative to the newest sighting not past the key's watermark (see
+            // `threshold`), every attribute before any is counted.
+            let mut cutoffs = [None; 8];
+            for (i, c) in cutoffs.iter_mut().enumerate().take(min.len()) {
+                let g = (rule, det, i as u8);
+                *c = ks.group_newest_not_after(g, wm).map(|newest| {
+                    full_time(newest).saturating_sub(window.saturating_add(lateness))
+                });
+                if let Some(c) = *c {
+                    ks.group_trim(g, compact_time(c));
+                }
+            }
             let mut counts = BTreeMap::new();
             for (i, (attr, need)) in min.iter().enumerate() {
                 let g = (rule, det, i as u8);
-                // Trimmed relative to the newest sighting not past the key's watermark (see
-                // `threshold`).
-                let cutoff = ks.group_newest_not_after(g, wm).map(|newest| {
-                    full_time(newest).saturating_sub(window.saturating_add(lateness))
-                });
-                if let Some(c) = cutoff {
-                    ks.group_trim(g, compact_time(c));
-                }
+                let cutoff = if i < cutoffs.len() {
+                    cutoffs[i]
+                } else {
+                    ks.group_newest_not_after(g, wm).map(|newest| {
+                        full_time(newest).saturating_sub(window.saturating_add(lateness))
+                    })
+                };
                 // Values seen in (t - window, t + lateness]: a value's latest sighting stands for it.
                 let lo = t
                     .saturating_sub(*window)

@@ -129,10 +129,11 @@ const INDEX_FROM: usize = 64;
 /// Below this many values the index is dropped again.
 const INDEX_UNTIL: usize = 32;
 
-/// A `threshold` window's calls: (time, calls up to and including that time), sorted by time,
-/// the count wrapping (only differences are read). Counting the calls in a time range is two
-/// binary searches, adding an in-order call is constant time, trimming the oldest is constant
-/// time per call trimmed.
+/// A `threshold` window: its calls as (time, calls up to and including that time), sorted by
+/// time, the count wrapping (only differences are read), and the baseline. Counting the calls
+/// in a time range is two binary searches, adding an in-order call is constant time, and
+/// trimming is amortised constant (the trimmed prefix is dropped once it is half the vector;
+/// until then counts start after the cut-off anyway).
 ///
 /// Times are exact seconds while the window holds at most its cap of distinct seconds; past
 /// it the resolution doubles (2 s, 4 s, ...) until it fits, and a time stands for the end of
@@ -140,9 +141,9 @@ const INDEX_UNTIL: usize = 32;
 /// error at the window's edges only; calls are never lost, only summarised).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Calls {
-    entries: VecDeque<(u32, u32)>,
-    /// The running count before the first entry.
-    base: u32,
+    entries: Vec<(u32, u32)>,
+    /// The `threshold` baseline (all zero: none yet).
+    pub baseline: Ewma,
     /// log2 of the resolution in seconds.
     shift: u8,
 }
@@ -158,7 +159,7 @@ impl Calls {
 
     fn cum_at(&self, t: u32) -> u32 {
         match self.entries.partition_point(|e| e.0 <= t) {
-            0 => self.base,
+            0 => 0,
             p => self.entries[p - 1].1,
         }
     }
@@ -187,11 +188,7 @@ impl Calls {
         let from = if p > 0 && self.entries[p - 1].0 == t {
             p - 1
         } else {
-            let before = if p == 0 {
-                self.base
-            } else {
-                self.entries[p - 1].1
-            };
+            let before = if p == 0 { 0 } else { self.entries[p - 1].1 };
             if self.entries.len() == self.entries.capacity() && self.entries.len() < 8 {
                 // Most windows hold a call or two: grow by one, not to four.
                 self.entries.reserve_exact(1);
@@ -199,7 +196,7 @@ impl Calls {
             self.entries.insert(p, (t, before));
             p
         };
-        for e in self.entries.range_mut(from..) {
+        for e in &mut self.entries[from..] {
             e.1 = e.1.wrapping_add(1);
         }
     }
@@ -212,14 +209,17 @@ impl Calls {
         }
     }
 
-    /// Forgets the calls before `cutoff`.
-    pub fn trim_before(&mut self, cutoff: u32) {
-        while let Some(&(t, c)) = self.entries.front() {
-            if t >= cutoff {
-                break;
-            }
-            self.base = c;
-            self.entries.pop_front();
+    /// Forgets the calls before `cutoff`: at once with `now` or in a short window, else when
+    /// they are half the vector (counts must then start at the cut-off, as the detector's do).
+    pub fn trim_before(&mut self, cutoff: u32, now: bool) {
+        let p = self.entries.partition_point(|e| e.0 < cutoff);
+        if p == 0 || (!now && self.entries.len() > 32 && p < self.entries.len() / 2) {
+            return;
+        }
+        let base = self.entries[p - 1].1;
+        self.entries.drain(..p);
+        for e in &mut self.entries {
+            e.1 = e.1.wrapping_sub(base);
         }
         if self.entries.is_empty() {
             self.shift = 0;
@@ -231,15 +231,18 @@ impl Calls {
         let before = self.entries.len();
         while self.entries.len() > max.max(4) && self.shift < 31 {
             self.shift += 1;
-            let mut out: VecDeque<(u32, u32)> = VecDeque::with_capacity(self.entries.len());
-            for &(t, c) in &self.entries {
+            let mut w = 0;
+            for i in 0..self.entries.len() {
+                let (t, c) = self.entries[i];
                 let r = self.round(t);
-                match out.back_mut() {
-                    Some(last) if last.0 == r => last.1 = c,
-                    _ => out.push_back((r, c)),
+                if w > 0 && self.entries[w - 1].0 == r {
+                    self.entries[w - 1].1 = c;
+                } else {
+                    self.entries[w] = (r, c);
+                    w += 1;
                 }
             }
-            self.entries = out;
+            self.entries.truncate(w);
         }
         before - self.entries.len()
     }
@@ -249,10 +252,7 @@ impl Calls {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Window {
     /// `threshold`: the calls in the window and the baseline.
-    Calls {
-        calls: Calls,
-        baseline: Option<Ewma>,
-    },
+    Calls(Calls),
     /// `sequence`: (time, source-IP hash) of each `first` step.
     Marks(VecDeque<(u32, u32)>),
     /// A large `distinct` group's latest sighting times, sorted (see [`INDEX_FROM`]).
@@ -262,7 +262,7 @@ pub enum Window {
 impl Window {
     fn is_empty(&self) -> bool {
         match self {
-            Window::Calls { calls, baseline } => calls.is_empty() && baseline.is_none(),
+            Window::Calls(calls) => calls.is_empty() && calls.baseline == Ewma::default(),
             Window::Marks(m) => m.is_empty(),
             Window::Index(i) => i.is_empty(),
         }
@@ -270,7 +270,7 @@ impl Window {
 
     fn heap_bytes(&self) -> usize {
         match self {
-            Window::Calls { calls, .. } => calls.entries.capacity() * 8,
+            Window::Calls(calls) => calls.entries.capacity() * 8,
             Window::Marks(m) => m.capacity() * 8,
             Window::Index(i) => i.capacity() * 4,
         }
@@ -279,22 +279,19 @@ impl Window {
     /// Entries held (for the state-size metric and the caps).
     pub fn len(&self) -> usize {
         match self {
-            Window::Calls { calls, .. } => calls.len(),
+            Window::Calls(calls) => calls.len(),
             Window::Marks(m) => m.len(),
             Window::Index(_) => 0,
         }
     }
 
-    /// The `threshold` parts (the window is made one if it was not).
-    pub fn calls(&mut self) -> (&mut Calls, &mut Option<Ewma>) {
-        if !matches!(self, Window::Calls { .. }) {
-            *self = Window::Calls {
-                calls: Calls::default(),
-                baseline: None,
-            };
+    /// The `threshold` window (the window is made one if it was not).
+    pub fn calls(&mut self) -> &mut Calls {
+        if !matches!(self, Window::Calls(_)) {
+            *self = Window::Calls(Calls::default());
         }
         match self {
-            Window::Calls { calls, baseline } => (calls, baseline),
+            Window::Calls(calls) => calls,
             // Invariant: set to `Calls` just above.
             _ => unreachable!("window is Calls"),
         }
@@ -324,14 +321,14 @@ pub struct Capped {
 /// Everything the engine remembers about one key.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct KeyState {
-    pub first_seen: i64,
-    /// The key's watermark: its latest call time, except that a call far ahead of it (more
-    /// than the jump allowed, see [`KeyState::observe`]) moves it only once a second call
-    /// confirms the jump. Windows are trimmed and state expired relative to it, so one
+    /// The key's first call (compact time).
+    pub first: u32,
+    /// The key's watermark (compact time): its latest call, except that a call far ahead of it
+    /// (more than the jump allowed, see [`KeyState::observe`]) moves it only once a second
+    /// call confirms the jump. Windows are trimmed and state expired relative to it, so one
     /// future-dated event cannot push the present out.
-    pub last_seen: i64,
-    /// An unconfirmed jump ahead of `last_seen` (compact time; 0: none).
-    #[serde(default)]
+    pub last: u32,
+    /// An unconfirmed jump ahead of `last` (compact time; 0: none).
     pub pending: u32,
     /// Attribute values seen, by [`value_hash`], sorted by hash.
     pub seen: Vec<Seen>,
@@ -348,10 +345,19 @@ pub struct KeyState {
 impl KeyState {
     pub fn new(t: i64) -> Self {
         KeyState {
-            first_seen: t,
-            last_seen: t,
+            first: compact_time(t),
+            last: compact_time(t),
             ..KeyState::default()
         }
+    }
+
+    pub fn first_seen(&self) -> i64 {
+        full_time(self.first)
+    }
+
+    /// The watermark (see `last`), in seconds.
+    pub fn last_seen(&self) -> i64 {
+        full_time(self.last)
     }
 
     fn confirms(&self, t: i64, jump: i64) -> bool {
@@ -361,26 +367,26 @@ impl KeyState {
     /// Is a call at `t` an unconfirmed jump ahead of the watermark (one far-future event, or
     /// the first call after a quiet spell — which the next call confirms)?
     pub fn is_jump(&self, t: i64, jump: i64) -> bool {
-        t > self.last_seen.saturating_add(jump) && !self.confirms(t, jump)
+        t > self.last_seen().saturating_add(jump) && !self.confirms(t, jump)
     }
 
     /// The watermark after a call at `t`.
     pub fn watermark_after(&self, t: i64, jump: i64) -> i64 {
-        if t <= self.last_seen.saturating_add(jump) {
-            self.last_seen.max(t)
+        if t <= self.last_seen().saturating_add(jump) {
+            self.last_seen().max(t)
         } else if self.confirms(t, jump) {
             t.max(full_time(self.pending))
         } else {
-            self.last_seen
+            self.last_seen()
         }
     }
 
     /// Moves the watermark for a call at `t` (see `last_seen`).
     pub fn observe(&mut self, t: i64, jump: i64) {
-        self.first_seen = self.first_seen.min(t);
+        self.first = self.first.min(compact_time(t));
         if !self.is_jump(t, jump) {
-            self.last_seen = self.watermark_after(t, jump);
-            if self.pending != 0 && full_time(self.pending) <= self.last_seen {
+            self.last = compact_time(self.watermark_after(t, jump));
+            if self.pending != 0 && self.pending <= self.last {
                 self.pending = 0;
             }
         } else {
@@ -391,9 +397,9 @@ impl KeyState {
     /// The key's latest call not after `t`, as far as its state tells (for idle days).
     pub fn previous_call(&self, t: i64) -> i64 {
         if self.pending != 0 && full_time(self.pending) <= t {
-            self.last_seen.max(full_time(self.pending))
+            self.last_seen().max(full_time(self.pending))
         } else {
-            self.last_seen
+            self.last_seen()
         }
     }
 
@@ -445,7 +451,8 @@ impl KeyState {
                 }
                 if self.seen.len() == self.seen.capacity() {
                     // Grow by a few entries, not double: most keys hold a handful of values.
-                    self.seen.reserve_exact(4);
+                    self.seen
+                        .reserve_exact(if self.seen.len() < 32 { 2 } else { 8 });
                 }
                 self.seen.insert(
                     i,
@@ -522,8 +529,13 @@ impl KeyState {
             }
             Err(i) => {
                 if self.sightings.len() == self.sightings.capacity() {
-                    self.sightings
-                        .reserve_exact(4.max(self.sightings.len() / 4));
+                    // A few at a time for the usual handful; a quarter more for a big one.
+                    let more = if self.sightings.len() < 32 {
+                        2
+                    } else {
+                        self.sightings.len() / 4
+                    };
+                    self.sightings.reserve_exact(more);
                 }
                 self.sightings.insert(
                     start + i,
@@ -653,17 +665,17 @@ impl KeyState {
     /// Drops what no detector can look at any more: everything older than the watermark
     /// minus `horizon` (one future-dated call does not move the watermark).
     pub fn expire(&mut self, horizon: i64) {
-        let cutoff = self.last_seen.saturating_sub(horizon);
+        let cutoff = self.last_seen().saturating_sub(horizon);
         let c = compact_time(cutoff);
         self.seen.retain(|s| s.last >= c);
         self.seen.shrink_to_fit();
         for (_, w) in &mut self.windows {
             match w {
-                Window::Calls { calls, baseline } => {
-                    calls.trim_before(c);
+                Window::Calls(calls) => {
+                    calls.trim_before(c, true);
                     calls.entries.shrink_to_fit();
-                    if baseline.is_some_and(|b| b.bucket < c) {
-                        *baseline = None;
+                    if calls.baseline.bucket < c {
+                        calls.baseline = Ewma::default();
                     }
                 }
                 Window::Marks(m) => {
@@ -706,7 +718,7 @@ impl KeyState {
     /// Entries held in its lists.
     pub fn entries(&self) -> usize {
         let windowed: usize = self.windows.iter().map(|(_, w)| w.len()).sum();
-        self.seen.len() + windowed + self.sightings.len() + self.locations.len()
+        self.seen.len() + windowed + self.sightings.len()
     }
 }
 
