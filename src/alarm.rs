@@ -207,6 +207,12 @@ pub struct Tracked {
     touched: u64,
 }
 
+impl Tracked {
+    pub fn id(&self) -> &str {
+        &self.alarm.alarm_id
+    }
+}
+
 /// The default cap on tracked alarms.
 pub const DEFAULT_MAX_ALARMS: usize = 100_000;
 
@@ -216,7 +222,8 @@ pub const DEFAULT_MAX_ALARMS: usize = 100_000;
 /// function of rule, key, dimension value and period), so downstream it is the same alarm;
 /// only its count restarts.
 pub struct Aggregator {
-    alarms: HashMap<String, Tracked>,
+    /// Shared with checkpoint snapshots (copied on write).
+    alarms: HashMap<String, std::sync::Arc<Tracked>>,
     max: usize,
     clock: u64,
     evicted: u64,
@@ -274,7 +281,7 @@ impl Aggregator {
             if let Some(t) = self.alarms.remove(id)
                 && t.pending
             {
-                let mut a = t.alarm;
+                let mut a = t.alarm.clone();
                 a.status = AlarmStatus::Updated;
                 out.push(a);
             }
@@ -289,15 +296,13 @@ impl Aggregator {
         );
     }
 
-    /// Every tracked alarm, for a checkpoint (sorted by id).
-    pub fn export(&self) -> Vec<Tracked> {
-        let mut v: Vec<Tracked> = self.alarms.values().cloned().collect();
-        v.sort_by(|a, b| a.alarm.alarm_id.cmp(&b.alarm.alarm_id));
-        v
+    /// Every tracked alarm, for a checkpoint: pointers, not copies (unsorted).
+    pub fn export(&self) -> Vec<std::sync::Arc<Tracked>> {
+        self.alarms.values().cloned().collect()
     }
 
     /// Restores tracked alarms from a checkpoint.
-    pub fn import(&mut self, tracked: Vec<Tracked>) {
+    pub fn import(&mut self, tracked: Vec<std::sync::Arc<Tracked>>) {
         for t in tracked {
             self.clock = self.clock.max(t.touched.saturating_add(1));
             self.alarms.insert(t.alarm.alarm_id.clone(), t);
@@ -420,13 +425,13 @@ impl Aggregator {
                 let ips = source_ip.iter().map(|s| s.ip.clone()).collect();
                 self.alarms.insert(
                     id,
-                    Tracked {
+                    std::sync::Arc::new(Tracked {
                         alarm: alarm.clone(),
                         last_notified: t,
                         pending: false,
                         ips,
                         touched,
-                    },
+                    }),
                 );
                 if self.alarms.len() > self.max {
                     self.evict();
@@ -434,6 +439,7 @@ impl Aggregator {
                 Some(alarm)
             }
             Some(tracked) => {
+                let tracked = std::sync::Arc::make_mut(tracked);
                 tracked.touched = touched;
                 let a = &mut tracked.alarm;
                 a.count += 1;
@@ -479,6 +485,7 @@ impl Aggregator {
             .values_mut()
             .filter(|t| t.pending)
             .map(|t| {
+                let t = std::sync::Arc::make_mut(t);
                 t.pending = false;
                 let mut a = t.alarm.clone();
                 a.status = AlarmStatus::Updated;

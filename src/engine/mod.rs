@@ -8,6 +8,7 @@ pub mod state;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -22,14 +23,45 @@ use state::{
     value_hash,
 };
 
-/// The engine's state as saved in a checkpoint.
+/// The engine's state as saved in a checkpoint. Keys and alarms are shared with the engine
+/// (copy on write: the engine copies one only when it changes it while a snapshot holds it), so
+/// taking a snapshot copies pointers, not state; the lists are sorted when serialised (on the
+/// checkpoint thread), for a deterministic file.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub rules_fingerprint: String,
-    pub keys: Vec<(u64, KeyState)>,
+    #[serde(serialize_with = "sorted_keys")]
+    pub keys: Vec<(u64, Arc<KeyState>)>,
+    #[serde(serialize_with = "sorted")]
     pub created: Vec<((u16, String), (i64, u64))>,
+    #[serde(serialize_with = "sorted")]
     pub quarantined: Vec<((crate::event::Cloud, String), i64)>,
-    pub alarms: Vec<crate::alarm::Tracked>,
+    #[serde(serialize_with = "sorted_alarms")]
+    pub alarms: Vec<Arc<crate::alarm::Tracked>>,
+}
+
+fn sorted_keys<S: serde::Serializer>(v: &[(u64, Arc<KeyState>)], s: S) -> Result<S::Ok, S::Error> {
+    let mut refs: Vec<&(u64, Arc<KeyState>)> = v.iter().collect();
+    refs.sort_unstable_by_key(|k| k.0);
+    s.collect_seq(refs)
+}
+
+fn sorted<S: serde::Serializer, T: serde::Serialize + Ord>(
+    v: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut refs: Vec<&T> = v.iter().collect();
+    refs.sort_unstable();
+    s.collect_seq(refs)
+}
+
+fn sorted_alarms<S: serde::Serializer>(
+    v: &[Arc<crate::alarm::Tracked>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut refs: Vec<&Arc<crate::alarm::Tracked>> = v.iter().collect();
+    refs.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+    s.collect_seq(refs)
 }
 
 /// Counters a run reports (and the metrics expose).
@@ -206,29 +238,27 @@ impl Engine {
         format!("{:016x}", h.finish())
     }
 
-    /// The engine's state, for a checkpoint.
+    /// The engine's state, for a checkpoint: a pointer per key and per alarm (see
+    /// [`Snapshot`]), the created-key and quarantine maps (capped) copied.
     pub fn snapshot(&self) -> Snapshot {
-        let mut keys: Vec<(u64, KeyState)> = self
+        let keys: Vec<(u64, Arc<KeyState>)> = self
             .state
             .keys
             .iter()
-            .map(|k| (*k.key(), k.value().clone()))
+            .map(|k| (*k.key(), Arc::clone(k.value())))
             .collect();
-        keys.sort_by_key(|k| k.0);
-        let mut created: Vec<((u16, String), (i64, u64))> = self
+        let created: Vec<((u16, String), (i64, u64))> = self
             .state
             .created
             .iter()
             .map(|e| (e.key().clone(), *e.value()))
             .collect();
-        created.sort();
-        let mut quarantined: Vec<((crate::event::Cloud, String), i64)> = self
+        let quarantined: Vec<((crate::event::Cloud, String), i64)> = self
             .state
             .quarantined
             .iter()
             .map(|e| (e.key().clone(), *e.value()))
             .collect();
-        quarantined.sort();
         Snapshot {
             rules_fingerprint: self.rules_fingerprint(),
             keys,
@@ -245,6 +275,7 @@ impl Engine {
         let same_rules = snapshot.rules_fingerprint == self.rules_fingerprint();
         for (k, mut ks) in snapshot.keys {
             if !same_rules {
+                let ks = Arc::make_mut(&mut ks);
                 ks.windows.clear();
                 ks.sightings.clear();
             }
@@ -386,7 +417,11 @@ impl Engine {
         let horizon = self.horizon;
         let mut marks: Vec<i64> = Vec::with_capacity(self.state.keys.len());
         for mut k in self.state.keys.iter_mut() {
-            k.value_mut().expire(horizon);
+            // A key a checkpoint being written still holds is expired at the next pass rather
+            // than copied now.
+            if Arc::strong_count(k.value()) == 1 {
+                Arc::make_mut(k.value_mut()).expire(horizon);
+            }
             marks.push(k.value().last_seen());
         }
         if marks.is_empty() {
@@ -415,8 +450,9 @@ impl Engine {
             .state
             .keys
             .entry(subject)
-            .or_insert_with(|| KeyState::new(t));
-        let ks: &mut KeyState = key.value_mut();
+            .or_insert_with(|| Arc::new(KeyState::new(t)));
+        // Copied only if a checkpoint being written holds this key.
+        let ks: &mut KeyState = Arc::make_mut(key.value_mut());
         let ct = compact_time(t);
         let new_key = ks.first == ct && ks.last == ct && ks.seen.is_empty();
         let lateness = self.policy.allowed_lateness.secs();

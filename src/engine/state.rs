@@ -260,7 +260,8 @@ pub enum Window {
 }
 
 impl Window {
-    fn is_empty(&self) -> bool {
+    /// Nothing held (the window can be dropped).
+    pub fn is_empty(&self) -> bool {
         match self {
             Window::Calls(calls) => calls.is_empty() && calls.baseline == Ewma::default(),
             Window::Marks(m) => m.is_empty(),
@@ -746,7 +747,7 @@ pub fn insert_sorted<T>(deque: &mut VecDeque<T>, item: T, time: impl Fn(&T) -> i
 pub struct State {
     /// By the hash of the alarm subject (access key id, or principal): 8 bytes a key instead
     /// of the id string.
-    pub keys: DashMap<u64, KeyState, rustc_hash::FxBuildHasher>,
+    pub keys: DashMap<u64, std::sync::Arc<KeyState>, rustc_hash::FxBuildHasher>,
     /// Keys created by a watched `first` step: (rule index, created key) → (time, source-IP hash).
     pub created: DashMap<(u16, String), (i64, u64)>,
     /// Principals AWS quarantined (compromised-key policy attached): (cloud, user) → time.
@@ -760,7 +761,10 @@ impl State {
         let mut bytes = 0;
         let mut entries = 0;
         for k in &self.keys {
-            bytes += std::mem::size_of::<(u64, KeyState)>() + k.value().heap_bytes();
+            bytes += std::mem::size_of::<(u64, std::sync::Arc<KeyState>)>()
+                + 16
+                + std::mem::size_of::<KeyState>()
+                + k.value().heap_bytes();
             entries += k.value().entries();
         }
         for e in &self.created {
