@@ -13,8 +13,110 @@ use crate::enrich::{Enrichment, GeoInfo, IpClass};
 use crate::event::{AccessKeyId, AccountId, Cloud, Event, KeyKind, Principal};
 use crate::rule::{AlarmType, Rule, Severity};
 
-/// The most source IPs, APIs and event ids an alarm lists.
+/// The most source IPs, APIs and event ids an alarm lists (the rest of the event ids is
+/// `count` minus the ones listed); also the most items of a list in its facts.
 const MAX_LISTED: usize = 20;
+
+/// Size limits of the input-derived strings an alarm holds, in bytes (a longer value is cut on
+/// a character boundary and ends with a marker saying how much was cut, within the limit).
+pub const MAX_USER_AGENT_BYTES: usize = 512;
+/// ARNs, names, ids, dimension values, fact strings.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Source addresses, APIs, event ids.
+pub const MAX_SHORT_BYTES: usize = 256;
+
+/// The longest prefix of `s` of at most `max` bytes ending on a character boundary.
+pub fn truncate_on_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `s` cut to `max` bytes with a marker (`…[N bytes cut]`) when longer; counts the cuts.
+fn bound(s: &str, max: usize, cuts: &mut u64) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    *cuts += 1;
+    let marker = format!("…[{} bytes cut]", s.len());
+    let head = truncate_on_char(s, max.saturating_sub(marker.len()));
+    format!("{head}{marker}")
+}
+
+fn bound_opt(s: &Option<String>, max: usize, cuts: &mut u64) -> Option<String> {
+    s.as_deref().map(|s| bound(s, max, cuts))
+}
+
+/// Bounds every string and list in a fact value (depth-limited: deeper values are dropped).
+fn bound_value(v: serde_json::Value, depth: u32, cuts: &mut u64) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.len() > MAX_TEXT_BYTES => {
+            Value::String(bound(&s, MAX_TEXT_BYTES, cuts))
+        }
+        Value::Array(items) if depth < 4 => {
+            if items.len() > MAX_LISTED {
+                *cuts += 1;
+            }
+            Value::Array(
+                items
+                    .into_iter()
+                    .take(MAX_LISTED)
+                    .map(|x| bound_value(x, depth + 1, cuts))
+                    .collect(),
+            )
+        }
+        Value::Object(map) if depth < 4 => {
+            if map.len() > MAX_LISTED * 2 {
+                *cuts += 1;
+            }
+            Value::Object(
+                map.into_iter()
+                    .take(MAX_LISTED * 2)
+                    .map(|(k, x)| {
+                        (
+                            bound(&k, MAX_SHORT_BYTES, cuts),
+                            bound_value(x, depth + 1, cuts),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        Value::Array(_) | Value::Object(_) => {
+            *cuts += 1;
+            Value::Null
+        }
+        v => v,
+    }
+}
+
+fn bound_facts(
+    facts: BTreeMap<String, serde_json::Value>,
+    cuts: &mut u64,
+) -> BTreeMap<String, serde_json::Value> {
+    facts
+        .into_iter()
+        .map(|(k, v)| (k, bound_value(v, 0, cuts)))
+        .collect()
+}
+
+fn bound_principal(p: &Principal, cuts: &mut u64) -> Principal {
+    Principal {
+        kind: p.kind,
+        name: bound_opt(&p.name, MAX_TEXT_BYTES, cuts),
+        id: bound_opt(&p.id, MAX_TEXT_BYTES, cuts),
+        arn: bound_opt(&p.arn, MAX_TEXT_BYTES, cuts),
+        role: bound_opt(&p.role, MAX_TEXT_BYTES, cuts),
+        invoked_by: bound_opt(&p.invoked_by, MAX_TEXT_BYTES, cuts),
+        mfa: p.mfa,
+        instance_id: bound_opt(&p.instance_id, MAX_TEXT_BYTES, cuts),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -99,26 +201,114 @@ pub struct Tracked {
     last_notified: DateTime<Utc>,
     pending: bool,
     ips: BTreeSet<String>,
+    /// When it was last hit, in hits recorded by the aggregator (for least-recently-updated
+    /// eviction).
+    #[serde(default)]
+    touched: u64,
 }
 
-/// Alarms being aggregated.
-#[derive(Default)]
+impl Tracked {
+    pub fn id(&self) -> &str {
+        &self.alarm.alarm_id
+    }
+}
+
+/// The default cap on tracked alarms.
+pub const DEFAULT_MAX_ALARMS: usize = 100_000;
+
+/// Alarms being aggregated, at most `max` of them: past it the least recently updated are
+/// dropped (in batches of 1% of the cap), those with hits not yet notified sent as updates
+/// first. An evicted alarm hit again starts over as `created`, with the same id (ids are a
+/// function of rule, key, dimension value and period), so downstream it is the same alarm;
+/// only its count restarts.
 pub struct Aggregator {
-    alarms: HashMap<String, Tracked>,
+    /// Shared with checkpoint snapshots (copied on write).
+    alarms: HashMap<String, std::sync::Arc<Tracked>>,
+    max: usize,
+    clock: u64,
+    evicted: u64,
+    truncated: u64,
+    evicted_out: Vec<Alarm>,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Aggregator {
+            alarms: HashMap::new(),
+            max: DEFAULT_MAX_ALARMS,
+            clock: 0,
+            evicted: 0,
+            truncated: 0,
+            evicted_out: Vec::new(),
+        }
+    }
 }
 
 impl Aggregator {
-    /// Every tracked alarm, for a checkpoint (sorted by id).
-    pub fn export(&self) -> Vec<Tracked> {
-        let mut v: Vec<Tracked> = self.alarms.values().cloned().collect();
-        v.sort_by(|a, b| a.alarm.alarm_id.cmp(&b.alarm.alarm_id));
-        v
+    /// Sets the cap on tracked alarms (at least 1).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(1);
+    }
+
+    /// Alarms evicted so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Alarm fields cut to their size limit so far.
+    pub fn truncated(&self) -> u64 {
+        self.truncated
+    }
+
+    /// The pending updates of alarms evicted since the last call.
+    pub fn take_evicted(&mut self) -> Vec<Alarm> {
+        std::mem::take(&mut self.evicted_out)
+    }
+
+    /// Drops the least recently updated alarms down to 99% of the cap.
+    fn evict(&mut self) {
+        let len = self.alarms.len();
+        let target = self.max - self.max / 100;
+        let excess = len.saturating_sub(target).max(1).min(len);
+        let mut ages: Vec<(u64, String)> = self
+            .alarms
+            .iter()
+            .map(|(id, t)| (t.touched, id.clone()))
+            .collect();
+        ages.select_nth_unstable(excess - 1);
+        let mut out = Vec::new();
+        for (_, id) in &ages[..excess] {
+            if let Some(t) = self.alarms.remove(id)
+                && t.pending
+            {
+                let mut a = t.alarm.clone();
+                a.status = AlarmStatus::Updated;
+                out.push(a);
+            }
+        }
+        out.sort_by(|a, b| a.alarm_id.cmp(&b.alarm_id));
+        self.evicted_out.extend(out);
+        self.evicted += excess as u64;
+        tracing::warn!(
+            evicted = excess,
+            cap = self.max,
+            "alarm cap reached: the least recently updated alarms dropped"
+        );
+    }
+
+    /// Every tracked alarm, for a checkpoint: pointers, not copies (unsorted).
+    pub fn export(&self) -> Vec<std::sync::Arc<Tracked>> {
+        self.alarms.values().cloned().collect()
     }
 
     /// Restores tracked alarms from a checkpoint.
-    pub fn import(&mut self, tracked: Vec<Tracked>) {
+    pub fn import(&mut self, tracked: Vec<std::sync::Arc<Tracked>>) {
         for t in tracked {
+            self.clock = self.clock.max(t.touched.saturating_add(1));
             self.alarms.insert(t.alarm.alarm_id.clone(), t);
+        }
+        while self.alarms.len() > self.max {
+            self.evict();
         }
     }
 }
@@ -177,10 +367,23 @@ impl Aggregator {
         let period = t.timestamp().div_euclid(settings.period_secs.max(1));
         let subject = subject_of(event);
         let id = alarm_id(&rule.id, &subject, hit.dimension.as_deref(), period);
-        let source_ip = source_ip_of(event, enrichment, ip_hidden);
-        let api = event.api();
+        let cuts = &mut self.truncated;
+        let source_ip = source_ip_of(event, enrichment, ip_hidden).map(|mut s| {
+            s.ip = bound(&s.ip, MAX_SHORT_BYTES, cuts);
+            s
+        });
+        let api = bound(&event.api(), MAX_SHORT_BYTES, cuts);
+        let event_id = bound(&event.event_id, MAX_SHORT_BYTES, cuts);
+        let facts = bound_facts(hit.facts, cuts);
+        self.clock += 1;
+        let touched = self.clock;
         match self.alarms.get_mut(&id) {
             None => {
+                let dimension_max = if rule.dimension == crate::rule::Attr::UserAgent {
+                    MAX_USER_AGENT_BYTES
+                } else {
+                    MAX_TEXT_BYTES
+                };
                 let alarm = Alarm {
                     alarm_id: id.clone(),
                     rule_id: rule.id.clone(),
@@ -189,16 +392,22 @@ impl Aggregator {
                     alarm_type: rule.alarm_type,
                     status: AlarmStatus::Created,
                     cloud: event.cloud,
-                    account_id: event.account_id.clone(),
-                    access_key_id: event.access_key_id.clone(),
+                    account_id: event
+                        .account_id
+                        .as_ref()
+                        .map(|a| AccountId(bound(&a.0, MAX_SHORT_BYTES, cuts))),
+                    access_key_id: event
+                        .access_key_id
+                        .as_ref()
+                        .map(|k| AccessKeyId(bound(&k.0, MAX_SHORT_BYTES, cuts))),
                     key_kind: event.key_kind,
-                    principal: event.principal.clone(),
+                    principal: bound_principal(&event.principal, cuts),
                     dimension: hit.dimension.as_ref().map(|v| Dimension {
                         name: rule.dimension.as_str().to_owned(),
                         value: if ip_hidden && rule.dimension.from_ip() {
                             "masked".to_owned()
                         } else {
-                            v.clone()
+                            bound(v, dimension_max, cuts)
                         },
                     }),
                     source_ips: source_ip.iter().cloned().collect(),
@@ -207,8 +416,8 @@ impl Aggregator {
                     first_seen: t,
                     last_seen: t,
                     evidence: Evidence {
-                        event_ids: vec![event.event_id.clone()],
-                        facts: hit.facts,
+                        event_ids: vec![event_id],
+                        facts,
                     },
                     description: rule.description.clone(),
                     advice: rule.advice.clone(),
@@ -216,16 +425,22 @@ impl Aggregator {
                 let ips = source_ip.iter().map(|s| s.ip.clone()).collect();
                 self.alarms.insert(
                     id,
-                    Tracked {
+                    std::sync::Arc::new(Tracked {
                         alarm: alarm.clone(),
                         last_notified: t,
                         pending: false,
                         ips,
-                    },
+                        touched,
+                    }),
                 );
+                if self.alarms.len() > self.max {
+                    self.evict();
+                }
                 Some(alarm)
             }
             Some(tracked) => {
+                let tracked = std::sync::Arc::make_mut(tracked);
+                tracked.touched = touched;
                 let a = &mut tracked.alarm;
                 a.count += 1;
                 a.first_seen = a.first_seen.min(t);
@@ -240,11 +455,15 @@ impl Aggregator {
                     a.apis.push(api);
                 }
                 if a.evidence.event_ids.len() < MAX_LISTED {
-                    a.evidence.event_ids.push(event.event_id.clone());
+                    a.evidence.event_ids.push(event_id);
                 }
-                a.evidence.facts = hit.facts;
+                a.evidence.facts = facts;
                 a.severity = a.severity.max(severity);
-                if t - tracked.last_notified >= chrono::Duration::seconds(settings.renotify_secs) {
+                // (Times are within chrono's range, so their difference is; a renotification
+                // interval past it means never.)
+                if chrono::TimeDelta::try_seconds(settings.renotify_secs)
+                    .is_some_and(|d| t - tracked.last_notified >= d)
+                {
                     tracked.last_notified = t;
                     tracked.pending = false;
                     let mut out = a.clone();
@@ -266,6 +485,7 @@ impl Aggregator {
             .values_mut()
             .filter(|t| t.pending)
             .map(|t| {
+                let t = std::sync::Arc::make_mut(t);
                 t.pending = false;
                 let mut a = t.alarm.clone();
                 a.status = AlarmStatus::Updated;

@@ -14,7 +14,7 @@ use crate::engine::Snapshot;
 
 /// Bumped when the layout changes; an older checkpoint is not read (the engine starts cold,
 /// with a warning).
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const FILE: &str = "checkpoint.json.gz";
 
 /// The next offset to consume of one input partition.

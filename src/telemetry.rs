@@ -34,6 +34,15 @@ pub struct Metrics {
     pub state_entries: IntGauge,
     pub state_bytes: IntGauge,
     pub state_evicted_keys: IntCounter,
+    /// The engine's other caps (`engine::Limits`), one counter each.
+    pub window_entries_summarised: IntCounter,
+    pub window_entries_dropped: IntCounter,
+    pub alarms_evicted: IntCounter,
+    pub alarm_fields_truncated: IntCounter,
+    pub created_evicted: IntCounter,
+    pub created_expired: IntCounter,
+    pub quarantined_evicted: IntCounter,
+    pub quarantined_expired: IntCounter,
     pub checkpoint_age_seconds: Gauge,
     pub report_accounts: IntGauge,
     pub report_updates: IntCounter,
@@ -165,6 +174,38 @@ impl Metrics {
             state_evicted_keys: counter(
                 "akwatch_state_evicted_keys_total",
                 "Keys whose state was dropped to stay under state_max_keys",
+            )?,
+            window_entries_summarised: counter(
+                "akwatch_window_entries_summarised_total",
+                "Threshold window entries merged into coarser buckets at the per-window cap",
+            )?,
+            window_entries_dropped: counter(
+                "akwatch_window_entries_dropped_total",
+                "Distinct values and sequence marks forgotten at the per-window cap",
+            )?,
+            alarms_evicted: counter(
+                "akwatch_alarms_evicted_total",
+                "Tracked alarms dropped at the cap, least recently updated first",
+            )?,
+            alarm_fields_truncated: counter(
+                "akwatch_alarm_fields_truncated_total",
+                "Alarm fields cut to their size limit",
+            )?,
+            created_evicted: counter(
+                "akwatch_state_created_evicted_total",
+                "Created-key marks dropped at the cap, oldest first",
+            )?,
+            created_expired: counter(
+                "akwatch_state_created_expired_total",
+                "Created-key marks dropped past the longest look-back",
+            )?,
+            quarantined_evicted: counter(
+                "akwatch_state_quarantined_evicted_total",
+                "Quarantined principals dropped at the cap, oldest first",
+            )?,
+            quarantined_expired: counter(
+                "akwatch_state_quarantined_expired_total",
+                "Quarantined principals dropped past the retention",
             )?,
             report_accounts: gauge(
                 "akwatch_report_accounts",

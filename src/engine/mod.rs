@@ -8,6 +8,7 @@ pub mod state;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -18,18 +19,49 @@ use crate::policy::Policy;
 use crate::rule::cond::Facts;
 use crate::rule::{Attr, Detector, Link, Rule, RuleSet, Severity};
 use state::{
-    Ewma, KeyState, Located, MAX_LOCATIONS, Sighting, State, compact_time, full_time,
-    insert_sorted, value_hash,
+    Capped, KeyState, Located, MAX_LOCATIONS, State, compact_time, full_time, insert_sorted,
+    value_hash,
 };
 
-/// The engine's state as saved in a checkpoint.
+/// The engine's state as saved in a checkpoint. Keys and alarms are shared with the engine
+/// (copy on write: the engine copies one only when it changes it while a snapshot holds it), so
+/// taking a snapshot copies pointers, not state; the lists are sorted when serialised (on the
+/// checkpoint thread), for a deterministic file.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub rules_fingerprint: String,
-    pub keys: Vec<(u64, KeyState)>,
+    #[serde(serialize_with = "sorted_keys")]
+    pub keys: Vec<(u64, Arc<KeyState>)>,
+    #[serde(serialize_with = "sorted")]
     pub created: Vec<((u16, String), (i64, u64))>,
+    #[serde(serialize_with = "sorted")]
     pub quarantined: Vec<((crate::event::Cloud, String), i64)>,
-    pub alarms: Vec<crate::alarm::Tracked>,
+    #[serde(serialize_with = "sorted_alarms")]
+    pub alarms: Vec<Arc<crate::alarm::Tracked>>,
+}
+
+fn sorted_keys<S: serde::Serializer>(v: &[(u64, Arc<KeyState>)], s: S) -> Result<S::Ok, S::Error> {
+    let mut refs: Vec<&(u64, Arc<KeyState>)> = v.iter().collect();
+    refs.sort_unstable_by_key(|k| k.0);
+    s.collect_seq(refs)
+}
+
+fn sorted<S: serde::Serializer, T: serde::Serialize + Ord>(
+    v: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut refs: Vec<&T> = v.iter().collect();
+    refs.sort_unstable();
+    s.collect_seq(refs)
+}
+
+fn sorted_alarms<S: serde::Serializer>(
+    v: &[Arc<crate::alarm::Tracked>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut refs: Vec<&Arc<crate::alarm::Tracked>> = v.iter().collect();
+    refs.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+    s.collect_seq(refs)
 }
 
 /// Counters a run reports (and the metrics expose).
@@ -43,6 +75,64 @@ pub struct Stats {
     pub ip_hidden_skips: u64,
     /// Keys whose state was dropped to stay under the total cap (least recently seen first).
     pub evicted_keys: u64,
+    /// `threshold` window entries merged into coarser buckets to stay under the per-window cap
+    /// (the calls are still counted).
+    pub window_entries_summarised: u64,
+    /// `distinct` values and `sequence` marks forgotten to stay under the per-window cap.
+    pub window_entries_dropped: u64,
+    /// Tracked alarms dropped to stay under the cap (least recently updated first).
+    pub alarms_evicted: u64,
+    /// Input-derived alarm fields cut to their size limit.
+    pub alarm_fields_truncated: u64,
+    /// Created-key marks dropped: past the cap (oldest first), and past their horizon.
+    pub created_evicted: u64,
+    pub created_expired: u64,
+    /// Quarantined principals dropped: past the cap (oldest first), and past the retention.
+    pub quarantined_evicted: u64,
+    pub quarantined_expired: u64,
+}
+
+/// The engine's caps on work and memory. Each cap has a counter in [`Stats`] and a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Keys with state (least recently seen evicted). Default 1,000,000 (about 1 GiB).
+    pub max_keys: usize,
+    /// Entries per window: distinct seconds of a `threshold` window (coarsened past it), values
+    /// of one `distinct` attribute, marks of a `sequence` (the oldest forgotten). Default 4,096.
+    pub max_window_entries: usize,
+    /// Alarms tracked for aggregation (least recently updated evicted). Default 100,000.
+    pub max_alarms: usize,
+    /// Created-key marks for `link: created_key` sequences (oldest evicted). Default 100,000.
+    pub max_created: usize,
+    /// Quarantined principals (oldest evicted). Default 100,000.
+    pub max_quarantined: usize,
+    /// How long a quarantine counts as a leak, in seconds. Default 90 days.
+    pub quarantine_retention_secs: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_keys: DEFAULT_MAX_KEYS,
+            max_window_entries: 4_096,
+            max_alarms: 100_000,
+            max_created: 100_000,
+            max_quarantined: 100_000,
+            quarantine_retention_secs: 90 * 86_400,
+        }
+    }
+}
+
+/// The longest access key id kept in the `created` map (real ids are at most 128 characters);
+/// longer ones are cut, on a character boundary.
+pub const MAX_KEY_ID_BYTES: usize = 128;
+
+/// An event more than this far past its key's watermark (or the allowed lateness, if longer)
+/// moves the watermark only once a second event confirms the jump.
+const MIN_JUMP: i64 = 300;
+
+fn bounded_key_id(id: &str) -> String {
+    crate::alarm::truncate_on_char(id, MAX_KEY_ID_BYTES).to_owned()
 }
 
 /// A rule as the engine runs it: compiled, with its policy applied.
@@ -65,8 +155,7 @@ pub struct Engine {
     /// `new_source_ip` history, for the `ip_new_for_key` fact.
     ip_history: i64,
     processed_since_expiry: u64,
-    /// The most keys with state; past it the least recently seen are evicted.
-    max_keys: usize,
+    limits: Limits,
 }
 
 /// The default total cap on keys with state: under 1 KiB each, about 1 GiB.
@@ -134,7 +223,7 @@ impl Engine {
             horizon,
             ip_history,
             processed_since_expiry: 0,
-            max_keys: DEFAULT_MAX_KEYS,
+            limits: Limits::default(),
         })
     }
 
@@ -149,29 +238,27 @@ impl Engine {
         format!("{:016x}", h.finish())
     }
 
-    /// The engine's state, for a checkpoint.
+    /// The engine's state, for a checkpoint: a pointer per key and per alarm (see
+    /// [`Snapshot`]), the created-key and quarantine maps (capped) copied.
     pub fn snapshot(&self) -> Snapshot {
-        let mut keys: Vec<(u64, KeyState)> = self
+        let keys: Vec<(u64, Arc<KeyState>)> = self
             .state
             .keys
             .iter()
-            .map(|k| (*k.key(), k.value().clone()))
+            .map(|k| (*k.key(), Arc::clone(k.value())))
             .collect();
-        keys.sort_by_key(|k| k.0);
-        let mut created: Vec<((u16, String), (i64, u64))> = self
+        let created: Vec<((u16, String), (i64, u64))> = self
             .state
             .created
             .iter()
             .map(|e| (e.key().clone(), *e.value()))
             .collect();
-        created.sort();
-        let mut quarantined: Vec<((crate::event::Cloud, String), i64)> = self
+        let quarantined: Vec<((crate::event::Cloud, String), i64)> = self
             .state
             .quarantined
             .iter()
             .map(|e| (e.key().clone(), *e.value()))
             .collect();
-        quarantined.sort();
         Snapshot {
             rules_fingerprint: self.rules_fingerprint(),
             keys,
@@ -188,6 +275,7 @@ impl Engine {
         let same_rules = snapshot.rules_fingerprint == self.rules_fingerprint();
         for (k, mut ks) in snapshot.keys {
             if !same_rules {
+                let ks = Arc::make_mut(&mut ks);
                 ks.windows.clear();
                 ks.sightings.clear();
             }
@@ -240,9 +328,20 @@ impl Engine {
         if self.processed_since_expiry >= EXPIRY_EVERY {
             self.expire();
         }
-        if self.state.keys.len() > self.max_keys {
+        if self.state.keys.len() > self.limits.max_keys {
             self.evict();
         }
+        if self.state.created.len() > self.limits.max_created {
+            self.stats.created_evicted +=
+                evict_oldest(&self.state.created, self.limits.max_created, |v| v.0);
+        }
+        if self.state.quarantined.len() > self.limits.max_quarantined {
+            self.stats.quarantined_evicted +=
+                evict_oldest(&self.state.quarantined, self.limits.max_quarantined, |v| *v);
+        }
+        out.extend(self.aggregator.take_evicted());
+        self.stats.alarms_evicted = self.aggregator.evicted();
+        self.stats.alarm_fields_truncated = self.aggregator.truncated();
         out
     }
 
@@ -254,7 +353,29 @@ impl Engine {
 
     /// Sets the total cap on keys with state (at least 1).
     pub fn set_max_keys(&mut self, max: usize) {
-        self.max_keys = max.max(1);
+        self.limits.max_keys = max.max(1);
+    }
+
+    /// Sets every cap (each at least 1).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = Limits {
+            max_keys: limits.max_keys.max(1),
+            max_window_entries: limits.max_window_entries.max(1),
+            max_alarms: limits.max_alarms.max(1),
+            max_created: limits.max_created.max(1),
+            max_quarantined: limits.max_quarantined.max(1),
+            quarantine_retention_secs: limits.quarantine_retention_secs.max(0),
+        };
+        self.aggregator.set_max(self.limits.max_alarms);
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Alarms tracked by the aggregator.
+    pub fn tracked_alarms(&self) -> usize {
+        self.aggregator.len()
     }
 
     /// Drops the least recently seen keys (by event time) down to 99% of the cap, so eviction
@@ -262,13 +383,14 @@ impl Engine {
     /// A flood of random keys costs the oldest keys their baselines, never the memory bound.
     fn evict(&mut self) {
         let len = self.state.keys.len();
-        let target = self.max_keys - self.max_keys / 100;
+        let max = self.limits.max_keys;
+        let target = max - max / 100;
         let excess = len.saturating_sub(target).max(1).min(len);
         let mut ages: Vec<(i64, u64)> = self
             .state
             .keys
             .iter()
-            .map(|k| (k.value().last_seen, *k.key()))
+            .map(|k| (k.value().last_seen(), *k.key()))
             .collect();
         ages.select_nth_unstable(excess - 1);
         for (_, k) in &ages[..excess] {
@@ -277,7 +399,7 @@ impl Engine {
         self.stats.evicted_keys += excess as u64;
         tracing::warn!(
             evicted = excess,
-            cap = self.max_keys,
+            cap = max,
             "state cap reached: the least recently seen keys' state dropped"
         );
     }
@@ -292,13 +414,35 @@ impl Engine {
         self.aggregator.snapshot()
     }
 
-    /// Drops state older than any detector's look-back.
+    /// Drops state older than any detector's look-back: each key's relative to its own
+    /// watermark; created-key marks (past the longest look-back) and quarantines (past their
+    /// retention) relative to the median watermark of the keys, which no minority of keys with
+    /// future-dated events can move.
     pub fn expire(&mut self) {
         self.processed_since_expiry = 0;
         let horizon = self.horizon;
+        let mut marks: Vec<i64> = Vec::with_capacity(self.state.keys.len());
         for mut k in self.state.keys.iter_mut() {
-            k.value_mut().expire(horizon);
+            // A key a checkpoint being written still holds is expired at the next pass rather
+            // than copied now.
+            if Arc::strong_count(k.value()) == 1 {
+                Arc::make_mut(k.value_mut()).expire(horizon);
+            }
+            marks.push(k.value().last_seen());
         }
+        if marks.is_empty() {
+            return;
+        }
+        let mid = marks.len() / 2;
+        let present = *marks.select_nth_unstable(mid).1;
+        let before = self.state.created.len();
+        let cutoff = present.saturating_sub(horizon);
+        self.state.created.retain(|_, v| v.0 >= cutoff);
+        self.stats.created_expired += (before - self.state.created.len()) as u64;
+        let before = self.state.quarantined.len();
+        let cutoff = present.saturating_sub(self.limits.quarantine_retention_secs);
+        self.state.quarantined.retain(|_, v| *v >= cutoff);
+        self.stats.quarantined_expired += (before - self.state.quarantined.len()) as u64;
     }
 
     /// Evaluates the rules on one event and updates the state; returns (rule index, hit).
@@ -312,23 +456,46 @@ impl Engine {
             .state
             .keys
             .entry(subject)
-            .or_insert_with(|| KeyState::new(t));
-        let ks: &mut KeyState = key.value_mut();
-        let new_key = ks.first_seen == t && ks.last_seen == t && ks.seen.is_empty();
+            .or_insert_with(|| Arc::new(KeyState::new(t)));
+        // Copied only if a checkpoint being written holds this key.
+        let ks: &mut KeyState = Arc::make_mut(key.value_mut());
+        let ct = compact_time(t);
+        let new_key = ks.first == ct && ks.last == ct && ks.seen.is_empty();
+        let lateness = self.policy.allowed_lateness.secs();
+        let jump_allowed = lateness.max(MIN_JUMP);
+        let mut run = Run {
+            lateness,
+            watermark: ks.watermark_after(t, jump_allowed),
+            jump: ks.is_jump(t, jump_allowed),
+            confirmed: (ks.pending != 0
+                && ks.watermark_after(t, jump_allowed) >= full_time(ks.pending))
+            .then_some(ks.pending),
+            jump_allowed,
+            max_entries: self.limits.max_window_entries,
+            capped: Capped::default(),
+        };
 
         let ip_value = event.source_ip.map(|ip| ip.to_string());
         let ip_h = value_hash(Attr::SourceIp, ip_value.as_deref().unwrap_or(""));
         let ip_new_for_key = !hidden
             && ip_value.is_some()
-            && t - ks.first_seen >= IP_NEW_MIN_KEY_AGE
+            && t.saturating_sub(ks.first_seen()) >= IP_NEW_MIN_KEY_AGE
             && !ks.seen_within(ip_h, t, self.ip_history);
-        let engine_idle =
-            (!new_key && t > ks.last_seen).then(|| ((t - ks.last_seen) / 86_400) as u32);
+        let previous = ks.previous_call(t);
+        let engine_idle = (!new_key && t > previous)
+            .then(|| (t.saturating_sub(previous) / 86_400).min(i64::from(u32::MAX)) as u32);
         let report_idle = enr.key.as_ref().and_then(|k| {
             let since = k
                 .last_used
                 .or(if k.never_used { k.created } else { None })?;
-            (event.event_time > since).then(|| (event.event_time - since).num_days() as u32)
+            (event.event_time > since).then(|| {
+                (event
+                    .event_time
+                    .timestamp()
+                    .saturating_sub(since.timestamp())
+                    / 86_400)
+                    .min(i64::from(u32::MAX)) as u32
+            })
         });
         let key_idle_days = match (engine_idle, report_idle) {
             (Some(e), _) if !new_key => Some(e),
@@ -338,7 +505,10 @@ impl Engine {
             && event.principal.name.as_ref().is_some_and(|n| {
                 self.state
                     .quarantined
-                    .get(&(event.cloud, n.clone()))
+                    .get(&(
+                        event.cloud,
+                        crate::alarm::truncate_on_char(n, MAX_KEY_ID_BYTES).to_owned(),
+                    ))
                     .is_some_and(|q| *q <= t)
             });
         // A leak counts from when it happened (the feed's date), when the feed says.
@@ -396,12 +566,16 @@ impl Engine {
                             insert_sorted(marks, (compact_time(t), ip_h as u32), |m| {
                                 i64::from(m.0)
                             });
+                            while marks.len() > run.max_entries {
+                                marks.pop_front();
+                                run.capped.dropped += 1;
+                            }
                         }
                         Link::CreatedKey => {
                             if let Some(created) = &event.request.created_key_id {
                                 self.state
                                     .created
-                                    .insert((ri as u16, created.0.clone()), (t, ip_h));
+                                    .insert((ri as u16, bounded_key_id(&created.0)), (t, ip_h));
                             }
                         }
                     }
@@ -428,7 +602,7 @@ impl Engine {
                     enr,
                     &facts,
                     ip_h,
-                    self.policy.allowed_lateness.secs(),
+                    &mut run,
                 ) {
                     add_common_facts(&mut f, &facts, enr);
                     let severity = rule
@@ -458,8 +632,9 @@ impl Engine {
         }
 
         // Remember this event.
-        ks.first_seen = ks.first_seen.min(t);
-        ks.last_seen = ks.last_seen.max(t);
+        ks.observe(t, jump_allowed);
+        self.stats.window_entries_summarised += run.capped.summarised;
+        self.stats.window_entries_dropped += run.capped.dropped;
         // IP-hidden keys: their IPs (and what is derived from them) stay out of the inventory.
         for attr in remember.iter() {
             if hidden && attr.from_ip() {
@@ -473,9 +648,13 @@ impl Engine {
         if is_quarantine(event)
             && let Some(user) = &event.request.target_user
         {
-            self.state
-                .quarantined
-                .insert((event.cloud, user.clone()), t);
+            self.state.quarantined.insert(
+                (
+                    event.cloud,
+                    crate::alarm::truncate_on_char(user, MAX_KEY_ID_BYTES).to_owned(),
+                ),
+                t,
+            );
         }
         hits
     }
@@ -603,6 +782,55 @@ fn add_common_facts(
     }
 }
 
+/// What one event's detectors share: the key's watermark after it, whether the event is an
+/// unconfirmed jump ahead of the watermark, the caps, and what the caps cost.
+struct Run {
+    lateness: i64,
+    watermark: i64,
+    jump: bool,
+    /// The jump this event confirms (compact time), if any.
+    confirmed: Option<u32>,
+    jump_allowed: i64,
+    max_entries: usize,
+    capped: Capped,
+}
+
+/// Drops the oldest entries of a map (by `time`) down to 95% of `max`: one pass to find the
+/// cut-off time and one to drop, without copying keys, once per 5% of the cap in new entries
+/// (amortised constant). Returns how many were dropped.
+fn evict_oldest<K, V>(map: &dashmap::DashMap<K, V>, max: usize, time: impl Fn(&V) -> i64) -> u64
+where
+    K: Eq + std::hash::Hash,
+{
+    let len = map.len();
+    let target = max - max / 20;
+    let excess = len.saturating_sub(target).max(1).min(len);
+    if excess == 0 {
+        return 0;
+    }
+    let mut times: Vec<i64> = map.iter().map(|e| time(e.value())).collect();
+    let cut = *times.select_nth_unstable(excess - 1).1;
+    let mut at_cut = excess - times.iter().filter(|t| **t < cut).count();
+    map.retain(|_, v| {
+        let t = time(v);
+        if t < cut {
+            return false;
+        }
+        if t == cut && at_cut > 0 {
+            at_cut -= 1;
+            return false;
+        }
+        true
+    });
+    let dropped = len.saturating_sub(map.len());
+    tracing::warn!(
+        evicted = dropped,
+        cap = max,
+        "map cap reached: the oldest entries dropped"
+    );
+    dropped as u64
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_detector(
     d: &Detector,
@@ -614,9 +842,10 @@ fn run_detector(
     enr: &Enrichment,
     facts: &Facts<'_>,
     ip_h: u64,
-    lateness: i64,
+    run: &mut Run,
 ) -> Option<BTreeMap<String, serde_json::Value>> {
     let t = event.event_time.timestamp();
+    let lateness = run.lateness;
     let api = facts.api;
     let mut f = BTreeMap::new();
     match d {
@@ -627,7 +856,7 @@ fn run_detector(
             learning,
         } => {
             let v = dimension_value(*attr, event, enr, api, facts.ip)?;
-            if t - ks.first_seen < *learning {
+            if t.saturating_sub(ks.first_seen()) < *learning {
                 return None;
             }
             let h = value_hash(*attr, &v);
@@ -642,7 +871,7 @@ fn run_detector(
             );
             f.insert(
                 "key_known_since".into(),
-                json!(chrono::DateTime::from_timestamp(ks.first_seen, 0)),
+                json!(chrono::DateTime::from_timestamp(ks.first_seen(), 0)),
             );
             Some(f)
         }
@@ -651,26 +880,52 @@ fn run_detector(
             count,
             baseline,
         } => {
-            let key_first_seen = ks.first_seen;
-            let (times, baseline_state) = ks.window(ri as u16, di as u8).times();
-            let pos = times.partition_point(|x| *x <= compact_time(t));
-            times.insert(pos, compact_time(t));
-            let newest = times.last().map_or(t, |x| full_time(*x));
-            times.retain(|x| full_time(*x) >= newest - window - lateness);
-            let n = times
-                .iter()
-                .filter(|x| full_time(**x) > t - window && full_time(**x) <= t)
-                .count() as u32;
+            let key_first_seen = ks.first_seen();
+            let window = &(*window).max(1);
+            let calls = ks.window(ri as u16, di as u8).calls();
+            // The confirmed jump's call, if it was one of this window's, joins the baseline now.
+            let confirmed = run
+                .confirmed
+                .filter(|p| calls.count(p.saturating_sub(1), *p) > 0)
+                .map(full_time);
+            calls.add(compact_time(t));
+            // Trimmed relative to the newest call not past the key's watermark: a future-dated
+            // call stays in the window (it counts for calls near it) but cannot push the
+            // present out.
+            let cutoff = calls
+                .newest_not_after(compact_time(run.watermark))
+                .map(|newest| full_time(newest).saturating_sub(window.saturating_add(lateness)));
+            if let Some(c) = cutoff {
+                calls.trim_before(compact_time(c), calls.len() > run.max_entries);
+            }
+            run.capped.summarised += calls.bound(run.max_entries) as u64;
+            // Calls in (t - window, t], not before the cutoff.
+            let lo = t
+                .saturating_sub(*window)
+                .max(cutoff.map_or(i64::MIN, |c| c.saturating_sub(1)));
+            let n = calls.count(compact_time(lo), compact_time(t));
             let mut fired = n >= *count;
             if let Some((factor, history)) = baseline {
                 // The key's own average per window: an exponentially weighted mean over the
                 // baseline history, taken before this window's calls.
-                let bucket = t.div_euclid(*window) * window;
-                let alpha = (*window as f32 / *history as f32).clamp(1e-6, 1.0);
-                let ewma = baseline_state.get_or_insert_with(Ewma::default);
+                let bucket = t.div_euclid(*window).saturating_mul(*window);
+                let alpha = (*window as f32 / (*history).max(1) as f32).clamp(1e-6, 1.0);
+                let ewma = &mut calls.baseline;
+                if let Some(p) = confirmed {
+                    ewma.add(
+                        p.div_euclid(*window).saturating_mul(*window),
+                        *window,
+                        alpha,
+                    );
+                }
                 let mean_before = ewma.mean;
-                ewma.add(bucket, *window, alpha);
-                let learned = t - key_first_seen >= history / 7;
+                // An unconfirmed jump ahead of the watermark (a future-dated call, or the first
+                // after a quiet spell) does not move the baseline's bucket: one future call
+                // would otherwise turn every present call into a late one.
+                if !run.jump {
+                    ewma.add(bucket, *window, alpha);
+                }
+                let learned = t.saturating_sub(key_first_seen) >= history / 7;
                 fired =
                     fired && learned && f64::from(n) >= factor * f64::from(mean_before).max(1.0);
                 f.insert(
@@ -698,48 +953,43 @@ fn run_detector(
             }
             let (rule, det) = (ri as u16, di as u8);
             let ct = compact_time(t);
+            let ahead = compact_time(run.watermark.saturating_add(run.jump_allowed));
             for (i, h) in values.iter().enumerate() {
-                match ks.sightings.iter_mut().find(|v| {
-                    v.rule == rule && v.detector == det && v.attr == i as u8 && v.hash == *h
-                }) {
-                    Some(v) => v.time = v.time.max(ct),
-                    None => {
-                        if ks.sightings.len() == ks.sightings.capacity() {
-                            ks.sightings.reserve_exact(4);
-                        }
-                        ks.sightings.push(Sighting {
-                            hash: *h,
-                            time: ct,
-                            rule,
-                            detector: det,
-                            attr: i as u8,
-                        });
-                    }
+                run.capped.dropped +=
+                    ks.sight((rule, det, i as u8), *h, ct, run.max_entries, ahead) as u64;
+            }
+            let wm = compact_time(run.watermark);
+            // Trimmed relative to the newest sighting not past the key's watermark (see
+            // `threshold`), every attribute before any is counted.
+            let mut cutoffs = [None; 8];
+            for (i, c) in cutoffs.iter_mut().enumerate().take(min.len()) {
+                let g = (rule, det, i as u8);
+                *c = ks.group_newest_not_after(g, wm).map(|newest| {
+                    full_time(newest).saturating_sub(window.saturating_add(lateness))
+                });
+                if let Some(c) = *c {
+                    ks.group_trim(g, compact_time(c));
                 }
             }
-            let mine = |v: &Sighting| v.rule == rule && v.detector == det;
-            let newest = ks
-                .sightings
-                .iter()
-                .filter(|v| mine(v))
-                .map(|v| full_time(v.time))
-                .max()
-                .unwrap_or(t);
-            ks.sightings
-                .retain(|v| !mine(v) || full_time(v.time) >= newest - window - lateness);
-            let seen = &ks.sightings;
             let mut counts = BTreeMap::new();
             for (i, (attr, need)) in min.iter().enumerate() {
-                // Values seen in (t - window, t + lateness]: a value's latest sighting stands for it.
-                let n = seen
-                    .iter()
-                    .filter(|v| {
-                        mine(v)
-                            && v.attr == i as u8
-                            && full_time(v.time) > t - window
-                            && full_time(v.time) <= t + lateness
+                let g = (rule, det, i as u8);
+                let cutoff = if i < cutoffs.len() {
+                    cutoffs[i]
+                } else {
+                    ks.group_newest_not_after(g, wm).map(|newest| {
+                        full_time(newest).saturating_sub(window.saturating_add(lateness))
                     })
-                    .count() as u32;
+                };
+                // Values seen in (t - window, t + lateness]: a value's latest sighting stands for it.
+                let lo = t
+                    .saturating_sub(*window)
+                    .max(cutoff.map_or(i64::MIN, |c| c.saturating_sub(1)));
+                let n = ks.group_count(
+                    g,
+                    compact_time(lo),
+                    compact_time(t.saturating_add(lateness)),
+                );
                 if n < *need {
                     return None;
                 }
@@ -821,7 +1071,7 @@ fn run_detector(
                 }
                 Link::CreatedKey => {
                     let key = event.access_key_id.as_ref()?;
-                    let entry = state.created.get(&(ri as u16, key.0.clone()))?;
+                    let entry = state.created.get(&(ri as u16, bounded_key_id(&key.0)))?;
                     let (ct, cip) = *entry;
                     (ct <= t && (t - ct <= *within || (*or_same_ip && cip == ip_h)))
                         .then_some((ct, cip))?

@@ -40,7 +40,7 @@ pub fn value_hash(attr: Attr, value: &str) -> u64 {
 pub const STATE_EPOCH: i64 = 946_684_800;
 
 pub fn compact_time(t: i64) -> u32 {
-    (t - STATE_EPOCH).clamp(0, i64::from(u32::MAX)) as u32
+    t.saturating_sub(STATE_EPOCH).clamp(0, i64::from(u32::MAX)) as u32
 }
 
 pub fn full_time(t: u32) -> i64 {
@@ -97,7 +97,7 @@ impl Ewma {
             self.count = 0;
         }
         if bucket == self.bucket {
-            self.count += 1;
+            self.count = self.count.saturating_add(1);
         } else {
             // A late event for a closed bucket: fold it into the mean.
             self.mean += alpha;
@@ -106,7 +106,8 @@ impl Ewma {
 }
 
 /// A `distinct` detector's memory of one value: which detector and attribute, the value's
-/// hash and its latest sighting (16 bytes; all detectors of a key share one vector).
+/// hash and its latest sighting (16 bytes; all detectors of a key share one vector, sorted by
+/// (rule, detector, attribute, hash) so that a value is found by binary search).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sighting {
     pub hash: u64,
@@ -116,45 +117,184 @@ pub struct Sighting {
     pub attr: u8,
 }
 
+impl Sighting {
+    fn group(&self) -> (u16, u8, u8) {
+        (self.rule, self.detector, self.attr)
+    }
+}
+
+/// A `distinct` group with this many values or more keeps a sorted index of their times, so
+/// that counting and trimming it are binary searches rather than scans.
+const INDEX_FROM: usize = 64;
+/// Below this many values the index is dropped again.
+const INDEX_UNTIL: usize = 32;
+
+/// A `threshold` window: its calls as (time, calls up to and including that time), sorted by
+/// time, the count wrapping (only differences are read), and the baseline. Counting the calls
+/// in a time range is two binary searches, adding an in-order call is constant time, and
+/// trimming is amortised constant (the trimmed prefix is dropped once it is half the vector;
+/// until then counts start after the cut-off anyway).
+///
+/// Times are exact seconds while the window holds at most its cap of distinct seconds; past
+/// it the resolution doubles (2 s, 4 s, ...) until it fits, and a time stands for the end of
+/// its bucket: a call then counts as made up to `2^shift - 1` seconds later than it was (an
+/// error at the window's edges only; calls are never lost, only summarised).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Calls {
+    entries: Vec<(u32, u32)>,
+    /// The `threshold` baseline (all zero: none yet).
+    pub baseline: Ewma,
+    /// log2 of the resolution in seconds.
+    shift: u8,
+}
+
+impl Calls {
+    fn round(&self, t: u32) -> u32 {
+        if self.shift == 0 {
+            t
+        } else {
+            t | (u32::MAX >> (32 - u32::from(self.shift.min(31))))
+        }
+    }
+
+    fn cum_at(&self, t: u32) -> u32 {
+        match self.entries.partition_point(|e| e.0 <= t) {
+            0 => 0,
+            p => self.entries[p - 1].1,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Calls at times in `(lo, hi]` (compact times).
+    pub fn count(&self, lo: u32, hi: u32) -> u32 {
+        if hi <= lo {
+            return 0;
+        }
+        self.cum_at(self.round(hi))
+            .wrapping_sub(self.cum_at(self.round(lo)))
+    }
+
+    /// Counts one call at `t`.
+    pub fn add(&mut self, t: u32) {
+        let t = self.round(t);
+        let p = self.entries.partition_point(|e| e.0 <= t);
+        let from = if p > 0 && self.entries[p - 1].0 == t {
+            p - 1
+        } else {
+            let before = if p == 0 { 0 } else { self.entries[p - 1].1 };
+            if self.entries.len() == self.entries.capacity() && self.entries.len() < 8 {
+                // Most windows hold a call or two: grow by one, not to four.
+                self.entries.reserve_exact(1);
+            }
+            self.entries.insert(p, (t, before));
+            p
+        };
+        for e in &mut self.entries[from..] {
+            e.1 = e.1.wrapping_add(1);
+        }
+    }
+
+    /// The newest time not after `t`.
+    pub fn newest_not_after(&self, t: u32) -> Option<u32> {
+        match self.entries.partition_point(|e| e.0 <= t) {
+            0 => None,
+            p => Some(self.entries[p - 1].0),
+        }
+    }
+
+    /// Forgets the calls before `cutoff`: at once with `now` or in a short window, else when
+    /// they are half the vector (counts must then start at the cut-off, as the detector's do).
+    pub fn trim_before(&mut self, cutoff: u32, now: bool) {
+        let p = self.entries.partition_point(|e| e.0 < cutoff);
+        if p == 0 || (!now && self.entries.len() > 32 && p < self.entries.len() / 2) {
+            return;
+        }
+        let base = self.entries[p - 1].1;
+        self.entries.drain(..p);
+        for e in &mut self.entries {
+            e.1 = e.1.wrapping_sub(base);
+        }
+        if self.entries.is_empty() {
+            self.shift = 0;
+        }
+    }
+
+    /// Keeps at most `max` entries by coarsening the resolution; returns the entries merged.
+    pub fn bound(&mut self, max: usize) -> usize {
+        let before = self.entries.len();
+        while self.entries.len() > max.max(4) && self.shift < 31 {
+            self.shift += 1;
+            let mut w = 0;
+            for i in 0..self.entries.len() {
+                let (t, c) = self.entries[i];
+                let r = self.round(t);
+                if w > 0 && self.entries[w - 1].0 == r {
+                    self.entries[w - 1].1 = c;
+                } else {
+                    self.entries[w] = (r, c);
+                    w += 1;
+                }
+            }
+            self.entries.truncate(w);
+        }
+        before - self.entries.len()
+    }
+}
+
 /// The state of one detector of one rule for one key.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Window {
-    /// `threshold`: event times in the window (compact, sorted) and the baseline.
-    Times {
-        times: Vec<u32>,
-        baseline: Option<Ewma>,
-    },
+    /// `threshold`: the calls in the window and the baseline.
+    Calls(Calls),
     /// `sequence`: (time, source-IP hash) of each `first` step.
     Marks(VecDeque<(u32, u32)>),
+    /// A large `distinct` group's latest sighting times, sorted (see [`INDEX_FROM`]).
+    Index(Vec<u32>),
 }
 
 impl Window {
-    fn is_empty(&self) -> bool {
+    /// Nothing held (the window can be dropped).
+    pub fn is_empty(&self) -> bool {
         match self {
-            Window::Times { times, baseline } => times.is_empty() && baseline.is_none(),
+            Window::Calls(calls) => calls.is_empty() && calls.baseline == Ewma::default(),
             Window::Marks(m) => m.is_empty(),
+            Window::Index(i) => i.is_empty(),
         }
     }
 
     fn heap_bytes(&self) -> usize {
         match self {
-            Window::Times { times, .. } => times.capacity() * 4,
+            Window::Calls(calls) => calls.entries.capacity() * 8,
             Window::Marks(m) => m.capacity() * 8,
+            Window::Index(i) => i.capacity() * 4,
         }
     }
 
-    /// The `threshold` parts (the window is made one if it was not).
-    pub fn times(&mut self) -> (&mut Vec<u32>, &mut Option<Ewma>) {
-        if !matches!(self, Window::Times { .. }) {
-            *self = Window::Times {
-                times: Vec::new(),
-                baseline: None,
-            };
+    /// Entries held (for the state-size metric and the caps).
+    pub fn len(&self) -> usize {
+        match self {
+            Window::Calls(calls) => calls.len(),
+            Window::Marks(m) => m.len(),
+            Window::Index(_) => 0,
+        }
+    }
+
+    /// The `threshold` window (the window is made one if it was not).
+    pub fn calls(&mut self) -> &mut Calls {
+        if !matches!(self, Window::Calls(_)) {
+            *self = Window::Calls(Calls::default());
         }
         match self {
-            Window::Times { times, baseline } => (times, baseline),
-            // Invariant: set to `Times` just above.
-            _ => unreachable!("window is Times"),
+            Window::Calls(calls) => calls,
+            // Invariant: set to `Calls` just above.
+            _ => unreachable!("window is Calls"),
         }
     }
 
@@ -170,16 +310,34 @@ impl Window {
     }
 }
 
+/// What a key's windows summarised or dropped to stay under their cap.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Capped {
+    /// Threshold entries merged into coarser buckets (counts kept).
+    pub summarised: u64,
+    /// Distinct values and sequence marks forgotten (the oldest first).
+    pub dropped: u64,
+}
+
 /// Everything the engine remembers about one key.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct KeyState {
-    pub first_seen: i64,
-    pub last_seen: i64,
+    /// The key's first call (compact time).
+    pub first: u32,
+    /// The key's watermark (compact time): its latest call, except that a call far ahead of it
+    /// (more than the jump allowed, see [`KeyState::observe`]) moves it only once a second
+    /// call confirms the jump. Windows are trimmed and state expired relative to it, so one
+    /// future-dated event cannot push the present out.
+    pub last: u32,
+    /// An unconfirmed jump ahead of `last` (compact time; 0: none).
+    pub pending: u32,
     /// Attribute values seen, by [`value_hash`], sorted by hash.
     pub seen: Vec<Seen>,
-    /// (rule index, detector index) → window (`threshold`, `sequence`).
-    pub windows: Vec<((u16, u8), Window)>,
-    /// `distinct` detectors' values.
+    /// (rule index, detector index, slot) → window: slot 0 is the detector's window
+    /// (`threshold`, `sequence`), slot 1 + attribute the time index of a large `distinct`
+    /// group.
+    pub windows: Vec<((u16, u8, u8), Window)>,
+    /// `distinct` detectors' values, sorted by (rule, detector, attribute, hash).
     pub sightings: Vec<Sighting>,
     /// Recent located calls, sorted by time.
     pub locations: Vec<Located>,
@@ -188,23 +346,66 @@ pub struct KeyState {
 impl KeyState {
     pub fn new(t: i64) -> Self {
         KeyState {
-            first_seen: t,
-            last_seen: t,
+            first: compact_time(t),
+            last: compact_time(t),
             ..KeyState::default()
         }
     }
 
-    pub fn window(&mut self, rule: u16, detector: u8) -> &mut Window {
-        let key = (rule, detector);
-        let i = match self.windows.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                self.windows.reserve_exact(1);
-                self.windows.push((key, Window::Marks(VecDeque::new())));
-                self.windows.len() - 1
+    pub fn first_seen(&self) -> i64 {
+        full_time(self.first)
+    }
+
+    /// The watermark (see `last`), in seconds.
+    pub fn last_seen(&self) -> i64 {
+        full_time(self.last)
+    }
+
+    fn confirms(&self, t: i64, jump: i64) -> bool {
+        self.pending != 0 && t >= full_time(self.pending).saturating_sub(jump)
+    }
+
+    /// Is a call at `t` an unconfirmed jump ahead of the watermark (one far-future event, or
+    /// the first call after a quiet spell — which the next call confirms)?
+    pub fn is_jump(&self, t: i64, jump: i64) -> bool {
+        t > self.last_seen().saturating_add(jump) && !self.confirms(t, jump)
+    }
+
+    /// The watermark after a call at `t`.
+    pub fn watermark_after(&self, t: i64, jump: i64) -> i64 {
+        if t <= self.last_seen().saturating_add(jump) {
+            self.last_seen().max(t)
+        } else if self.confirms(t, jump) {
+            t.max(full_time(self.pending))
+        } else {
+            self.last_seen()
+        }
+    }
+
+    /// Moves the watermark for a call at `t` (see `last_seen`).
+    pub fn observe(&mut self, t: i64, jump: i64) {
+        self.first = self.first.min(compact_time(t));
+        if !self.is_jump(t, jump) {
+            self.last = compact_time(self.watermark_after(t, jump));
+            if self.pending != 0 && self.pending <= self.last {
+                self.pending = 0;
             }
-        };
-        &mut self.windows[i].1
+        } else {
+            self.pending = compact_time(t).max(1);
+        }
+    }
+
+    /// The key's latest call not after `t`, as far as its state tells (for idle days).
+    pub fn previous_call(&self, t: i64) -> i64 {
+        if self.pending != 0 && full_time(self.pending) <= t {
+            self.last_seen().max(full_time(self.pending))
+        } else {
+            self.last_seen()
+        }
+    }
+
+    pub fn window(&mut self, rule: u16, detector: u8) -> &mut Window {
+        window_in(&mut self.windows, (rule, detector, 0))
     }
 
     /// Was `hash` seen within `[t - history, t)`? (Sightings are kept as first / last, so a
@@ -213,7 +414,7 @@ impl KeyState {
         match self.seen.binary_search_by_key(&hash, |s| s.hash) {
             Ok(i) => {
                 let s = self.seen[i];
-                full_time(s.first) < t && full_time(s.last) >= t - history
+                full_time(s.first) < t && full_time(s.last) >= t.saturating_sub(history)
             }
             Err(_) => false,
         }
@@ -251,7 +452,8 @@ impl KeyState {
                 }
                 if self.seen.len() == self.seen.capacity() {
                     // Grow by a few entries, not double: most keys hold a handful of values.
-                    self.seen.reserve_exact(4);
+                    self.seen
+                        .reserve_exact(if self.seen.len() < 32 { 2 } else { 8 });
                 }
                 self.seen.insert(
                     i,
@@ -265,29 +467,242 @@ impl KeyState {
         }
     }
 
-    /// Drops what no detector can look at any more.
+    /// The sightings of one `distinct` group (rule, detector, attribute).
+    fn group(&self, g: (u16, u8, u8)) -> std::ops::Range<usize> {
+        let start = self.sightings.partition_point(|s| s.group() < g);
+        let end = start + self.sightings[start..].partition_point(|s| s.group() == g);
+        start..end
+    }
+
+    fn index(&self, g: (u16, u8, u8)) -> Option<&Vec<u32>> {
+        let key = (g.0, g.1, g.2.saturating_add(1));
+        self.windows.iter().find_map(|(k, w)| match w {
+            Window::Index(i) if *k == key => Some(i),
+            _ => None,
+        })
+    }
+
+    fn index_mut(&mut self, g: (u16, u8, u8)) -> Option<&mut Vec<u32>> {
+        let key = (g.0, g.1, g.2.saturating_add(1));
+        self.windows.iter_mut().find_map(|(k, w)| match w {
+            Window::Index(i) if *k == key => Some(i),
+            _ => None,
+        })
+    }
+
+    /// Rebuilds (or drops) a group's time index after its values changed in bulk.
+    fn reindex(&mut self, g: (u16, u8, u8)) {
+        let r = self.group(g);
+        let key = (g.0, g.1, g.2.saturating_add(1));
+        if r.len() >= INDEX_FROM {
+            let mut times: Vec<u32> = self.sightings[r].iter().map(|s| s.time).collect();
+            times.sort_unstable();
+            match self.index_mut(g) {
+                Some(i) => *i = times,
+                None => self.windows.push((key, Window::Index(times))),
+            }
+        } else if r.len() < INDEX_UNTIL {
+            self.windows
+                .retain(|(k, w)| !(*k == key && matches!(w, Window::Index(_))));
+        }
+    }
+
+    /// Records a sighting of `hash` at `ct` in group `g`; keeps the group at most `max` values
+    /// (forgetting first those dated more than `ahead`, then the oldest). Returns the values
+    /// forgotten.
+    pub fn sight(&mut self, g: (u16, u8, u8), hash: u64, ct: u32, max: usize, ahead: u32) -> usize {
+        let r = self.group(g);
+        let start = r.start;
+        match self.sightings[r.clone()].binary_search_by_key(&hash, |s| s.hash) {
+            Ok(i) => {
+                let old = self.sightings[start + i].time;
+                if ct > old {
+                    self.sightings[start + i].time = ct;
+                    if let Some(idx) = self.index_mut(g) {
+                        if let Ok(p) = idx.binary_search(&old) {
+                            idx.remove(p);
+                        }
+                        let p = idx.partition_point(|x| *x <= ct);
+                        idx.insert(p, ct);
+                    }
+                }
+                0
+            }
+            Err(i) => {
+                if self.sightings.len() == self.sightings.capacity() {
+                    // A few at a time for the usual handful; a quarter more for a big one.
+                    let more = if self.sightings.len() < 32 {
+                        2
+                    } else {
+                        self.sightings.len() / 4
+                    };
+                    self.sightings.reserve_exact(more);
+                }
+                self.sightings.insert(
+                    start + i,
+                    Sighting {
+                        hash,
+                        time: ct,
+                        rule: g.0,
+                        detector: g.1,
+                        attr: g.2,
+                    },
+                );
+                let len = r.len() + 1;
+                if let Some(idx) = self.index_mut(g) {
+                    let p = idx.partition_point(|x| *x <= ct);
+                    idx.insert(p, ct);
+                } else if len >= INDEX_FROM {
+                    self.reindex(g);
+                }
+                if len > max.max(1) {
+                    self.drop_oldest(g, len - (max - max / 8).max(1), ahead)
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    /// Forgets `excess` values of a group: those dated after `ahead` first, then the oldest.
+    fn drop_oldest(&mut self, g: (u16, u8, u8), excess: usize, ahead: u32) -> usize {
+        let r = self.group(g);
+        let rank = |t: u32| if t > ahead { 0 } else { u64::from(t) + 1 };
+        let mut ranks: Vec<u64> = self.sightings[r.clone()]
+            .iter()
+            .map(|s| rank(s.time))
+            .collect();
+        let excess = excess.min(ranks.len());
+        if excess == 0 {
+            return 0;
+        }
+        let threshold = *ranks.select_nth_unstable(excess - 1).1;
+        let below = ranks.iter().filter(|x| **x < threshold).count();
+        let mut at_threshold = excess - below;
+        let mut w = r.start;
+        for j in r.clone() {
+            let s = self.sightings[j];
+            let k = rank(s.time);
+            let drop = k < threshold || (k == threshold && at_threshold > 0);
+            if k == threshold && drop {
+                at_threshold -= 1;
+            }
+            if !drop {
+                self.sightings[w] = s;
+                w += 1;
+            }
+        }
+        self.sightings.drain(w..r.end);
+        self.reindex(g);
+        excess
+    }
+
+    /// The newest sighting time of a group not after `t`.
+    pub fn group_newest_not_after(&self, g: (u16, u8, u8), t: u32) -> Option<u32> {
+        match self.index(g) {
+            Some(idx) => match idx.partition_point(|x| *x <= t) {
+                0 => None,
+                p => Some(idx[p - 1]),
+            },
+            None => self.sightings[self.group(g)]
+                .iter()
+                .map(|s| s.time)
+                .filter(|x| *x <= t)
+                .max(),
+        }
+    }
+
+    /// Forgets a group's values last seen before `cutoff` (at once for a small group; for an
+    /// indexed one when they are an eighth of it, so a pass is amortised over many events).
+    pub fn group_trim(&mut self, g: (u16, u8, u8), cutoff: u32) {
+        let r = self.group(g);
+        let stale = match self.index(g) {
+            Some(idx) => {
+                let n = idx.partition_point(|x| *x < cutoff);
+                if n < 16.max(idx.len() / 8) {
+                    return;
+                }
+                n
+            }
+            None => self.sightings[r.clone()]
+                .iter()
+                .filter(|s| s.time < cutoff)
+                .count(),
+        };
+        if stale == 0 {
+            return;
+        }
+        let mut w = r.start;
+        for j in r.clone() {
+            let s = self.sightings[j];
+            if s.time >= cutoff {
+                self.sightings[w] = s;
+                w += 1;
+            }
+        }
+        self.sightings.drain(w..r.end);
+        if let Some(idx) = self.index_mut(g) {
+            idx.drain(..stale);
+        }
+        self.reindex(g);
+    }
+
+    /// A group's values last seen in `(lo, hi]`.
+    pub fn group_count(&self, g: (u16, u8, u8), lo: u32, hi: u32) -> u32 {
+        if hi <= lo {
+            return 0;
+        }
+        match self.index(g) {
+            Some(idx) => {
+                (idx.partition_point(|x| *x <= hi) - idx.partition_point(|x| *x <= lo)) as u32
+            }
+            None => self.sightings[self.group(g)]
+                .iter()
+                .filter(|s| s.time > lo && s.time <= hi)
+                .count() as u32,
+        }
+    }
+
+    /// Drops what no detector can look at any more: everything older than the watermark
+    /// minus `horizon` (one future-dated call does not move the watermark).
     pub fn expire(&mut self, horizon: i64) {
-        let cutoff = self.last_seen - horizon;
+        let cutoff = self.last_seen().saturating_sub(horizon);
         let c = compact_time(cutoff);
         self.seen.retain(|s| s.last >= c);
         self.seen.shrink_to_fit();
         for (_, w) in &mut self.windows {
             match w {
-                Window::Times { times, baseline } => {
-                    times.retain(|t| *t >= c);
-                    if baseline.is_some_and(|b| b.bucket < c) {
-                        *baseline = None;
+                Window::Calls(calls) => {
+                    calls.trim_before(c, true);
+                    calls.entries.shrink_to_fit();
+                    if calls.baseline.bucket < c {
+                        calls.baseline = Ewma::default();
                     }
                 }
                 Window::Marks(m) => {
                     while m.front().is_some_and(|(t, _)| *t < c) {
                         m.pop_front();
                     }
+                    m.shrink_to_fit();
                 }
+                Window::Index(_) => {}
             }
         }
-        self.windows.retain(|(_, w)| !w.is_empty());
+        let before = self.sightings.len();
         self.sightings.retain(|s| s.time >= c);
+        if self.sightings.len() != before {
+            let groups: Vec<(u16, u8, u8)> = self
+                .windows
+                .iter()
+                .filter(|(_, w)| matches!(w, Window::Index(_)))
+                .map(|(k, _)| (k.0, k.1, k.2.saturating_sub(1)))
+                .collect();
+            for g in groups {
+                self.reindex(g);
+            }
+        }
+        self.sightings.shrink_to_fit();
+        self.windows.retain(|(_, w)| !w.is_empty());
         self.locations.retain(|l| l.time >= c);
     }
 
@@ -295,11 +710,29 @@ impl KeyState {
     pub fn heap_bytes(&self) -> usize {
         let windows: usize = self.windows.iter().map(|(_, w)| w.heap_bytes()).sum();
         self.seen.capacity() * std::mem::size_of::<Seen>()
-            + self.windows.capacity() * std::mem::size_of::<((u16, u8), Window)>()
+            + self.windows.capacity() * std::mem::size_of::<((u16, u8, u8), Window)>()
             + windows
             + self.sightings.capacity() * std::mem::size_of::<Sighting>()
             + self.locations.capacity() * std::mem::size_of::<Located>()
     }
+
+    /// Entries held in its lists.
+    pub fn entries(&self) -> usize {
+        let windowed: usize = self.windows.iter().map(|(_, w)| w.len()).sum();
+        self.seen.len() + windowed + self.sightings.len()
+    }
+}
+
+fn window_in(windows: &mut Vec<((u16, u8, u8), Window)>, key: (u16, u8, u8)) -> &mut Window {
+    let i = match windows.iter().position(|(k, _)| *k == key) {
+        Some(i) => i,
+        None => {
+            windows.reserve_exact(1);
+            windows.push((key, Window::Marks(VecDeque::new())));
+            windows.len() - 1
+        }
+    };
+    &mut windows[i].1
 }
 
 /// Insert keeping the deque sorted by time (late events go to their place).
@@ -314,7 +747,7 @@ pub fn insert_sorted<T>(deque: &mut VecDeque<T>, item: T, time: impl Fn(&T) -> i
 pub struct State {
     /// By the hash of the alarm subject (access key id, or principal): 8 bytes a key instead
     /// of the id string.
-    pub keys: DashMap<u64, KeyState, rustc_hash::FxBuildHasher>,
+    pub keys: DashMap<u64, std::sync::Arc<KeyState>, rustc_hash::FxBuildHasher>,
     /// Keys created by a watched `first` step: (rule index, created key) → (time, source-IP hash).
     pub created: DashMap<(u16, String), (i64, u64)>,
     /// Principals AWS quarantined (compromised-key policy attached): (cloud, user) → time.
@@ -322,23 +755,26 @@ pub struct State {
 }
 
 impl State {
-    /// Total approximate heap bytes and entries, for metrics.
+    /// Total approximate heap bytes and entries, for metrics: (keys, entries, bytes). The
+    /// `created` and `quarantined` maps count as entries and bytes too.
     pub fn size(&self) -> (usize, usize, usize) {
         let mut bytes = 0;
         let mut entries = 0;
         for k in &self.keys {
-            bytes += std::mem::size_of::<(u64, KeyState)>() + k.value().heap_bytes();
-            let k = k.value();
-            let windowed: usize = k
-                .windows
-                .iter()
-                .map(|(_, w)| match w {
-                    Window::Times { times, .. } => times.len(),
-                    Window::Marks(m) => m.len(),
-                })
-                .sum();
-            entries += k.seen.len() + windowed + k.sightings.len();
+            bytes += std::mem::size_of::<(u64, std::sync::Arc<KeyState>)>()
+                + 16
+                + std::mem::size_of::<KeyState>()
+                + k.value().heap_bytes();
+            entries += k.value().entries();
         }
+        for e in &self.created {
+            bytes += std::mem::size_of::<((u16, String), (i64, u64))>() + e.key().1.capacity();
+        }
+        for e in &self.quarantined {
+            bytes +=
+                std::mem::size_of::<((crate::event::Cloud, String), i64)>() + e.key().1.capacity();
+        }
+        entries += self.created.len() + self.quarantined.len();
         (self.keys.len(), entries, bytes)
     }
 }

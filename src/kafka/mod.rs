@@ -662,6 +662,14 @@ struct ExportedStats {
     allowlisted: std::collections::BTreeMap<String, u64>,
     ip_hidden_skips: u64,
     evicted_keys: u64,
+    window_entries_summarised: u64,
+    window_entries_dropped: u64,
+    alarms_evicted: u64,
+    alarm_fields_truncated: u64,
+    created_evicted: u64,
+    created_expired: u64,
+    quarantined_evicted: u64,
+    quarantined_expired: u64,
 }
 
 impl ExportedStats {
@@ -681,6 +689,51 @@ impl ExportedStats {
             .state_evicted_keys
             .inc_by(stats.evicted_keys.saturating_sub(self.evicted_keys));
         self.evicted_keys = stats.evicted_keys;
+        for (counter, now, before) in [
+            (
+                &metrics.window_entries_summarised,
+                stats.window_entries_summarised,
+                &mut self.window_entries_summarised,
+            ),
+            (
+                &metrics.window_entries_dropped,
+                stats.window_entries_dropped,
+                &mut self.window_entries_dropped,
+            ),
+            (
+                &metrics.alarms_evicted,
+                stats.alarms_evicted,
+                &mut self.alarms_evicted,
+            ),
+            (
+                &metrics.alarm_fields_truncated,
+                stats.alarm_fields_truncated,
+                &mut self.alarm_fields_truncated,
+            ),
+            (
+                &metrics.created_evicted,
+                stats.created_evicted,
+                &mut self.created_evicted,
+            ),
+            (
+                &metrics.created_expired,
+                stats.created_expired,
+                &mut self.created_expired,
+            ),
+            (
+                &metrics.quarantined_evicted,
+                stats.quarantined_evicted,
+                &mut self.quarantined_evicted,
+            ),
+            (
+                &metrics.quarantined_expired,
+                stats.quarantined_expired,
+                &mut self.quarantined_expired,
+            ),
+        ] {
+            counter.inc_by(now.saturating_sub(*before));
+            *before = now;
+        }
     }
 }
 

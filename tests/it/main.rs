@@ -7,6 +7,7 @@ mod corpus;
 mod detect;
 mod golden;
 mod kafka;
+mod limits;
 mod ops;
 mod poison;
 mod props;
