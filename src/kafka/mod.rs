@@ -163,7 +163,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop_reports = Arc::new(AtomicBool::new(false));
     let stop_bootstrap = stop_reports.clone();
     let bootstrap = tokio::task::spawn_blocking(move || {
-        let first = follower.bootstrap(&stop_bootstrap);
+        let first =
+            crate::isolate::guard(|| follower.bootstrap(&stop_bootstrap)).unwrap_or_else(|e| {
+                tracing::error!(
+                    "reading the report topic failed; reports follow as they arrive: {e}"
+                );
+                None
+            });
         (follower, first)
     });
     let (follower, first) = tokio::select! {

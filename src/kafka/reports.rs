@@ -209,27 +209,41 @@ impl Follower {
     pub fn run(mut self, tx: tokio::sync::mpsc::Sender<ReportUpdate>, stop: Arc<AtomicBool>) {
         let mut last_scan = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let mut changed = false;
-            match self.reader.as_mut() {
-                Some(reader) => {
-                    let c = reader.poll(&mut self.feed, Duration::from_millis(500));
+            // Isolated: a failure in one round (a report the parsers did not catch, the index
+            // build) is counted and logged, the index in use stays, and the thread goes on.
+            let round = crate::isolate::guard(|| {
+                let mut changed = false;
+                match self.reader.as_mut() {
+                    Some(reader) => {
+                        let c = reader.poll(&mut self.feed, Duration::from_millis(500));
+                        changed |= report(c, &self.metrics);
+                    }
+                    None => std::thread::sleep(Duration::from_millis(500)),
+                }
+                if last_scan.elapsed() >= self.rescan {
+                    last_scan = Instant::now();
+                    let c = self.feed.scan();
                     changed |= report(c, &self.metrics);
+                    if let Some(reader) = self.reader.as_mut() {
+                        reader.refresh_partitions();
+                    }
                 }
-                None => std::thread::sleep(Duration::from_millis(500)),
-            }
-            if last_scan.elapsed() >= self.rescan {
-                last_scan = Instant::now();
-                let c = self.feed.scan();
-                changed |= report(c, &self.metrics);
-                if let Some(reader) = self.reader.as_mut() {
-                    reader.refresh_partitions();
+                changed.then(|| update(&self.feed, &self.metrics))
+            });
+            match round {
+                Ok(Some(u)) => {
+                    tracing::info!(accounts = u.accounts, "credential reports changed");
+                    if tx.blocking_send(u).is_err() {
+                        return;
+                    }
                 }
-            }
-            if changed {
-                let u = update(&self.feed, &self.metrics);
-                tracing::info!(accounts = u.accounts, "credential reports changed");
-                if tx.blocking_send(u).is_err() {
-                    return;
+                Ok(None) => {}
+                Err(e) => {
+                    self.metrics.report_errors.inc();
+                    tracing::error!(
+                        "credential report update failed (the previous version stays in use): {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
                 }
             }
         }

@@ -1200,13 +1200,23 @@ fn poisoned_records_mid_stream_are_dead_lettered_and_nothing_else_is_lost() {
             .any(|l| l.starts_with("akwatch_alarms_shrunk_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
-    for needle in [
+    for line in [
         "akwatch_dead_letters_truncated_total 1",
         "akwatch_records_rejected_total{provider=\"aws\",reason=\"internal_error\"} 1",
         "akwatch_records_rejected_total{provider=\"aws\",reason=\"bad_field\"} 3",
     ] {
-        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
     }
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
+            .all(|l| l.ends_with(" 0")),
+        "lag back to zero:\n{metrics}"
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "the service is still the same process"
