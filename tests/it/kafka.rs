@@ -521,6 +521,25 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, response)
 }
 
+/// `/metrics` once the lag of all three input topics is zero (or after 30 s: the caller checks).
+fn metrics_once_lag_is_zero(ops: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let (status, body) = http_get(ops, "/metrics");
+        assert_eq!(status, 200);
+        let lag: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
+            .collect();
+        if (lag.len() == 3 && lag.iter().all(|l| l.ends_with(" 0")))
+            || start.elapsed() > Duration::from_secs(30)
+        {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -604,24 +623,7 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
     // The ops port: health, readiness, metrics with bounded labels, lag back to zero.
     assert_eq!(http_get(&ops, "/healthz").0, 200);
     assert_eq!(http_get(&ops, "/readyz").0, 200);
-    let start = Instant::now();
-    let metrics = loop {
-        let (status, body) = http_get(&ops, "/metrics");
-        assert_eq!(status, 200);
-        let lag_zero = body
-            .lines()
-            .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
-            .count()
-            == 3
-            && body
-                .lines()
-                .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
-                .all(|l| l.ends_with(" 0"));
-        if lag_zero || start.elapsed() > Duration::from_secs(30) {
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let metrics = metrics_once_lag_is_zero(&ops);
     for needle in [
         "akwatch_records_rejected_total{provider=\"aws\",reason=\"bad_json\"} 1",
         "akwatch_records_rejected_total{provider=\"aws\",reason=\"bad_field\"} 1",
@@ -1180,20 +1182,7 @@ fn poisoned_records_mid_stream_are_dead_lettered_and_nothing_else_is_lost() {
     }
 
     // Lag back to zero, the counters say what happened, and the service never restarted.
-    let start = Instant::now();
-    let metrics = loop {
-        let (_, body) = http_get(&ops, "/metrics");
-        let lag: Vec<&str> = body
-            .lines()
-            .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
-            .collect();
-        if (lag.len() == 3 && lag.iter().all(|l| l.ends_with(" 0")))
-            || start.elapsed() > Duration::from_secs(30)
-        {
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let metrics = metrics_once_lag_is_zero(&ops);
     // Shrunk once per notification of that alarm (created, then its update).
     assert!(
         metrics
