@@ -35,10 +35,26 @@ struct RawConfig {
     state_max_keys: usize,
     #[serde(default)]
     ops_addr: Option<String>,
+    #[serde(default = "default_window_entries")]
+    state_max_window_entries: usize,
+    #[serde(default = "default_tracked")]
+    state_max_alarms: usize,
+    #[serde(default = "default_tracked")]
+    state_max_created_keys: usize,
+    #[serde(default = "default_tracked")]
+    state_max_quarantined: usize,
     #[serde(default = "default_grace")]
     shutdown_grace_seconds: u64,
     #[serde(default = "default_skew")]
     max_event_skew_seconds: u64,
+}
+
+fn default_window_entries() -> usize {
+    crate::engine::Limits::default().max_window_entries
+}
+
+fn default_tracked() -> usize {
+    crate::engine::Limits::default().max_alarms
 }
 
 fn default_grace() -> u64 {
@@ -121,6 +137,9 @@ pub struct Config {
     pub commit_interval: std::time::Duration,
     /// The most keys with detection state; past it the least recently seen are evicted.
     pub state_max_keys: usize,
+    /// The engine's other caps (entries per window, tracked alarms, created-key marks,
+    /// quarantined principals), with `state_max_keys`.
+    pub limits: crate::engine::Limits,
     pub ops_addr: Option<String>,
     /// How long a stop (SIGTERM / Ctrl-C) may take: what is not acknowledged by then is left
     /// to the next start (its offsets were never committed).
@@ -217,6 +236,19 @@ impl Config {
                 line_of("state_max_keys")
             ));
         }
+        for (key, value) in [
+            ("state_max_window_entries", raw.state_max_window_entries),
+            ("state_max_alarms", raw.state_max_alarms),
+            ("state_max_created_keys", raw.state_max_created_keys),
+            ("state_max_quarantined", raw.state_max_quarantined),
+        ] {
+            if !(1..=100_000_000).contains(&value) {
+                errors.push(format!(
+                    "{name}:{}: {key}: {value} is out of range (1 to 100000000)",
+                    line_of(key)
+                ));
+            }
+        }
         if raw.commit_interval_seconds == 0 {
             errors.push(format!(
                 "{name}:{}: commit_interval_seconds must be at least 1",
@@ -284,6 +316,14 @@ impl Config {
             state_dir: raw.state_dir,
             commit_interval: std::time::Duration::from_secs(raw.commit_interval_seconds),
             state_max_keys: raw.state_max_keys,
+            limits: crate::engine::Limits {
+                max_keys: raw.state_max_keys,
+                max_window_entries: raw.state_max_window_entries,
+                max_alarms: raw.state_max_alarms,
+                max_created: raw.state_max_created_keys,
+                max_quarantined: raw.state_max_quarantined,
+                ..crate::engine::Limits::default()
+            },
             ops_addr: raw.ops_addr,
             shutdown_grace: std::time::Duration::from_secs(raw.shutdown_grace_seconds),
             max_event_skew_secs: i64::try_from(raw.max_event_skew_seconds).unwrap_or(i64::MAX),
@@ -348,6 +388,32 @@ mod tests {
             c.options.get("sasl.password").map(String::as_str),
             Some("s3cret")
         );
+    }
+
+    #[test]
+    fn caps_and_the_grace_period_are_range_checked_with_their_lines() {
+        let text = "kafka:\n  brokers: b\n  group_id: g\n  inputs:\n    - topic: in\n  alarm_topic: alarms\n  dlq_topic: dlq\nstate_max_alarms: 0\nshutdown_grace_seconds: 0\nmax_event_skew_seconds: 99999999999\n";
+        let all = Config::parse("c.yaml", text, &env).unwrap_err().join("\n");
+        assert!(
+            all.contains("c.yaml:8: state_max_alarms: 0 is out of range"),
+            "{all}"
+        );
+        assert!(
+            all.contains("c.yaml:9: shutdown_grace_seconds: 0 is out of range"),
+            "{all}"
+        );
+        assert!(all.contains("c.yaml:10: max_event_skew_seconds"), "{all}");
+        let ok = text
+            .replace("state_max_alarms: 0", "state_max_alarms: 7")
+            .replace("shutdown_grace_seconds: 0", "shutdown_grace_seconds: 5")
+            .replace(
+                "max_event_skew_seconds: 99999999999",
+                "max_event_skew_seconds: 60",
+            );
+        let c = Config::parse("c.yaml", &ok, &env).unwrap();
+        assert_eq!(c.limits.max_alarms, 7);
+        assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(5));
+        assert_eq!(c.max_event_skew_secs, 60);
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         anyhow::anyhow!("{} problem(s) at start-up", errors.len())
     })?;
-    s.engine.set_max_keys(config.state_max_keys);
+    s.engine.set_limits(config.limits);
     for w in &s.warnings {
         tracing::warn!("{w}");
     }
