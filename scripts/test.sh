@@ -33,7 +33,9 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "fuzz (short: every target 10 s; the long runs are in fuzz/README.md)"
 # Installs cargo-afl and AFL++ under target/ when missing; fails on a crash or a hang.
-timeout 2700 bash scripts/fuzz.sh --ci
+# A hang in a 10 s run on a shared machine is more likely load than a bug: reported, not fatal
+# (the long runs in fuzz/README.md judge hangs); a crash fails the run.
+FUZZ_ALLOW_HANGS=1 timeout 2700 bash scripts/fuzz.sh --ci
 
 step "Apache Kafka"
 if [ -z "${KAFKA_BROKERS:-}" ]; then
