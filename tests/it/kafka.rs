@@ -1207,6 +1207,15 @@ fn poisoned_records_mid_stream_are_dead_lettered_and_nothing_else_is_lost() {
             .all(|l| l.ends_with(" 0")),
         "lag back to zero:\n{metrics}"
     );
+    // Every record consumed (lag zero): still exactly one dead letter per poisoned record, no
+    // extra one (an alarm sent there as undeliverable, a record dead-lettered twice).
+    let all_dead = consume_all(
+        &brokers,
+        &h.topic("dlq"),
+        |got| got.len() > poison.len(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(all_dead.len(), poison.len());
     assert!(
         child.try_wait().unwrap().is_none(),
         "the service is still the same process"
