@@ -50,6 +50,11 @@ pub enum Command {
         /// Send the inputs this many times.
         #[arg(long, default_value_t = 1)]
         repeat: u32,
+        /// The records' Kafka key: none (as CloudTrail / ActionTrail / CloudAudit forwarders
+        /// send them: spread over the partitions) or the access key of the record's first event
+        /// (its principal when it has none).
+        #[arg(long, value_enum, default_value_t = crate::kafka::KeyBy::None)]
+        key: crate::kafka::KeyBy,
         #[arg(required = true)]
         paths: Vec<String>,
     },
@@ -181,13 +186,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             rate,
             repeat,
+            key,
             paths,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let (sent, secs) =
-                runtime.block_on(crate::kafka::load(&brokers, &topic, rate, repeat, &paths))?;
+            let (sent, secs) = runtime.block_on(crate::kafka::load(
+                &brokers, &topic, rate, repeat, key, &paths,
+            ))?;
             eprintln!(
                 "sent {sent} records to {topic} in {secs:.1} s ({:.0} records/s)",
                 sent as f64 / secs.max(1e-9)

@@ -47,6 +47,18 @@ struct RawConfig {
     shutdown_grace_seconds: u64,
     #[serde(default = "default_skew")]
     max_event_skew_seconds: u64,
+    #[serde(default = "default_idle_ms")]
+    partition_idle_timeout_ms: u64,
+    #[serde(default = "default_merge_queue")]
+    merge_queue_records: usize,
+}
+
+fn default_idle_ms() -> u64 {
+    2000
+}
+
+fn default_merge_queue() -> usize {
+    2000
 }
 
 fn default_window_entries() -> usize {
@@ -146,6 +158,11 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Event times later than the wall clock plus this are rejected (`bad_field`).
     pub max_event_skew_secs: i64,
+    /// The event-time merge waits at most this long for a partition with nothing queued (one
+    /// caught up is waited for at most 200 ms of it).
+    pub partition_idle_timeout: std::time::Duration,
+    /// Records queued per partition in the merge before the partition is paused.
+    pub merge_queue_records: usize,
 }
 
 impl Config {
@@ -288,6 +305,20 @@ impl Config {
                 raw.shutdown_grace_seconds
             ));
         }
+        if !(1..=600_000).contains(&raw.partition_idle_timeout_ms) {
+            errors.push(format!(
+                "{name}:{}: partition_idle_timeout_ms: {} is out of range (1 to 600000)",
+                line_of("partition_idle_timeout_ms"),
+                raw.partition_idle_timeout_ms
+            ));
+        }
+        if !(1..=1_000_000).contains(&raw.merge_queue_records) {
+            errors.push(format!(
+                "{name}:{}: merge_queue_records: {} is out of range (1 to 1000000)",
+                line_of("merge_queue_records"),
+                raw.merge_queue_records
+            ));
+        }
         if raw.max_event_skew_seconds > 366 * 86_400 {
             errors.push(format!(
                 "{name}:{}: max_event_skew_seconds: {} is out of range (0 to one year, 31622400)",
@@ -327,6 +358,8 @@ impl Config {
             ops_addr: raw.ops_addr,
             shutdown_grace: std::time::Duration::from_secs(raw.shutdown_grace_seconds),
             max_event_skew_secs: i64::try_from(raw.max_event_skew_seconds).unwrap_or(i64::MAX),
+            partition_idle_timeout: std::time::Duration::from_millis(raw.partition_idle_timeout_ms),
+            merge_queue_records: raw.merge_queue_records,
         })
     }
 }

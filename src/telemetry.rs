@@ -44,6 +44,8 @@ pub struct Metrics {
     pub quarantined_evicted: IntCounter,
     pub quarantined_expired: IntCounter,
     pub checkpoint_age_seconds: Gauge,
+    pub late_records: IntCounter,
+    pub merge_queued: IntGauge,
     pub report_accounts: IntGauge,
     pub report_updates: IntCounter,
     pub report_errors: IntCounter,
@@ -171,6 +173,14 @@ impl Metrics {
                 "Approximate bytes of detection state",
             )?,
             checkpoint_age_seconds,
+            late_records: counter(
+                "akwatch_late_records_total",
+                "Records that reached detection more than the allowed lateness behind the newest event time released (processed all the same)",
+            )?,
+            merge_queued: gauge(
+                "akwatch_merge_queued_records",
+                "Decoded records waiting in the event-time merge of the partitions",
+            )?,
             state_evicted_keys: counter(
                 "akwatch_state_evicted_keys_total",
                 "Keys whose state was dropped to stay under state_max_keys",

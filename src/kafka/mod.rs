@@ -6,6 +6,7 @@
 
 pub mod deliver;
 mod group;
+pub mod merge;
 mod reports;
 
 use std::collections::{HashMap, HashSet};
@@ -98,6 +99,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Caught-up partitions are idle for the event-time merge.
+            .set("enable.partition.eof", "true")
             .create_with_context(GroupContext {
                 progress: progress.clone(),
                 cooperative: config
@@ -246,10 +249,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut lag_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut checkpoint_task: Option<tokio::task::JoinHandle<()>> = None;
-    let mut results = Vec::new();
     let (mut consume_errors, mut last_consume_error) = (0u64, None);
+    // Partitions merged in event time (see `merge`).
+    let mut merge: merge::Merge<Pending> = merge::Merge::new(
+        config.merge_queue_records,
+        config.partition_idle_timeout,
+        s.engine.policy.allowed_lateness.secs(),
+    );
+    let mut late_exported = 0;
+    let mut merge_rebalances = u64::MAX;
     while !abandoned {
         metrics.heartbeat();
+        let rebalances = progress.rebalances.load(Ordering::Relaxed);
+        if rebalances != merge_rebalances {
+            merge_rebalances = rebalances;
+            if let Ok(tpl) = consumer.assignment() {
+                let assigned: Vec<merge::Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                merge.assign(&assigned);
+                // Pausing does not outlive an assignment.
+                let _ = consumer.resume(&tpl);
+            }
+        }
         let message = tokio::select! {
             // Once the stop signal has come, no further record is taken.
             biased;
@@ -287,132 +311,183 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 continue;
             }
-            m = consumer.recv() => m,
+            // A partition waited for may have become idle.
+            _ = tokio::time::sleep(merge.next_wake()), if !merge.is_empty() => None,
+            m = consumer.recv() => Some(m),
         };
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                // An outage makes librdkafka report an error per poll: one line per 10 s.
-                consume_errors += 1;
-                if last_consume_error
-                    .is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10))
-                {
-                    tracing::warn!(error = %e, errors = consume_errors, "consume error");
-                    last_consume_error = Some(Instant::now());
-                    consume_errors = 0;
+        if let Some(message) = message {
+            let message = match message {
+                Ok(m) => Some(m),
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    // librdkafka names the partition, not the topic: every empty queue of that
+                    // number counts as caught up (at worst it is idle after the short grace).
+                    merge.eof_partition(p);
+                    None
                 }
-                continue;
+                Err(e) => {
+                    // An outage makes librdkafka report an error per poll: one line per 10 s.
+                    consume_errors += 1;
+                    if last_consume_error
+                        .is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10))
+                    {
+                        tracing::warn!(error = %e, errors = consume_errors, "consume error");
+                        last_consume_error = Some(Instant::now());
+                        consume_errors = 0;
+                    }
+                    None
+                }
+            };
+            if let Some(message) = message
+                && !progress.already_done(message.topic(), message.partition(), message.offset())
+            {
+                let label = provider_label
+                    .get(message.topic())
+                    .copied()
+                    .unwrap_or("auto");
+                metrics.records_consumed.with_label_values(&[label]).inc();
+                let origin = Origin::kafka(message.topic(), message.partition(), message.offset());
+                let payload = message.payload().unwrap_or_default();
+                let decoder = decoders
+                    .get(message.topic())
+                    .copied()
+                    .unwrap_or_else(|| Decoder::auto().with_max_skew(config.max_event_skew_secs));
+                let mut results = Vec::new();
+                // Each record is isolated: a panic while decoding or processing it makes it an
+                // `internal_error` dead letter, and the loop goes on.
+                if let Err(reason) =
+                    crate::isolate::guard(|| decoder.decode(payload, &origin, &mut results))
+                {
+                    results.clear();
+                    results.push(Err(Reject::new(
+                        RejectKind::InternalError,
+                        reason,
+                        origin.clone(),
+                    )));
+                }
+                // Ordered by its earliest event; a record of rejects only leaves at once.
+                let time = results
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok())
+                    .map(|e| e.event_time.timestamp())
+                    .min()
+                    .unwrap_or(i64::MIN);
+                let tp = (message.topic().to_owned(), message.partition());
+                let pending = Pending {
+                    offset: message.offset(),
+                    label,
+                    ingested: message.timestamp().to_millis(),
+                    origin,
+                    payload: payload.to_vec(),
+                    results,
+                };
+                if let Some(flow) = merge.push(&tp, time, pending) {
+                    apply_flow(&*consumer, flow);
+                }
             }
-        };
-        if progress.already_done(message.topic(), message.partition(), message.offset()) {
-            continue;
         }
-        let label = provider_label
-            .get(message.topic())
-            .copied()
-            .unwrap_or("auto");
-        metrics.records_consumed.with_label_values(&[label]).inc();
-        let ingested = message.timestamp().to_millis();
-        let origin = Origin::kafka(message.topic(), message.partition(), message.offset());
-        let payload = message.payload().unwrap_or_default();
-        let decoder = decoders
-            .get(message.topic())
-            .copied()
-            .unwrap_or_else(|| Decoder::auto().with_max_skew(config.max_event_skew_secs));
-        // Each record is isolated: a panic while decoding or processing it makes it an
-        // `internal_error` dead letter, and the loop goes on.
-        if let Err(reason) =
-            crate::isolate::guard(|| decoder.decode(payload, &origin, &mut results))
-        {
-            results.clear();
-            results.push(Err(Reject::new(
-                RejectKind::InternalError,
-                reason,
-                origin.clone(),
-            )));
-        }
-        let mut outcome = Ok(());
-        // One dead letter per record, however many of its events were rejected.
-        let mut rejects = RecordRejects::default();
-        for result in results.drain(..) {
-            if outcome.is_err() {
-                continue;
+        // Release what the merge lets go, in event-time order.
+        while !abandoned {
+            let Some(((topic, partition), record, flow)) = merge.pop() else {
+                break;
+            };
+            if let Some(flow) = flow {
+                apply_flow(&*consumer, flow);
             }
-            match result {
-                Ok(event) => {
-                    metrics
-                        .events_decoded
-                        .with_label_values(&[event.cloud.as_str()])
-                        .inc();
-                    match process_isolated(&s.enricher, &mut s.engine, &event) {
-                        Ok(alarms) => {
-                            for alarm in alarms {
-                                outcome = out.alarm(&alarm).await;
-                                if outcome.is_err() {
-                                    break;
+            let Pending {
+                offset,
+                label,
+                ingested,
+                origin,
+                payload,
+                mut results,
+            } = record;
+            let mut outcome = Ok(());
+            // One dead letter per record, however many of its events were rejected.
+            let mut rejects = RecordRejects::default();
+            for result in results.drain(..) {
+                if outcome.is_err() {
+                    continue;
+                }
+                match result {
+                    Ok(event) => {
+                        metrics
+                            .events_decoded
+                            .with_label_values(&[event.cloud.as_str()])
+                            .inc();
+                        match process_isolated(&s.enricher, &mut s.engine, &event) {
+                            Ok(alarms) => {
+                                for alarm in alarms {
+                                    outcome = out.alarm(&alarm).await;
+                                    if outcome.is_err() {
+                                        break;
+                                    }
+                                    metrics
+                                        .alarms
+                                        .with_label_values(&[
+                                            alarm.rule_id.as_str(),
+                                            alarm.severity.as_str(),
+                                        ])
+                                        .inc();
+                                    observe_alarm_latency(&metrics, &event, ingested);
                                 }
+                            }
+                            Err(reason) => {
+                                tracing::error!(%origin, %reason, "processing a record failed; it goes to the dead-letter topic");
                                 metrics
-                                    .alarms
-                                    .with_label_values(&[
-                                        alarm.rule_id.as_str(),
-                                        alarm.severity.as_str(),
-                                    ])
+                                    .records_rejected
+                                    .with_label_values(&[label, RejectKind::InternalError.as_str()])
                                     .inc();
-                                observe_alarm_latency(&metrics, &event, ingested);
+                                rejects.add(Reject::new(
+                                    RejectKind::InternalError,
+                                    reason,
+                                    origin.clone(),
+                                ));
                             }
                         }
-                        Err(reason) => {
-                            tracing::error!(%origin, %reason, "processing a record failed; it goes to the dead-letter topic");
-                            metrics
-                                .records_rejected
-                                .with_label_values(&[label, RejectKind::InternalError.as_str()])
-                                .inc();
-                            rejects.add(Reject::new(
-                                RejectKind::InternalError,
-                                reason,
-                                origin.clone(),
-                            ));
-                        }
+                    }
+                    Err(reject) => {
+                        metrics
+                            .records_rejected
+                            .with_label_values(&[label, reject.kind.as_str()])
+                            .inc();
+                        rejects.add(reject);
                     }
                 }
-                Err(reject) => {
-                    metrics
-                        .records_rejected
-                        .with_label_values(&[label, reject.kind.as_str()])
-                        .inc();
-                    rejects.add(reject);
-                }
             }
+            if outcome.is_ok()
+                && let Some(reject) = rejects.take()
+            {
+                outcome = out.dead_letter(&reject, &payload, &origin).await;
+            }
+            if outcome.is_err() {
+                // Stopping and not acknowledged in time: this record is not done.
+                abandoned = true;
+                break;
+            }
+            // Everything derived from this message is acknowledged: its offset may be committed.
+            progress.done(&topic, partition, offset);
+            if let Some(ms) = ingested {
+                metrics.ingest_to_done_seconds.observe(
+                    (chrono::Utc::now()
+                        .timestamp_millis()
+                        .saturating_sub(ms)
+                        .max(0) as f64)
+                        / 1000.0,
+                );
+            }
+            dirty = true;
         }
-        if outcome.is_ok()
-            && let Some(reject) = rejects.take()
-        {
-            outcome = out.dead_letter(&reject, payload, &origin).await;
-        }
-        if results.capacity() > 4096 {
-            // A huge batch once must not keep its buffer for ever.
-            results = Vec::new();
-        }
-        if outcome.is_err() {
-            // Stopping and not acknowledged in time: this record is not done.
-            abandoned = true;
+        metrics
+            .late_records
+            .inc_by(merge.late.saturating_sub(late_exported));
+        late_exported = merge.late;
+        metrics.merge_queued.set(merge.len() as i64);
+        if abandoned {
             break;
         }
-        // Everything derived from this message is acknowledged: its offset may be committed.
-        progress.done(message.topic(), message.partition(), message.offset());
-        if let Some(ms) = ingested {
-            metrics.ingest_to_done_seconds.observe(
-                (chrono::Utc::now()
-                    .timestamp_millis()
-                    .saturating_sub(ms)
-                    .max(0) as f64)
-                    / 1000.0,
-            );
-        }
-        dirty = true;
         // After a rebalance, checkpoint at once: the state then reflects the partitions kept.
         let rebalances = progress.rebalances.load(Ordering::Relaxed);
-        if last_checkpoint.elapsed() >= period || rebalances != rebalances_seen {
+        if dirty && (last_checkpoint.elapsed() >= period || rebalances != rebalances_seen) {
             last_checkpoint = Instant::now();
             if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
                 dirty = false;
@@ -511,6 +586,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(lag_task);
     drop(consumer);
     Ok(())
+}
+
+/// A decoded record waiting in the event-time merge.
+struct Pending {
+    offset: i64,
+    label: &'static str,
+    ingested: Option<i64>,
+    origin: Origin,
+    payload: Vec<u8>,
+    results: Vec<Result<crate::event::Event, Reject>>,
+}
+
+/// Pauses or resumes fetching a partition for the merge.
+fn apply_flow(consumer: &GroupConsumer, flow: merge::Flow) {
+    let (tp, pause) = match flow {
+        merge::Flow::Pause(tp) => (tp, true),
+        merge::Flow::Resume(tp) => (tp, false),
+    };
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(&tp.0, tp.1);
+    let done = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = done {
+        tracing::warn!(topic = %tp.0, partition = tp.1, pause, error = %e, "pause / resume");
+    }
 }
 
 /// Whether the state and offsets were saved at shutdown (for the exit code of a forced exit).
@@ -778,10 +881,18 @@ pub async fn load(
     topic: &str,
     rate: u64,
     repeat: u32,
+    key_by: KeyBy,
     paths: &[String],
 ) -> anyhow::Result<(u64, f64)> {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let records = crate::source::read_records(paths)?;
+    let keys: Vec<Option<String>> = records
+        .iter()
+        .map(|r| match key_by {
+            KeyBy::None => None,
+            KeyBy::AccessKey => record_key(r),
+        })
+        .collect();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", if rate == 0 { "20" } else { "1" })
@@ -792,7 +903,7 @@ pub async fn load(
     let mut sent: u64 = 0;
     let mut pending = std::collections::VecDeque::new();
     for _ in 0..repeat {
-        for r in &records {
+        for (r, key) in records.iter().zip(&keys) {
             if rate > 0 {
                 // Sleep only when 1 ms or more ahead of schedule (timer granularity).
                 let due = Duration::from_secs_f64(sent as f64 / rate as f64);
@@ -802,7 +913,10 @@ pub async fn load(
                     tokio::time::sleep(wait).await;
                 }
             }
-            let mut record = FutureRecord::<(), _>::to(topic).payload(r.as_slice());
+            let mut record = FutureRecord::<str, _>::to(topic).payload(r.as_slice());
+            if let Some(k) = key {
+                record = record.key(k.as_str());
+            }
             loop {
                 match producer.send_result(record) {
                     Ok(delivery) => {
@@ -846,6 +960,26 @@ pub async fn load(
         }
     }
     Ok((sent, start.elapsed().as_secs_f64()))
+}
+
+/// How `akwatch load` keys its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyBy {
+    /// No key: librdkafka spreads the records over the partitions, as forwarders do.
+    None,
+    /// The access key of the record's first event (its principal when it has none).
+    AccessKey,
+}
+
+/// The access key (else the principal's ARN, id or name) of a record's first event.
+fn record_key(record: &[u8]) -> Option<String> {
+    let mut out = Vec::new();
+    Decoder::auto().decode(record, &Origin::default(), &mut out);
+    let event = out.into_iter().find_map(Result::ok)?;
+    event.access_key_id.map(|k| k.0).or_else(|| {
+        let p = event.principal;
+        p.arn.or(p.id).or(p.name)
+    })
 }
 
 /// Polls a future once without blocking: `Some` if it is ready.

@@ -11,7 +11,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use akwatch::replay::{ReplayOptions, run, setup};
@@ -1295,4 +1295,73 @@ fn a_stop_with_the_broker_gone_ends_within_the_grace_period_and_loses_no_alarm()
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// The bundled scenario without keys into 3-partition topics (how forwarders write it), and
+/// the alarm ids one instance raises, compared with `replay`'s.
+fn keyless_three_partitions(tag: &str, backlog: bool) {
+    let Some(brokers) = brokers() else { return };
+    let mut h = Harness::with_partitions(&brokers, tag, 3);
+    let ops = format!("127.0.0.1:{}", free_port());
+    h.ops = Some(ops.clone());
+    let expected = replay_alarm_ids();
+    let all = h.stream();
+    let mut child = if backlog {
+        // A backlog: the whole scenario is on the topics before the instance starts.
+        h.produce_part(&all, 0.0, 1.0);
+        h.spawn(true)
+    } else {
+        // Live: the instance runs while the scenario arrives in four parts.
+        let child = h.spawn(true);
+        for part in 0..4 {
+            h.produce_part(&all, part as f64 / 4.0, (part + 1) as f64 / 4.0);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        child
+    };
+    // Spread over all three partitions of every input topic: no key, no single partition.
+    for cloud in CLOUDS {
+        let md = h
+            .producer
+            .client()
+            .fetch_metadata(Some(&h.topic(cloud)), Duration::from_secs(10))
+            .unwrap();
+        for p in md.topics()[0].partitions() {
+            let (low, high) = h
+                .producer
+                .client()
+                .fetch_watermarks(&h.topic(cloud), p.id(), Duration::from_secs(10))
+                .unwrap();
+            assert!(high - low > 0, "{cloud} partition {} is empty", p.id());
+        }
+    }
+    let got = h.alarm_ids(&expected, Duration::from_secs(120));
+    let metrics = metrics_once_lag_is_zero(&ops);
+    Harness::signal(&mut child, "-TERM");
+    let late = metrics
+        .lines()
+        .find(|l| l.starts_with("akwatch_late_records_total "))
+        .unwrap_or("akwatch_late_records_total (missing)")
+        .to_owned();
+    assert_same_alarms(&got, &expected);
+    eprintln!(
+        "{tag}: {} alarm ids, as replay; {} notifications; {late}",
+        expected.len(),
+        got.len()
+    );
+}
+
+/// One instance, keyless records spread over 3 partitions per topic, arriving while it runs:
+/// the partitions are merged in event time, so the order-dependent rules (impossible travel,
+/// region sweep, a new key's quick use) fire as in `replay`.
+#[test]
+fn keyless_three_partition_topics_live_give_replay_s_alarms() {
+    keyless_three_partitions("keyless-live", false);
+}
+
+/// The same with a backlog of the whole scenario already on the topics, consumed unevenly
+/// across partitions (the merge pauses the partitions that run ahead).
+#[test]
+fn keyless_three_partition_backlog_gives_replay_s_alarms() {
+    keyless_three_partitions("keyless-backlog", true);
 }

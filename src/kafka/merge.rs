@@ -1,0 +1,278 @@
+//! The event-time merge of the partitions one instance consumes (the Kafka Streams task's
+//! partition group, Flink's watermark alignment within a source): decoded records wait in one
+//! queue per partition and leave in event-time order — the head with the smallest time goes
+//! first, and only while every assigned partition has a head or is idle. A partition is idle
+//! when it is caught up (librdkafka's partition EOF) and nothing arrived for a short grace, or
+//! when nothing arrived for the idle timeout whatever its lag: an empty or stalled partition
+//! cannot hold the rest. A queue over its cap asks for its partition to be paused (the
+//! partition that runs ahead waits for the others) and for a resume below half of it.
+//!
+//! Generic over the queued item so it can be tested without a broker.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// A partition: topic and partition number.
+pub type Tp = (String, i32);
+
+struct Queue<T> {
+    items: VecDeque<(i64, T)>,
+    /// Reached the end of the partition and nothing arrived since.
+    eof: bool,
+    last_arrival: Instant,
+    paused: bool,
+}
+
+/// What the caller should do with a partition's fetching.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Pause(Tp),
+    Resume(Tp),
+}
+
+pub struct Merge<T> {
+    queues: BTreeMap<Tp, Queue<T>>,
+    /// Records per partition queue before its partition is paused.
+    cap: usize,
+    idle_timeout: Duration,
+    eof_grace: Duration,
+    /// The largest event time released so far, and the allowed lateness behind it.
+    released_max: i64,
+    lateness: i64,
+    /// Records released more than the lateness behind `released_max`.
+    pub late: u64,
+    /// Records queued, all partitions.
+    queued: usize,
+}
+
+impl<T> Merge<T> {
+    pub fn new(cap: usize, idle_timeout: Duration, lateness_secs: i64) -> Merge<T> {
+        Merge {
+            queues: BTreeMap::new(),
+            cap: cap.max(1),
+            idle_timeout,
+            eof_grace: idle_timeout.min(Duration::from_millis(200)),
+            released_max: i64::MIN,
+            lateness: lateness_secs.max(0),
+            late: 0,
+            queued: 0,
+        }
+    }
+
+    /// The partitions now assigned: queues of the others are dropped (their records were not
+    /// processed, so their offsets were not stored: the new owner reads them again), new ones
+    /// start empty and are waited for until idle.
+    pub fn assign(&mut self, assigned: &[Tp]) {
+        let now = Instant::now();
+        let keep: std::collections::BTreeSet<&Tp> = assigned.iter().collect();
+        self.queues.retain(|tp, _| keep.contains(tp));
+        for tp in assigned {
+            self.queues.entry(tp.clone()).or_insert_with(|| Queue {
+                items: VecDeque::new(),
+                eof: false,
+                last_arrival: now,
+                paused: false,
+            });
+        }
+        self.queued = self.queues.values().map(|q| q.items.len()).sum();
+    }
+
+    /// A record of `tp` with event time `time` (seconds). Returns a pause request when its
+    /// queue is full.
+    pub fn push(&mut self, tp: &Tp, time: i64, item: T) -> Option<Flow> {
+        let now = Instant::now();
+        let cap = self.cap;
+        let q = self.queues.entry(tp.clone()).or_insert_with(|| Queue {
+            items: VecDeque::new(),
+            eof: false,
+            last_arrival: now,
+            paused: false,
+        });
+        q.items.push_back((time, item));
+        q.eof = false;
+        q.last_arrival = now;
+        self.queued += 1;
+        if q.items.len() >= cap && !q.paused {
+            q.paused = true;
+            return Some(Flow::Pause(tp.clone()));
+        }
+        None
+    }
+
+    /// `tp` is caught up.
+    pub fn eof(&mut self, tp: &Tp) {
+        if let Some(q) = self.queues.get_mut(tp) {
+            q.eof = true;
+        }
+    }
+
+    /// Partition number `p` of some topic is caught up (librdkafka's EOF event names no topic):
+    /// the empty queues of that number count as caught up.
+    pub fn eof_partition(&mut self, p: i32) {
+        for ((_, partition), q) in &mut self.queues {
+            if *partition == p && q.items.is_empty() {
+                q.eof = true;
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.queued
+    }
+
+    /// The next record in event-time order, if it may leave now; with a resume request when its
+    /// partition's queue fell below half its cap.
+    pub fn pop(&mut self) -> Option<(Tp, T, Option<Flow>)> {
+        self.pop_at(Instant::now(), false)
+    }
+
+    /// Every queued record, in event-time order, whatever the idle state (at shutdown the
+    /// caller does not use this: unprocessed records are simply read again next time).
+    pub fn pop_any(&mut self) -> Option<(Tp, T, Option<Flow>)> {
+        self.pop_at(Instant::now(), true)
+    }
+
+    fn pop_at(&mut self, now: Instant, any: bool) -> Option<(Tp, T, Option<Flow>)> {
+        let mut best: Option<(&Tp, i64)> = None;
+        for (tp, q) in &self.queues {
+            match q.items.front() {
+                Some((t, _)) => {
+                    if best.is_none_or(|(_, b)| *t < b) {
+                        best = Some((tp, *t));
+                    }
+                }
+                None => {
+                    let since = now.saturating_duration_since(q.last_arrival);
+                    let idle = if q.eof {
+                        since >= self.eof_grace
+                    } else {
+                        since >= self.idle_timeout
+                    };
+                    if !idle && !any {
+                        return None;
+                    }
+                }
+            }
+        }
+        let tp = best?.0.clone();
+        let cap = self.cap;
+        let q = self.queues.get_mut(&tp)?;
+        let (time, item) = q.items.pop_front()?;
+        self.queued -= 1;
+        let flow = if q.paused && q.items.len() <= cap / 2 {
+            q.paused = false;
+            Some(Flow::Resume(tp.clone()))
+        } else {
+            None
+        };
+        if time != i64::MIN {
+            if self.released_max != i64::MIN && time < self.released_max - self.lateness {
+                self.late += 1;
+            }
+            self.released_max = self.released_max.max(time);
+        }
+        Some((tp, item, flow))
+    }
+
+    /// How long until a partition waited for becomes idle (for the caller's timer).
+    pub fn next_wake(&self) -> Duration {
+        let now = Instant::now();
+        self.queues
+            .values()
+            .filter(|q| q.items.is_empty())
+            .map(|q| {
+                let limit = if q.eof {
+                    self.eof_grace
+                } else {
+                    self.idle_timeout
+                };
+                limit.saturating_sub(now.saturating_duration_since(q.last_arrival))
+            })
+            .min()
+            .unwrap_or(Duration::from_millis(50))
+            .max(Duration::from_millis(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(p: i32) -> Tp {
+        ("t".to_owned(), p)
+    }
+
+    #[test]
+    fn records_leave_in_event_time_order_across_partitions() {
+        let mut m = Merge::new(100, Duration::from_secs(60), 900);
+        m.assign(&[tp(0), tp(1)]);
+        for (p, t) in [(0, 10), (0, 30), (1, 5), (1, 20), (1, 40)] {
+            m.push(&tp(p), t, t);
+        }
+        let mut out = Vec::new();
+        // Partition 0 runs dry at 30 < 40: 40 waits for partition 0 (not idle, not at EOF).
+        while let Some((_, t, _)) = m.pop() {
+            out.push(t);
+        }
+        assert_eq!(out, [5, 10, 20, 30]);
+        m.eof(&tp(0));
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(m.pop().map(|x| x.1), Some(40));
+        assert_eq!(m.late, 0);
+    }
+
+    #[test]
+    fn an_empty_partition_holds_the_others_only_until_the_idle_timeout() {
+        let mut m = Merge::new(100, Duration::from_millis(100), 900);
+        m.assign(&[tp(0), tp(1)]);
+        m.push(&tp(0), 1, 1);
+        assert!(m.pop().is_none());
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(m.pop().map(|x| x.1), Some(1));
+    }
+
+    #[test]
+    fn a_full_queue_pauses_its_partition_and_resumes_below_half() {
+        let mut m = Merge::new(4, Duration::from_secs(60), 900);
+        m.assign(&[tp(0), tp(1)]);
+        let mut flows = Vec::new();
+        for t in 0..4 {
+            flows.extend(m.push(&tp(0), t, t));
+        }
+        assert_eq!(flows, [Flow::Pause(tp(0))]);
+        m.push(&tp(1), 100, 100);
+        let mut resumed = None;
+        for _ in 0..2 {
+            if let Some((_, _, Some(f))) = m.pop() {
+                resumed = Some(f);
+            }
+        }
+        assert_eq!(resumed, Some(Flow::Resume(tp(0))));
+    }
+
+    #[test]
+    fn late_records_are_counted_not_dropped() {
+        let mut m = Merge::new(100, Duration::from_millis(1), 10);
+        m.assign(&[tp(0)]);
+        m.push(&tp(0), 1000, 1000);
+        m.push(&tp(0), 100, 100);
+        let out: Vec<i64> = std::iter::from_fn(|| m.pop().map(|x| x.1)).collect();
+        assert_eq!(out, [1000, 100]);
+        assert_eq!(m.late, 1);
+    }
+
+    #[test]
+    fn a_revoked_partition_s_records_are_dropped() {
+        let mut m = Merge::new(100, Duration::from_millis(1), 10);
+        m.assign(&[tp(0), tp(1)]);
+        m.push(&tp(0), 1, 1);
+        m.push(&tp(1), 2, 2);
+        m.assign(&[tp(1)]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.pop().map(|x| x.1), Some(2));
+    }
+}
