@@ -381,7 +381,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     results,
                 };
                 if let Some(flow) = merge.push(&tp, time, pending) {
-                    apply_flow(&*consumer, flow);
+                    apply_flow(&consumer, flow);
                 }
             }
         }
@@ -391,7 +391,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 break;
             };
             if let Some(flow) = flow {
-                apply_flow(&*consumer, flow);
+                apply_flow(&consumer, flow);
             }
             let Pending {
                 offset,
