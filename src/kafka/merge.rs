@@ -23,6 +23,17 @@ struct Queue<T> {
     paused: bool,
 }
 
+impl<T> Queue<T> {
+    fn new(now: Instant) -> Queue<T> {
+        Queue {
+            items: VecDeque::new(),
+            eof: false,
+            last_arrival: now,
+            paused: false,
+        }
+    }
+}
+
 /// What the caller should do with a partition's fetching.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -67,12 +78,9 @@ impl<T> Merge<T> {
         let keep: std::collections::BTreeSet<&Tp> = assigned.iter().collect();
         self.queues.retain(|tp, _| keep.contains(tp));
         for tp in assigned {
-            self.queues.entry(tp.clone()).or_insert_with(|| Queue {
-                items: VecDeque::new(),
-                eof: false,
-                last_arrival: now,
-                paused: false,
-            });
+            self.queues
+                .entry(tp.clone())
+                .or_insert_with(|| Queue::new(now));
         }
         self.queued = self.queues.values().map(|q| q.items.len()).sum();
     }
@@ -82,12 +90,10 @@ impl<T> Merge<T> {
     pub fn push(&mut self, tp: &Tp, time: i64, item: T) -> Option<Flow> {
         let now = Instant::now();
         let cap = self.cap;
-        let q = self.queues.entry(tp.clone()).or_insert_with(|| Queue {
-            items: VecDeque::new(),
-            eof: false,
-            last_arrival: now,
-            paused: false,
-        });
+        let q = self
+            .queues
+            .entry(tp.clone())
+            .or_insert_with(|| Queue::new(now));
         q.items.push_back((time, item));
         q.eof = false;
         q.last_arrival = now;
