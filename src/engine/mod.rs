@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::alarm::{AggregationSettings, Aggregator, Alarm, Hit};
-use crate::enrich::{Enrichment, IpClass, geo::distance_km};
+use crate::enrich::{Enrichment, IpClass, IpClasses, geo::distance_km};
 use crate::event::{Event, KeyKind, Outcome};
 use crate::policy::Policy;
 use crate::rule::cond::Facts;
@@ -501,37 +501,7 @@ impl Engine {
             (Some(e), _) if !new_key => Some(e),
             (_, r) => r,
         };
-        let quarantined = event.key_kind == KeyKind::Permanent
-            && event.principal.name.as_ref().is_some_and(|n| {
-                self.state
-                    .quarantined
-                    .get(&(
-                        event.cloud,
-                        crate::alarm::truncate_on_char(n, MAX_KEY_ID_BYTES).to_owned(),
-                    ))
-                    .is_some_and(|q| *q <= t)
-            });
-        // A leak counts from when it happened (the feed's date), when the feed says.
-        let leaked = enr.leak.as_ref().is_some_and(|l| {
-            l.found_at
-                .as_deref()
-                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
-                .is_none_or(|d| d <= event.event_time)
-        }) || quarantined;
-        let key_inactive = enr.key.as_ref().is_some_and(|k| !k.active)
-            || (event.key_kind == KeyKind::Permanent
-                && enr
-                    .principal
-                    .as_ref()
-                    .is_some_and(|p| !p.keys.is_empty() && p.keys.iter().all(|k| !k.active)));
-        let mut ip_classes = enr.ip_class;
-        if ip_classes == Default::default() {
-            ip_classes.insert(if event.source_ip.is_some() {
-                IpClass::Public
-            } else {
-                IpClass::Unknown
-            });
-        }
+        let (ip_classes, leaked, key_inactive) = self.shared_facts(event, enr);
         let facts = Facts {
             event,
             ip_classes,
@@ -571,13 +541,8 @@ impl Engine {
                                 run.capped.dropped += 1;
                             }
                         }
-                        Link::CreatedKey => {
-                            if let Some(created) = &event.request.created_key_id {
-                                self.state
-                                    .created
-                                    .insert((ri as u16, bounded_key_id(&created.0)), (t, ip_h));
-                            }
-                        }
+                        // Cross-key: see `cross_key_marks`.
+                        Link::CreatedKey => {}
                     }
                 }
             }
@@ -645,6 +610,61 @@ impl Engine {
             }
         }
         drop(key);
+        self.cross_key_marks(event, enr, ip_classes, leaked, key_inactive);
+        hits
+    }
+
+    /// The marks one key's event leaves for *other* keys: a key it created (the first step of a
+    /// `link: created_key` sequence) and a principal it quarantined. They depend only on the
+    /// event and its enrichment, never on the subject's history (the first step's condition is
+    /// evaluated without `ip_new_for_key` / `key_idle_days`), so the partition that owns the
+    /// other key can apply them from a marks-only copy of the event ([`Engine::apply_marks`])
+    /// and reach the same state as one engine that sees everything.
+    fn cross_key_marks(
+        &mut self,
+        event: &Event,
+        enr: &Enrichment,
+        ip_classes: IpClasses,
+        leaked: bool,
+        key_inactive: bool,
+    ) {
+        let t = event.event_time.timestamp();
+        if let Some(created) = &event.request.created_key_id {
+            let api = event.api();
+            let api_lower = api.to_ascii_lowercase();
+            let ip_value = event.source_ip.map(|ip| ip.to_string());
+            let ip_h = value_hash(Attr::SourceIp, ip_value.as_deref().unwrap_or(""));
+            let facts = Facts {
+                event,
+                ip_classes,
+                leaked,
+                key_inactive,
+                key_idle_days: None,
+                ip_new_for_key: false,
+                api: &api,
+                api_lower: &api_lower,
+                ip: ip_value.as_deref(),
+            };
+            let hidden = self.policy.is_hidden(event);
+            for (ri, active) in self.rules.iter().enumerate() {
+                if hidden && active.rule.uses_ip {
+                    continue;
+                }
+                for d in &active.rule.detectors {
+                    if let Detector::Sequence {
+                        first,
+                        link: Link::CreatedKey,
+                        ..
+                    } = d
+                        && first.eval(&facts)
+                    {
+                        self.state
+                            .created
+                            .insert((ri as u16, bounded_key_id(&created.0)), (t, ip_h));
+                    }
+                }
+            }
+        }
         if is_quarantine(event)
             && let Some(user) = &event.request.target_user
         {
@@ -656,32 +676,107 @@ impl Engine {
                 t,
             );
         }
-        hits
     }
+
+    /// The facts of an event that do not depend on its subject's history: its IP classes,
+    /// whether its key is leaked (feed, report flag or a quarantine) and whether it is inactive.
+    fn shared_facts(&self, event: &Event, enr: &Enrichment) -> (IpClasses, bool, bool) {
+        let t = event.event_time.timestamp();
+        let quarantined = event.key_kind == KeyKind::Permanent
+            && event.principal.name.as_ref().is_some_and(|n| {
+                self.state
+                    .quarantined
+                    .get(&(
+                        event.cloud,
+                        crate::alarm::truncate_on_char(n, MAX_KEY_ID_BYTES).to_owned(),
+                    ))
+                    .is_some_and(|q| *q <= t)
+            });
+        // A leak counts from when it happened (the feed's date), when the feed says.
+        let leaked = enr.leak.as_ref().is_some_and(|l| {
+            l.found_at
+                .as_deref()
+                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                .is_none_or(|d| d <= event.event_time)
+        }) || quarantined;
+        let key_inactive = enr.key.as_ref().is_some_and(|k| !k.active)
+            || (event.key_kind == KeyKind::Permanent
+                && enr
+                    .principal
+                    .as_ref()
+                    .is_some_and(|p| !p.keys.is_empty() && p.keys.iter().all(|k| !k.active)));
+        let mut ip_classes = enr.ip_class;
+        if ip_classes == Default::default() {
+            ip_classes.insert(if event.source_ip.is_some() {
+                IpClass::Public
+            } else {
+                IpClass::Unknown
+            });
+        }
+        (ip_classes, leaked, key_inactive)
+    }
+
+    /// Applies only the cross-key marks of an event whose subject another engine owns (a
+    /// marks-only copy sent to this partition, see `kafka::repartition`).
+    pub fn apply_marks(&mut self, event: &Event, enr: &Enrichment) {
+        let (ip_classes, leaked, key_inactive) = self.shared_facts(event, enr);
+        self.cross_key_marks(event, enr, ip_classes, leaked, key_inactive);
+    }
+
+    /// Whether an event leaves marks for other keys (and so needs copies elsewhere).
+    pub fn leaves_marks(event: &Event) -> MarksFor {
+        MarksFor {
+            created_key: event.request.created_key_id.clone(),
+            everyone: is_quarantine(event),
+        }
+    }
+}
+
+/// The other subjects an event leaves marks for.
+pub struct MarksFor {
+    /// The key it created.
+    pub created_key: Option<crate::event::AccessKeyId>,
+    /// Every subject (a quarantined principal, whose keys are not known here).
+    pub everyone: bool,
+}
+
+/// The partition of `n` an event's subject (its access key, else its principal) belongs to:
+/// every event of one subject goes to one engine.
+pub fn subject_partition(event: &Event, n: u32) -> u32 {
+    (subject_hash(event) % u64::from(n.max(1))) as u32
+}
+
+/// The partition of `n` of the subject with this access key.
+pub fn key_partition(key: &str, n: u32) -> u32 {
+    (fnv1a(0xcbf2_9ce4_8422_2325, key.as_bytes()) % u64::from(n.max(1))) as u32
+}
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// The state key of an event's subject (see [`crate::alarm::subject_of`]), hashed without
 /// building the string.
 fn subject_hash(e: &Event) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let h = 0xcbf2_9ce4_8422_2325;
     match &e.access_key_id {
-        Some(k) => feed(k.as_str().as_bytes()),
+        Some(k) => fnv1a(h, k.as_str().as_bytes()),
         None => {
-            feed(b"principal:");
-            feed(e.cloud.as_str().as_bytes());
-            feed(b":");
-            feed(e.account_id.as_ref().map_or("-", |a| a.as_str()).as_bytes());
-            feed(b":");
-            feed(e.principal.name.as_deref().unwrap_or("-").as_bytes());
+            let h = fnv1a(h, b"principal:");
+            let h = fnv1a(h, e.cloud.as_str().as_bytes());
+            let h = fnv1a(h, b":");
+            let h = fnv1a(
+                h,
+                e.account_id.as_ref().map_or("-", |a| a.as_str()).as_bytes(),
+            );
+            let h = fnv1a(h, b":");
+            fnv1a(h, e.principal.name.as_deref().unwrap_or("-").as_bytes())
         }
     }
-    h
 }
 
 /// AWS attached its compromised-key quarantine policy to a user.
