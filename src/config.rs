@@ -51,6 +51,10 @@ struct RawConfig {
     partition_idle_timeout_ms: u64,
     #[serde(default = "default_merge_queue")]
     merge_queue_records: usize,
+    #[serde(default = "default_source_idle_ms")]
+    source_idle_timeout_ms: u64,
+    #[serde(default = "default_detect_queue")]
+    detect_queue_events: usize,
 }
 
 fn default_idle_ms() -> u64 {
@@ -107,6 +111,41 @@ struct RawKafka {
     /// librdkafka options, passed through (TLS, SASL, tuning).
     #[serde(default)]
     options: BTreeMap<String, String>,
+    /// Re-key decoded events by access key through `<group_id>-repartition`, with state per
+    /// partition in `<group_id>-changelog` (false: one instance only, state in `state_dir`).
+    #[serde(default = "default_true")]
+    repartition: bool,
+    #[serde(default = "default_internal_partitions")]
+    internal_partitions: i32,
+    /// -1: the broker's default.
+    #[serde(default = "default_internal_replication")]
+    internal_replication: i32,
+    #[serde(default = "default_retention_hours")]
+    repartition_retention_hours: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_internal_partitions() -> i32 {
+    6
+}
+
+fn default_internal_replication() -> i32 {
+    -1
+}
+
+fn default_retention_hours() -> u64 {
+    7 * 24
+}
+
+fn default_source_idle_ms() -> u64 {
+    30_000
+}
+
+fn default_detect_queue() -> usize {
+    200_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +202,16 @@ pub struct Config {
     pub partition_idle_timeout: std::time::Duration,
     /// Records queued per partition in the merge before the partition is paused.
     pub merge_queue_records: usize,
+    /// Scale-out through the repartition and changelog topics (the default).
+    pub repartition: bool,
+    pub internal_partitions: i32,
+    pub internal_replication: i32,
+    pub repartition_retention: std::time::Duration,
+    /// How long the detection side waits for an input partition that sends nothing, not even
+    /// progress (its reader gone), before going on without it.
+    pub source_idle_timeout: std::time::Duration,
+    /// Events one partition's detection merge holds before it releases the oldest regardless.
+    pub detect_queue_events: usize,
 }
 
 impl Config {
@@ -319,6 +368,41 @@ impl Config {
                 raw.merge_queue_records
             ));
         }
+        if !(1..=1024).contains(&k.internal_partitions) {
+            errors.push(format!(
+                "{name}:{}: kafka.internal_partitions: {} is out of range (1 to 1024)",
+                line_of("internal_partitions"),
+                k.internal_partitions
+            ));
+        }
+        if k.internal_replication == 0 || !(-1..=32).contains(&k.internal_replication) {
+            errors.push(format!(
+                "{name}:{}: kafka.internal_replication: {} is out of range (-1 for the broker's default, or 1 to 32)",
+                line_of("internal_replication"),
+                k.internal_replication
+            ));
+        }
+        if !(1..=100 * 365 * 24).contains(&k.repartition_retention_hours) {
+            errors.push(format!(
+                "{name}:{}: kafka.repartition_retention_hours: {} is out of range (1 to 876000)",
+                line_of("repartition_retention_hours"),
+                k.repartition_retention_hours
+            ));
+        }
+        if !(1..=3_600_000).contains(&raw.source_idle_timeout_ms) {
+            errors.push(format!(
+                "{name}:{}: source_idle_timeout_ms: {} is out of range (1 to 3600000)",
+                line_of("source_idle_timeout_ms"),
+                raw.source_idle_timeout_ms
+            ));
+        }
+        if !(1..=10_000_000).contains(&raw.detect_queue_events) {
+            errors.push(format!(
+                "{name}:{}: detect_queue_events: {} is out of range (1 to 10000000)",
+                line_of("detect_queue_events"),
+                raw.detect_queue_events
+            ));
+        }
         if raw.max_event_skew_seconds > 366 * 86_400 {
             errors.push(format!(
                 "{name}:{}: max_event_skew_seconds: {} is out of range (0 to one year, 31622400)",
@@ -360,6 +444,14 @@ impl Config {
             max_event_skew_secs: i64::try_from(raw.max_event_skew_seconds).unwrap_or(i64::MAX),
             partition_idle_timeout: std::time::Duration::from_millis(raw.partition_idle_timeout_ms),
             merge_queue_records: raw.merge_queue_records,
+            repartition: k.repartition,
+            internal_partitions: k.internal_partitions,
+            internal_replication: k.internal_replication,
+            repartition_retention: std::time::Duration::from_secs(
+                k.repartition_retention_hours.saturating_mul(3600),
+            ),
+            source_idle_timeout: std::time::Duration::from_millis(raw.source_idle_timeout_ms),
+            detect_queue_events: raw.detect_queue_events,
         })
     }
 }

@@ -54,6 +54,8 @@ impl ReplayOptions {
 pub struct Setup {
     pub enricher: Enricher,
     pub engine: Engine,
+    /// The rules in force (those needing a missing GeoIP database left out), for more engines.
+    pub rules: RuleSet,
     /// The credential reports read, the newest per account in use.
     pub reports: ReportFeed,
     /// Start-up warnings (rules disabled for want of a GeoIP database, ...).
@@ -145,6 +147,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
                 ..Enricher::default()
             },
             engine,
+            rules,
             reports,
             warnings,
         }),

@@ -46,6 +46,19 @@ pub struct Metrics {
     pub checkpoint_age_seconds: Gauge,
     pub late_records: IntCounter,
     pub merge_queued: IntGauge,
+    /// Partitions of the repartition topic whose detection state this instance owns.
+    pub detect_partitions: IntGauge,
+    /// Events waiting in the detection side's event-time merge.
+    pub detect_queued: IntGauge,
+    /// Input records whose repartition writes are not acknowledged yet.
+    pub repartition_pending: IntGauge,
+    /// Repartition records skipped as copies of events already applied.
+    pub repartition_duplicates: IntCounter,
+    /// Events released from the detection merge before their turn because it was full.
+    pub detect_forced: IntCounter,
+    pub changelog_restore_seconds: Histogram,
+    pub changelog_snapshot_bytes: IntCounter,
+    pub changelog_errors: IntCounter,
     pub report_accounts: IntGauge,
     pub report_updates: IntCounter,
     pub report_errors: IntCounter,
@@ -180,6 +193,38 @@ impl Metrics {
             merge_queued: gauge(
                 "akwatch_merge_queued_records",
                 "Decoded records waiting in the event-time merge of the partitions",
+            )?,
+            detect_partitions: gauge(
+                "akwatch_detect_partitions",
+                "Partitions of the repartition topic whose detection state this instance owns",
+            )?,
+            detect_queued: gauge(
+                "akwatch_detect_queued_events",
+                "Events waiting in the detection side's event-time merge of the input partitions",
+            )?,
+            repartition_pending: gauge(
+                "akwatch_repartition_pending_records",
+                "Input records whose writes to the repartition topic are not acknowledged yet",
+            )?,
+            repartition_duplicates: counter(
+                "akwatch_repartition_duplicates_total",
+                "Repartition records skipped as copies of events already applied (an input partition read again after it moved)",
+            )?,
+            detect_forced: counter(
+                "akwatch_detect_forced_releases_total",
+                "Events released from the detection merge before their turn because it held detect_queue_events",
+            )?,
+            changelog_restore_seconds: latency(
+                "akwatch_changelog_restore_seconds",
+                "Time to restore one repartition partition's state from the changelog topic",
+            )?,
+            changelog_snapshot_bytes: counter(
+                "akwatch_changelog_snapshot_bytes_total",
+                "Compressed bytes of state snapshots written to the changelog topic",
+            )?,
+            changelog_errors: counter(
+                "akwatch_changelog_errors_total",
+                "Changelog snapshots not written or not restored (the partition is then redone from an older one)",
             )?,
             state_evicted_keys: counter(
                 "akwatch_state_evicted_keys_total",

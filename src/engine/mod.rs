@@ -92,6 +92,46 @@ pub struct Stats {
     pub quarantined_expired: u64,
 }
 
+impl Stats {
+    /// Adds another engine's counters (the engines of several partitions, one total).
+    pub fn add(&mut self, o: &Stats) {
+        self.events += o.events;
+        for (mine, theirs) in [
+            (&mut self.hits, &o.hits),
+            (&mut self.alarms, &o.alarms),
+            (&mut self.allowlisted, &o.allowlisted),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
+        }
+        self.ip_hidden_skips += o.ip_hidden_skips;
+        self.evicted_keys += o.evicted_keys;
+        self.window_entries_summarised += o.window_entries_summarised;
+        self.window_entries_dropped += o.window_entries_dropped;
+        self.alarms_evicted += o.alarms_evicted;
+        self.alarm_fields_truncated += o.alarm_fields_truncated;
+        self.created_evicted += o.created_evicted;
+        self.created_expired += o.created_expired;
+        self.quarantined_evicted += o.quarantined_evicted;
+        self.quarantined_expired += o.quarantined_expired;
+    }
+}
+
+impl Limits {
+    /// The caps of one of `n` engines sharing these totals (keys, alarms and created-key marks
+    /// divide among them; quarantines are copied to every engine, and per-key caps stay).
+    pub fn per_partition(self, n: u32) -> Limits {
+        let n = n.max(1) as usize;
+        Limits {
+            max_keys: self.max_keys.div_ceil(n),
+            max_alarms: self.max_alarms.div_ceil(n),
+            max_created: self.max_created.div_ceil(n),
+            ..self
+        }
+    }
+}
+
 /// The engine's caps on work and memory. Each cap has a counter in [`Stats`] and a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -610,7 +650,7 @@ impl Engine {
             }
         }
         drop(key);
-        self.cross_key_marks(event, enr, ip_classes, leaked, key_inactive);
+        self.cross_key_marks(event, ip_classes, leaked, key_inactive);
         hits
     }
 
@@ -623,7 +663,6 @@ impl Engine {
     fn cross_key_marks(
         &mut self,
         event: &Event,
-        enr: &Enrichment,
         ip_classes: IpClasses,
         leaked: bool,
         key_inactive: bool,
@@ -720,7 +759,7 @@ impl Engine {
     /// marks-only copy sent to this partition, see `kafka::repartition`).
     pub fn apply_marks(&mut self, event: &Event, enr: &Enrichment) {
         let (ip_classes, leaked, key_inactive) = self.shared_facts(event, enr);
-        self.cross_key_marks(event, enr, ip_classes, leaked, key_inactive);
+        self.cross_key_marks(event, ip_classes, leaked, key_inactive);
     }
 
     /// Whether an event leaves marks for other keys (and so needs copies elsewhere).

@@ -21,6 +21,11 @@ struct Queue<T> {
     eof: bool,
     last_arrival: Instant,
     paused: bool,
+    /// Declared idle by its producer (a caught-up mark from the repartition topic) and empty
+    /// since: idle at once, until the next record.
+    idle_now: bool,
+    /// The event time of the last record released from it.
+    released: i64,
 }
 
 impl<T> Queue<T> {
@@ -30,6 +35,8 @@ impl<T> Queue<T> {
             eof: false,
             last_arrival: now,
             paused: false,
+            idle_now: false,
+            released: i64::MIN,
         }
     }
 }
@@ -96,6 +103,7 @@ impl<T> Merge<T> {
             .or_insert_with(|| Queue::new(now));
         q.items.push_back((time, item));
         q.eof = false;
+        q.idle_now = false;
         q.last_arrival = now;
         self.queued += 1;
         if q.items.len() >= cap && !q.paused {
@@ -120,6 +128,30 @@ impl<T> Merge<T> {
                 q.eof = true;
             }
         }
+    }
+
+    /// `tp`'s producer says it is caught up: once its queue is empty it is idle at once.
+    pub fn caught_up(&mut self, tp: &Tp) {
+        if let Some(q) = self.queues.get_mut(tp)
+            && q.items.is_empty()
+        {
+            q.idle_now = true;
+        }
+    }
+
+    /// Where each partition stands, for the progress marks the ingest side writes: the time
+    /// below which no record of it is still to come (its head, else the last released), and
+    /// whether it is caught up (empty and at its end).
+    pub fn progress(&self) -> impl Iterator<Item = (&Tp, i64, bool)> {
+        self.queues.iter().map(|(tp, q)| match q.items.front() {
+            Some((t, _)) => (tp, *t, false),
+            None => (tp, q.released, q.eof),
+        })
+    }
+
+    /// The queued items, in no particular order.
+    pub fn items(&self) -> impl Iterator<Item = &T> {
+        self.queues.values().flat_map(|q| q.items.iter().map(|(_, x)| x))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,7 +185,9 @@ impl<T> Merge<T> {
                 }
                 None => {
                     let since = now.saturating_duration_since(q.last_arrival);
-                    let idle = if q.eof {
+                    let idle = if q.idle_now {
+                        true
+                    } else if q.eof {
                         since >= self.eof_grace
                     } else {
                         since >= self.idle_timeout
@@ -176,6 +210,7 @@ impl<T> Merge<T> {
             None
         };
         if time != i64::MIN {
+            q.released = q.released.max(time);
             if self.released_max != i64::MIN && time < self.released_max - self.lateness {
                 self.late += 1;
             }
@@ -189,7 +224,7 @@ impl<T> Merge<T> {
         let now = Instant::now();
         self.queues
             .values()
-            .filter(|q| q.items.is_empty())
+            .filter(|q| q.items.is_empty() && !q.idle_now)
             .map(|q| {
                 let limit = if q.eof {
                     self.eof_grace

@@ -4,9 +4,12 @@
 //! `commit_interval_seconds`, after a rebalance and at shutdown), or on that schedule alone
 //! without a state directory, and at the revocation of a partition.
 
+pub mod changelog;
 pub mod deliver;
+pub mod detect;
 mod group;
 pub mod merge;
+pub mod repartition;
 mod reports;
 
 use std::collections::{HashMap, HashSet};
@@ -25,6 +28,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::config::Config;
 use crate::event::Origin;
 use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
+use crate::engine::Engine;
 use crate::replay::{ReplayOptions, Setup, leak_alarms, process_isolated, setup};
 
 fn client_config(config: &Config) -> ClientConfig {
@@ -46,11 +50,11 @@ fn client_config_over(config: &Config, defaults: &[(&str, &str)]) -> ClientConfi
 
 /// Delivers the leak alarms (leak feed, keys the reports flag) not delivered before.
 async fn deliver_new_leak_alarms(
-    s: &Setup,
+    enricher: &crate::enrich::Enricher,
     sent: &mut HashSet<String>,
     out: &Outputs<'_>,
 ) -> Result<(), Abandoned> {
-    for alarm in leak_alarms(&s.enricher) {
+    for alarm in leak_alarms(enricher) {
         if !sent.contains(&alarm.alarm_id) {
             out.alarm(&alarm).await?;
             sent.insert(alarm.alarm_id.clone());
@@ -122,7 +126,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Restore the last checkpoint: the engine's state, and the offsets it reflects. Messages
     // before those offsets (delivered again because the group's commit lagged the checkpoint, or
     // after a rebalance) are skipped: their effect is in the state already.
-    if let Some(dir) = &config.state_dir {
+    let scale_out = config.repartition;
+    if scale_out && config.state_dir.is_some() {
+        tracing::info!(
+            "state_dir is not used with kafka.repartition (state lives in the changelog topic)"
+        );
+    }
+    if let Some(dir) = config.state_dir.as_ref().filter(|_| !scale_out) {
         match crate::checkpoint::read(dir) {
             Ok(Some(cp)) => {
                 let same_rules = s.engine.restore(cp.engine);
@@ -186,7 +196,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(u) = first {
         s.enricher.reports = u.index;
     }
-    let (reports_tx, mut reports_rx) = tokio::sync::mpsc::channel(2);
+    let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(2);
     let reports_thread = {
         let stop = stop_reports.clone();
         std::thread::Builder::new()
@@ -194,6 +204,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .spawn(move || follower.run(reports_tx, stop))?
     };
     let topics: Vec<&str> = config.inputs.iter().map(|i| i.topic.as_str()).collect();
+    // Scale-out: the internal topics, the detection consumer, the repartition and changelog
+    // writers. The report updates then go to the detection side.
+    let mut reports_rx = Some(reports_rx);
+    let scale = if scale_out {
+        Some(scale_out_setup(&config, &s, &metrics).await?)
+    } else {
+        None
+    };
+    let (mut writer, detect) = match scale {
+        Some((writer, detect_consumer, changelog)) => (
+            Some(writer),
+            Some((detect_consumer, changelog, reports_rx.take())),
+        ),
+        None => (None, None),
+    };
     consumer.subscribe(&topics)?;
     metrics.ready.store(true, Ordering::Relaxed);
     let provider_label: HashMap<String, &'static str> = config
@@ -236,12 +261,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // keys a new credential report flags.
     let mut leaks_sent = HashSet::new();
     // A stop before they are out: they are sent again at the next start.
-    let mut abandoned = deliver_new_leak_alarms(&s, &mut leaks_sent, &out)
-        .await
-        .is_err();
+    let mut abandoned = writer.is_none()
+        && deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out)
+            .await
+            .is_err();
 
-    // Checkpoint (state + offsets) or, without a state directory, commit this often.
-    let dir = config.state_dir.as_deref();
+    // Checkpoint (state + offsets) or, without a state directory (or with the state in the
+    // changelog), commit this often.
+    let dir = config.state_dir.as_deref().filter(|_| !scale_out);
     let period = config.commit_interval;
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
@@ -258,6 +285,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let mut late_exported = 0;
     let mut merge_rebalances = u64::MAX;
+    let mut progress_sent: HashMap<merge::Tp, (i64, bool, Instant)> = HashMap::new();
+    let mut last_progress = Instant::now();
+    // The detection side, beside the ingest loop below (scale-out); it enriches.
+    let detect_enricher = if scale_out {
+        std::mem::take(&mut s.enricher)
+    } else {
+        crate::enrich::Enricher::default()
+    };
+    let detect_run = async {
+        let (consumer, changelog, reports) = detect?;
+        let ended = detect::Detect {
+            consumer: &consumer,
+            enricher: detect_enricher,
+            changelog,
+            out: &out,
+            metrics: &metrics,
+            stop: stop.clone(),
+            commit_interval: config.commit_interval,
+            queue_cap: config.detect_queue_events,
+            reports: reports?,
+        }
+        .run()
+        .await;
+        leave_group(&consumer, &stop, || {
+            consumer.context().rebalance_count()
+        })
+        .await;
+        Some(ended)
+    };
+    let ingest_run = async {
     while !abandoned {
         metrics.heartbeat();
         let rebalances = progress.rebalances.load(Ordering::Relaxed);
@@ -278,11 +335,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // Once the stop signal has come, no further record is taken.
             biased;
             _ = stop.signalled() => break,
-            Some(update) = reports_rx.recv() => {
+            Some(update) = next_report(&mut reports_rx) => {
                 // Between two records: every event is joined with one whole version.
                 s.enricher.reports = update.index;
                 metrics.report_updates.inc();
-                if deliver_new_leak_alarms(&s, &mut leaks_sent, &out).await.is_err() {
+                if deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out).await.is_err() {
                     abandoned = true;
                 }
                 continue;
@@ -401,6 +458,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 payload,
                 mut results,
             } = record;
+            // Scale-out: the events go to the repartition topic; the record is done once they
+            // are all acknowledged (below, in order).
+            if let Some(w) = writer.as_mut() {
+                let written = Written {
+                    topic,
+                    partition,
+                    offset,
+                    ingested,
+                    label,
+                    origin,
+                    payload,
+                };
+                if write_record(w, written, results, &out, &progress, &metrics)
+                    .await
+                    .is_err()
+                {
+                    abandoned = true;
+                    break;
+                }
+                dirty = true;
+                continue;
+            }
             let mut outcome = Ok(());
             // One dead letter per record, however many of its events were rejected.
             let mut rejects = RecordRejects::default();
@@ -477,6 +556,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             dirty = true;
         }
+        if let Some(w) = writer.as_mut() {
+            // What the broker acknowledged, and the input partitions' progress.
+            while let Some(done) = w.next_done(false).await {
+                if finish_written(done, &out, &progress, &metrics).await.is_err() {
+                    abandoned = true;
+                    break;
+                }
+            }
+            metrics.repartition_pending.set(w.pending() as i64);
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                send_progress(w, &merge, &mut progress_sent);
+            }
+        }
         metrics
             .late_records
             .inc_by(merge.late.saturating_sub(late_exported));
@@ -495,12 +588,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    // Scale-out: the records whose writes are acknowledged are done (in order); the rest are
+    // read again at the next start.
+    if let Some(w) = writer.as_mut() {
+        let until = Instant::now() + stop.remaining(Duration::from_secs(30));
+        while w.pending() > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, w.next_done(true)).await {
+                Ok(Some(done)) => {
+                    if finish_written(done, &out, &progress, &metrics).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+    };
+    let ((), detect_end) = tokio::join!(ingest_run, detect_run);
     tracing::info!(
         grace = ?config.shutdown_grace,
         "shutting down: notifying pending alarm updates, flushing, committing"
     );
     stop_reports.store(true, Ordering::Relaxed);
-    if !abandoned {
+    if !abandoned && !scale_out {
         let pending = crate::isolate::guard(|| s.engine.flush()).unwrap_or_else(|e| {
             tracing::error!("pending alarm updates lost: {e}");
             Vec::new()
@@ -538,7 +649,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(dir) => write_checkpoint(&consumer, &progress, &checkpoint(&progress, &s), dir),
             None => {
                 progress.commit(&*consumer, None);
-                true
+                // Scale-out: the detection side wrote every partition's state (or not).
+                detect_end.as_ref().is_none_or(|d| d.saved)
             }
         };
         if saved {
@@ -574,7 +686,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "the Kafka client did not close in time; exiting",
         );
     });
-    tracing::info!(events = s.engine.stats.events, "stopped");
+    let events = detect_end.map_or(s.engine.stats.events, |d| d.events);
+    tracing::info!(events, "stopped");
     if abandoned {
         // Exit 1: stopped without saving; the next start redoes what was not acknowledged.
         drop(consumer);
@@ -586,6 +699,215 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(lag_task);
     drop(consumer);
     Ok(())
+}
+
+/// How often the ingest side writes the input partitions' progress to the repartition topic.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// An input record whose events are being written to the repartition topic.
+struct Written {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    ingested: Option<i64>,
+    label: &'static str,
+    origin: Origin,
+    payload: Vec<u8>,
+}
+
+/// Dead-letters a record's rejects and writes its events to the repartition topic (waiting for
+/// the oldest writes when too many are out).
+async fn write_record(
+    w: &mut repartition::Writer<Written>,
+    written: Written,
+    results: Vec<Result<crate::event::Event, Reject>>,
+    out: &Outputs<'_>,
+    progress: &Progress,
+    metrics: &crate::telemetry::Metrics,
+) -> Result<(), Abandoned> {
+    let mut rejects = RecordRejects::default();
+    let mut events = Vec::with_capacity(results.len());
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(event) => events.push((u32::try_from(i).unwrap_or(u32::MAX), event)),
+            Err(reject) => {
+                metrics
+                    .records_rejected
+                    .with_label_values(&[written.label, reject.kind.as_str()])
+                    .inc();
+                rejects.add(reject);
+            }
+        }
+    }
+    if let Some(reject) = rejects.take() {
+        out.dead_letter(&reject, &written.payload, &written.origin)
+            .await?;
+    }
+    while w.is_full() {
+        match w.next_done(true).await {
+            Some(done) => finish_written(done, out, progress, metrics).await?,
+            None => break,
+        }
+    }
+    let (topic, partition, offset, ingested) = (
+        written.topic.clone(),
+        written.partition,
+        written.offset,
+        written.ingested,
+    );
+    if let Err(refused) = w.write(written, &topic, partition, offset, ingested, events) {
+        // Too large for the client, say: the record is a dead letter, in its turn.
+        w.push_failed(refused);
+    }
+    Ok(())
+}
+
+/// A record whose writes are all acknowledged (or one was refused for good: then the record is
+/// a dead letter) is done: its offset may be committed.
+async fn finish_written(
+    done: Result<Written, repartition::Refused<Written>>,
+    out: &Outputs<'_>,
+    progress: &Progress,
+    metrics: &crate::telemetry::Metrics,
+) -> Result<(), Abandoned> {
+    let written = match done {
+        Ok(w) => w,
+        Err(refused) => {
+            let w = refused.tag;
+            tracing::error!(origin = %w.origin, error = %refused.error, "a record's events could not be written to the repartition topic; it goes to the dead-letter topic");
+            metrics
+                .records_rejected
+                .with_label_values(&[w.label, RejectKind::InternalError.as_str()])
+                .inc();
+            let reject = Reject::new(
+                RejectKind::InternalError,
+                format!("not written to the repartition topic: {}", refused.error),
+                w.origin.clone(),
+            );
+            out.dead_letter(&reject, &w.payload, &w.origin).await?;
+            w
+        }
+    };
+    progress.done(&written.topic, written.partition, written.offset);
+    if let Some(ms) = written.ingested {
+        metrics.ingest_to_done_seconds.observe(
+            (chrono::Utc::now()
+                .timestamp_millis()
+                .saturating_sub(ms)
+                .max(0) as f64)
+                / 1000.0,
+        );
+    }
+    Ok(())
+}
+
+/// Writes each input partition's progress when it changed, or at least once a second.
+fn send_progress(
+    w: &repartition::Writer<Written>,
+    merge: &merge::Merge<Pending>,
+    sent: &mut HashMap<merge::Tp, (i64, bool, Instant)>,
+) {
+    for (tp, time, caught_up) in merge.progress() {
+        let due = sent.get(tp).is_none_or(|(t, c, at)| {
+            *t != time || *c != caught_up || at.elapsed() >= Duration::from_secs(1)
+        });
+        if due {
+            w.progress(&tp.0, tp.1, time, caught_up);
+            sent.insert(tp.clone(), (time, caught_up, Instant::now()));
+        }
+    }
+}
+
+/// The next credential report update, when this loop follows them.
+async fn next_report(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<reports::ReportUpdate>>,
+) -> Option<reports::ReportUpdate> {
+    match rx.as_mut() {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The internal topics, the detection consumer (subscribed) and the two writers.
+async fn scale_out_setup(
+    config: &Config,
+    s: &Setup,
+    metrics: &Arc<crate::telemetry::Metrics>,
+) -> anyhow::Result<(
+    repartition::Writer<Written>,
+    detect::DetectConsumer,
+    changelog::ChangelogWriter,
+)> {
+    let client = client_config(config);
+    repartition::ensure_topics(
+        &client,
+        &config.group_id,
+        config.internal_partitions,
+        config.internal_replication,
+        i64::try_from(config.repartition_retention.as_millis()).unwrap_or(i64::MAX),
+    )
+    .await?;
+    let names: Vec<String> = config.inputs.iter().map(|i| i.topic.clone()).collect();
+    let sources = {
+        let c = client.clone();
+        tokio::task::spawn_blocking(move || repartition::input_partitions(&c, &names)).await??
+    };
+    let n = config.internal_partitions as u32;
+    let (rules, policy) = (s.rules.clone(), s.engine.policy.clone());
+    let limits = config.limits.per_partition(n);
+    // Built once here: the closure below cannot fail on the same rules and policy.
+    Engine::new(&rules, policy.clone())
+        .map_err(|e| anyhow::anyhow!("the engine: {}", e.join("; ")))?;
+    let factory = detect::PartFactory {
+        engine: Box::new(move || {
+            let mut e = Engine::new(&rules, policy.clone())
+                .unwrap_or_else(|_| unreachable!("built at start-up with the same rules"));
+            e.set_limits(limits);
+            e
+        }),
+        sources,
+        idle_timeout: config.source_idle_timeout,
+        lateness: s.engine.policy.allowed_lateness.secs(),
+    };
+    let cooperative = config
+        .options
+        .get("partition.assignment.strategy")
+        .is_some_and(|s| s.contains("cooperative"));
+    let consumer = detect::consumer(
+        &client,
+        &config.group_id,
+        factory,
+        cooperative,
+        metrics.clone(),
+    )?;
+    consumer.subscribe(&[&repartition::repartition_topic(&config.group_id)])?;
+    tracing::info!(
+        partitions = n,
+        repartition = %repartition::repartition_topic(&config.group_id),
+        changelog = %repartition::changelog_topic(&config.group_id),
+        "scale-out: events re-keyed by access key, state per partition"
+    );
+    Ok((
+        repartition::Writer::new(&client, &config.group_id, n)?,
+        consumer,
+        changelog::ChangelogWriter::new(&client, &config.group_id)?,
+    ))
+}
+
+/// Leaves a consumer group while polling, so the revocation runs like any other.
+async fn leave_group<C, F>(consumer: &rdkafka::consumer::StreamConsumer<C>, stop: &Stop, rebalances: F)
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+    F: Fn() -> u64,
+{
+    let before = rebalances();
+    if consumer.subscription().is_ok_and(|s| s.count() > 0) {
+        consumer.unsubscribe();
+        let until = Instant::now() + stop.remaining(Duration::from_secs(5));
+        while rebalances() == before && Instant::now() < until {
+            let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+        }
+    }
 }
 
 /// A decoded record waiting in the event-time merge.
@@ -685,7 +1007,7 @@ fn exit_soon(code: i32, why: &'static str) -> ! {
     std::process::exit(code)
 }
 
-fn observe_alarm_latency(
+pub(crate) fn observe_alarm_latency(
     metrics: &crate::telemetry::Metrics,
     event: &crate::event::Event,
     ingested: Option<i64>,
@@ -767,7 +1089,7 @@ fn checkpoint(progress: &Progress, s: &Setup) -> crate::checkpoint::Checkpoint {
 
 /// The engine's counters as last exported, to add only what changed since.
 #[derive(Default)]
-struct ExportedStats {
+pub(crate) struct ExportedStats {
     allowlisted: std::collections::BTreeMap<String, u64>,
     ip_hidden_skips: u64,
     evicted_keys: u64,
@@ -782,7 +1104,7 @@ struct ExportedStats {
 }
 
 impl ExportedStats {
-    fn export(&mut self, stats: &crate::engine::Stats, metrics: &crate::telemetry::Metrics) {
+    pub(crate) fn export(&mut self, stats: &crate::engine::Stats, metrics: &crate::telemetry::Metrics) {
         for (rule, n) in &stats.allowlisted {
             let before = self.allowlisted.insert(rule.clone(), *n).unwrap_or(0);
             metrics
@@ -983,7 +1305,7 @@ fn record_key(record: &[u8]) -> Option<String> {
 }
 
 /// Polls a future once without blocking: `Some` if it is ready.
-fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+pub(crate) fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     match std::pin::Pin::new(f).poll(&mut cx) {

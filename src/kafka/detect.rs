@@ -1,0 +1,610 @@
+//! The detection side of the service: consumes the repartition topic (its own consumer group,
+//! `<group>-detect`), owns one engine per assigned partition, restores it from the changelog
+//! topic before the partition's first record, merges the input partitions' events in event
+//! time (progress marks as punctuation), runs enrich → policy → detect → aggregate, delivers the
+//! alarms, and writes each partition's state to the changelog every `commit_interval_seconds`.
+//!
+//! Positions come from the changelog, not from the group's commits: a snapshot says which
+//! repartition offset it reflects, and the partition is read from there at assignment (events
+//! after it that the snapshot already holds are skipped by their input position). A partition
+//! without a snapshot is read from its beginning.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use super::changelog::{ChangelogWriter, PartSnapshot, restore};
+use super::deliver::{Abandoned, Outputs, Stop};
+use super::merge::{Merge, Tp};
+use super::repartition::{self, Record, SourcePos};
+use crate::engine::Engine;
+use crate::enrich::Enricher;
+use crate::event::{Event, Origin};
+use crate::provider::{Reject, RejectKind};
+use crate::telemetry::Metrics;
+
+/// A record of the repartition topic waiting in a partition's merge.
+struct Item {
+    /// Its repartition offset.
+    offset: i64,
+    kind: Kind,
+}
+
+enum Kind {
+    Event {
+        source: SourcePos,
+        ingested: Option<i64>,
+        event: Box<Event>,
+    },
+    Marks {
+        source: SourcePos,
+        event: Box<Event>,
+    },
+    Progress {
+        caught_up: bool,
+    },
+}
+
+/// One owned partition of the repartition topic.
+struct Part {
+    engine: Engine,
+    merge: Merge<Item>,
+    /// Per input partition, the last event position received (copies at or before it are
+    /// skipped) and applied (saved with the state).
+    received: HashMap<Tp, (i64, u32)>,
+    applied: HashMap<Tp, (i64, u32)>,
+    /// The next repartition offset to read.
+    next_offset: i64,
+    dirty: bool,
+}
+
+impl Part {
+    /// The offset to resume from: the oldest record still queued, else the next to read.
+    fn resume_offset(&self) -> i64 {
+        self.merge
+            .items()
+            .map(|i| i.offset)
+            .min()
+            .unwrap_or(self.next_offset)
+    }
+
+    fn snapshot(&self) -> PartSnapshot {
+        let mut applied: Vec<(String, i32, i64, u32)> = self
+            .applied
+            .iter()
+            .map(|((t, p), (o, i))| (t.clone(), *p, *o, *i))
+            .collect();
+        applied.sort();
+        PartSnapshot {
+            offset: self.resume_offset(),
+            applied,
+            engine: self.engine.snapshot(),
+        }
+    }
+}
+
+/// What the rebalance callback hands the loop.
+#[derive(Default)]
+struct Handover {
+    assigned: Vec<(i32, Part, Vec<String>)>,
+    revoked: Vec<i32>,
+}
+
+/// Builds a partition's engine and merge.
+pub struct PartFactory {
+    pub engine: Box<dyn Fn() -> Engine + Send + Sync>,
+    /// Every input partition (the sources the merge waits for).
+    pub sources: Vec<Tp>,
+    pub idle_timeout: Duration,
+    pub lateness: i64,
+}
+
+pub struct DetectContext {
+    client: ClientConfig,
+    group: String,
+    topic: String,
+    factory: PartFactory,
+    handover: Mutex<Handover>,
+    rebalances: AtomicU64,
+    cooperative: bool,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl DetectContext {
+    pub fn rebalance_count(&self) -> u64 {
+        self.rebalances.load(Ordering::Relaxed)
+    }
+
+    /// Restores partition `r` from the changelog; returns it and where to read from.
+    fn restore_part(&self, r: i32) -> (Part, Offset, Vec<String>) {
+        let mut engine = (self.factory.engine)();
+        let mut merge = Merge::new(usize::MAX, self.factory.idle_timeout, self.factory.lateness);
+        merge.assign(&self.factory.sources);
+        let mut part = Part {
+            engine: (self.factory.engine)(),
+            merge,
+            received: HashMap::new(),
+            applied: HashMap::new(),
+            next_offset: 0,
+            dirty: false,
+        };
+        match restore(&self.client, &self.group, r, Duration::from_secs(120)) {
+            Ok(restored) => {
+                self.metrics
+                    .changelog_restore_seconds
+                    .observe(restored.took.as_secs_f64());
+                match restored.snapshot {
+                    Some(s) => {
+                        let same_rules = engine.restore(s.engine);
+                        part.engine = engine;
+                        for (t, p, o, i) in s.applied {
+                            part.applied.insert((t, p), (o, i));
+                        }
+                        part.received = part.applied.clone();
+                        part.next_offset = s.offset;
+                        tracing::info!(
+                            partition = r,
+                            offset = s.offset,
+                            changelog_records = restored.records,
+                            took_ms = restored.took.as_millis() as u64,
+                            same_rules,
+                            "restored a partition's detection state from the changelog"
+                        );
+                        return (part, Offset::Offset(s.offset), restored.chunks);
+                    }
+                    None => tracing::info!(
+                        partition = r,
+                        "no state in the changelog: the partition starts empty, from its beginning"
+                    ),
+                }
+            }
+            Err(e) => {
+                self.metrics.changelog_errors.inc();
+                tracing::error!(partition = r, error = %e, "cannot restore the partition's state: it starts empty, from the beginning of the repartition topic");
+            }
+        }
+        (part, Offset::Beginning, Vec::new())
+    }
+}
+
+impl ClientContext for DetectContext {}
+
+impl ConsumerContext for DetectContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let ids: Vec<i32> = tpl
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == self.topic)
+                    .map(|e| e.partition())
+                    .collect();
+                for r in ids {
+                    // Before the partition's first record: state restored, position set.
+                    let (part, offset, chunks) = self.restore_part(r);
+                    let _ = tpl.set_partition_offset(&self.topic, r, offset);
+                    lock(&self.handover).assigned.push((r, part, chunks));
+                }
+                tracing::info!(assigned = tpl.count(), "detection: partitions assigned");
+                if self.cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                lock(&self.handover)
+                    .revoked
+                    .extend(tpl.elements().iter().map(|e| e.partition()));
+                tracing::info!(revoked = tpl.count(), "detection: partitions revoked");
+                if self.cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "detection: rebalance error");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "detection: (un)assignment failed");
+        }
+    }
+}
+
+pub type DetectConsumer = StreamConsumer<DetectContext>;
+
+/// Creates the detection consumer (not yet subscribed).
+pub fn consumer(
+    client: &ClientConfig,
+    group: &str,
+    factory: PartFactory,
+    cooperative: bool,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<DetectConsumer> {
+    let mut c = client.clone();
+    c.set("group.id", format!("{group}-detect"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    Ok(c.create_with_context(DetectContext {
+        client: client.clone(),
+        group: group.to_owned(),
+        topic: repartition::repartition_topic(group),
+        factory,
+        handover: Mutex::new(Handover::default()),
+        rebalances: AtomicU64::new(0),
+        cooperative,
+        metrics,
+    })?)
+}
+
+/// The detection loop's inputs.
+pub struct Detect<'a> {
+    pub consumer: &'a DetectConsumer,
+    pub enricher: Enricher,
+    pub changelog: ChangelogWriter,
+    pub out: &'a Outputs<'a>,
+    pub metrics: &'a Metrics,
+    pub stop: Stop,
+    pub commit_interval: Duration,
+    /// Events queued in one partition's merge before the oldest is released regardless.
+    pub queue_cap: usize,
+    pub reports: tokio::sync::mpsc::Receiver<super::reports::ReportUpdate>,
+}
+
+/// How the detection loop ended.
+pub struct Ended {
+    /// Every owned partition's state was written to the changelog at the end.
+    pub saved: bool,
+    pub events: u64,
+}
+
+impl Detect<'_> {
+    pub async fn run(mut self) -> Ended {
+        let mut parts: BTreeMap<i32, Part> = BTreeMap::new();
+        let mut leaks_sent = HashSet::new();
+        let mut abandoned = super::deliver_new_leak_alarms(&self.enricher, &mut leaks_sent, self.out)
+            .await
+            .is_err();
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        let mut last_snapshot = Instant::now();
+        let mut snapshot_task: Option<tokio::task::JoinHandle<()>> = None;
+        let (mut late_exported, mut events) = (0u64, 0u64);
+        let mut exported = super::ExportedStats::default();
+        // The counters of partitions given away (the metrics are totals of this process).
+        let mut retired = crate::engine::Stats::default();
+        while !abandoned {
+            let message = tokio::select! {
+                biased;
+                _ = self.stop.signalled() => break,
+                Some(update) = self.reports.recv() => {
+                    self.enricher.reports = update.index;
+                    self.metrics.report_updates.inc();
+                    if super::deliver_new_leak_alarms(&self.enricher, &mut leaks_sent, self.out).await.is_err() {
+                        abandoned = true;
+                    }
+                    None
+                }
+                _ = ticker.tick() => {
+                    let stats = sum_stats(&retired, &parts);
+                    exported.export(&stats, self.metrics);
+                    if last_snapshot.elapsed() >= self.commit_interval
+                        && snapshot_task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+                    {
+                        last_snapshot = Instant::now();
+                        snapshot_task = self.start_snapshots(&mut parts);
+                    }
+                    None
+                }
+                _ = tokio::time::sleep(next_wake(&parts)), if parts.values().any(|p| !p.merge.is_empty()) => None,
+                m = self.consumer.recv() => Some(m),
+            };
+            self.take_handover(&mut parts, &mut retired);
+            if let Some(message) = message {
+                match message {
+                    Ok(m) => self.receive(&mut parts, m.partition(), m.offset(), m.payload()),
+                    Err(e) => tracing::debug!(error = %e, "detection: consume error"),
+                }
+            }
+            // Release what each merge lets go.
+            for (r, part) in parts.iter_mut() {
+                loop {
+                    let popped = part.merge.pop().or_else(|| {
+                        (part.merge.len() > self.queue_cap).then(|| {
+                            self.metrics.detect_forced.inc();
+                            part.merge.pop_any()
+                        })?
+                    });
+                    let Some((src, item, _)) = popped else { break };
+                    if self.apply(*r, part, src, item).await.is_err() {
+                        abandoned = true;
+                        break;
+                    }
+                }
+                if abandoned {
+                    break;
+                }
+            }
+            let late: u64 = parts.values().map(|p| p.merge.late).sum();
+            self.metrics
+                .late_records
+                .inc_by(late.saturating_sub(late_exported));
+            late_exported = late;
+            events = parts.values().map(|p| p.engine.stats.events).sum();
+            self.metrics
+                .detect_queued
+                .set(parts.values().map(|p| p.merge.len()).sum::<usize>() as i64);
+            self.metrics.detect_partitions.set(parts.len() as i64);
+        }
+        // The end: pending alarm updates, then every partition's state.
+        if !abandoned {
+            for part in parts.values_mut() {
+                let pending = crate::isolate::guard(|| part.engine.flush()).unwrap_or_default();
+                for alarm in pending {
+                    if self.out.alarm(&alarm).await.is_err() {
+                        abandoned = true;
+                        break;
+                    }
+                }
+                part.dirty = true;
+            }
+        }
+        if let Some(task) = snapshot_task.take() {
+            let _ = tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), task).await;
+        }
+        let mut saved = !abandoned;
+        if saved {
+            for (r, part) in &parts {
+                let snapshot = part.snapshot();
+                let write = self.changelog.write(*r, &snapshot);
+                match tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), write).await
+                {
+                    Ok(Ok(bytes)) => self.metrics.changelog_snapshot_bytes.inc_by(bytes),
+                    Ok(Err(e)) => {
+                        tracing::error!(partition = r, error = %e, "final state not written");
+                        saved = false;
+                    }
+                    Err(_) => {
+                        tracing::error!(partition = r, "final state not written in time");
+                        saved = false;
+                    }
+                }
+            }
+        }
+        Ended { saved, events }
+    }
+
+    /// Applies the rebalance callback's changes: restored partitions in, revoked ones out.
+    fn take_handover(&self, parts: &mut BTreeMap<i32, Part>, retired: &mut crate::engine::Stats) {
+        let Handover { assigned, revoked } =
+            std::mem::take(&mut *lock(&self.consumer.context().handover));
+        for r in revoked {
+            // Queued records were not applied; the next owner reads them from the snapshot's
+            // offset.
+            if let Some(p) = parts.remove(&r) {
+                retired.add(&p.engine.stats);
+            }
+            self.changelog.forget(r);
+        }
+        for (r, part, chunks) in assigned {
+            self.changelog.adopt(r, chunks);
+            parts.insert(r, part);
+        }
+    }
+
+    /// A record of partition `r` at `offset` into that partition's merge.
+    fn receive(
+        &self,
+        parts: &mut BTreeMap<i32, Part>,
+        r: i32,
+        offset: i64,
+        payload: Option<&[u8]>,
+    ) {
+        let Some(part) = parts.get_mut(&r) else {
+            return;
+        };
+        part.next_offset = offset + 1;
+        let record = match repartition::decode(payload.unwrap_or_default()) {
+            Ok(x) => x,
+            Err(e) => {
+                // Only akwatch writes this topic: a record it cannot read is a version skew or
+                // a foreign writer; counted and skipped.
+                self.metrics
+                    .records_rejected
+                    .with_label_values(&["repartition", RejectKind::BadJson.as_str()])
+                    .inc();
+                tracing::warn!(partition = r, offset, error = %e, "an unreadable repartition record; skipped");
+                return;
+            }
+        };
+        let (tp, time, kind) = match record {
+            Record::Progress {
+                topic,
+                partition,
+                time,
+                caught_up,
+            } => ((topic, partition), time, Kind::Progress { caught_up }),
+            Record::Event {
+                source,
+                ingested,
+                event,
+            } => {
+                let tp = (source.topic.clone(), source.partition);
+                if !fresh(&mut part.received, &tp, source.at()) {
+                    self.metrics.repartition_duplicates.inc();
+                    return;
+                }
+                let time = event.event_time.timestamp();
+                (
+                    tp,
+                    time,
+                    Kind::Event {
+                        source,
+                        ingested,
+                        event,
+                    },
+                )
+            }
+            Record::Marks { source, event } => {
+                let tp = (source.topic.clone(), source.partition);
+                if !fresh(&mut part.received, &tp, source.at()) {
+                    self.metrics.repartition_duplicates.inc();
+                    return;
+                }
+                let time = event.event_time.timestamp();
+                (tp, time, Kind::Marks { source, event })
+            }
+        };
+        part.merge.push(&tp, time, Item { offset, kind });
+    }
+
+    /// Applies one released record to its partition's engine.
+    async fn apply(&self, r: i32, part: &mut Part, src: Tp, item: Item) -> Result<(), Abandoned> {
+        match item.kind {
+            Kind::Progress { caught_up } => {
+                if caught_up {
+                    part.merge.caught_up(&src);
+                }
+                Ok(())
+            }
+            Kind::Marks { source, event } => {
+                let enricher = &self.enricher;
+                let engine = &mut part.engine;
+                if let Err(e) = crate::isolate::guard(|| {
+                    let enrichment = enricher.enrich(&event);
+                    engine.apply_marks(&event, &enrichment);
+                }) {
+                    tracing::error!(partition = r, error = %e, "applying an event's marks failed");
+                }
+                part.applied.insert(src, source.at());
+                part.dirty = true;
+                Ok(())
+            }
+            Kind::Event {
+                source,
+                ingested,
+                event,
+            } => {
+                self.metrics
+                    .events_decoded
+                    .with_label_values(&[event.cloud.as_str()])
+                    .inc();
+                match crate::replay::process_isolated(&self.enricher, &mut part.engine, &event) {
+                    Ok(alarms) => {
+                        for alarm in alarms {
+                            self.out.alarm(&alarm).await?;
+                            self.metrics
+                                .alarms
+                                .with_label_values(&[
+                                    alarm.rule_id.as_str(),
+                                    alarm.severity.as_str(),
+                                ])
+                                .inc();
+                            super::observe_alarm_latency(self.metrics, &event, ingested);
+                        }
+                    }
+                    Err(reason) => {
+                        let origin = Origin::kafka(&source.topic, source.partition, source.offset)
+                            .at_index(source.index as usize);
+                        tracing::error!(%origin, %reason, "processing an event failed; it goes to the dead-letter topic");
+                        self.metrics
+                            .records_rejected
+                            .with_label_values(&["repartition", RejectKind::InternalError.as_str()])
+                            .inc();
+                        let raw = serde_json::to_vec(&event).unwrap_or_default();
+                        let reject = Reject::new(RejectKind::InternalError, reason, origin.clone());
+                        self.out.dead_letter(&reject, &raw, &origin).await?;
+                    }
+                }
+                part.applied.insert(src, source.at());
+                part.dirty = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes a snapshot of every changed partition (pointers, on this task) and writes them to
+    /// the changelog on a task of their own.
+    fn start_snapshots(
+        &self,
+        parts: &mut BTreeMap<i32, Part>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let snapshots: Vec<(i32, PartSnapshot)> = parts
+            .iter_mut()
+            .filter(|(_, p)| p.dirty)
+            .map(|(r, p)| {
+                p.dirty = false;
+                (*r, p.snapshot())
+            })
+            .collect();
+        if snapshots.is_empty() {
+            return None;
+        }
+        let writer = self.changelog.clone();
+        let errors = self.metrics.changelog_errors.clone();
+        let bytes = self.metrics.changelog_snapshot_bytes.clone();
+        Some(tokio::spawn(async move {
+            for (r, s) in snapshots {
+                match writer.write(r, &s).await {
+                    Ok(n) => bytes.inc_by(n),
+                    Err(e) => {
+                        errors.inc();
+                        tracing::warn!(partition = r, error = %e, "state snapshot not written; the next one follows");
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// Whether an event at `at` of input partition `tp` comes after every one received before.
+fn fresh(received: &mut HashMap<Tp, (i64, u32)>, tp: &Tp, at: (i64, u32)) -> bool {
+    match received.get_mut(tp) {
+        Some(last) if *last >= at => false,
+        Some(last) => {
+            *last = at;
+            true
+        }
+        None => {
+            received.insert(tp.clone(), at);
+            true
+        }
+    }
+}
+
+fn next_wake(parts: &BTreeMap<i32, Part>) -> Duration {
+    parts
+        .values()
+        .filter(|p| !p.merge.is_empty())
+        .map(|p| p.merge.next_wake())
+        .min()
+        .unwrap_or(Duration::from_millis(50))
+}
+
+fn sum_stats(retired: &crate::engine::Stats, parts: &BTreeMap<i32, Part>) -> crate::engine::Stats {
+    let mut total = retired.clone();
+    for p in parts.values() {
+        total.add(&p.engine.stats);
+    }
+    total
+}
