@@ -247,7 +247,9 @@ pub fn restore(
                 if let Some(p) = m.payload() {
                     match serde_json::from_slice::<Manifest>(p) {
                         Ok(x) => manifest = Some(x),
-                        Err(e) => tracing::warn!(partition = r, error = %e, "a changelog manifest is unreadable; skipped"),
+                        Err(e) => {
+                            tracing::warn!(partition = r, error = %e, "a changelog manifest is unreadable; skipped")
+                        }
                     }
                 }
             } else {

@@ -33,6 +33,8 @@ use crate::telemetry::Metrics;
 struct Item {
     /// Its repartition offset.
     offset: i64,
+    /// Its event time (the progress mark's time).
+    time: i64,
     kind: Kind,
 }
 
@@ -62,6 +64,10 @@ struct Part {
     /// The next repartition offset to read.
     next_offset: i64,
     dirty: bool,
+    /// The newest event time applied, and the events applied more than the allowed lateness
+    /// behind it (the merge's own count includes progress marks, which are no events).
+    newest: i64,
+    late: u64,
 }
 
 impl Part {
@@ -137,6 +143,8 @@ impl DetectContext {
             applied: HashMap::new(),
             next_offset: 0,
             dirty: false,
+            newest: i64::MIN,
+            late: 0,
         };
         match restore(&self.client, &self.group, r, Duration::from_secs(120)) {
             Ok(restored) => {
@@ -270,6 +278,8 @@ pub struct Detect<'a> {
     /// Events queued in one partition's merge before the oldest is released regardless.
     pub queue_cap: usize,
     pub reports: tokio::sync::mpsc::Receiver<super::reports::ReportUpdate>,
+    /// The allowed lateness, seconds.
+    pub lateness: i64,
 }
 
 /// How the detection loop ended.
@@ -283,9 +293,10 @@ impl Detect<'_> {
     pub async fn run(mut self) -> Ended {
         let mut parts: BTreeMap<i32, Part> = BTreeMap::new();
         let mut leaks_sent = HashSet::new();
-        let mut abandoned = super::deliver_new_leak_alarms(&self.enricher, &mut leaks_sent, self.out)
-            .await
-            .is_err();
+        let mut abandoned =
+            super::deliver_new_leak_alarms(&self.enricher, &mut leaks_sent, self.out)
+                .await
+                .is_err();
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         let mut last_snapshot = Instant::now();
         let mut snapshot_task: Option<tokio::task::JoinHandle<()>> = None;
@@ -293,6 +304,7 @@ impl Detect<'_> {
         let mut exported = super::ExportedStats::default();
         // The counters of partitions given away (the metrics are totals of this process).
         let mut retired = crate::engine::Stats::default();
+        let mut retired_late = 0;
         while !abandoned {
             let message = tokio::select! {
                 biased;
@@ -319,7 +331,7 @@ impl Detect<'_> {
                 _ = tokio::time::sleep(next_wake(&parts)), if parts.values().any(|p| !p.merge.is_empty()) => None,
                 m = self.consumer.recv() => Some(m),
             };
-            self.take_handover(&mut parts, &mut retired);
+            retired_late += self.take_handover(&mut parts, &mut retired);
             if let Some(message) = message {
                 match message {
                     Ok(m) => self.receive(&mut parts, m.partition(), m.offset(), m.payload()),
@@ -345,7 +357,7 @@ impl Detect<'_> {
                     break;
                 }
             }
-            let late: u64 = parts.values().map(|p| p.merge.late).sum();
+            let late: u64 = retired_late + parts.values().map(|p| p.late).sum::<u64>();
             self.metrics
                 .late_records
                 .inc_by(late.saturating_sub(late_exported));
@@ -377,7 +389,8 @@ impl Detect<'_> {
             for (r, part) in &parts {
                 let snapshot = part.snapshot();
                 let write = self.changelog.write(*r, &snapshot);
-                match tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), write).await
+                match tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), write)
+                    .await
                 {
                     Ok(Ok(bytes)) => self.metrics.changelog_snapshot_bytes.inc_by(bytes),
                     Ok(Err(e)) => {
@@ -391,11 +404,24 @@ impl Detect<'_> {
                 }
             }
         }
+        tracing::info!(
+            events,
+            late = late_exported,
+            partitions = parts.len(),
+            saved,
+            "detection stopped"
+        );
         Ended { saved, events }
     }
 
     /// Applies the rebalance callback's changes: restored partitions in, revoked ones out.
-    fn take_handover(&self, parts: &mut BTreeMap<i32, Part>, retired: &mut crate::engine::Stats) {
+    /// Returns the late events of the partitions given away.
+    fn take_handover(
+        &self,
+        parts: &mut BTreeMap<i32, Part>,
+        retired: &mut crate::engine::Stats,
+    ) -> u64 {
+        let mut late = 0;
         let Handover { assigned, revoked } =
             std::mem::take(&mut *lock(&self.consumer.context().handover));
         for r in revoked {
@@ -403,6 +429,7 @@ impl Detect<'_> {
             // offset.
             if let Some(p) = parts.remove(&r) {
                 retired.add(&p.engine.stats);
+                late += p.late;
             }
             self.changelog.forget(r);
         }
@@ -410,6 +437,7 @@ impl Detect<'_> {
             self.changelog.adopt(r, chunks);
             parts.insert(r, part);
         }
+        late
     }
 
     /// A record of partition `r` at `offset` into that partition's merge.
@@ -475,7 +503,7 @@ impl Detect<'_> {
                 (tp, time, Kind::Marks { source, event })
             }
         };
-        part.merge.push(&tp, time, Item { offset, kind });
+        part.merge.push(&tp, time, Item { offset, time, kind });
     }
 
     /// Applies one released record to its partition's engine.
@@ -509,6 +537,11 @@ impl Detect<'_> {
                     .events_decoded
                     .with_label_values(&[event.cloud.as_str()])
                     .inc();
+                let t = event.event_time.timestamp();
+                if part.newest != i64::MIN && t < part.newest.saturating_sub(self.lateness) {
+                    part.late += 1;
+                }
+                part.newest = part.newest.max(t);
                 match crate::replay::process_isolated(&self.enricher, &mut part.engine, &event) {
                     Ok(alarms) => {
                         for alarm in alarms {

@@ -12,6 +12,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// How long a caught-up partition is waited for after its last record: records produced to it
+/// just now, with times before the others' heads, are then still merged in their place.
+const EOF_GRACE: Duration = Duration::from_millis(20);
+
 /// A partition: topic and partition number.
 pub type Tp = (String, i32);
 
@@ -69,7 +73,7 @@ impl<T> Merge<T> {
             queues: BTreeMap::new(),
             cap: cap.max(1),
             idle_timeout,
-            eof_grace: idle_timeout.min(Duration::from_millis(200)),
+            eof_grace: idle_timeout.min(EOF_GRACE),
             released_max: i64::MIN,
             lateness: lateness_secs.max(0),
             late: 0,
@@ -120,14 +124,14 @@ impl<T> Merge<T> {
         }
     }
 
-    /// Partition number `p` of some topic is caught up (librdkafka's EOF event names no topic):
-    /// the empty queues of that number count as caught up.
-    pub fn eof_partition(&mut self, p: i32) {
-        for ((_, partition), q) in &mut self.queues {
-            if *partition == p && q.items.is_empty() {
-                q.eof = true;
-            }
-        }
+    /// The partitions numbered `p` (librdkafka's EOF event names no topic), for the caller to
+    /// check which of them is at its end.
+    pub fn numbered(&self, p: i32) -> Vec<Tp> {
+        self.queues
+            .keys()
+            .filter(|(_, partition)| *partition == p)
+            .cloned()
+            .collect()
     }
 
     /// `tp`'s producer says it is caught up: once its queue is empty it is idle at once.
@@ -141,17 +145,22 @@ impl<T> Merge<T> {
 
     /// Where each partition stands, for the progress marks the ingest side writes: the time
     /// below which no record of it is still to come (its head, else the last released), and
-    /// whether it is caught up (empty and at its end).
+    /// whether it is idle (empty, and caught up or silent: the merge does not wait for it).
     pub fn progress(&self) -> impl Iterator<Item = (&Tp, i64, bool)> {
-        self.queues.iter().map(|(tp, q)| match q.items.front() {
-            Some((t, _)) => (tp, *t, false),
-            None => (tp, q.released, q.eof),
-        })
+        let now = Instant::now();
+        self.queues
+            .iter()
+            .map(move |(tp, q)| match q.items.front() {
+                Some((t, _)) => (tp, *t, false),
+                None => (tp, q.released, self.idle(q, now)),
+            })
     }
 
     /// The queued items, in no particular order.
     pub fn items(&self) -> impl Iterator<Item = &T> {
-        self.queues.values().flat_map(|q| q.items.iter().map(|(_, x)| x))
+        self.queues
+            .values()
+            .flat_map(|q| q.items.iter().map(|(_, x)| x))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -184,15 +193,7 @@ impl<T> Merge<T> {
                     }
                 }
                 None => {
-                    let since = now.saturating_duration_since(q.last_arrival);
-                    let idle = if q.idle_now {
-                        true
-                    } else if q.eof {
-                        since >= self.eof_grace
-                    } else {
-                        since >= self.idle_timeout
-                    };
-                    if !idle && !any {
+                    if !any && !self.idle(q, now) {
                         return None;
                     }
                 }
@@ -217,6 +218,18 @@ impl<T> Merge<T> {
             self.released_max = self.released_max.max(time);
         }
         Some((tp, item, flow))
+    }
+
+    /// An empty queue is idle: declared so, caught up for the short grace, or silent for the
+    /// idle timeout.
+    fn idle(&self, q: &Queue<T>, now: Instant) -> bool {
+        let since = now.saturating_duration_since(q.last_arrival);
+        q.idle_now
+            || if q.eof {
+                since >= self.eof_grace
+            } else {
+                since >= self.idle_timeout
+            }
     }
 
     /// How long until a partition waited for becomes idle (for the caller's timer).
@@ -261,7 +274,7 @@ mod tests {
         }
         assert_eq!(out, [5, 10, 20, 30]);
         m.eof(&tp(0));
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(EOF_GRACE + Duration::from_millis(5));
         assert_eq!(m.pop().map(|x| x.1), Some(40));
         assert_eq!(m.late, 0);
     }

@@ -26,9 +26,9 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::event::Origin;
 use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
-use crate::engine::Engine;
 use crate::replay::{ReplayOptions, Setup, leak_alarms, process_isolated, setup};
 
 fn client_config(config: &Config) -> ClientConfig {
@@ -273,7 +273,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
     let mut rebalances_seen = 0;
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
     let mut lag_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut checkpoint_task: Option<tokio::task::JoinHandle<()>> = None;
     let (mut consume_errors, mut last_consume_error) = (0u64, None);
@@ -286,6 +286,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut late_exported = 0;
     let mut merge_rebalances = u64::MAX;
     let mut progress_sent: HashMap<merge::Tp, (i64, bool, Instant)> = HashMap::new();
+    // Partition numbers that reported their end, and the check of which partition it was.
+    let mut eof_wanted: HashSet<i32> = HashSet::new();
+    let mut eof_check: Option<tokio::task::JoinHandle<Vec<(merge::Tp, i64)>>> = None;
+    let mut eof_ends: Option<Vec<(merge::Tp, i64)>> = None;
+    // Partition ends are asked on a connection of their own: on the consumer's, the request
+    // waits behind its long fetches.
+    let watermarks: Arc<rdkafka::consumer::BaseConsumer> =
+        Arc::new(client_config(&config).create()?);
     let mut last_progress = Instant::now();
     // The detection side, beside the ingest loop below (scale-out); it enriches.
     let detect_enricher = if scale_out {
@@ -293,6 +301,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         crate::enrich::Enricher::default()
     };
+    let lateness = s.engine.policy.allowed_lateness.secs();
     let detect_run = async {
         let (consumer, changelog, reports) = detect?;
         let ended = detect::Detect {
@@ -305,307 +314,359 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             commit_interval: config.commit_interval,
             queue_cap: config.detect_queue_events,
             reports: reports?,
+            lateness,
         }
         .run()
         .await;
-        leave_group(&consumer, &stop, || {
-            consumer.context().rebalance_count()
-        })
-        .await;
+        leave_group(&consumer, &stop, || consumer.context().rebalance_count()).await;
         Some(ended)
     };
     let ingest_run = async {
-    while !abandoned {
-        metrics.heartbeat();
-        let rebalances = progress.rebalances.load(Ordering::Relaxed);
-        if rebalances != merge_rebalances {
-            merge_rebalances = rebalances;
-            if let Ok(tpl) = consumer.assignment() {
-                let assigned: Vec<merge::Tp> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
-                merge.assign(&assigned);
-                // Pausing does not outlive an assignment.
-                let _ = consumer.resume(&tpl);
-            }
-        }
-        let message = tokio::select! {
-            // Once the stop signal has come, no further record is taken.
-            biased;
-            _ = stop.signalled() => break,
-            Some(update) = next_report(&mut reports_rx) => {
-                // Between two records: every event is joined with one whole version.
-                s.enricher.reports = update.index;
-                metrics.report_updates.inc();
-                if deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out).await.is_err() {
-                    abandoned = true;
-                }
-                continue;
-            }
-            _ = ticker.tick() => {
-                exported.export(&s.engine.stats, &metrics);
-                metrics.checkpoint_age_seconds.set(last_checkpoint.elapsed().as_secs_f64());
-                if last_gauges.elapsed() >= Duration::from_secs(10) {
-                    last_gauges = Instant::now();
-                    let (keys, entries, bytes) = s.engine.state.size();
-                    metrics.state_keys.set(keys as i64);
-                    metrics.state_entries.set(entries as i64);
-                    metrics.state_bytes.set(bytes as i64);
-                    // Off the consume task: the watermark look-ups are network round trips.
-                    if lag_task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
-                        let (c, m) = (consumer.clone(), metrics.clone());
-                        lag_task = Some(tokio::task::spawn_blocking(move || update_lag(&c, &m)));
-                    }
-                }
-                // Idle: checkpoint / commit what was processed since the last one.
-                if dirty && last_checkpoint.elapsed() >= period {
-                    last_checkpoint = Instant::now();
-                    if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
-                        dirty = false;
-                    }
-                }
-                continue;
-            }
-            // A partition waited for may have become idle.
-            _ = tokio::time::sleep(merge.next_wake()), if !merge.is_empty() => None,
-            m = consumer.recv() => Some(m),
-        };
-        if let Some(message) = message {
-            let message = match message {
-                Ok(m) => Some(m),
-                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
-                    // librdkafka names the partition, not the topic: every empty queue of that
-                    // number counts as caught up (at worst it is idle after the short grace).
-                    merge.eof_partition(p);
-                    None
-                }
-                Err(e) => {
-                    // An outage makes librdkafka report an error per poll: one line per 10 s.
-                    consume_errors += 1;
-                    if last_consume_error
-                        .is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10))
-                    {
-                        tracing::warn!(error = %e, errors = consume_errors, "consume error");
-                        last_consume_error = Some(Instant::now());
-                        consume_errors = 0;
-                    }
-                    None
-                }
-            };
-            if let Some(message) = message
-                && !progress.already_done(message.topic(), message.partition(), message.offset())
-            {
-                let label = provider_label
-                    .get(message.topic())
-                    .copied()
-                    .unwrap_or("auto");
-                metrics.records_consumed.with_label_values(&[label]).inc();
-                let origin = Origin::kafka(message.topic(), message.partition(), message.offset());
-                let payload = message.payload().unwrap_or_default();
-                let decoder = decoders
-                    .get(message.topic())
-                    .copied()
-                    .unwrap_or_else(|| Decoder::auto().with_max_skew(config.max_event_skew_secs));
-                let mut results = Vec::new();
-                // Each record is isolated: a panic while decoding or processing it makes it an
-                // `internal_error` dead letter, and the loop goes on.
-                if let Err(reason) =
-                    crate::isolate::guard(|| decoder.decode(payload, &origin, &mut results))
-                {
-                    results.clear();
-                    results.push(Err(Reject::new(
-                        RejectKind::InternalError,
-                        reason,
-                        origin.clone(),
-                    )));
-                }
-                // Ordered by its earliest event; a record of rejects only leaves at once.
-                let time = results
-                    .iter()
-                    .filter_map(|r| r.as_ref().ok())
-                    .map(|e| e.event_time.timestamp())
-                    .min()
-                    .unwrap_or(i64::MIN);
-                let tp = (message.topic().to_owned(), message.partition());
-                let pending = Pending {
-                    offset: message.offset(),
-                    label,
-                    ingested: message.timestamp().to_millis(),
-                    origin,
-                    payload: payload.to_vec(),
-                    results,
-                };
-                if let Some(flow) = merge.push(&tp, time, pending) {
-                    apply_flow(&consumer, flow);
-                }
-            }
-        }
-        // Release what the merge lets go, in event-time order.
         while !abandoned {
-            let Some(((topic, partition), record, flow)) = merge.pop() else {
-                break;
-            };
-            if let Some(flow) = flow {
-                apply_flow(&consumer, flow);
-            }
-            let Pending {
-                offset,
-                label,
-                ingested,
-                origin,
-                payload,
-                mut results,
-            } = record;
-            // Scale-out: the events go to the repartition topic; the record is done once they
-            // are all acknowledged (below, in order).
-            if let Some(w) = writer.as_mut() {
-                let written = Written {
-                    topic,
-                    partition,
-                    offset,
-                    ingested,
-                    label,
-                    origin,
-                    payload,
-                };
-                if write_record(w, written, results, &out, &progress, &metrics)
-                    .await
-                    .is_err()
-                {
-                    abandoned = true;
-                    break;
+            metrics.heartbeat();
+            let rebalances = progress.rebalances.load(Ordering::Relaxed);
+            if rebalances != merge_rebalances {
+                merge_rebalances = rebalances;
+                if let Ok(tpl) = consumer.assignment() {
+                    let assigned: Vec<merge::Tp> = tpl
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition()))
+                        .collect();
+                    merge.assign(&assigned);
+                    // Pausing does not outlive an assignment.
+                    let _ = consumer.resume(&tpl);
                 }
-                dirty = true;
-                continue;
             }
-            let mut outcome = Ok(());
-            // One dead letter per record, however many of its events were rejected.
-            let mut rejects = RecordRejects::default();
-            for result in results.drain(..) {
-                if outcome.is_err() {
+            let message = tokio::select! {
+                // Once the stop signal has come, no further record is taken.
+                biased;
+                _ = stop.signalled() => break,
+                Some(update) = next_report(&mut reports_rx) => {
+                    // Between two records: every event is joined with one whole version.
+                    s.enricher.reports = update.index;
+                    metrics.report_updates.inc();
+                    if deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out).await.is_err() {
+                        abandoned = true;
+                    }
                     continue;
                 }
-                match result {
-                    Ok(event) => {
-                        metrics
-                            .events_decoded
-                            .with_label_values(&[event.cloud.as_str()])
-                            .inc();
-                        match process_isolated(&s.enricher, &mut s.engine, &event) {
-                            Ok(alarms) => {
-                                for alarm in alarms {
-                                    outcome = out.alarm(&alarm).await;
-                                    if outcome.is_err() {
-                                        break;
-                                    }
-                                    metrics
-                                        .alarms
-                                        .with_label_values(&[
-                                            alarm.rule_id.as_str(),
-                                            alarm.severity.as_str(),
-                                        ])
-                                        .inc();
-                                    observe_alarm_latency(&metrics, &event, ingested);
-                                }
-                            }
-                            Err(reason) => {
-                                tracing::error!(%origin, %reason, "processing a record failed; it goes to the dead-letter topic");
-                                metrics
-                                    .records_rejected
-                                    .with_label_values(&[label, RejectKind::InternalError.as_str()])
-                                    .inc();
-                                rejects.add(Reject::new(
-                                    RejectKind::InternalError,
-                                    reason,
-                                    origin.clone(),
-                                ));
-                            }
+                _ = ticker.tick() => {
+                    exported.export(&s.engine.stats, &metrics);
+                    metrics.checkpoint_age_seconds.set(last_checkpoint.elapsed().as_secs_f64());
+                    if last_gauges.elapsed() >= Duration::from_secs(10) {
+                        last_gauges = Instant::now();
+                        let (keys, entries, bytes) = s.engine.state.size();
+                        metrics.state_keys.set(keys as i64);
+                        metrics.state_entries.set(entries as i64);
+                        metrics.state_bytes.set(bytes as i64);
+                        // Off the consume task: the watermark look-ups are network round trips.
+                        if lag_task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                            let (c, m) = (consumer.clone(), metrics.clone());
+                            lag_task = Some(tokio::task::spawn_blocking(move || update_lag(&c, &m)));
                         }
                     }
-                    Err(reject) => {
-                        metrics
-                            .records_rejected
-                            .with_label_values(&[label, reject.kind.as_str()])
-                            .inc();
-                        rejects.add(reject);
+                    if let Some(w) = writer.as_ref() {
+                        send_progress(w, &merge, &mut progress_sent);
+                    }
+                    // Idle: checkpoint / commit what was processed since the last one.
+                    if dirty && last_checkpoint.elapsed() >= period {
+                        last_checkpoint = Instant::now();
+                        if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
+                            dirty = false;
+                        }
+                    }
+                    continue;
+                }
+                ends = async { eof_check.as_mut()?.await.ok() }, if eof_check.is_some() => {
+                    eof_check = None;
+                    eof_ends = ends;
+                    None
+                }
+                // A partition waited for may have become idle.
+                _ = tokio::time::sleep(merge.next_wake()), if !merge.is_empty() => None,
+                m = consumer.recv() => Some(m),
+            };
+            if let Some(message) = message {
+                let message = match message {
+                    Ok(m) => Some(m),
+                    Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                        // librdkafka names the partition, not the topic: which of the partitions
+                        // with that number reached its end is checked off the consume task.
+                        eof_wanted.insert(p);
+                        None
+                    }
+                    Err(e) => {
+                        // An outage makes librdkafka report an error per poll: one line per 10 s.
+                        consume_errors += 1;
+                        if last_consume_error
+                            .is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10))
+                        {
+                            tracing::warn!(error = %e, errors = consume_errors, "consume error");
+                            last_consume_error = Some(Instant::now());
+                            consume_errors = 0;
+                        }
+                        None
+                    }
+                };
+                if let Some(message) = message
+                    && !progress.already_done(
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                    )
+                {
+                    let label = provider_label
+                        .get(message.topic())
+                        .copied()
+                        .unwrap_or("auto");
+                    metrics.records_consumed.with_label_values(&[label]).inc();
+                    let origin =
+                        Origin::kafka(message.topic(), message.partition(), message.offset());
+                    let payload = message.payload().unwrap_or_default();
+                    let decoder = decoders.get(message.topic()).copied().unwrap_or_else(|| {
+                        Decoder::auto().with_max_skew(config.max_event_skew_secs)
+                    });
+                    let mut results = Vec::new();
+                    // Each record is isolated: a panic while decoding or processing it makes it an
+                    // `internal_error` dead letter, and the loop goes on.
+                    if let Err(reason) =
+                        crate::isolate::guard(|| decoder.decode(payload, &origin, &mut results))
+                    {
+                        results.clear();
+                        results.push(Err(Reject::new(
+                            RejectKind::InternalError,
+                            reason,
+                            origin.clone(),
+                        )));
+                    }
+                    // Ordered by its earliest event; a record of rejects only leaves at once.
+                    let time = results
+                        .iter()
+                        .filter_map(|r| r.as_ref().ok())
+                        .map(|e| e.event_time.timestamp())
+                        .min()
+                        .unwrap_or(i64::MIN);
+                    let tp = (message.topic().to_owned(), message.partition());
+                    let pending = Pending {
+                        offset: message.offset(),
+                        label,
+                        ingested: message.timestamp().to_millis(),
+                        origin,
+                        payload: payload.to_vec(),
+                        results,
+                    };
+                    if let Some(flow) = merge.push(&tp, time, pending) {
+                        apply_flow(&consumer, flow);
                     }
                 }
             }
-            if outcome.is_ok()
-                && let Some(reject) = rejects.take()
-            {
-                outcome = out.dead_letter(&reject, &payload, &origin).await;
+            // End-of-partition checks: a finished one marks the caught-up partitions; the next
+            // starts for the partition numbers that reported an end since.
+            if let Some(ends) = eof_ends.take() {
+                let positions = consumer.position().ok();
+                for (tp, end) in ends {
+                    let at = positions.as_ref().and_then(|l| {
+                        match l.find_partition(&tp.0, tp.1)?.offset() {
+                            rdkafka::Offset::Offset(o) => Some(o),
+                            _ => None,
+                        }
+                    });
+                    if at.is_some_and(|at| at >= end) {
+                        merge.eof(&tp);
+                    }
+                }
             }
-            if outcome.is_err() {
-                // Stopping and not acknowledged in time: this record is not done.
-                abandoned = true;
-                break;
+            if eof_check.is_none() && !eof_wanted.is_empty() {
+                let wanted: Vec<merge::Tp> =
+                    eof_wanted.drain().flat_map(|p| merge.numbered(p)).collect();
+                let c = watermarks.clone();
+                eof_check = Some(tokio::task::spawn_blocking(move || {
+                    wanted
+                        .into_iter()
+                        .filter_map(|tp| {
+                            let (_, end) = c
+                                .fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2))
+                                .ok()?;
+                            Some((tp, end))
+                        })
+                        .collect()
+                }));
             }
-            // Everything derived from this message is acknowledged: its offset may be committed.
-            progress.done(&topic, partition, offset);
-            if let Some(ms) = ingested {
-                metrics.ingest_to_done_seconds.observe(
-                    (chrono::Utc::now()
-                        .timestamp_millis()
-                        .saturating_sub(ms)
-                        .max(0) as f64)
-                        / 1000.0,
-                );
-            }
-            dirty = true;
-        }
-        if let Some(w) = writer.as_mut() {
-            // What the broker acknowledged, and the input partitions' progress.
-            while let Some(done) = w.next_done(false).await {
-                if finish_written(done, &out, &progress, &metrics).await.is_err() {
+            // Release what the merge lets go, in event-time order.
+            while !abandoned {
+                let Some(((topic, partition), record, flow)) = merge.pop() else {
+                    break;
+                };
+                if let Some(flow) = flow {
+                    apply_flow(&consumer, flow);
+                }
+                let Pending {
+                    offset,
+                    label,
+                    ingested,
+                    origin,
+                    payload,
+                    mut results,
+                } = record;
+                // Scale-out: the events go to the repartition topic; the record is done once they
+                // are all acknowledged (below, in order).
+                if let Some(w) = writer.as_mut() {
+                    let written = Written {
+                        topic,
+                        partition,
+                        offset,
+                        ingested,
+                        label,
+                        origin,
+                        payload,
+                    };
+                    if write_record(w, written, results, &out, &progress, &metrics)
+                        .await
+                        .is_err()
+                    {
+                        abandoned = true;
+                        break;
+                    }
+                    dirty = true;
+                    continue;
+                }
+                let mut outcome = Ok(());
+                // One dead letter per record, however many of its events were rejected.
+                let mut rejects = RecordRejects::default();
+                for result in results.drain(..) {
+                    if outcome.is_err() {
+                        continue;
+                    }
+                    match result {
+                        Ok(event) => {
+                            metrics
+                                .events_decoded
+                                .with_label_values(&[event.cloud.as_str()])
+                                .inc();
+                            match process_isolated(&s.enricher, &mut s.engine, &event) {
+                                Ok(alarms) => {
+                                    for alarm in alarms {
+                                        outcome = out.alarm(&alarm).await;
+                                        if outcome.is_err() {
+                                            break;
+                                        }
+                                        metrics
+                                            .alarms
+                                            .with_label_values(&[
+                                                alarm.rule_id.as_str(),
+                                                alarm.severity.as_str(),
+                                            ])
+                                            .inc();
+                                        observe_alarm_latency(&metrics, &event, ingested);
+                                    }
+                                }
+                                Err(reason) => {
+                                    tracing::error!(%origin, %reason, "processing a record failed; it goes to the dead-letter topic");
+                                    metrics
+                                        .records_rejected
+                                        .with_label_values(&[
+                                            label,
+                                            RejectKind::InternalError.as_str(),
+                                        ])
+                                        .inc();
+                                    rejects.add(Reject::new(
+                                        RejectKind::InternalError,
+                                        reason,
+                                        origin.clone(),
+                                    ));
+                                }
+                            }
+                        }
+                        Err(reject) => {
+                            metrics
+                                .records_rejected
+                                .with_label_values(&[label, reject.kind.as_str()])
+                                .inc();
+                            rejects.add(reject);
+                        }
+                    }
+                }
+                if outcome.is_ok()
+                    && let Some(reject) = rejects.take()
+                {
+                    outcome = out.dead_letter(&reject, &payload, &origin).await;
+                }
+                if outcome.is_err() {
+                    // Stopping and not acknowledged in time: this record is not done.
                     abandoned = true;
                     break;
                 }
+                // Everything derived from this message is acknowledged: its offset may be committed.
+                progress.done(&topic, partition, offset);
+                if let Some(ms) = ingested {
+                    metrics.ingest_to_done_seconds.observe(
+                        (chrono::Utc::now()
+                            .timestamp_millis()
+                            .saturating_sub(ms)
+                            .max(0) as f64)
+                            / 1000.0,
+                    );
+                }
+                dirty = true;
             }
-            metrics.repartition_pending.set(w.pending() as i64);
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                last_progress = Instant::now();
-                send_progress(w, &merge, &mut progress_sent);
-            }
-        }
-        metrics
-            .late_records
-            .inc_by(merge.late.saturating_sub(late_exported));
-        late_exported = merge.late;
-        metrics.merge_queued.set(merge.len() as i64);
-        if abandoned {
-            break;
-        }
-        // After a rebalance, checkpoint at once: the state then reflects the partitions kept.
-        let rebalances = progress.rebalances.load(Ordering::Relaxed);
-        if dirty && (last_checkpoint.elapsed() >= period || rebalances != rebalances_seen) {
-            last_checkpoint = Instant::now();
-            if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
-                dirty = false;
-                rebalances_seen = rebalances;
-            }
-        }
-    }
-    // Scale-out: the records whose writes are acknowledged are done (in order); the rest are
-    // read again at the next start.
-    if let Some(w) = writer.as_mut() {
-        let until = Instant::now() + stop.remaining(Duration::from_secs(30));
-        while w.pending() > 0 {
-            let left = until.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, w.next_done(true)).await {
-                Ok(Some(done)) => {
-                    if finish_written(done, &out, &progress, &metrics).await.is_err() {
+            if let Some(w) = writer.as_mut() {
+                // What the broker acknowledged, and the input partitions' progress.
+                while let Some(done) = w.next_done(false).await {
+                    if finish_written(done, &out, &progress, &metrics)
+                        .await
+                        .is_err()
+                    {
+                        abandoned = true;
                         break;
                     }
                 }
-                Ok(None) | Err(_) => break,
+                metrics.repartition_pending.set(w.pending() as i64);
+                if last_progress.elapsed() >= PROGRESS_EVERY {
+                    last_progress = Instant::now();
+                    send_progress(w, &merge, &mut progress_sent);
+                }
+            }
+            metrics
+                .late_records
+                .inc_by(merge.late.saturating_sub(late_exported));
+            late_exported = merge.late;
+            metrics.merge_queued.set(merge.len() as i64);
+            if abandoned {
+                break;
+            }
+            // After a rebalance, checkpoint at once: the state then reflects the partitions kept.
+            let rebalances = progress.rebalances.load(Ordering::Relaxed);
+            if dirty && (last_checkpoint.elapsed() >= period || rebalances != rebalances_seen) {
+                last_checkpoint = Instant::now();
+                if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
+                    dirty = false;
+                    rebalances_seen = rebalances;
+                }
             }
         }
-    }
+        // Scale-out: the records whose writes are acknowledged are done (in order); the rest are
+        // read again at the next start.
+        if let Some(w) = writer.as_mut() {
+            let until = Instant::now() + stop.remaining(Duration::from_secs(30));
+            while w.pending() > 0 {
+                let left = until.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, w.next_done(true)).await {
+                    Ok(Some(done)) => {
+                        if finish_written(done, &out, &progress, &metrics)
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
     };
     let ((), detect_end) = tokio::join!(ingest_run, detect_run);
+    tracing::info!(late = merge.late, "ingest stopped");
     tracing::info!(
         grace = ?config.shutdown_grace,
         "shutting down: notifying pending alarm updates, flushing, committing"
@@ -702,7 +763,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// How often the ingest side writes the input partitions' progress to the repartition topic.
-const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+const PROGRESS_EVERY: Duration = Duration::from_millis(20);
 
 /// An input record whose events are being written to the repartition topic.
 struct Written {
@@ -895,8 +956,11 @@ async fn scale_out_setup(
 }
 
 /// Leaves a consumer group while polling, so the revocation runs like any other.
-async fn leave_group<C, F>(consumer: &rdkafka::consumer::StreamConsumer<C>, stop: &Stop, rebalances: F)
-where
+async fn leave_group<C, F>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    stop: &Stop,
+    rebalances: F,
+) where
     C: rdkafka::consumer::ConsumerContext + 'static,
     F: Fn() -> u64,
 {
@@ -1104,7 +1168,11 @@ pub(crate) struct ExportedStats {
 }
 
 impl ExportedStats {
-    pub(crate) fn export(&mut self, stats: &crate::engine::Stats, metrics: &crate::telemetry::Metrics) {
+    pub(crate) fn export(
+        &mut self,
+        stats: &crate::engine::Stats,
+        metrics: &crate::telemetry::Metrics,
+    ) {
         for (rule, n) in &stats.allowlisted {
             let before = self.allowlisted.insert(rule.clone(), *n).unwrap_or(0);
             metrics

@@ -21,8 +21,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
 
@@ -99,7 +99,10 @@ pub async fn ensure_topics(
             .set("max.message.bytes", &max_bytes),
     ];
     let results = admin
-        .create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
         .await?;
     for r in results {
         match r {
@@ -118,7 +121,10 @@ pub async fn ensure_topics(
                 .iter()
                 .map(|n| {
                     let md = c.fetch_metadata(Some(n), Duration::from_secs(10))?;
-                    Ok((n.clone(), md.topics().first().map_or(0, |t| t.partitions().len())))
+                    Ok((
+                        n.clone(),
+                        md.topics().first().map_or(0, |t| t.partitions().len()),
+                    ))
                 })
                 .collect()
         }
@@ -422,7 +428,9 @@ mod tests {
         };
         let back = decode(&serde_json::to_vec(&rec).unwrap()).unwrap();
         match back {
-            Record::Event { event: e, source, .. } => {
+            Record::Event {
+                event: e, source, ..
+            } => {
                 assert_eq!(*e, event);
                 assert_eq!(source.at(), (7, 0));
             }
