@@ -82,7 +82,8 @@ impl ChangelogWriter {
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "60000")
             .set("linger.ms", "5")
-            .set("compression.type", "none");
+            .set("compression.type", "none")
+            .set("message.max.bytes", (2 * CHUNK).to_string());
         Ok(ChangelogWriter {
             producer: c.create()?,
             topic: super::repartition::changelog_topic(group),

@@ -33,8 +33,6 @@ use crate::telemetry::Metrics;
 struct Item {
     /// Its repartition offset.
     offset: i64,
-    /// Its event time (the progress mark's time).
-    time: i64,
     kind: Kind,
 }
 
@@ -280,6 +278,8 @@ pub struct Detect<'a> {
     pub reports: tokio::sync::mpsc::Receiver<super::reports::ReportUpdate>,
     /// The allowed lateness, seconds.
     pub lateness: i64,
+    /// The metric label of each input topic.
+    pub labels: HashMap<String, &'static str>,
 }
 
 /// How the detection loop ended.
@@ -503,7 +503,7 @@ impl Detect<'_> {
                 (tp, time, Kind::Marks { source, event })
             }
         };
-        part.merge.push(&tp, time, Item { offset, time, kind });
+        part.merge.push(&tp, time, Item { offset, kind });
     }
 
     /// Applies one released record to its partition's engine.
@@ -559,11 +559,14 @@ impl Detect<'_> {
                     Err(reason) => {
                         let origin = Origin::kafka(&source.topic, source.partition, source.offset)
                             .at_index(source.index as usize);
-                        tracing::error!(%origin, %reason, "processing an event failed; it goes to the dead-letter topic");
+                        tracing::error!(%origin, %reason, "processing an event failed; its normalized event goes to the dead-letter topic (the record is at its origin)");
+                        let label = self.labels.get(&source.topic).copied().unwrap_or("auto");
                         self.metrics
                             .records_rejected
-                            .with_label_values(&["repartition", RejectKind::InternalError.as_str()])
+                            .with_label_values(&[label, RejectKind::InternalError.as_str()])
                             .inc();
+                        // The raw record stays in its input topic (the origin names it); the
+                        // dead letter holds the event as akwatch read it.
                         let raw = serde_json::to_vec(&event).unwrap_or_default();
                         let reject = Reject::new(RejectKind::InternalError, reason, origin.clone());
                         self.out.dead_letter(&reject, &raw, &origin).await?;

@@ -12,9 +12,9 @@
 //! under the same short lock, and librdkafka sends commits in order, so no commit of ours for a
 //! partition lands after its revocation's (which could rewind the new owner's progress).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::types::RDKafkaRespErr;
@@ -77,6 +77,14 @@ pub struct Progress {
     commit_lock: Mutex<()>,
     /// Rebalances seen (for the loop: checkpoint soon after one).
     pub rebalances: AtomicU64,
+    /// The partitions assigned to us now: a record finished after its partition was revoked
+    /// (its repartition writes acknowledged late) moves no position.
+    owned: Mutex<HashSet<(String, i32)>>,
+    /// Scale-out: the last offset handed to the repartition writer per partition, and how to
+    /// wait for every write to be acknowledged (at a revocation, so the positions committed for
+    /// the next owner include the records whose writes were in flight).
+    written: Mutex<PartitionOffsets>,
+    flush: OnceLock<Box<dyn Fn(std::time::Duration) -> bool + Send + Sync>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,7 +109,29 @@ impl Progress {
 
     /// Everything derived from this record is acknowledged.
     pub fn done(&self, topic: &str, partition: i32, offset: i64) {
-        lock(&self.positions).set(topic, partition, offset + 1);
+        if lock(&self.owned).contains(&(topic.to_owned(), partition)) {
+            let mut positions = lock(&self.positions);
+            if positions.get(topic, partition).is_none_or(|p| p <= offset) {
+                positions.set(topic, partition, offset + 1);
+            }
+        }
+    }
+
+    /// Scale-out: a record's events were handed to the repartition writer.
+    pub fn written(&self, topic: &str, partition: i32, offset: i64) {
+        lock(&self.written).set(topic, partition, offset);
+    }
+
+    /// Scale-out: how to wait for every repartition write (at a revocation).
+    pub fn set_flush(&self, flush: Box<dyn Fn(std::time::Duration) -> bool + Send + Sync>) {
+        let _ = self.flush.set(flush);
+    }
+
+    fn assigned(&self, tpl: &TopicPartitionList) {
+        let mut owned = lock(&self.owned);
+        for e in tpl.elements() {
+            owned.insert((e.topic().to_owned(), e.partition()));
+        }
     }
 
     /// Forgets every position: nothing processed since the last checkpoint may be committed
@@ -166,11 +196,25 @@ impl Progress {
         revoked: &TopicPartitionList,
     ) {
         let _serial = lock(&self.commit_lock);
+        // Scale-out: the records whose writes are in flight are done once the writer is flushed.
+        let flushed = self
+            .flush
+            .get()
+            .is_some_and(|f| f(std::time::Duration::from_secs(10)));
         let mut tpl = TopicPartitionList::new();
         {
             let mut positions = lock(&self.positions);
             let mut skip = lock(&self.skip_before);
+            let mut written = lock(&self.written);
+            let mut owned = lock(&self.owned);
             for e in revoked.elements() {
+                owned.remove(&(e.topic().to_owned(), e.partition()));
+                if let Some(w) = written.remove(e.topic(), e.partition())
+                    && flushed
+                    && positions.get(e.topic(), e.partition()).is_none_or(|p| p <= w)
+                {
+                    positions.set(e.topic(), e.partition(), w + 1);
+                }
                 skip.remove(e.topic(), e.partition());
                 if let Some(offset) = positions.remove(e.topic(), e.partition()) {
                     let _ =
@@ -233,6 +277,7 @@ impl ConsumerContext for GroupContext {
         self.progress.rebalances.fetch_add(1, Ordering::Relaxed);
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.progress.assigned(tpl);
                 tracing::info!(assigned = tpl.count(), "rebalance: partitions assigned");
                 if self.cooperative {
                     consumer.incremental_assign(tpl)

@@ -30,6 +30,9 @@ struct Queue<T> {
     idle_now: bool,
     /// The event time of the last record released from it.
     released: i64,
+    /// The offset of the last record queued (a partition revoked and assigned back is fetched
+    /// again from its committed position: what is still queued is not queued twice).
+    last_offset: i64,
 }
 
 impl<T> Queue<T> {
@@ -41,6 +44,7 @@ impl<T> Queue<T> {
             paused: false,
             idle_now: false,
             released: i64::MIN,
+            last_offset: -1,
         }
     }
 }
@@ -132,6 +136,21 @@ impl<T> Merge<T> {
             .filter(|(_, partition)| *partition == p)
             .cloned()
             .collect()
+    }
+
+    /// Whether the record of `tp` at `offset` is new to its queue (false: fetched again after a
+    /// rebalance gave the partition back while it was still queued, or processed).
+    pub fn fresh(&mut self, tp: &Tp, offset: i64) -> bool {
+        let now = Instant::now();
+        let q = self
+            .queues
+            .entry(tp.clone())
+            .or_insert_with(|| Queue::new(now));
+        if offset <= q.last_offset {
+            return false;
+        }
+        q.last_offset = offset;
+        true
     }
 
     /// `tp`'s producer says it is caught up: once its queue is empty it is idle at once.
@@ -317,6 +336,23 @@ mod tests {
         let out: Vec<i64> = std::iter::from_fn(|| m.pop().map(|x| x.1)).collect();
         assert_eq!(out, [1000, 100]);
         assert_eq!(m.late, 1);
+    }
+
+    #[test]
+    fn a_record_fetched_again_is_not_queued_twice() {
+        let mut m: Merge<i64> = Merge::new(100, Duration::from_millis(1), 10);
+        m.assign(&[tp(0)]);
+        assert!(m.fresh(&tp(0), 5));
+        assert!(m.fresh(&tp(0), 6));
+        // The partition is revoked and assigned back: fetched again from offset 5.
+        m.assign(&[tp(0)]);
+        assert!(!m.fresh(&tp(0), 5));
+        assert!(!m.fresh(&tp(0), 6));
+        assert!(m.fresh(&tp(0), 7));
+        // Revoked for good, then assigned again: a new queue.
+        m.assign(&[]);
+        m.assign(&[tp(0)]);
+        assert!(m.fresh(&tp(0), 5));
     }
 
     #[test]

@@ -212,6 +212,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    if let Some((w, _, _)) = &scale {
+        let producer = w.producer().clone();
+        progress.set_flush(Box::new(move |limit| {
+            use rdkafka::producer::Producer;
+            producer.flush(limit).is_ok()
+        }));
+    }
     let (mut writer, detect) = match scale {
         Some((writer, detect_consumer, changelog)) => (
             Some(writer),
@@ -315,6 +322,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             queue_cap: config.detect_queue_events,
             reports: reports?,
             lateness,
+            labels: provider_label.clone(),
         }
         .run()
         .await;
@@ -413,6 +421,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     && !progress.already_done(
                         message.topic(),
                         message.partition(),
+                        message.offset(),
+                    )
+                    && merge.fresh(
+                        &(message.topic().to_owned(), message.partition()),
                         message.offset(),
                     )
                 {
@@ -816,9 +828,10 @@ async fn write_record(
         written.offset,
         written.ingested,
     );
-    if let Err(refused) = w.write(written, &topic, partition, offset, ingested, events) {
+    match w.write(written, &topic, partition, offset, ingested, events) {
+        Ok(()) => progress.written(&topic, partition, offset),
         // Too large for the client, say: the record is a dead letter, in its turn.
-        w.push_failed(refused);
+        Err(refused) => w.push_failed(refused),
     }
     Ok(())
 }

@@ -220,6 +220,10 @@ impl<T> Writer<T> {
         })
     }
 
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
     pub fn partitions(&self) -> u32 {
         self.partitions
     }
