@@ -171,7 +171,7 @@ pub async fn deliver(
     payload: &[u8],
     headers: Option<OwnedHeaders>,
     stop: &Stop,
-    on_retry: &dyn Fn(),
+    on_retry: &(dyn Fn() + Sync),
 ) -> Delivery {
     let mut backoff = Duration::from_millis(100);
     let mut attempts = 0;

@@ -309,26 +309,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::enrich::Enricher::default()
     };
     let lateness = s.engine.policy.allowed_lateness.secs();
-    let detect_run = async {
-        let (consumer, changelog, reports) = detect?;
-        let ended = detect::Detect {
-            consumer: &consumer,
-            enricher: detect_enricher,
-            changelog,
-            out: &out,
-            metrics: &metrics,
-            stop: stop.clone(),
-            commit_interval: config.commit_interval,
-            queue_cap: config.detect_queue_events,
-            reports: reports?,
-            lateness,
-            labels: provider_label.clone(),
-        }
-        .run()
-        .await;
-        leave_group(&consumer, &stop, || consumer.context().rebalance_count()).await;
-        Some(ended)
-    };
+    // On a task of its own: the rebalance callbacks of either side block their task (a restore
+    // from the changelog, a revocation's flush) and must not hold the other.
+    let detect_task = detect.map(|(consumer, changelog, reports)| {
+        let producer = producer.clone();
+        let (alarm_topic, dlq_topic) = (config.alarm_topic.clone(), config.dlq_topic.clone());
+        let (metrics, stop, max_bytes) = (metrics.clone(), stop.clone(), out.max_bytes);
+        let (commit_interval, queue_cap) = (config.commit_interval, config.detect_queue_events);
+        let labels = provider_label.clone();
+        tokio::spawn(async move {
+            let out = Outputs {
+                producer: &producer,
+                alarm_topic: &alarm_topic,
+                dlq_topic: &dlq_topic,
+                max_bytes,
+                stop: stop.clone(),
+                metrics: &metrics,
+            };
+            let ended = detect::Detect {
+                consumer: &consumer,
+                enricher: detect_enricher,
+                changelog,
+                out: &out,
+                metrics: &metrics,
+                stop: stop.clone(),
+                commit_interval,
+                queue_cap,
+                reports: reports?,
+                lateness,
+                labels,
+            }
+            .run()
+            .await;
+            leave_group(&consumer, &stop, || consumer.context().rebalance_count()).await;
+            Some(ended)
+        })
+    });
     let ingest_run = async {
         while !abandoned {
             metrics.heartbeat();
@@ -677,7 +693,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let ((), detect_end) = tokio::join!(ingest_run, detect_run);
+    ingest_run.await;
+    let detect_end = match detect_task {
+        Some(task) => tokio::time::timeout(stop.remaining(Duration::from_secs(60)), task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten(),
+        None => None,
+    };
     tracing::info!(late = merge.late, "ingest stopped");
     tracing::info!(
         grace = ?config.shutdown_grace,
