@@ -108,6 +108,9 @@ struct RawKafka {
     /// Credential reports keyed by account, read from the beginning and followed.
     #[serde(default)]
     report_topic: Option<String>,
+    /// Configuration risks of the reports in use, at start and when they change.
+    #[serde(default)]
+    risk_topic: Option<String>,
     /// librdkafka options, passed through (TLS, SASL, tuning).
     #[serde(default)]
     options: BTreeMap<String, String>,
@@ -173,6 +176,7 @@ pub struct Config {
     pub dlq_topic: String,
     /// Credential reports, keyed by account (`aws:123456789012`); the newest per account wins.
     pub report_topic: Option<String>,
+    pub risk_topic: Option<String>,
     pub options: BTreeMap<String, String>,
     pub rules: PathBuf,
     pub policies: Vec<PathBuf>,
@@ -420,6 +424,7 @@ impl Config {
             alarm_topic: k.alarm_topic,
             dlq_topic: k.dlq_topic,
             report_topic: k.report_topic,
+            risk_topic: k.risk_topic,
             options,
             rules: raw.rules,
             policies: raw.policies,

@@ -280,6 +280,9 @@ pub struct Detect<'a> {
     pub lateness: i64,
     /// The metric label of each input topic.
     pub labels: HashMap<String, &'static str>,
+    /// Where the configuration risks go, and those of the reports in use at start.
+    pub risk_topic: Option<String>,
+    pub risks: Vec<crate::risk::Risk>,
 }
 
 /// How the detection loop ended.
@@ -293,10 +296,15 @@ impl Detect<'_> {
     pub async fn run(mut self) -> Ended {
         let mut parts: BTreeMap<i32, Part> = BTreeMap::new();
         let mut leaks_sent = HashSet::new();
+        let mut risks_sent = super::RisksSent::default();
         let mut abandoned =
             super::deliver_new_leak_alarms(&self.enricher, &mut leaks_sent, self.out)
                 .await
-                .is_err();
+                .is_err()
+                || risks_sent
+                    .publish(self.risk_topic.as_deref(), &self.risks, self.out)
+                    .await
+                    .is_err();
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         let mut last_snapshot = Instant::now();
         let mut snapshot_task: Option<tokio::task::JoinHandle<()>> = None;
@@ -312,7 +320,9 @@ impl Detect<'_> {
                 Some(update) = self.reports.recv() => {
                     self.enricher.reports = update.index;
                     self.metrics.report_updates.inc();
-                    if super::deliver_new_leak_alarms(&self.enricher, &mut leaks_sent, self.out).await.is_err() {
+                    if super::deliver_new_leak_alarms(&self.enricher, &mut leaks_sent, self.out).await.is_err()
+                        || risks_sent.publish(self.risk_topic.as_deref(), &update.risks, self.out).await.is_err()
+                    {
                         abandoned = true;
                     }
                     None

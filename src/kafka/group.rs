@@ -211,7 +211,9 @@ impl Progress {
                 owned.remove(&(e.topic().to_owned(), e.partition()));
                 if let Some(w) = written.remove(e.topic(), e.partition())
                     && flushed
-                    && positions.get(e.topic(), e.partition()).is_none_or(|p| p <= w)
+                    && positions
+                        .get(e.topic(), e.partition())
+                        .is_none_or(|p| p <= w)
                 {
                     positions.set(e.topic(), e.partition(), w + 1);
                 }

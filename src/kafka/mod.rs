@@ -63,6 +63,57 @@ async fn deliver_new_leak_alarms(
     Ok(())
 }
 
+/// The configuration risks published to the risk topic (key → the JSON last sent).
+#[derive(Default)]
+pub(crate) struct RisksSent(HashMap<String, Vec<u8>>);
+
+impl RisksSent {
+    /// Publishes the risks not published before, or changed since, keyed by what they are
+    /// about (cloud, account, principal, risk, key slot): a compacted topic keeps the last.
+    pub(crate) async fn publish(
+        &mut self,
+        topic: Option<&str>,
+        risks: &[crate::risk::Risk],
+        out: &Outputs<'_>,
+    ) -> Result<(), Abandoned> {
+        let Some(topic) = topic else { return Ok(()) };
+        for r in risks {
+            let key = format!(
+                "{}:{}:{}:{}:{}",
+                r.cloud.as_str(),
+                r.account_id.as_ref().map_or("-", |a| a.as_str()),
+                r.principal,
+                r.risk_id,
+                r.key_slot.map_or_else(|| "-".to_owned(), |s| s.to_string())
+            );
+            let Ok(value) = serde_json::to_vec(r) else {
+                continue;
+            };
+            if self.0.get(&key) == Some(&value) {
+                continue;
+            }
+            match deliver::deliver(out.producer, topic, &key, &value, None, &out.stop, &|| {
+                out.metrics
+                    .delivery_retries
+                    .with_label_values(&["risk"])
+                    .inc();
+            })
+            .await
+            {
+                deliver::Delivery::Acked(_) => {
+                    self.0.insert(key, value);
+                }
+                deliver::Delivery::Permanent(e) => {
+                    tracing::error!(%topic, error = %e, "a configuration risk was refused by the risk topic");
+                    self.0.insert(key, value);
+                }
+                deliver::Delivery::Abandoned => return Err(Abandoned),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the service until SIGTERM / Ctrl-C: then stops consuming, notifies pending alarm
 /// updates, flushes the producer and commits.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -164,6 +215,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Credential reports: the files were read by `setup`; the topic is read to its end before
     // the first event, then both are followed on a thread of their own.
     let reports_group = format!("{}-reports", config.group_id);
+    let mut start_risks = reports::current_risks(&s.reports.latest());
     let mut follower = reports::Follower::new(
         std::mem::take(&mut s.reports),
         config
@@ -195,6 +247,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     if let Some(u) = first {
         s.enricher.reports = u.index;
+        start_risks = u.risks;
     }
     let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(2);
     let reports_thread = {
@@ -268,10 +321,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // keys a new credential report flags.
     let mut leaks_sent = HashSet::new();
     // A stop before they are out: they are sent again at the next start.
+    let mut risks_sent = RisksSent::default();
     let mut abandoned = writer.is_none()
-        && deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out)
+        && (deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out)
             .await
-            .is_err();
+            .is_err()
+            || risks_sent
+                .publish(config.risk_topic.as_deref(), &start_risks, &out)
+                .await
+                .is_err());
 
     // Checkpoint (state + offsets) or, without a state directory (or with the state in the
     // changelog), commit this often.
@@ -317,6 +375,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (metrics, stop, max_bytes) = (metrics.clone(), stop.clone(), out.max_bytes);
         let (commit_interval, queue_cap) = (config.commit_interval, config.detect_queue_events);
         let labels = provider_label.clone();
+        let (risk_topic, risks) = (config.risk_topic.clone(), std::mem::take(&mut start_risks));
         tokio::spawn(async move {
             let out = Outputs {
                 producer: &producer,
@@ -338,6 +397,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 reports: reports?,
                 lateness,
                 labels,
+                risk_topic,
+                risks,
             }
             .run()
             .await;
@@ -370,7 +431,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     // Between two records: every event is joined with one whole version.
                     s.enricher.reports = update.index;
                     metrics.report_updates.inc();
-                    if deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out).await.is_err() {
+                    if deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out).await.is_err()
+                        || risks_sent.publish(config.risk_topic.as_deref(), &update.risks, &out).await.is_err()
+                    {
                         abandoned = true;
                     }
                     continue;

@@ -20,6 +20,8 @@ use crate::telemetry::Metrics;
 pub struct ReportUpdate {
     pub index: ReportIndex,
     pub accounts: usize,
+    /// The configuration risks of the reports now in use.
+    pub risks: Vec<crate::risk::Risk>,
 }
 
 /// How long start-up waits to read the report topic to its end before consuming events anyway.
@@ -139,8 +141,17 @@ fn update(feed: &ReportFeed, metrics: &Metrics) -> ReportUpdate {
     metrics.report_accounts.set(latest.len() as i64);
     ReportUpdate {
         accounts: latest.len(),
+        risks: current_risks(&latest),
         index: ReportIndex::new(latest),
     }
+}
+
+/// The configuration risks of these reports, each as of its report's time.
+pub fn current_risks(latest: &[&crate::report::ReportSnapshot]) -> Vec<crate::risk::Risk> {
+    latest
+        .iter()
+        .flat_map(|s| crate::risk::risks(s, crate::risk::report_time(s)))
+        .collect()
 }
 
 /// The follower: the feed (files already read once at start), the report topic if any.

@@ -69,6 +69,18 @@ fn replay_alarm_ids() -> BTreeSet<String> {
     summary.alarms.into_iter().map(|a| a.alarm_id).collect()
 }
 
+/// The configuration risks `akwatch replay` lists for the bundled scenario, as JSON.
+fn replay_risks() -> BTreeSet<String> {
+    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let mut s = setup(&options).unwrap();
+    let summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap();
+    summary
+        .risks
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect()
+}
+
 fn consume_all(
     brokers: &str,
     topic: &str,
@@ -229,10 +241,12 @@ impl Harness {
     }
 
     fn topics(&self) -> Vec<String> {
-        ["aws", "alibaba", "tencent", "alarms", "dlq", "reports"]
-            .iter()
-            .map(|s| self.topic(s))
-            .collect()
+        [
+            "aws", "alibaba", "tencent", "alarms", "dlq", "reports", "risks",
+        ]
+        .iter()
+        .map(|s| self.topic(s))
+        .collect()
     }
 
     fn produce(&self, topic: &str, records: &[Vec<u8>]) {
@@ -598,6 +612,7 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
     let mut h = Harness::new(&brokers, "run");
     let ops = format!("127.0.0.1:{}", free_port());
     h.ops = Some(ops.clone());
+    h.kafka_extra = format!("  risk_topic: {}\n", h.topic("risks"));
     let expected = replay_alarm_ids();
     // The bundled scenario into one topic per cloud, and malformed records among the AWS ones.
     let malformed: [&[u8]; 3] = [
@@ -629,6 +644,19 @@ fn run_on_kafka_gives_the_replay_alarms_dead_letters_metrics_and_zero_lag() {
     );
     let ids = alarm_keys(&alarms);
     assert_same_alarms(&ids, &expected);
+    // The configuration risks of the reports in use, as `replay` lists them, on the risk topic.
+    let expected_risks = replay_risks();
+    let risks = consume_all(
+        &brokers,
+        &h.topic("risks"),
+        |got| got.len() >= expected_risks.len(),
+        Duration::from_secs(60),
+    );
+    let got_risks: BTreeSet<String> = risks
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap()).into_owned())
+        .collect();
+    assert_eq!(got_risks, expected_risks);
     for m in &alarms {
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
         assert_eq!(
@@ -1481,16 +1509,30 @@ fn scale_out(tag: &str, topology: Topology) {
     let events = |log: &str| -> u64 {
         log.lines()
             .filter(|l| l.contains("detection stopped"))
-            .filter_map(|l| l.split("events=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+            .filter_map(|l| {
+                l.split("events=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
             .sum()
     };
     let (ea, eb) = (events(&log_a), events(&log_b));
     assert!(ea > 0 && eb > 0, "events detected by a: {ea}, by b: {eb}");
-    let restored = log_a.matches("restored a partition's detection state").count()
-        + log_b.matches("restored a partition's detection state").count();
+    let restored = log_a
+        .matches("restored a partition's detection state")
+        .count()
+        + log_b
+            .matches("restored a partition's detection state")
+            .count();
     if topology != Topology::Two && topology != Topology::BacklogTwo {
         // Partitions moved after state was saved: the new owner restored it.
-        assert!(restored > 0, "no partition restored from the changelog\n{log_a}\n{log_b}");
+        assert!(
+            restored > 0,
+            "no partition restored from the changelog\n{log_a}\n{log_b}"
+        );
     }
     eprintln!(
         "{tag}: {} alarm ids, as replay ({repeats} repeated notifications); events detected a {ea}, b {eb}; partitions restored from the changelog: {restored}",
