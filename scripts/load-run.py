@@ -397,6 +397,16 @@ def bare_consumer(brokers, name, runs):
     return times
 
 
+def build_info():
+    """The commit the binary was built from, and whether src/ had uncommitted changes then."""
+    try:
+        head = sh("git", "rev-parse", "--short", "HEAD").strip()
+        dirty = sh("git", "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + (" with uncommitted changes in src/" if dirty else "")
+
+
 def machine():
     cpu = "?"
     try:
@@ -499,7 +509,9 @@ def main():
     label = {"repartition": f"akwatch, repartitioned ({a.internal_partitions} internal partitions)",
              "legacy": "akwatch, `kafka.repartition: false` (single instance)"}
     try:
-        print(f"machine: {machine()}; broker and akwatch on it; brokers {brokers}\n")
+        print(f"machine: {machine()}; broker and akwatch on it; brokers {brokers}; "
+              + ("target/release/akwatch as found; tree now at " if a.no_build else
+                 "akwatch release build of ") + f"{build_info()}\n")
         if a.kafka_option or a.config_line:
             print("services' configuration beyond the defaults: "
                   + ", ".join(f"`kafka.options.{o}`" for o in a.kafka_option)
@@ -557,9 +569,6 @@ def main():
                         span += (f" (ingest side: all consumed {consumed - first:.2f} s; "
                                  f"{assigned:.0f} detection partitions)")
                     rows.append((label[mode], span, eps, f"{alarms:,.0f}"))
-                lag = counter(body, "akwatch_consumer_lag_records")
-                if lag:
-                    notes.append(f"{sname}: akwatch_consumer_lag_records = {lag:,.0f} at the end")
                 after_service(brokers, sname, mode, body, notes)
             print("| consumer | first record → last event detected | events/s | "
                   "÷ bare consumer | alarms |")
