@@ -9,6 +9,7 @@ use crate::alarm::{Alarm, AlarmStatus, Evidence, alarm_id};
 use crate::engine::Engine;
 use crate::enrich::{Enricher, GeoDb, IpLists, IpSet, LeakEntry, LeakFeed, ReportIndex, iplist};
 use crate::event::{Cloud, KeyKind, Principal, PrincipalType};
+use crate::pipeline::{Output, Pipeline};
 use crate::policy::Policy;
 use crate::provider::Decoder;
 use crate::report::live::ReportFeed;
@@ -303,22 +304,6 @@ pub fn cloud_of_key(key: &str) -> Cloud {
     }
 }
 
-/// Enriches one event and runs it through the engine, isolated: a panic anywhere in it is an
-/// error (the record becomes an `internal_error` dead letter) and the event's key loses its
-/// state, which the panic may have left half updated; the engine goes on with every other key.
-pub fn process_isolated(
-    enricher: &Enricher,
-    engine: &mut Engine,
-    event: &crate::event::Event,
-) -> Result<Vec<Alarm>, String> {
-    crate::isolate::guard(|| {
-        crate::isolate::fault_point(&event.event_id);
-        let enrichment = enricher.enrich(event);
-        engine.process(event, &enrichment)
-    })
-    .inspect_err(|_| engine.reset_subject(event))
-}
-
 /// What a replay did.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -345,20 +330,32 @@ pub fn run(
         files: expanded.inputs.len(),
         ..Summary::default()
     };
-    // Leaks known before any call.
-    for alarm in leak_alarms(&setup.enricher) {
-        summary.notifications += 1;
-        on_alarm(&alarm);
-        summary.alarms.push(alarm);
+    // The pipeline after decode; what the reports and leak feeds raise before any call.
+    let risks_now: Vec<Risk> = setup
+        .reports
+        .latest()
+        .iter()
+        .flat_map(|s| risks(s, report_time(s)))
+        .collect();
+    let mut pipeline = Pipeline::new(std::mem::take(&mut setup.enricher));
+    for output in pipeline.start(&risks_now) {
+        match output {
+            Output::Alarm(alarm) => {
+                summary.notifications += 1;
+                on_alarm(&alarm);
+                summary.alarms.push(*alarm);
+            }
+            Output::Risk(risk) => summary.risks.push(*risk),
+        }
     }
-    let (enricher, engine) = (&setup.enricher, &mut setup.engine);
+    let engine = &mut setup.engine;
     for input in &expanded.inputs {
         let counts = read_input(
             input,
             &decoder,
             FrameOptions::default(),
             &mut |event| {
-                for alarm in process_isolated(enricher, engine, &event)? {
+                for alarm in pipeline.event(engine, &event)? {
                     summary.notifications += 1;
                     on_alarm(&alarm);
                 }
@@ -374,8 +371,6 @@ pub fn run(
         on_alarm(&alarm);
     }
     summary.alarms.extend(engine.alarms());
-    for s in setup.reports.latest() {
-        summary.risks.extend(risks(s, report_time(s)));
-    }
+    setup.enricher = pipeline.enricher;
     Ok(summary)
 }

@@ -236,6 +236,45 @@ impl Outputs<'_> {
     /// Delivers an alarm: shrunk when too large, to the dead-letter topic when the alarm topic
     /// refuses it for good. It is stored somewhere before this returns `Ok`: when neither topic
     /// takes it, it is tried again (with backoff) until one does. Only a stop can make it fail.
+    /// The pipeline's own outputs: an alarm to the alarm topic, a risk to the risk topic (keyed
+    /// by what it is about; not published without a risk topic).
+    pub async fn emit(
+        &self,
+        output: &crate::pipeline::Output,
+        risk_topic: Option<&str>,
+    ) -> Result<(), Abandoned> {
+        let risk = match output {
+            crate::pipeline::Output::Alarm(alarm) => return self.alarm(alarm).await,
+            crate::pipeline::Output::Risk(risk) => risk,
+        };
+        let Some(topic) = risk_topic else {
+            return Ok(());
+        };
+        let Ok(value) = serde_json::to_vec(risk) else {
+            return Ok(());
+        };
+        let key = crate::pipeline::risk_key(risk);
+        let retried = self.retry_counter("risk");
+        match deliver(
+            self.producer,
+            topic,
+            &key,
+            &value,
+            None,
+            &self.stop,
+            &retried,
+        )
+        .await
+        {
+            Delivery::Acked(_) => Ok(()),
+            Delivery::Permanent(e) => {
+                tracing::error!(%topic, error = %e, "a configuration risk was refused by the risk topic");
+                Ok(())
+            }
+            Delivery::Abandoned => Err(Abandoned),
+        }
+    }
+
     pub async fn alarm(&self, alarm: &Alarm) -> Result<(), Abandoned> {
         let mut value = serde_json::to_value(alarm).unwrap_or_else(|_| minimal_alarm(alarm));
         let mut backoff = Duration::from_secs(1);

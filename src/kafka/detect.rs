@@ -9,7 +9,7 @@
 //! after it that the snapshot already holds are skipped by their input position). A partition
 //! without a snapshot is read from its beginning.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,7 +24,6 @@ use super::deliver::{Abandoned, Outputs, Stop};
 use super::merge::{Merge, Tp};
 use super::repartition::{self, Record, SourcePos};
 use crate::engine::Engine;
-use crate::enrich::Enricher;
 use crate::event::{Event, Origin};
 use crate::provider::{Reject, RejectKind};
 use crate::telemetry::Metrics;
@@ -267,7 +266,8 @@ pub fn consumer(
 /// The detection loop's inputs.
 pub struct Detect<'a> {
     pub consumer: &'a DetectConsumer,
-    pub enricher: Enricher,
+    /// The pipeline after decode; its engines are the partitions'.
+    pub pipeline: crate::pipeline::Pipeline,
     pub changelog: ChangelogWriter,
     pub out: &'a Outputs<'a>,
     pub metrics: &'a Metrics,
@@ -295,16 +295,11 @@ pub struct Ended {
 impl Detect<'_> {
     pub async fn run(mut self) -> Ended {
         let mut parts: BTreeMap<i32, Part> = BTreeMap::new();
-        let mut leaks_sent = HashSet::new();
-        let mut risks_sent = super::RisksSent::default();
-        let mut abandoned =
-            super::deliver_new_leak_alarms(&self.enricher, &mut leaks_sent, self.out)
-                .await
-                .is_err()
-                || risks_sent
-                    .publish(self.risk_topic.as_deref(), &self.risks, self.out)
-                    .await
-                    .is_err();
+        let risk_topic = self.risk_topic.clone();
+        let start = self.pipeline.start(&std::mem::take(&mut self.risks));
+        let mut abandoned = super::emit_all(start, self.out, risk_topic.as_deref())
+            .await
+            .is_err();
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         let mut last_snapshot = Instant::now();
         let mut snapshot_task: Option<tokio::task::JoinHandle<()>> = None;
@@ -318,11 +313,9 @@ impl Detect<'_> {
                 biased;
                 _ = self.stop.signalled() => break,
                 Some(update) = self.reports.recv() => {
-                    self.enricher.reports = update.index;
                     self.metrics.report_updates.inc();
-                    if super::deliver_new_leak_alarms(&self.enricher, &mut leaks_sent, self.out).await.is_err()
-                        || risks_sent.publish(self.risk_topic.as_deref(), &update.risks, self.out).await.is_err()
-                    {
+                    let outputs = self.pipeline.reports_changed(update.index, &update.risks);
+                    if super::emit_all(outputs, self.out, risk_topic.as_deref()).await.is_err() {
                         abandoned = true;
                     }
                     None
@@ -526,12 +519,7 @@ impl Detect<'_> {
                 Ok(())
             }
             Kind::Marks { source, event } => {
-                let enricher = &self.enricher;
-                let engine = &mut part.engine;
-                if let Err(e) = crate::isolate::guard(|| {
-                    let enrichment = enricher.enrich(&event);
-                    engine.apply_marks(&event, &enrichment);
-                }) {
+                if let Err(e) = self.pipeline.marks(&mut part.engine, &event) {
                     tracing::error!(partition = r, error = %e, "applying an event's marks failed");
                 }
                 part.applied.insert(src, source.at());
@@ -552,7 +540,7 @@ impl Detect<'_> {
                     part.late += 1;
                 }
                 part.newest = part.newest.max(t);
-                match crate::replay::process_isolated(&self.enricher, &mut part.engine, &event) {
+                match self.pipeline.event(&mut part.engine, &event) {
                     Ok(alarms) => {
                         for alarm in alarms {
                             self.out.alarm(&alarm).await?;

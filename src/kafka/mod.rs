@@ -28,8 +28,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::event::Origin;
+use crate::pipeline::Pipeline;
 use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
-use crate::replay::{ReplayOptions, Setup, leak_alarms, process_isolated, setup};
+use crate::replay::{ReplayOptions, Setup, setup};
 
 fn client_config(config: &Config) -> ClientConfig {
     client_config_over(config, &[])
@@ -48,70 +49,16 @@ fn client_config_over(config: &Config, defaults: &[(&str, &str)]) -> ClientConfi
     c
 }
 
-/// Delivers the leak alarms (leak feed, keys the reports flag) not delivered before.
-async fn deliver_new_leak_alarms(
-    enricher: &crate::enrich::Enricher,
-    sent: &mut HashSet<String>,
+/// Hands the pipeline's own outputs (leak alarms, risks) to the sinks.
+pub(crate) async fn emit_all(
+    outputs: Vec<crate::pipeline::Output>,
     out: &Outputs<'_>,
+    risk_topic: Option<&str>,
 ) -> Result<(), Abandoned> {
-    for alarm in leak_alarms(enricher) {
-        if !sent.contains(&alarm.alarm_id) {
-            out.alarm(&alarm).await?;
-            sent.insert(alarm.alarm_id.clone());
-        }
+    for o in &outputs {
+        out.emit(o, risk_topic).await?;
     }
     Ok(())
-}
-
-/// The configuration risks published to the risk topic (key → the JSON last sent).
-#[derive(Default)]
-pub(crate) struct RisksSent(HashMap<String, Vec<u8>>);
-
-impl RisksSent {
-    /// Publishes the risks not published before, or changed since, keyed by what they are
-    /// about (cloud, account, principal, risk, key slot): a compacted topic keeps the last.
-    pub(crate) async fn publish(
-        &mut self,
-        topic: Option<&str>,
-        risks: &[crate::risk::Risk],
-        out: &Outputs<'_>,
-    ) -> Result<(), Abandoned> {
-        let Some(topic) = topic else { return Ok(()) };
-        for r in risks {
-            let key = format!(
-                "{}:{}:{}:{}:{}",
-                r.cloud.as_str(),
-                r.account_id.as_ref().map_or("-", |a| a.as_str()),
-                r.principal,
-                r.risk_id,
-                r.key_slot.map_or_else(|| "-".to_owned(), |s| s.to_string())
-            );
-            let Ok(value) = serde_json::to_vec(r) else {
-                continue;
-            };
-            if self.0.get(&key) == Some(&value) {
-                continue;
-            }
-            match deliver::deliver(out.producer, topic, &key, &value, None, &out.stop, &|| {
-                out.metrics
-                    .delivery_retries
-                    .with_label_values(&["risk"])
-                    .inc();
-            })
-            .await
-            {
-                deliver::Delivery::Acked(_) => {
-                    self.0.insert(key, value);
-                }
-                deliver::Delivery::Permanent(e) => {
-                    tracing::error!(%topic, error = %e, "a configuration risk was refused by the risk topic");
-                    self.0.insert(key, value);
-                }
-                deliver::Delivery::Abandoned => return Err(Abandoned),
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Runs the service until SIGTERM / Ctrl-C: then stops consuming, notifies pending alarm
@@ -317,19 +264,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!(brokers = %config.brokers, topics = ?topics, group = %config.group_id, "akwatch run: consuming");
 
-    // Leaks known before any call (deterministic ids: re-sent on restart, harmless); later, the
-    // keys a new credential report flags.
-    let mut leaks_sent = HashSet::new();
-    // A stop before they are out: they are sent again at the next start.
-    let mut risks_sent = RisksSent::default();
+    // The pipeline after decode: here (one instance), or on the detection task (scale-out).
+    let mut pipeline = Pipeline::new(std::mem::take(&mut s.enricher));
+    let detect_pipeline = if scale_out {
+        Some(std::mem::replace(
+            &mut pipeline,
+            Pipeline::new(crate::enrich::Enricher::default()),
+        ))
+    } else {
+        None
+    };
+    // Leaks and risks known before any call (deterministic ids: re-sent on restart, harmless);
+    // later, what a new credential report brings. A stop before they are out: they are sent
+    // again at the next start.
     let mut abandoned = writer.is_none()
-        && (deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out)
-            .await
-            .is_err()
-            || risks_sent
-                .publish(config.risk_topic.as_deref(), &start_risks, &out)
-                .await
-                .is_err());
+        && emit_all(
+            pipeline.start(&start_risks),
+            &out,
+            config.risk_topic.as_deref(),
+        )
+        .await
+        .is_err();
 
     // Checkpoint (state + offsets) or, without a state directory (or with the state in the
     // changelog), commit this often.
@@ -360,12 +315,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let watermarks: Arc<rdkafka::consumer::BaseConsumer> =
         Arc::new(client_config(&config).create()?);
     let mut last_progress = Instant::now();
-    // The detection side, beside the ingest loop below (scale-out); it enriches.
-    let detect_enricher = if scale_out {
-        std::mem::take(&mut s.enricher)
-    } else {
-        crate::enrich::Enricher::default()
-    };
     let lateness = s.engine.policy.allowed_lateness.secs();
     // On a task of its own: the rebalance callbacks of either side block their task (a restore
     // from the changelog, a revocation's flush) and must not hold the other.
@@ -387,7 +336,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             };
             let ended = detect::Detect {
                 consumer: &consumer,
-                enricher: detect_enricher,
+                pipeline: detect_pipeline?,
                 changelog,
                 out: &out,
                 metrics: &metrics,
@@ -429,11 +378,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 _ = stop.signalled() => break,
                 Some(update) = next_report(&mut reports_rx) => {
                     // Between two records: every event is joined with one whole version.
-                    s.enricher.reports = update.index;
                     metrics.report_updates.inc();
-                    if deliver_new_leak_alarms(&s.enricher, &mut leaks_sent, &out).await.is_err()
-                        || risks_sent.publish(config.risk_topic.as_deref(), &update.risks, &out).await.is_err()
-                    {
+                    let outputs = pipeline.reports_changed(update.index, &update.risks);
+                    if emit_all(outputs, &out, config.risk_topic.as_deref()).await.is_err() {
                         abandoned = true;
                     }
                     continue;
@@ -635,7 +582,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                                 .events_decoded
                                 .with_label_values(&[event.cloud.as_str()])
                                 .inc();
-                            match process_isolated(&s.enricher, &mut s.engine, &event) {
+                            match pipeline.event(&mut s.engine, &event) {
                                 Ok(alarms) => {
                                     for alarm in alarms {
                                         outcome = out.alarm(&alarm).await;

@@ -352,8 +352,13 @@ pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
                         continue;
                     }
                 };
-                let fired = !engine.detect(&event, &enrichment).is_empty();
-                fired_any |= fired;
+                // The production path: detection, the policy, then aggregation into alarms.
+                // An event fires when the rule hits on it (a later hit of the same alarm is
+                // aggregated, not notified again); the test expects an alarm notified.
+                let hits_before = engine.stats.hits.get(&rule.id).copied().unwrap_or(0);
+                let notified = engine.process(&event, &enrichment);
+                let fired = engine.stats.hits.get(&rule.id).copied().unwrap_or(0) > hits_before;
+                fired_any |= notified.iter().any(|a| a.rule_id == rule.id);
                 if let Some(want) = te.fires
                     && want != fired
                 {
