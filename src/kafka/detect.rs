@@ -338,6 +338,8 @@ impl Detect<'_> {
             .await
             .is_err();
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        let mut wake = tokio::time::interval(Duration::from_millis(20));
+        wake.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_snapshot = Instant::now();
         let mut snapshot_task: Option<tokio::task::JoinHandle<()>> = None;
         let (mut late_exported, mut events) = (0u64, 0u64);
@@ -368,7 +370,9 @@ impl Detect<'_> {
                     }
                     None
                 }
-                _ = tokio::time::sleep(next_wake(&parts)), if parts.values().any(|p| !p.merge.is_empty()) => None,
+                // An input partition waited for may have become idle (its timeout): looked at
+                // on a steady tick, not a timer per record.
+                _ = wake.tick(), if parts.values().any(|p| !p.merge.is_empty()) => None,
                 m = self.consumer.recv() => Some(m),
             };
             retired_late += self.take_handover(&mut parts, &mut retired);
@@ -665,15 +669,6 @@ fn fresh(received: &mut HashMap<Tp, (i64, u32)>, tp: &Tp, at: (i64, u32)) -> boo
             true
         }
     }
-}
-
-fn next_wake(parts: &BTreeMap<i32, Part>) -> Duration {
-    parts
-        .values()
-        .filter(|p| !p.merge.is_empty())
-        .map(|p| p.merge.next_wake())
-        .min()
-        .unwrap_or(Duration::from_millis(50))
 }
 
 fn sum_stats(retired: &crate::engine::Stats, parts: &BTreeMap<i32, Part>) -> crate::engine::Stats {

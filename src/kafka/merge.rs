@@ -146,11 +146,12 @@ impl<T> Merge<T> {
     /// Whether the record of `tp` at `offset` is new to its queue (false: fetched again after a
     /// rebalance gave the partition back while it was still queued, or processed).
     pub fn fresh(&mut self, tp: &Tp, offset: i64) -> bool {
-        let now = Instant::now();
-        let q = self
-            .queues
-            .entry(tp.clone())
-            .or_insert_with(|| Queue::new(now));
+        if !self.queues.contains_key(tp) {
+            self.queues.insert(tp.clone(), Queue::new(Instant::now()));
+        }
+        let Some(q) = self.queues.get_mut(tp) else {
+            return true;
+        };
         if offset <= q.last_offset {
             return false;
         }
@@ -198,17 +199,19 @@ impl<T> Merge<T> {
     /// The next record in event-time order, if it may leave now; with a resume request when its
     /// partition's queue fell below half its cap.
     pub fn pop(&mut self) -> Option<(Tp, T, Option<Flow>)> {
-        self.pop_at(Instant::now(), false)
+        self.pop_at(false)
     }
 
     /// Every queued record, in event-time order, whatever the idle state (at shutdown the
     /// caller does not use this: unprocessed records are simply read again next time).
     pub fn pop_any(&mut self) -> Option<(Tp, T, Option<Flow>)> {
-        self.pop_at(Instant::now(), true)
+        self.pop_at(true)
     }
 
-    fn pop_at(&mut self, now: Instant, any: bool) -> Option<(Tp, T, Option<Flow>)> {
+    fn pop_at(&mut self, any: bool) -> Option<(Tp, T, Option<Flow>)> {
         let mut best: Option<(&Tp, i64)> = None;
+        // The clock is read only when an empty queue must be judged idle.
+        let mut now: Option<Instant> = None;
         for (tp, q) in &self.queues {
             match q.items.front() {
                 Some((t, _)) => {
@@ -217,7 +220,7 @@ impl<T> Merge<T> {
                     }
                 }
                 None => {
-                    if !any && !self.idle(q, now) {
+                    if !any && !self.idle(q, *now.get_or_insert_with(Instant::now)) {
                         return None;
                     }
                 }
@@ -254,25 +257,6 @@ impl<T> Merge<T> {
             } else {
                 since >= self.idle_timeout
             }
-    }
-
-    /// How long until a partition waited for becomes idle (for the caller's timer).
-    pub fn next_wake(&self) -> Duration {
-        let now = Instant::now();
-        self.queues
-            .values()
-            .filter(|q| q.items.is_empty() && !q.idle_now)
-            .map(|q| {
-                let limit = if q.eof {
-                    self.eof_grace
-                } else {
-                    self.idle_timeout
-                };
-                limit.saturating_sub(now.saturating_duration_since(q.last_arrival))
-            })
-            .min()
-            .unwrap_or(Duration::from_millis(50))
-            .max(Duration::from_millis(1))
     }
 }
 

@@ -46,7 +46,9 @@ impl SourcePos {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+// Externally tagged (`{"event": {...}}`): an internally tagged enum is buffered whole before it
+// is parsed, which cost more than the parse.
+#[serde(rename_all = "snake_case")]
 pub enum Record {
     Event {
         source: SourcePos,
