@@ -322,7 +322,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let lateness = s.engine.policy.allowed_lateness.secs();
     // On a task of its own: the rebalance callbacks of either side block their task (a restore
     // from the changelog, a revocation's flush) and must not hold the other.
+    // Whether the detection task still runs: if it ends before the stop (a panic, say), the
+    // service stops too (exit 1) rather than go on reading input that nothing detects on.
+    let detect_alive = Arc::new(AtomicBool::new(detect.is_some()));
     let detect_task = detect.map(|(consumer, changelog, reports)| {
+        let alive = AliveGuard(detect_alive.clone());
         let producer = producer.clone();
         let (alarm_topic, dlq_topic) = (config.alarm_topic.clone(), config.dlq_topic.clone());
         let (metrics, stop, max_bytes) = (metrics.clone(), stop.clone(), out.max_bytes);
@@ -330,6 +334,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let labels = provider_label.clone();
         let (risk_topic, risks) = (config.risk_topic.clone(), std::mem::take(&mut start_risks));
         tokio::spawn(async move {
+            let _alive = alive;
             let out = Outputs {
                 producer: &producer,
                 alarm_topic: &alarm_topic,
@@ -390,6 +395,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     continue;
                 }
                 _ = ticker.tick() => {
+                    if scale_out && !detect_alive.load(Ordering::Relaxed) {
+                        tracing::error!("the detection task ended before the stop: stopping the service");
+                        abandoned = true;
+                        break;
+                    }
                     exported.export(&s.engine.stats, &metrics);
                     metrics.checkpoint_age_seconds.set(last_checkpoint.elapsed().as_secs_f64());
                     if last_gauges.elapsed() >= Duration::from_secs(10) {
@@ -1071,6 +1081,15 @@ fn apply_flow(consumer: &GroupConsumer, flow: merge::Flow) {
     };
     if let Err(e) = done {
         tracing::warn!(topic = %tp.0, partition = tp.1, pause, error = %e, "pause / resume");
+    }
+}
+
+/// Clears its flag when dropped: at the end of the task that holds it, panic or not.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
