@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 root="$PWD"
 
 AFL_VERSION=0.18.2 # cargo-afl and the afl crate (fuzz/Cargo.toml) must be the same version
-TARGETS=(decode_auto decode_aws decode_alibaba decode_tencent framer gzip report rules policy config lists pipeline)
+TARGETS=(decode_auto decode_aws decode_alibaba decode_tencent framer gzip report rules policy config lists pipeline internal)
 
 seconds=""
 build_only=0
@@ -130,7 +130,7 @@ printf 'target\tseconds\texecs_done\tcorpus_count\tsaved_crashes\tsaved_hangs\n'
 
 dict_of() { # TARGET: the AFL dictionary for the target's input language, if any
     case "$1" in
-        decode_* | framer | gzip | pipeline) echo "fuzz/dict/json.dict" ;;
+        decode_* | framer | gzip | pipeline | internal) echo "fuzz/dict/json.dict" ;;
         rules | policy | config) echo "fuzz/dict/yaml.dict" ;;
         report) echo "fuzz/dict/csv.dict" ;;
     esac
