@@ -255,7 +255,11 @@ impl ClientContext for GroupContext {
     /// librdkafka's errors; a partition's end is not one (it is an event the consume loop
     /// reads: `enable.partition.eof`), and logging it at ERROR flooded the log.
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::trace!("librdkafka: {reason}");
         } else {
             tracing::error!("librdkafka: {error}: {reason}");
