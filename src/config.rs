@@ -461,6 +461,30 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What the pipeline is built from (the command line lowers into the same): rules,
+    /// policies and lists (default: RULES/policies, RULES/lists), GeoIP, reports, leak feeds.
+    pub fn pipeline_options(&self) -> crate::replay::ReplayOptions {
+        let or_default = |given: &[PathBuf], sub: &str| {
+            if given.is_empty() {
+                vec![self.rules.join(sub)]
+            } else {
+                given.to_vec()
+            }
+        };
+        crate::replay::ReplayOptions {
+            inputs: Vec::new(),
+            reports: self.reports.clone(),
+            rules: self.rules.clone(),
+            policies: or_default(&self.policies, "policies"),
+            lists: or_default(&self.lists, "lists"),
+            geoip: self.geoip.clone(),
+            leaks: self.leaks.clone(),
+            provider: None,
+        }
+    }
+}
+
 /// `ops_addr` is `IP:port` or `host:port` (binding it is checked at start: a bad one is fatal).
 fn check_ops_addr(addr: &str) -> Result<(), String> {
     if addr.parse::<std::net::SocketAddr>().is_ok() {

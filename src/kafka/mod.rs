@@ -30,7 +30,7 @@ use crate::engine::Engine;
 use crate::event::Origin;
 use crate::pipeline::Pipeline;
 use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
-use crate::replay::{ReplayOptions, Setup, setup};
+use crate::replay::{Setup, setup};
 
 fn client_config(config: &Config) -> ClientConfig {
     client_config_over(config, &[])
@@ -66,24 +66,7 @@ pub(crate) async fn emit_all(
 pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::isolate::install_panic_hook();
     let stop = stop_on_signal(config.shutdown_grace);
-    let options = ReplayOptions {
-        inputs: Vec::new(),
-        reports: config.reports.clone(),
-        rules: config.rules.clone(),
-        policies: if config.policies.is_empty() {
-            vec![config.rules.join("policies")]
-        } else {
-            config.policies.clone()
-        },
-        lists: if config.lists.is_empty() {
-            vec![config.rules.join("lists")]
-        } else {
-            config.lists.clone()
-        },
-        geoip: config.geoip.clone(),
-        leaks: config.leaks.clone(),
-        provider: None,
-    };
+    let options = config.pipeline_options();
     let mut s: Setup = setup(&options).map_err(|errors| {
         for e in &errors {
             eprintln!("error: {e}");
@@ -793,14 +776,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Leave the group while polling normally, so the revocation runs like any other (a
     // revocation inside librdkafka's `close` can hang: librdkafka #4041 / #4884). Records that
     // arrive meanwhile are not processed and their offsets not committed.
-    let before = progress.rebalances.load(Ordering::Relaxed);
-    if consumer.subscription().is_ok_and(|s| s.count() > 0) {
-        consumer.unsubscribe();
-        let until = Instant::now() + stop.remaining(Duration::from_secs(5));
-        while progress.rebalances.load(Ordering::Relaxed) == before && Instant::now() < until {
-            let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
-        }
-    }
+    leave_group(&consumer, &stop, || {
+        progress.rebalances.load(Ordering::Relaxed)
+    })
+    .await;
     // State and offsets are saved: a close that still hangs must not keep the process.
     let close_limit = stop
         .remaining(Duration::from_secs(10))
