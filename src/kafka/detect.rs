@@ -22,9 +22,9 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use super::changelog::{ChangelogWriter, PartSnapshot, restore};
 use super::deliver::{Abandoned, Outputs, Stop};
 use super::merge::{Merge, Tp};
-use super::repartition::{self, Record, SourcePos};
+use super::repartition::{self, Record};
 use crate::engine::Engine;
-use crate::event::{Event, Origin};
+use crate::event::Origin;
 use crate::provider::{Reject, RejectKind};
 use crate::telemetry::Metrics;
 
@@ -32,22 +32,7 @@ use crate::telemetry::Metrics;
 struct Item {
     /// Its repartition offset.
     offset: i64,
-    kind: Kind,
-}
-
-enum Kind {
-    Event {
-        source: SourcePos,
-        ingested: Option<i64>,
-        event: Box<Event>,
-    },
-    Marks {
-        source: SourcePos,
-        event: Box<Event>,
-    },
-    Progress {
-        caught_up: bool,
-    },
+    record: Record,
 }
 
 /// One owned partition of the repartition topic.
@@ -513,57 +498,35 @@ impl Detect<'_> {
                 return;
             }
         };
-        let (tp, time, kind) = match record {
+        let (tp, time) = match &record {
             Record::Progress {
                 topic,
                 partition,
                 time,
-                caught_up,
-            } => ((topic, partition), time, Kind::Progress { caught_up }),
-            Record::Event {
-                source,
-                ingested,
-                event,
-            } => {
+                ..
+            } => ((topic.clone(), *partition), *time),
+            Record::Event { source, event, .. } | Record::Marks { source, event } => {
                 let tp = (source.topic.clone(), source.partition);
                 if !fresh(&mut part.received, &tp, source.at()) {
                     self.metrics.repartition_duplicates.inc();
                     return;
                 }
-                let time = event.event_time.timestamp();
-                (
-                    tp,
-                    time,
-                    Kind::Event {
-                        source,
-                        ingested,
-                        event,
-                    },
-                )
-            }
-            Record::Marks { source, event } => {
-                let tp = (source.topic.clone(), source.partition);
-                if !fresh(&mut part.received, &tp, source.at()) {
-                    self.metrics.repartition_duplicates.inc();
-                    return;
-                }
-                let time = event.event_time.timestamp();
-                (tp, time, Kind::Marks { source, event })
+                (tp, event.event_time.timestamp())
             }
         };
-        part.merge.push(&tp, time, Item { offset, kind });
+        part.merge.push(&tp, time, Item { offset, record });
     }
 
     /// Applies one released record to its partition's engine.
     async fn apply(&self, r: i32, part: &mut Part, src: Tp, item: Item) -> Result<(), Abandoned> {
-        match item.kind {
-            Kind::Progress { caught_up } => {
+        match item.record {
+            Record::Progress { caught_up, .. } => {
                 if caught_up {
                     part.merge.caught_up(&src);
                 }
                 Ok(())
             }
-            Kind::Marks { source, event } => {
+            Record::Marks { source, event } => {
                 if let Err(e) = self.pipeline.marks(&mut part.engine, &event) {
                     tracing::error!(partition = r, error = %e, "applying an event's marks failed");
                 }
@@ -571,7 +534,7 @@ impl Detect<'_> {
                 part.dirty = true;
                 Ok(())
             }
-            Kind::Event {
+            Record::Event {
                 source,
                 ingested,
                 event,

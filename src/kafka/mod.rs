@@ -634,15 +634,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 // Everything derived from this message is acknowledged: its offset may be committed.
                 progress.done(&topic, partition, offset);
-                if let Some(ms) = ingested {
-                    metrics.ingest_to_done_seconds.observe(
-                        (chrono::Utc::now()
-                            .timestamp_millis()
-                            .saturating_sub(ms)
-                            .max(0) as f64)
-                            / 1000.0,
-                    );
-                }
+                observe_done(&metrics, ingested);
                 dirty = true;
             }
             if let Some(w) = writer.as_mut() {
@@ -865,23 +857,45 @@ async fn write_record(
         // Too large for the client, say: the record is a dead letter now (before a revocation
         // could commit past it), and done in its turn.
         Err(refused) => {
-            let w_ = &refused.tag;
-            tracing::error!(origin = %w_.origin, error = %refused.error, "a record's events could not be written to the repartition topic; it goes to the dead-letter topic");
-            metrics
-                .records_rejected
-                .with_label_values(&[w_.label, RejectKind::InternalError.as_str()])
-                .inc();
-            let reject = Reject::new(
-                RejectKind::InternalError,
-                format!("not written to the repartition topic: {}", refused.error),
-                w_.origin.clone(),
-            );
-            out.dead_letter(&reject, &w_.payload, &w_.origin).await?;
+            dead_letter_unwritten(&refused.tag, &refused.error, out, metrics).await?;
             w.push_done(refused.tag);
         }
     }
     progress.written(&topic, partition, offset);
     Ok(())
+}
+
+/// A record is done: the time from its Kafka timestamp (ms) to now.
+fn observe_done(metrics: &crate::telemetry::Metrics, ingested: Option<i64>) {
+    if let Some(ms) = ingested {
+        metrics.ingest_to_done_seconds.observe(
+            (chrono::Utc::now()
+                .timestamp_millis()
+                .saturating_sub(ms)
+                .max(0) as f64)
+                / 1000.0,
+        );
+    }
+}
+
+/// A record whose events the repartition topic refused for good goes to the dead-letter topic.
+async fn dead_letter_unwritten(
+    w: &Written,
+    error: &str,
+    out: &Outputs<'_>,
+    metrics: &crate::telemetry::Metrics,
+) -> Result<(), Abandoned> {
+    tracing::error!(origin = %w.origin, %error, "a record's events could not be written to the repartition topic; it goes to the dead-letter topic");
+    metrics
+        .records_rejected
+        .with_label_values(&[w.label, RejectKind::InternalError.as_str()])
+        .inc();
+    let reject = Reject::new(
+        RejectKind::InternalError,
+        format!("not written to the repartition topic: {error}"),
+        w.origin.clone(),
+    );
+    out.dead_letter(&reject, &w.payload, &w.origin).await
 }
 
 /// A record whose writes are all acknowledged (or one was refused for good: then the record is
@@ -895,31 +909,12 @@ async fn finish_written(
     let written = match done {
         Ok(w) => w,
         Err(refused) => {
-            let w = refused.tag;
-            tracing::error!(origin = %w.origin, error = %refused.error, "a record's events could not be written to the repartition topic; it goes to the dead-letter topic");
-            metrics
-                .records_rejected
-                .with_label_values(&[w.label, RejectKind::InternalError.as_str()])
-                .inc();
-            let reject = Reject::new(
-                RejectKind::InternalError,
-                format!("not written to the repartition topic: {}", refused.error),
-                w.origin.clone(),
-            );
-            out.dead_letter(&reject, &w.payload, &w.origin).await?;
-            w
+            dead_letter_unwritten(&refused.tag, &refused.error, out, metrics).await?;
+            refused.tag
         }
     };
     progress.done(&written.topic, written.partition, written.offset);
-    if let Some(ms) = written.ingested {
-        metrics.ingest_to_done_seconds.observe(
-            (chrono::Utc::now()
-                .timestamp_millis()
-                .saturating_sub(ms)
-                .max(0) as f64)
-                / 1000.0,
-        );
-    }
+    observe_done(metrics, written.ingested);
     Ok(())
 }
 
