@@ -84,6 +84,9 @@ pub struct Metrics {
     pub ready: AtomicBool,
     /// Milliseconds since `since` (+1, so 0 means never) of the consume loop's last iteration.
     heartbeat_ms: AtomicU64,
+    /// The same for the detection loop (scale-out), and whether there is one.
+    detect_heartbeat_ms: AtomicU64,
+    pub detect_expected: AtomicBool,
     /// Milliseconds since `since` (+1) of the last broker probe, and of the last successful one.
     broker_checked_ms: AtomicU64,
     broker_ok_ms: AtomicU64,
@@ -317,6 +320,8 @@ impl Metrics {
             )?,
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
+            detect_heartbeat_ms: AtomicU64::new(0),
+            detect_expected: AtomicBool::new(false),
             broker_checked_ms: AtomicU64::new(0),
             broker_ok_ms: AtomicU64::new(0),
             broker_error: Mutex::new(None),
@@ -347,6 +352,12 @@ impl Metrics {
         self.heartbeat_ms.store(self.stamp(), Ordering::Relaxed);
     }
 
+    /// The detection loop calls this on every iteration (at least twice a second).
+    pub fn detect_heartbeat(&self) {
+        self.detect_heartbeat_ms
+            .store(self.stamp(), Ordering::Relaxed);
+    }
+
     /// The outcome of one broker probe.
     pub fn set_broker(&self, result: Result<(), String>) {
         let now = self.stamp();
@@ -369,6 +380,10 @@ impl Metrics {
         Readiness {
             started: self.ready.load(Ordering::Relaxed),
             heartbeat: at(&self.heartbeat_ms),
+            detect_heartbeat: self
+                .detect_expected
+                .load(Ordering::Relaxed)
+                .then(|| at(&self.detect_heartbeat_ms)),
             broker_checked: at(&self.broker_checked_ms),
             broker_ok: at(&self.broker_ok_ms),
             broker_error: self.broker_error.lock().ok().and_then(|e| e.clone()),
@@ -392,6 +407,8 @@ pub struct Readiness {
     pub started: bool,
     /// The consume loop's last iteration.
     pub heartbeat: Option<Duration>,
+    /// With scale-out, the detection loop's last iteration (`Some(None)`: not yet).
+    pub detect_heartbeat: Option<Option<Duration>>,
     /// The last broker probe, and the last successful one.
     pub broker_checked: Option<Duration>,
     pub broker_ok: Option<Duration>,
@@ -434,6 +451,17 @@ impl Readiness {
                 MAX_HEARTBEAT_AGE.as_secs()
             )),
             Some(_) => {}
+        }
+        match self.detect_heartbeat {
+            Some(Some(t)) if now.saturating_sub(t) > MAX_HEARTBEAT_AGE => failed.push(format!(
+                "detection loop: no progress for {} s (limit {} s; restoring state, or stuck)",
+                age(t),
+                MAX_HEARTBEAT_AGE.as_secs()
+            )),
+            Some(None) if self.started => {
+                failed.push("detection loop: not started yet".to_owned());
+            }
+            _ => {}
         }
         if failed.is_empty() {
             Ok(())
@@ -647,6 +675,7 @@ mod tests {
         Readiness {
             started: true,
             heartbeat: Some(S(now)),
+            detect_heartbeat: None,
             broker_checked: Some(S(now)),
             broker_ok: Some(S(now)),
             broker_error: None,
@@ -722,10 +751,31 @@ mod tests {
     }
 
     #[test]
+    fn with_scale_out_unready_when_the_detection_loop_stalls() {
+        let mut r = ready_at(100);
+        r.detect_heartbeat = Some(Some(S(95)));
+        assert_eq!(r.check(S(100)), Ok(()));
+        r.detect_heartbeat = Some(Some(S(50)));
+        assert_eq!(
+            r.check(S(100)),
+            Err(
+                "detection loop: no progress for 50 s (limit 30 s; restoring state, or stuck)"
+                    .into()
+            )
+        );
+        r.detect_heartbeat = Some(None);
+        assert_eq!(
+            r.check(S(100)),
+            Err("detection loop: not started yet".into())
+        );
+    }
+
+    #[test]
     fn every_failed_condition_is_named() {
         let r = Readiness {
             started: true,
             heartbeat: Some(S(0)),
+            detect_heartbeat: None,
             broker_checked: Some(S(99)),
             broker_ok: None,
             broker_error: Some("all brokers down".into()),

@@ -333,6 +333,7 @@ impl Detect<'_> {
         let mut retired = crate::engine::Stats::default();
         let mut retired_late = 0;
         while !abandoned {
+            self.metrics.detect_heartbeat();
             let message = tokio::select! {
                 biased;
                 _ = self.stop.signalled() => break,

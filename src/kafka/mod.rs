@@ -308,6 +308,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Whether the detection task still runs: if it ends before the stop (a panic, say), the
     // service stops too (exit 1) rather than go on reading input that nothing detects on.
     let detect_alive = Arc::new(AtomicBool::new(detect.is_some()));
+    metrics
+        .detect_expected
+        .store(detect.is_some(), Ordering::Relaxed);
     let detect_task = detect.map(|(consumer, changelog, reports)| {
         let alive = AliveGuard(detect_alive.clone());
         let producer = producer.clone();
