@@ -120,7 +120,6 @@ impl DetectContext {
 
     /// Restores partition `r` from the changelog; returns it and where to read from.
     fn restore_part(&self, r: i32) -> (Part, Offset, Vec<String>) {
-        let mut engine = (self.factory.engine)();
         let mut merge = Merge::new(usize::MAX, self.factory.idle_timeout, self.factory.lateness);
         merge.assign(&self.factory.sources);
         let mut part = Part {
@@ -156,8 +155,7 @@ impl DetectContext {
                     .observe(restored.took.as_secs_f64());
                 match restored.snapshot {
                     Some(s) => {
-                        let same_rules = engine.restore(s.engine);
-                        part.engine = engine;
+                        let same_rules = part.engine.restore(s.engine);
                         for (t, p, o, i) in s.applied {
                             part.applied.insert((t, p), (o, i));
                         }

@@ -23,7 +23,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, key_partition, subject_partition};
@@ -166,8 +166,6 @@ pub fn input_partitions(
 pub struct Inflight<T> {
     pub tag: T,
     deliveries: Vec<DeliveryFuture>,
-    /// Refused before any write was made (its error in `Writer::failed`).
-    failed: bool,
 }
 
 /// The ingest side's writer: events to the partition of their subject (and marks-only copies),
@@ -178,8 +176,6 @@ pub struct Writer<T> {
     topic: String,
     partitions: u32,
     inflight: VecDeque<Inflight<T>>,
-    /// The errors of the records queued as failed, in order.
-    failed: VecDeque<String>,
     /// Writes outstanding before `write` waits for the oldest.
     max_inflight: usize,
 }
@@ -217,17 +213,12 @@ impl<T> Writer<T> {
             topic: repartition_topic(group),
             partitions: partitions.max(1),
             inflight: VecDeque::new(),
-            failed: VecDeque::new(),
             max_inflight: 20_000,
         })
     }
 
     pub fn producer(&self) -> &FutureProducer {
         &self.producer
-    }
-
-    pub fn partitions(&self) -> u32 {
-        self.partitions
     }
 
     fn send(&self, partition: u32, payload: &[u8]) -> Result<DeliveryFuture, String> {
@@ -315,11 +306,7 @@ impl<T> Writer<T> {
                 }
             }
         }
-        self.inflight.push_back(Inflight {
-            tag,
-            deliveries,
-            failed: false,
-        });
+        self.inflight.push_back(Inflight { tag, deliveries });
         Ok(())
     }
 
@@ -351,17 +338,6 @@ impl<T> Writer<T> {
         self.inflight.push_back(Inflight {
             tag,
             deliveries: Vec::new(),
-            failed: false,
-        });
-    }
-
-    /// Queues a record none of whose writes could be made, to be reported in its turn.
-    pub fn push_failed(&mut self, refused: Refused<T>) {
-        self.failed.push_back(refused.error);
-        self.inflight.push_back(Inflight {
-            tag: refused.tag,
-            deliveries: Vec::new(),
-            failed: true,
         });
     }
 
@@ -381,13 +357,6 @@ impl<T> Writer<T> {
             let front = self.inflight.front_mut()?;
             let Some(f) = front.deliveries.last_mut() else {
                 let done = self.inflight.pop_front()?;
-                if done.failed {
-                    let error = self.failed.pop_front().unwrap_or_default();
-                    return Some(Err(Refused {
-                        tag: done.tag,
-                        error,
-                    }));
-                }
                 return Some(Ok(done.tag));
             };
             let result = if wait {
@@ -409,13 +378,6 @@ impl<T> Writer<T> {
                 tag: done.tag,
                 error,
             }));
-        }
-    }
-
-    /// Flushes what librdkafka holds, for at most `limit`.
-    pub fn flush(&self, limit: Duration) {
-        if let Err(e) = self.producer.flush(limit) {
-            tracing::warn!(error = %e, "repartition flush");
         }
     }
 }
