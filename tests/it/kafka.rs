@@ -134,6 +134,45 @@ fn service_log(child: &std::process::Child) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// What a running (or exited) service process has written on stderr so far, its last `max`
+/// characters.
+fn service_log_tail(child: &std::process::Child, max: usize) -> String {
+    let logs = SERVICE_LOGS.lock().unwrap();
+    let Some((log, _)) = logs.get(&child.id()) else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    text.chars()
+        .skip(text.chars().count().saturating_sub(max))
+        .collect()
+}
+
+/// Polls `/readyz` on `ops` until it answers `want`; returns how long that took and the body.
+/// Panics after `limit`, or as soon as the service has exited, with the end of its log.
+fn ready_within(
+    child: &mut std::process::Child,
+    ops: &str,
+    want: u16,
+    limit: Duration,
+) -> (Duration, String) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = http_get(ops, "/readyz");
+        if status == want {
+            return (start.elapsed(), body);
+        }
+        let exited = child.try_wait().unwrap();
+        assert!(
+            exited.is_none() && start.elapsed() < limit,
+            "/readyz still {status} ({body}) after {:?}, wanted {want}; the service {}; its log ends:\n{}",
+            start.elapsed(),
+            exited.map_or("is running".to_owned(), |s| format!("exited: {s}")),
+            service_log_tail(child, 6000)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// One test's topics, group and service processes.
 struct Harness {
     brokers: String,
@@ -598,12 +637,20 @@ fn metrics_once_lag_is_zero(ops: &str) -> String {
     }
 }
 
+/// A port free to listen on, below Linux's ephemeral range (32768-60999): a port the kernel
+/// handed out for `bind(0)` could be taken by any outgoing connection between this call and
+/// the service binding it (tests run in parallel, each with its Kafka clients). Ports are taken
+/// in turn from a range that depends on the process id, so concurrent test runs differ too.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 21000 + (std::process::id() % 100) as u16 * 100;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 100, "no free port in {base}..{}", base + 100);
+        if std::net::TcpListener::bind(("127.0.0.1", base + n)).is_ok() {
+            return base + n;
+        }
+    }
 }
 
 #[test]
@@ -774,29 +821,15 @@ fn a_broker_outage_mid_stream_loses_nothing() {
         let all = h.stream();
         h.produce_part(&all, 0.0, 0.5);
         let mut child = h.spawn(true);
-        let ready_within = |want: u16, limit: Duration| {
-            let start = Instant::now();
-            loop {
-                let (status, body) = http_get(&ops, "/readyz");
-                if status == want {
-                    return (start.elapsed(), body);
-                }
-                assert!(
-                    start.elapsed() < limit,
-                    "/readyz still {status} ({body}) after {limit:?}, wanted {want}"
-                );
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        };
-        ready_within(200, Duration::from_secs(60));
+        ready_within(&mut child, &ops, 200, Duration::from_secs(60));
         std::thread::sleep(Duration::from_secs(2));
         outage_broker("pause");
         // Readiness follows the broker: unready while it is gone, ready again after.
-        let (down, why) = ready_within(503, Duration::from_secs(40));
+        let (down, why) = ready_within(&mut child, &ops, 503, Duration::from_secs(40));
         assert!(why.contains("broker"), "{why}");
         std::thread::sleep(Duration::from_secs(4));
         outage_broker("resume");
-        let (up, _) = ready_within(200, Duration::from_secs(60));
+        let (up, _) = ready_within(&mut child, &ops, 200, Duration::from_secs(60));
         eprintln!(
             "/readyz: unready {down:?} after the broker stopped ({why}); ready {up:?} after it came back"
         );
