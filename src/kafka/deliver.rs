@@ -275,6 +275,25 @@ impl Outputs<'_> {
         }
     }
 
+    /// An event's alarms, in order, each counted by rule and severity and timed from the
+    /// event's time and its record's Kafka timestamp (`ingested`, ms).
+    pub async fn event_alarms(
+        &self,
+        alarms: Vec<Alarm>,
+        event: &crate::event::Event,
+        ingested: Option<i64>,
+    ) -> Result<(), Abandoned> {
+        for alarm in alarms {
+            self.alarm(&alarm).await?;
+            self.metrics
+                .alarms
+                .with_label_values(&[alarm.rule_id.as_str(), alarm.severity.as_str()])
+                .inc();
+            super::observe_alarm_latency(self.metrics, event, ingested);
+        }
+        Ok(())
+    }
+
     pub async fn alarm(&self, alarm: &Alarm) -> Result<(), Abandoned> {
         let mut value = serde_json::to_value(alarm).unwrap_or_else(|_| minimal_alarm(alarm));
         let mut backoff = Duration::from_secs(1);

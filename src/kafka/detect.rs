@@ -548,19 +548,7 @@ impl Detect<'_> {
                 }
                 part.newest = part.newest.max(t);
                 match self.pipeline.event(&mut part.engine, &event) {
-                    Ok(alarms) => {
-                        for alarm in alarms {
-                            self.out.alarm(&alarm).await?;
-                            self.metrics
-                                .alarms
-                                .with_label_values(&[
-                                    alarm.rule_id.as_str(),
-                                    alarm.severity.as_str(),
-                                ])
-                                .inc();
-                            super::observe_alarm_latency(self.metrics, &event, ingested);
-                        }
-                    }
+                    Ok(alarms) => self.out.event_alarms(alarms, &event, ingested).await?,
                     Err(reason) => {
                         let origin = Origin::kafka(&source.topic, source.partition, source.offset)
                             .at_index(source.index as usize);

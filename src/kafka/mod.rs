@@ -8,20 +8,21 @@ pub mod changelog;
 pub mod deliver;
 pub mod detect;
 mod group;
+mod ingest;
 pub mod merge;
 pub mod repartition;
 mod reports;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deliver::{Abandoned, Outputs, PRODUCE_TIMEOUT, Stop};
 use group::{GroupConsumer, GroupContext, Progress, write_checkpoint};
+use ingest::{Ingest, IngestSetup, Written};
 
 use rdkafka::ClientConfig;
-use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -29,7 +30,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::event::Origin;
 use crate::pipeline::Pipeline;
-use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
+use crate::provider::Decoder;
 use crate::replay::{Setup, setup};
 
 fn client_config(config: &Config) -> ClientConfig {
@@ -62,10 +63,156 @@ pub(crate) async fn emit_all(
 }
 
 /// Runs the service until SIGTERM / Ctrl-C: then stops consuming, notifies pending alarm
-/// updates, flushes the producer and commits.
+/// updates, flushes the producer and commits. The stages: [`start`] (configuration, clients,
+/// reports, internal topics), the [`ingest`] loop on this task, the [`detect`] loop on a task
+/// of its own (scale-out), then [`shutdown`].
 pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::isolate::install_panic_hook();
     let stop = stop_on_signal(config.shutdown_grace);
+    let Some((mut svc, s)) = start(&config, &stop).await? else {
+        return Ok(());
+    };
+    let Setup {
+        enricher, engine, ..
+    } = s;
+    let lateness = engine.policy.allowed_lateness.secs();
+    let (producer, metrics) = (svc.producer.clone(), svc.metrics.clone());
+    let out = Outputs {
+        producer: &producer,
+        alarm_topic: &config.alarm_topic,
+        dlq_topic: &config.dlq_topic,
+        max_bytes: config
+            .options
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(deliver::DEFAULT_MAX_MESSAGE_BYTES),
+        stop: stop.clone(),
+        metrics: &metrics,
+    };
+    let labels: HashMap<String, &'static str> = config
+        .inputs
+        .iter()
+        .map(|i| {
+            let label = i.provider.map_or("auto", crate::event::Cloud::as_str);
+            (i.topic.clone(), label)
+        })
+        .collect();
+    // The pipeline after decode: on the ingest task (one instance), or on the detection task
+    // (scale-out), which then also follows the reports.
+    let mut pipeline = Box::new(Pipeline::new(enricher));
+    let scale_out = svc.scale.is_some();
+    let detect_alive = Arc::new(AtomicBool::new(scale_out));
+    svc.metrics
+        .detect_expected
+        .store(scale_out, Ordering::Relaxed);
+    let mut start_outputs = Vec::new();
+    let (next, reports, detect_task) = match svc.scale.take() {
+        Some((writer, consumer, changelog)) => {
+            let task = spawn_detect(
+                &config,
+                producer.clone(),
+                metrics.clone(),
+                lateness,
+                DetectParts {
+                    consumer,
+                    changelog,
+                    pipeline,
+                    reports: svc.reports_rx.take(),
+                    risks: std::mem::take(&mut svc.start_risks),
+                    labels: labels.clone(),
+                    alive: AliveGuard(detect_alive.clone()),
+                    max_bytes: out.max_bytes,
+                    stop: stop.clone(),
+                },
+            );
+            (ingest::Next::Repartition(writer), None, Some(task))
+        }
+        None => {
+            // The leaks and risks known before any call (deterministic ids: re-sent on restart,
+            // harmless); later, what a new credential report brings. A stop before they are
+            // out: they are sent again at the next start. (Scale-out: the detection task sends
+            // them.)
+            start_outputs = pipeline.start(&svc.start_risks);
+            let state_dir = config.state_dir.clone();
+            let next = ingest::Next::Local {
+                pipeline,
+                state_dir,
+            };
+            (next, svc.reports_rx.take(), None)
+        }
+    };
+    let topics: Vec<&str> = config.inputs.iter().map(|i| i.topic.as_str()).collect();
+    svc.consumer.subscribe(&topics)?;
+    svc.metrics.ready.store(true, Ordering::Relaxed);
+    tracing::info!(brokers = %config.brokers, topics = ?topics, group = %config.group_id, "akwatch run: consuming");
+    let mut ingest = Ingest::new(IngestSetup {
+        consumer: svc.consumer.clone(),
+        progress: svc.progress.clone(),
+        metrics: svc.metrics.clone(),
+        out: &out,
+        stop: stop.clone(),
+        next,
+        engine,
+        reports,
+        risk_topic: config.risk_topic.clone(),
+        labels,
+        decoders: config
+            .inputs
+            .iter()
+            .map(|i| {
+                let decoder = Decoder::pinned(i.provider).with_max_skew(config.max_event_skew_secs);
+                (i.topic.clone(), decoder)
+            })
+            .collect(),
+        fallback: Decoder::auto().with_max_skew(config.max_event_skew_secs),
+        merge: merge::Merge::new(
+            config.merge_queue_records,
+            config.partition_idle_timeout,
+            lateness,
+        ),
+        watermarks: Arc::new(client_config(&config).create()?),
+        commit_interval: config.commit_interval,
+        detect_alive,
+    });
+    ingest.abandoned = emit_all(start_outputs, &out, config.risk_topic.as_deref())
+        .await
+        .is_err();
+    ingest.run().await;
+    let detect_end = match detect_task {
+        Some(task) => tokio::time::timeout(stop.remaining(Duration::from_secs(60)), task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten(),
+        None => None,
+    };
+    shutdown(&config, svc, ingest, detect_end, &stop).await
+}
+
+/// What [`start`] sets up: the loaded configuration, the clients, the report follower.
+struct Service {
+    progress: Arc<Progress>,
+    consumer: Arc<GroupConsumer>,
+    producer: FutureProducer,
+    metrics: Arc<crate::telemetry::Metrics>,
+    /// The configuration risks of the reports in use at start.
+    start_risks: Vec<crate::risk::Risk>,
+    reports_rx: Option<tokio::sync::mpsc::Receiver<reports::ReportUpdate>>,
+    reports_thread: std::thread::JoinHandle<()>,
+    stop_reports: Arc<AtomicBool>,
+    /// Scale-out: the repartition writer, the detection consumer, the changelog writer.
+    scale: Option<(
+        repartition::Writer<Written>,
+        detect::DetectConsumer,
+        changelog::ChangelogWriter,
+    )>,
+}
+
+/// Loads the configuration (every problem reported at once), creates the clients, restores
+/// the checkpoint (one instance with a state directory), starts the ops server and the broker
+/// probe, reads the report topic to its end, and (scale-out) creates the internal topics.
+/// `None`: stopped meanwhile.
+async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, Setup)>> {
     let options = config.pipeline_options();
     let mut s: Setup = setup(&options).map_err(|errors| {
         for e in &errors {
@@ -79,7 +226,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let progress = Arc::new(Progress::default());
     let consumer: Arc<GroupConsumer> = Arc::new(
-        client_config(&config)
+        client_config(config)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -96,7 +243,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     // Each alarm's delivery is awaited before the next record: no lingering for a batch (the
     // user's options may still set it).
-    let producer: FutureProducer = client_config_over(&config, &[("linger.ms", "0")])
+    let producer: FutureProducer = client_config_over(config, &[("linger.ms", "0")])
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set(
@@ -151,7 +298,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config
             .report_topic
             .as_deref()
-            .map(|t| (client_config(&config), reports_group.as_str(), t)),
+            .map(|t| (client_config(config), reports_group.as_str(), t)),
         config.reports_rescan,
         metrics.clone(),
     )?;
@@ -171,7 +318,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = stop.signalled() => {
             tracing::info!("stopped while reading the report topic");
             stop_reports.store(true, Ordering::Relaxed);
-            return Ok(());
+            return Ok(None);
         }
         done = bootstrap => done?,
     };
@@ -186,553 +333,138 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .name("akwatch-reports".to_owned())
             .spawn(move || follower.run(reports_tx, stop))?
     };
-    let topics: Vec<&str> = config.inputs.iter().map(|i| i.topic.as_str()).collect();
     // Scale-out: the internal topics, the detection consumer, the repartition and changelog
-    // writers. The report updates then go to the detection side.
-    let mut reports_rx = Some(reports_rx);
+    // writers.
     let scale = if scale_out {
-        Some(scale_out_setup(&config, &s, &metrics).await?)
-    } else {
-        None
-    };
-    if let Some((w, _, _)) = &scale {
-        let producer = w.producer().clone();
+        let scale = scale_out_setup(config, &s, &metrics).await?;
+        let producer = scale.0.producer().clone();
         progress.set_flush(Box::new(move |limit| {
             use rdkafka::producer::Producer;
             producer.flush(limit).is_ok()
         }));
-    }
-    let (mut writer, detect) = match scale {
-        Some((writer, detect_consumer, changelog)) => (
-            Some(writer),
-            Some((detect_consumer, changelog, reports_rx.take())),
-        ),
-        None => (None, None),
-    };
-    consumer.subscribe(&topics)?;
-    metrics.ready.store(true, Ordering::Relaxed);
-    let provider_label: HashMap<String, &'static str> = config
-        .inputs
-        .iter()
-        .map(|i| {
-            (
-                i.topic.clone(),
-                i.provider.map_or("auto", crate::event::Cloud::as_str),
-            )
-        })
-        .collect();
-    let mut exported = ExportedStats::default();
-    let mut last_gauges = Instant::now();
-    let decoders: HashMap<String, Decoder> = config
-        .inputs
-        .iter()
-        .map(|i| {
-            (
-                i.topic.clone(),
-                Decoder::pinned(i.provider).with_max_skew(config.max_event_skew_secs),
-            )
-        })
-        .collect();
-    let out = Outputs {
-        producer: &producer,
-        alarm_topic: &config.alarm_topic,
-        dlq_topic: &config.dlq_topic,
-        max_bytes: config
-            .options
-            .get("message.max.bytes")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(deliver::DEFAULT_MAX_MESSAGE_BYTES),
-        stop: stop.clone(),
-        metrics: &metrics,
-    };
-    tracing::info!(brokers = %config.brokers, topics = ?topics, group = %config.group_id, "akwatch run: consuming");
-
-    // The pipeline after decode: here (one instance), or on the detection task (scale-out).
-    let mut pipeline = Pipeline::new(std::mem::take(&mut s.enricher));
-    let detect_pipeline = if scale_out {
-        Some(std::mem::replace(
-            &mut pipeline,
-            Pipeline::new(crate::enrich::Enricher::default()),
-        ))
+        Some(scale)
     } else {
         None
     };
-    // Leaks and risks known before any call (deterministic ids: re-sent on restart, harmless);
-    // later, what a new credential report brings. A stop before they are out: they are sent
-    // again at the next start.
-    let mut abandoned = writer.is_none()
-        && emit_all(
-            pipeline.start(&start_risks),
-            &out,
-            config.risk_topic.as_deref(),
-        )
-        .await
-        .is_err();
+    Ok(Some((
+        Service {
+            progress,
+            consumer,
+            producer,
+            metrics,
+            start_risks,
+            reports_rx: Some(reports_rx),
+            reports_thread,
+            stop_reports,
+            scale,
+        },
+        s,
+    )))
+}
 
-    // Checkpoint (state + offsets) or, without a state directory (or with the state in the
-    // changelog), commit this often.
-    let dir = config.state_dir.as_deref().filter(|_| !scale_out);
-    let period = config.commit_interval;
-    let mut last_checkpoint = Instant::now();
-    let mut dirty = false;
-    let mut rebalances_seen = 0;
-    let mut ticker = tokio::time::interval(Duration::from_millis(100));
-    // A partition waited for may have become idle (20 ms after its end, or its timeout): looked
-    // at on a steady 5 ms tick rather than a timer set for every record.
-    let mut wake = tokio::time::interval(Duration::from_millis(5));
-    wake.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut lag_task: Option<tokio::task::JoinHandle<()>> = None;
-    let mut checkpoint_task: Option<tokio::task::JoinHandle<()>> = None;
-    let (mut consume_errors, mut last_consume_error) = (0u64, None);
-    // Partitions merged in event time (see `merge`).
-    let mut merge: merge::Merge<Pending> = merge::Merge::new(
-        config.merge_queue_records,
-        config.partition_idle_timeout,
-        s.engine.policy.allowed_lateness.secs(),
-    );
-    let mut late_exported = 0;
-    let mut merge_rebalances = u64::MAX;
-    let mut progress_sent: HashMap<merge::Tp, (i64, bool, Instant)> = HashMap::new();
-    // Partition numbers that reported their end, and the check of which partition it was.
-    let mut eof_wanted: HashSet<i32> = HashSet::new();
-    let mut eof_check: Option<tokio::task::JoinHandle<Vec<(merge::Tp, i64)>>> = None;
-    let mut eof_ends: Option<Vec<(merge::Tp, i64)>> = None;
-    // Partition ends are asked on a connection of their own: on the consumer's, the request
-    // waits behind its long fetches.
-    let watermarks: Arc<rdkafka::consumer::BaseConsumer> =
-        Arc::new(client_config(&config).create()?);
-    let mut last_progress = Instant::now();
-    let lateness = s.engine.policy.allowed_lateness.secs();
-    // On a task of its own: the rebalance callbacks of either side block their task (a restore
-    // from the changelog, a revocation's flush) and must not hold the other.
-    // Whether the detection task still runs: if it ends before the stop (a panic, say), the
-    // service stops too (exit 1) rather than go on reading input that nothing detects on.
-    let detect_alive = Arc::new(AtomicBool::new(detect.is_some()));
-    metrics
-        .detect_expected
-        .store(detect.is_some(), Ordering::Relaxed);
-    let detect_task = detect.map(|(consumer, changelog, reports)| {
-        let alive = AliveGuard(detect_alive.clone());
-        let producer = producer.clone();
-        let (alarm_topic, dlq_topic) = (config.alarm_topic.clone(), config.dlq_topic.clone());
-        let (metrics, stop, max_bytes) = (metrics.clone(), stop.clone(), out.max_bytes);
-        let (commit_interval, queue_cap) = (config.commit_interval, config.detect_queue_events);
-        let labels = provider_label.clone();
-        let (risk_topic, risks) = (config.risk_topic.clone(), std::mem::take(&mut start_risks));
-        tokio::spawn(async move {
-            let _alive = alive;
-            let out = Outputs {
-                producer: &producer,
-                alarm_topic: &alarm_topic,
-                dlq_topic: &dlq_topic,
-                max_bytes,
-                stop: stop.clone(),
-                metrics: &metrics,
-            };
-            let ended = detect::Detect {
-                consumer: &consumer,
-                pipeline: detect_pipeline?,
-                changelog,
-                out: &out,
-                metrics: &metrics,
-                stop: stop.clone(),
-                commit_interval,
-                queue_cap,
-                reports: reports?,
-                lateness,
-                labels,
-                risk_topic,
-                risks,
-            }
-            .run()
-            .await;
-            leave_group(&consumer, &stop, || consumer.context().rebalance_count()).await;
-            Some(ended)
-        })
-    });
-    let ingest_run = async {
-        while !abandoned {
-            metrics.heartbeat();
-            let rebalances = progress.rebalances.load(Ordering::Relaxed);
-            if rebalances != merge_rebalances {
-                merge_rebalances = rebalances;
-                if let Ok(tpl) = consumer.assignment() {
-                    let assigned: Vec<merge::Tp> = tpl
-                        .elements()
-                        .iter()
-                        .map(|e| (e.topic().to_owned(), e.partition()))
-                        .collect();
-                    merge.assign(&assigned);
-                    // Pausing does not outlive an assignment.
-                    let _ = consumer.resume(&tpl);
-                }
-            }
-            let message = tokio::select! {
-                // Once the stop signal has come, no further record is taken.
-                biased;
-                _ = stop.signalled() => break,
-                Some(update) = next_report(&mut reports_rx) => {
-                    // Between two records: every event is joined with one whole version.
-                    metrics.report_updates.inc();
-                    let outputs = pipeline.reports_changed(update.index, &update.risks);
-                    if emit_all(outputs, &out, config.risk_topic.as_deref()).await.is_err() {
-                        abandoned = true;
-                    }
-                    continue;
-                }
-                _ = ticker.tick() => {
-                    if scale_out && !detect_alive.load(Ordering::Relaxed) {
-                        tracing::error!("the detection task ended before the stop: stopping the service");
-                        abandoned = true;
-                        break;
-                    }
-                    exported.export(&s.engine.stats, &metrics);
-                    metrics.checkpoint_age_seconds.set(last_checkpoint.elapsed().as_secs_f64());
-                    if last_gauges.elapsed() >= Duration::from_secs(10) {
-                        last_gauges = Instant::now();
-                        let (keys, entries, bytes) = s.engine.state.size();
-                        metrics.state_keys.set(keys as i64);
-                        metrics.state_entries.set(entries as i64);
-                        metrics.state_bytes.set(bytes as i64);
-                        // Off the consume task: the watermark look-ups are network round trips.
-                        if lag_task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
-                            let (c, m) = (consumer.clone(), metrics.clone());
-                            lag_task = Some(tokio::task::spawn_blocking(move || update_lag(&c, &m)));
-                        }
-                    }
-                    if let Some(w) = writer.as_ref() {
-                        send_progress(w, &merge, &mut progress_sent);
-                    }
-                    // Idle: checkpoint / commit what was processed since the last one.
-                    if dirty && last_checkpoint.elapsed() >= period {
-                        last_checkpoint = Instant::now();
-                        if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
-                            dirty = false;
-                        }
-                    }
-                    continue;
-                }
-                ends = async { eof_check.as_mut()?.await.ok() }, if eof_check.is_some() => {
-                    eof_check = None;
-                    eof_ends = ends;
-                    None
-                }
-                // A partition waited for may have become idle.
-                _ = wake.tick(), if !merge.is_empty() => None,
-                m = consumer.recv() => Some(m),
-            };
-            if let Some(message) = message {
-                let message = match message {
-                    Ok(m) => Some(m),
-                    Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
-                        // librdkafka names the partition, not the topic: which of the partitions
-                        // with that number reached its end is checked off the consume task.
-                        eof_wanted.insert(p);
-                        None
-                    }
-                    Err(e) => {
-                        // An outage makes librdkafka report an error per poll: one line per 10 s.
-                        consume_errors += 1;
-                        if last_consume_error
-                            .is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10))
-                        {
-                            tracing::warn!(error = %e, errors = consume_errors, "consume error");
-                            last_consume_error = Some(Instant::now());
-                            consume_errors = 0;
-                        }
-                        None
-                    }
-                };
-                if let Some(message) = message
-                    && !progress.already_done(
-                        message.topic(),
-                        message.partition(),
-                        message.offset(),
-                    )
-                    && merge.fresh(
-                        &(message.topic().to_owned(), message.partition()),
-                        message.offset(),
-                    )
-                {
-                    let label = provider_label
-                        .get(message.topic())
-                        .copied()
-                        .unwrap_or("auto");
-                    metrics.records_consumed.with_label_values(&[label]).inc();
-                    let origin =
-                        Origin::kafka(message.topic(), message.partition(), message.offset());
-                    let payload = message.payload().unwrap_or_default();
-                    let decoder = decoders.get(message.topic()).copied().unwrap_or_else(|| {
-                        Decoder::auto().with_max_skew(config.max_event_skew_secs)
-                    });
-                    let mut results = Vec::new();
-                    // Each record is isolated: a panic while decoding or processing it makes it an
-                    // `internal_error` dead letter, and the loop goes on.
-                    if let Err(reason) =
-                        crate::isolate::guard(|| decoder.decode(payload, &origin, &mut results))
-                    {
-                        results.clear();
-                        results.push(Err(Reject::new(
-                            RejectKind::InternalError,
-                            reason,
-                            origin.clone(),
-                        )));
-                    }
-                    // Ordered by its earliest event; a record of rejects only leaves at once.
-                    let time = results
-                        .iter()
-                        .filter_map(|r| r.as_ref().ok())
-                        .map(|e| e.event_time.timestamp())
-                        .min()
-                        .unwrap_or(i64::MIN);
-                    let tp = (message.topic().to_owned(), message.partition());
-                    let pending = Pending {
-                        offset: message.offset(),
-                        label,
-                        ingested: message.timestamp().to_millis(),
-                        origin,
-                        payload: payload.to_vec(),
-                        results,
-                    };
-                    if let Some(flow) = merge.push(&tp, time, pending) {
-                        apply_flow(&consumer, flow);
-                    }
-                }
-            }
-            // End-of-partition checks: a finished one marks the caught-up partitions; the next
-            // starts for the partition numbers that reported an end since.
-            if let Some(ends) = eof_ends.take() {
-                let positions = consumer.position().ok();
-                for (tp, end) in ends {
-                    let at = positions.as_ref().and_then(|l| {
-                        match l.find_partition(&tp.0, tp.1)?.offset() {
-                            rdkafka::Offset::Offset(o) => Some(o),
-                            _ => None,
-                        }
-                    });
-                    if at.is_some_and(|at| at >= end) {
-                        merge.eof(&tp);
-                    }
-                }
-            }
-            if eof_check.is_none() && !eof_wanted.is_empty() {
-                let wanted: Vec<merge::Tp> =
-                    eof_wanted.drain().flat_map(|p| merge.numbered(p)).collect();
-                let c = watermarks.clone();
-                eof_check = Some(tokio::task::spawn_blocking(move || {
-                    wanted
-                        .into_iter()
-                        .filter_map(|tp| {
-                            let (_, end) = c
-                                .fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2))
-                                .ok()?;
-                            Some((tp, end))
-                        })
-                        .collect()
-                }));
-            }
-            // Release what the merge lets go, in event-time order.
-            while !abandoned {
-                let Some(((topic, partition), record, flow)) = merge.pop() else {
-                    break;
-                };
-                if let Some(flow) = flow {
-                    apply_flow(&consumer, flow);
-                }
-                let Pending {
-                    offset,
-                    label,
-                    ingested,
-                    origin,
-                    payload,
-                    mut results,
-                } = record;
-                // Scale-out: the events go to the repartition topic; the record is done once they
-                // are all acknowledged (below, in order).
-                if let Some(w) = writer.as_mut() {
-                    let written = Written {
-                        topic,
-                        partition,
-                        offset,
-                        ingested,
-                        label,
-                        origin,
-                        payload,
-                    };
-                    if write_record(w, written, results, &out, &progress, &metrics)
-                        .await
-                        .is_err()
-                    {
-                        abandoned = true;
-                        break;
-                    }
-                    dirty = true;
-                    continue;
-                }
-                let mut outcome = Ok(());
-                // One dead letter per record, however many of its events were rejected.
-                let mut rejects = RecordRejects::default();
-                for result in results.drain(..) {
-                    if outcome.is_err() {
-                        continue;
-                    }
-                    match result {
-                        Ok(event) => {
-                            metrics
-                                .events_decoded
-                                .with_label_values(&[event.cloud.as_str()])
-                                .inc();
-                            match pipeline.event(&mut s.engine, &event) {
-                                Ok(alarms) => {
-                                    for alarm in alarms {
-                                        outcome = out.alarm(&alarm).await;
-                                        if outcome.is_err() {
-                                            break;
-                                        }
-                                        metrics
-                                            .alarms
-                                            .with_label_values(&[
-                                                alarm.rule_id.as_str(),
-                                                alarm.severity.as_str(),
-                                            ])
-                                            .inc();
-                                        observe_alarm_latency(&metrics, &event, ingested);
-                                    }
-                                }
-                                Err(reason) => {
-                                    tracing::error!(%origin, %reason, "processing a record failed; it goes to the dead-letter topic");
-                                    metrics
-                                        .records_rejected
-                                        .with_label_values(&[
-                                            label,
-                                            RejectKind::InternalError.as_str(),
-                                        ])
-                                        .inc();
-                                    rejects.add(Reject::new(
-                                        RejectKind::InternalError,
-                                        reason,
-                                        origin.clone(),
-                                    ));
-                                }
-                            }
-                        }
-                        Err(reject) => {
-                            metrics
-                                .records_rejected
-                                .with_label_values(&[label, reject.kind.as_str()])
-                                .inc();
-                            rejects.add(reject);
-                        }
-                    }
-                }
-                if outcome.is_ok()
-                    && let Some(reject) = rejects.take()
-                {
-                    outcome = out.dead_letter(&reject, &payload, &origin).await;
-                }
-                if outcome.is_err() {
-                    // Stopping and not acknowledged in time: this record is not done.
-                    abandoned = true;
-                    break;
-                }
-                // Everything derived from this message is acknowledged: its offset may be committed.
-                progress.done(&topic, partition, offset);
-                observe_done(&metrics, ingested);
-                dirty = true;
-            }
-            if let Some(w) = writer.as_mut() {
-                // What the broker acknowledged, and the input partitions' progress.
-                while let Some(done) = w.next_done(false).await {
-                    if finish_written(done, &out, &progress, &metrics)
-                        .await
-                        .is_err()
-                    {
-                        abandoned = true;
-                        break;
-                    }
-                }
-                metrics.repartition_pending.set(w.pending() as i64);
-                if last_progress.elapsed() >= PROGRESS_EVERY {
-                    last_progress = Instant::now();
-                    send_progress(w, &merge, &mut progress_sent);
-                }
-            }
-            // With scale-out, detection counts the late events (per event, where order
-            // matters); the ingest merge's own are not added twice.
-            if writer.is_none() {
-                metrics
-                    .late_records
-                    .inc_by(merge.late.saturating_sub(late_exported));
-            }
-            late_exported = merge.late;
-            metrics.merge_queued.set(merge.len() as i64);
-            if abandoned {
-                break;
-            }
-            // After a rebalance, checkpoint at once: the state then reflects the partitions kept.
-            let rebalances = progress.rebalances.load(Ordering::Relaxed);
-            if dirty && (last_checkpoint.elapsed() >= period || rebalances != rebalances_seen) {
-                last_checkpoint = Instant::now();
-                if start_checkpoint(&mut checkpoint_task, &consumer, &progress, &s, dir) {
-                    dirty = false;
-                    rebalances_seen = rebalances;
-                }
-            }
+/// What the detection task gets.
+struct DetectParts {
+    consumer: detect::DetectConsumer,
+    changelog: changelog::ChangelogWriter,
+    pipeline: Box<Pipeline>,
+    reports: Option<tokio::sync::mpsc::Receiver<reports::ReportUpdate>>,
+    risks: Vec<crate::risk::Risk>,
+    labels: HashMap<String, &'static str>,
+    alive: AliveGuard,
+    max_bytes: usize,
+    stop: Stop,
+}
+
+/// The detection loop on a task of its own: the rebalance callbacks of either side block their
+/// task (a restore from the changelog, a revocation's flush) and must not hold the other. If it
+/// ends before the stop (a panic, say), its [`AliveGuard`] tells ingest, and the service stops
+/// (exit 1) rather than go on reading input that nothing detects on.
+fn spawn_detect(
+    config: &Config,
+    producer: FutureProducer,
+    metrics: Arc<crate::telemetry::Metrics>,
+    lateness: i64,
+    parts: DetectParts,
+) -> tokio::task::JoinHandle<Option<detect::Ended>> {
+    let (alarm_topic, dlq_topic) = (config.alarm_topic.clone(), config.dlq_topic.clone());
+    let (commit_interval, queue_cap) = (config.commit_interval, config.detect_queue_events);
+    let risk_topic = config.risk_topic.clone();
+    tokio::spawn(async move {
+        let DetectParts {
+            consumer,
+            changelog,
+            pipeline,
+            reports,
+            risks,
+            labels,
+            alive,
+            max_bytes,
+            stop,
+        } = parts;
+        let _alive = alive;
+        let out = Outputs {
+            producer: &producer,
+            alarm_topic: &alarm_topic,
+            dlq_topic: &dlq_topic,
+            max_bytes,
+            stop: stop.clone(),
+            metrics: &metrics,
+        };
+        let ended = detect::Detect {
+            consumer: &consumer,
+            pipeline: *pipeline,
+            changelog,
+            out: &out,
+            metrics: &metrics,
+            stop: stop.clone(),
+            commit_interval,
+            queue_cap,
+            reports: reports?,
+            lateness,
+            labels,
+            risk_topic,
+            risks,
         }
-        // Scale-out: the records whose writes are acknowledged are done (in order); the rest are
-        // read again at the next start.
-        if let Some(w) = writer.as_mut() {
-            let until = Instant::now() + stop.remaining(Duration::from_secs(30));
-            while w.pending() > 0 {
-                let left = until.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, w.next_done(true)).await {
-                    Ok(Some(done)) => {
-                        if finish_written(done, &out, &progress, &metrics)
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
-    };
-    ingest_run.await;
-    let detect_end = match detect_task {
-        Some(task) => tokio::time::timeout(stop.remaining(Duration::from_secs(60)), task)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten(),
-        None => None,
-    };
-    tracing::info!(late = merge.late, "ingest stopped");
+        .run()
+        .await;
+        leave_group(&consumer, &stop, || consumer.context().rebalance_count()).await;
+        Some(ended)
+    })
+}
+
+/// The stop: pending alarm updates notified (one instance), the producer flushed, the state
+/// saved (checkpoint) or the offsets committed — or, when deliveries were abandoned, the last
+/// good checkpoint left standing — then the group left and the process ended.
+async fn shutdown(
+    config: &Config,
+    svc: Service,
+    mut ingest: Ingest<'_>,
+    detect_end: Option<detect::Ended>,
+    stop: &Stop,
+) -> anyhow::Result<()> {
+    let Service {
+        progress,
+        consumer,
+        producer,
+        reports_rx,
+        reports_thread,
+        stop_reports,
+        ..
+    } = svc;
     tracing::info!(
         grace = ?config.shutdown_grace,
         "shutting down: notifying pending alarm updates, flushing, committing"
     );
     stop_reports.store(true, Ordering::Relaxed);
-    if !abandoned && !scale_out {
-        let pending = crate::isolate::guard(|| s.engine.flush()).unwrap_or_else(|e| {
-            tracing::error!("pending alarm updates lost: {e}");
-            Vec::new()
-        });
-        for alarm in pending {
-            if out.alarm(&alarm).await.is_err() {
-                abandoned = true;
-                break;
-            }
-        }
-    }
+    ingest.flush_alarms().await;
     use rdkafka::producer::Producer;
     if let Err(e) = producer.flush(stop.remaining(Duration::from_secs(30))) {
         tracing::warn!(error = %e, "producer flush");
     }
-    if let Some(task) = checkpoint_task.take() {
-        let _ = tokio::time::timeout(stop.remaining(Duration::from_secs(30)), task).await;
-    }
+    ingest.checkpoint_written().await;
+    let scale_out = config.repartition;
+    let dir = config.state_dir.as_deref().filter(|_| !scale_out);
+    let mut abandoned = ingest.abandoned;
     if abandoned {
         // The state now reflects records whose alarms or dead letters were not acknowledged:
         // saving it would lose them. The last checkpoint and its committed offsets stand; the
@@ -749,7 +481,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     } else {
         let saved = match dir {
-            Some(dir) => write_checkpoint(&consumer, &progress, &checkpoint(&progress, &s), dir),
+            Some(dir) => write_checkpoint(
+                &consumer,
+                &progress,
+                &checkpoint(&progress, ingest.engine()),
+                dir,
+            ),
             None => {
                 progress.commit(&*consumer, None);
                 // Scale-out: the detection side wrote every partition's state (or not; or it
@@ -771,7 +508,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Leave the group while polling normally, so the revocation runs like any other (a
     // revocation inside librdkafka's `close` can hang: librdkafka #4041 / #4884). Records that
     // arrive meanwhile are not processed and their offsets not committed.
-    leave_group(&consumer, &stop, || {
+    leave_group(&consumer, stop, || {
         progress.rebalances.load(Ordering::Relaxed)
     })
     .await;
@@ -786,8 +523,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "the Kafka client did not close in time; exiting",
         );
     });
-    let events = detect_end.map_or(s.engine.stats.events, |d| d.events);
+    let events = detect_end.map_or(ingest.engine().stats.events, |d| d.events);
     tracing::info!(events, "stopped");
+    drop(ingest);
     if abandoned {
         // Exit 1: stopped without saving; the next start redoes what was not acknowledged.
         drop(consumer);
@@ -796,146 +534,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "stopped without saving the state: the next start redoes the records after the last checkpoint",
         );
     }
-    drop(lag_task);
     drop(consumer);
     Ok(())
-}
-
-/// How often the ingest side writes the input partitions' progress to the repartition topic.
-const PROGRESS_EVERY: Duration = Duration::from_millis(20);
-
-/// An input record whose events are being written to the repartition topic.
-struct Written {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    ingested: Option<i64>,
-    label: &'static str,
-    origin: Origin,
-    payload: Vec<u8>,
-}
-
-/// Dead-letters a record's rejects and writes its events to the repartition topic (waiting for
-/// the oldest writes when too many are out).
-async fn write_record(
-    w: &mut repartition::Writer<Written>,
-    written: Written,
-    results: Vec<Result<crate::event::Event, Reject>>,
-    out: &Outputs<'_>,
-    progress: &Progress,
-    metrics: &crate::telemetry::Metrics,
-) -> Result<(), Abandoned> {
-    let mut rejects = RecordRejects::default();
-    let mut events = Vec::with_capacity(results.len());
-    for (i, result) in results.into_iter().enumerate() {
-        match result {
-            Ok(event) => events.push((u32::try_from(i).unwrap_or(u32::MAX), event)),
-            Err(reject) => {
-                metrics
-                    .records_rejected
-                    .with_label_values(&[written.label, reject.kind.as_str()])
-                    .inc();
-                rejects.add(reject);
-            }
-        }
-    }
-    if let Some(reject) = rejects.take() {
-        out.dead_letter(&reject, &written.payload, &written.origin)
-            .await?;
-    }
-    while w.is_full() {
-        match w.next_done(true).await {
-            Some(done) => finish_written(done, out, progress, metrics).await?,
-            None => break,
-        }
-    }
-    let (topic, partition, offset, ingested) = (
-        written.topic.clone(),
-        written.partition,
-        written.offset,
-        written.ingested,
-    );
-    match w.write(written, &topic, partition, offset, ingested, events) {
-        Ok(()) => {}
-        // Too large for the client, say: the record is a dead letter now (before a revocation
-        // could commit past it), and done in its turn.
-        Err(refused) => {
-            dead_letter_unwritten(&refused.tag, &refused.error, out, metrics).await?;
-            w.push_done(refused.tag);
-        }
-    }
-    progress.written(&topic, partition, offset);
-    Ok(())
-}
-
-/// A record is done: the time from its Kafka timestamp (ms) to now.
-fn observe_done(metrics: &crate::telemetry::Metrics, ingested: Option<i64>) {
-    if let Some(ms) = ingested {
-        metrics.ingest_to_done_seconds.observe(
-            (chrono::Utc::now()
-                .timestamp_millis()
-                .saturating_sub(ms)
-                .max(0) as f64)
-                / 1000.0,
-        );
-    }
-}
-
-/// A record whose events the repartition topic refused for good goes to the dead-letter topic.
-async fn dead_letter_unwritten(
-    w: &Written,
-    error: &str,
-    out: &Outputs<'_>,
-    metrics: &crate::telemetry::Metrics,
-) -> Result<(), Abandoned> {
-    tracing::error!(origin = %w.origin, %error, "a record's events could not be written to the repartition topic; it goes to the dead-letter topic");
-    metrics
-        .records_rejected
-        .with_label_values(&[w.label, RejectKind::InternalError.as_str()])
-        .inc();
-    let reject = Reject::new(
-        RejectKind::InternalError,
-        format!("not written to the repartition topic: {error}"),
-        w.origin.clone(),
-    );
-    out.dead_letter(&reject, &w.payload, &w.origin).await
-}
-
-/// A record whose writes are all acknowledged (or one was refused for good: then the record is
-/// a dead letter) is done: its offset may be committed.
-async fn finish_written(
-    done: Result<Written, repartition::Refused<Written>>,
-    out: &Outputs<'_>,
-    progress: &Progress,
-    metrics: &crate::telemetry::Metrics,
-) -> Result<(), Abandoned> {
-    let written = match done {
-        Ok(w) => w,
-        Err(refused) => {
-            dead_letter_unwritten(&refused.tag, &refused.error, out, metrics).await?;
-            refused.tag
-        }
-    };
-    progress.done(&written.topic, written.partition, written.offset);
-    observe_done(metrics, written.ingested);
-    Ok(())
-}
-
-/// Writes each input partition's progress when it changed, or at least once a second.
-fn send_progress(
-    w: &repartition::Writer<Written>,
-    merge: &merge::Merge<Pending>,
-    sent: &mut HashMap<merge::Tp, (i64, bool, Instant)>,
-) {
-    for (tp, time, caught_up) in merge.progress() {
-        let due = sent.get(tp).is_none_or(|(t, c, at)| {
-            *t != time || *c != caught_up || at.elapsed() >= Duration::from_secs(1)
-        });
-        if due {
-            w.progress(&tp.0, tp.1, time, caught_up);
-            sent.insert(tp.clone(), (time, caught_up, Instant::now()));
-        }
-    }
 }
 
 /// The next credential report update, when this loop follows them.
@@ -1030,34 +630,6 @@ async fn leave_group<C, F>(
         while rebalances() == before && Instant::now() < until {
             let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
         }
-    }
-}
-
-/// A decoded record waiting in the event-time merge.
-struct Pending {
-    offset: i64,
-    label: &'static str,
-    ingested: Option<i64>,
-    origin: Origin,
-    payload: Vec<u8>,
-    results: Vec<Result<crate::event::Event, Reject>>,
-}
-
-/// Pauses or resumes fetching a partition for the merge.
-fn apply_flow(consumer: &GroupConsumer, flow: merge::Flow) {
-    let (tp, pause) = match flow {
-        merge::Flow::Pause(tp) => (tp, true),
-        merge::Flow::Resume(tp) => (tp, false),
-    };
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(&tp.0, tp.1);
-    let done = if pause {
-        consumer.pause(&tpl)
-    } else {
-        consumer.resume(&tpl)
-    };
-    if let Err(e) = done {
-        tracing::warn!(topic = %tp.0, partition = tp.1, pause, error = %e, "pause / resume");
     }
 }
 
@@ -1190,7 +762,7 @@ fn start_checkpoint(
     task: &mut Option<tokio::task::JoinHandle<()>>,
     consumer: &Arc<GroupConsumer>,
     progress: &Arc<Progress>,
-    s: &Setup,
+    engine: &Engine,
     dir: Option<&std::path::Path>,
 ) -> bool {
     if task.as_ref().is_some_and(|t| !t.is_finished()) {
@@ -1199,7 +771,7 @@ fn start_checkpoint(
     let (consumer, progress) = (consumer.clone(), progress.clone());
     *task = Some(match dir {
         Some(dir) => {
-            let cp = checkpoint(&progress, s);
+            let cp = checkpoint(&progress, engine);
             let dir = dir.to_path_buf();
             tokio::task::spawn_blocking(move || {
                 write_checkpoint(&consumer, &progress, &cp, &dir);
@@ -1210,12 +782,12 @@ fn start_checkpoint(
     true
 }
 
-fn checkpoint(progress: &Progress, s: &Setup) -> crate::checkpoint::Checkpoint {
+fn checkpoint(progress: &Progress, engine: &Engine) -> crate::checkpoint::Checkpoint {
     crate::checkpoint::Checkpoint {
         version: crate::checkpoint::VERSION,
         written_at: chrono::Utc::now(),
         offsets: progress.checkpoint_offsets(),
-        engine: s.engine.snapshot(),
+        engine: engine.snapshot(),
     }
 }
 
@@ -1453,6 +1025,7 @@ pub(crate) fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::Message;
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::mocking::MockCluster;
 

