@@ -38,7 +38,7 @@ pub fn truncate_on_char(s: &str, max: usize) -> &str {
 }
 
 /// `s` cut to `max` bytes with a marker (`…[N bytes cut]`) when longer; counts the cuts.
-fn bound(s: &str, max: usize, cuts: &mut u64) -> String {
+pub fn bound(s: &str, max: usize, cuts: &mut u64) -> String {
     if s.len() <= max {
         return s.to_owned();
     }

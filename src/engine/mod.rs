@@ -610,6 +610,17 @@ impl Engine {
                     &mut run,
                 ) {
                     add_common_facts(&mut f, &facts, enr);
+                    // The tool is the dimension; the user agent that named it is the evidence.
+                    if rule.dimension == Attr::Tool
+                        && let Some(ua) = event.user_agent.as_deref()
+                    {
+                        let ua = crate::alarm::bound(
+                            ua,
+                            crate::alarm::MAX_USER_AGENT_BYTES,
+                            &mut self.stats.alarm_fields_truncated,
+                        );
+                        f.insert("user_agent".into(), json!(ua));
+                    }
                     let severity = rule
                         .severity_when
                         .iter()
@@ -620,14 +631,18 @@ impl Engine {
                         ri,
                         Hit {
                             facts: f,
-                            dimension: dimension_value(
-                                rule.dimension,
-                                event,
-                                enr,
-                                &api,
-                                ip_value.as_deref(),
-                            )
-                            .map(Cow::into_owned),
+                            dimension: if rule.dimension == Attr::Tool {
+                                rule.tool_of(event.user_agent.as_deref()).map(str::to_owned)
+                            } else {
+                                dimension_value(
+                                    rule.dimension,
+                                    event,
+                                    enr,
+                                    &api,
+                                    ip_value.as_deref(),
+                                )
+                                .map(Cow::into_owned)
+                            },
                             severity,
                         },
                     ));
@@ -854,6 +869,8 @@ pub fn dimension_value<'a>(
         Attr::UserAgent => e.user_agent.as_deref().map(Cow::Borrowed),
         Attr::Resource => e.request.resource.as_deref().map(Cow::Borrowed),
         Attr::TargetUser => e.request.target_user.as_deref().map(Cow::Borrowed),
+        // Named by the rule (`Rule::tool_of`); no value of its own.
+        Attr::Tool => None,
     }
 }
 

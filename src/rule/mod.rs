@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 pub use catalog::Catalogs;
-pub use cond::{Cond, CondSpec, Facts, OneOrMany};
+pub use cond::{Cond, CondSpec, Facts, Globs, OneOrMany};
 pub use testing::TestSpec;
 
 /// A span of event time, written `30s`, `10m`, `6h`, `10d` or `2w`: from 0 to
@@ -164,6 +164,10 @@ pub enum Attr {
     UserAgent,
     Resource,
     TargetUser,
+    /// The name of the user-agent signature the rule's `user_agent` condition matched (a
+    /// sub-catalog's name: `hacker_tools.kali` → `kali`): one alarm per key and tool, not per
+    /// raw user agent, which carries versions and per-invocation ids. A dimension only.
+    Tool,
 }
 
 impl Attr {
@@ -180,6 +184,7 @@ impl Attr {
             Attr::UserAgent => "user_agent",
             Attr::Resource => "resource",
             Attr::TargetUser => "target_user",
+            Attr::Tool => "tool",
         }
     }
 
@@ -450,6 +455,8 @@ pub struct Rule {
     pub description: String,
     pub advice: String,
     pub dimension: Attr,
+    /// With the `tool` dimension: each signature's name and patterns, in catalog order.
+    pub tools: Vec<(String, Globs)>,
     pub cond: Cond,
     pub detectors: Vec<Detector>,
     pub severity_when: Vec<(Cond, Severity)>,
@@ -459,6 +466,52 @@ pub struct Rule {
     pub uses_ip: bool,
     pub file: PathBuf,
     pub tests: Vec<TestSpec>,
+}
+
+/// The named signatures of a `user_agent` condition, for the `tool` dimension: each entry of a
+/// `@catalog` that is itself a `@catalog` is one signature, named by that catalog's last
+/// dotted part; any other pattern is a signature named by its text without `*`.
+fn tool_signatures(
+    patterns: &[String],
+    catalogs: &Catalogs,
+) -> Result<Vec<(String, Globs)>, String> {
+    if patterns.is_empty() {
+        return Err("needs a `when: user_agent:` condition to name the tool".to_owned());
+    }
+    let named = |p: &str| -> Result<(String, Globs), String> {
+        let name = match p.strip_prefix('@') {
+            Some(cat) => cat.rsplit('.').next().unwrap_or(cat).to_owned(),
+            None => p.trim_matches('*').to_ascii_lowercase(),
+        };
+        Ok((name, Globs::compile(&[p.to_owned()], catalogs)?))
+    };
+    let mut out = Vec::new();
+    for p in patterns {
+        match p.strip_prefix('@') {
+            Some(cat) => {
+                let entries = catalogs
+                    .get(cat)
+                    .ok_or_else(|| format!("unknown catalog @{cat}"))?;
+                for e in entries {
+                    out.push(named(e)?);
+                }
+            }
+            None => out.push(named(p)?),
+        }
+    }
+    Ok(out)
+}
+
+impl Rule {
+    /// The `tool` dimension's value: the first signature (in catalog order) the user agent
+    /// matches.
+    pub fn tool_of(&self, user_agent: Option<&str>) -> Option<&str> {
+        let ua = user_agent?;
+        self.tools
+            .iter()
+            .find(|(_, g)| g.matches(ua))
+            .map(|(n, _)| n.as_str())
+    }
 }
 
 /// Every rule and catalog under a directory.
@@ -637,9 +690,9 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
                 history,
                 learning,
             } => {
-                if attribute == Attr::None {
+                if attribute == Attr::None || attribute == Attr::Tool {
                     errors.push(format!(
-                        "{name}:{}: first_seen needs an attribute",
+                        "{name}:{}: first_seen needs an attribute (tool is a dimension only)",
                         at("first_seen")
                     ));
                 }
@@ -677,7 +730,8 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
                 }
             }
             DetectorSpec::Distinct { window, min } => {
-                if min.is_empty() || min.contains_key(&Attr::None) {
+                if min.is_empty() || min.contains_key(&Attr::None) || min.contains_key(&Attr::Tool)
+                {
                     errors.push(format!(
                         "{name}:{}: distinct needs attributes with minimum counts",
                         at("distinct")
@@ -806,6 +860,23 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
     if !errors.is_empty() {
         return Err(errors);
     }
+    let tools = if spec.dimension == Attr::Tool {
+        let patterns = spec
+            .when
+            .as_ref()
+            .and_then(|w| w.value.user_agent.as_ref())
+            .map(OneOrMany::to_vec)
+            .unwrap_or_default();
+        match tool_signatures(&patterns, catalogs) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("{name}:{}: dimension: tool: {e}", at("dimension")));
+                return Err(errors);
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let uses_ip =
         cond.uses_ip() || detectors.iter().any(Detector::uses_ip) || spec.dimension.from_ip();
     let rule = Rule {
@@ -816,6 +887,7 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
         description: spec.description,
         advice: spec.advice,
         dimension: spec.dimension,
+        tools,
         cond,
         detectors,
         severity_when,

@@ -20,6 +20,10 @@ pub struct TestSpec {
     pub name: String,
     /// `alarm`: the rule must fire on some event of the case; `none`: on none of them.
     pub expect: String,
+    /// With `expect: alarm`: how many distinct alarms of the rule the case raises (the rule's
+    /// dimension and aggregation at work: one per incident, not per event).
+    #[serde(default)]
+    pub alarms: Option<u32>,
     /// Detector parameters for this case (as in the alarm policy), to keep cases short.
     #[serde(default)]
     pub thresholds: std::collections::BTreeMap<String, String>,
@@ -40,6 +44,9 @@ impl TestSpec {
         }
         if self.events.is_empty() {
             return Err("no events".into());
+        }
+        if self.alarms.is_some() && !self.expect_alarm() {
+            return Err("alarms: a count of alarms goes with expect: alarm".into());
         }
         for (i, e) in self.events.iter().enumerate() {
             e.build(i)
@@ -344,6 +351,7 @@ pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
                     }
                 };
             let mut fired_any = false;
+            let mut alarm_ids = std::collections::BTreeSet::new();
             for (i, te) in test.events.iter().enumerate() {
                 let (event, enrichment) = match te.build(i) {
                     Ok(x) => x,
@@ -359,6 +367,12 @@ pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
                 let notified = engine.process(&event, &enrichment);
                 let fired = engine.stats.hits.get(&rule.id).copied().unwrap_or(0) > hits_before;
                 fired_any |= notified.iter().any(|a| a.rule_id == rule.id);
+                alarm_ids.extend(
+                    notified
+                        .iter()
+                        .filter(|a| a.rule_id == rule.id)
+                        .map(|a| a.alarm_id.clone()),
+                );
                 if let Some(want) = te.fires
                     && want != fired
                 {
@@ -380,6 +394,14 @@ pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
                         "no alarm"
                     },
                     if fired_any { "fired" } else { "did not fire" }
+                ));
+            }
+            if let Some(want) = test.alarms
+                && alarm_ids.len() != want as usize
+            {
+                failures.push(format!(
+                    "expected {want} distinct alarm(s), the rule raised {}",
+                    alarm_ids.len()
                 ));
             }
             out.push(TestOutcome {

@@ -339,7 +339,10 @@ fn alarm_fields_are_bounded() {
         .iter()
         .find(|a| a.rule_id == "ak.hacker_tool")
         .expect("the hacker tool is seen");
-    let agent = &tool.dimension.as_ref().unwrap().value;
+    // One alarm per key and tool: the dimension is the tool's name, the user agent the
+    // evidence, cut.
+    assert_eq!(tool.dimension.as_ref().unwrap().value, "kali");
+    let agent = tool.evidence.facts["user_agent"].as_str().unwrap();
     assert!(
         agent.len() <= akwatch::alarm::MAX_USER_AGENT_BYTES,
         "{}",
