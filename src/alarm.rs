@@ -144,6 +144,55 @@ pub struct Dimension {
     pub value: String,
 }
 
+/// The MITRE ATT&CK (Enterprise, cloud) tactics and techniques a rule stands for: tactic ids
+/// `TA0001`..., technique ids `T1078` or sub-techniques `T1078.004`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attack {
+    pub tactics: Vec<String>,
+    pub techniques: Vec<String>,
+}
+
+impl Attack {
+    /// Every id malformed, or a list left empty.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.tactics.is_empty() || self.techniques.is_empty() {
+            out.push("needs at least one tactic and one technique".to_owned());
+        }
+        let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+        for t in &self.tactics {
+            if !t.strip_prefix("TA").is_some_and(|d| digits(d, 4)) {
+                out.push(format!("tactic {t:?} is not an ATT&CK tactic id (TA0001)"));
+            }
+        }
+        for t in &self.techniques {
+            let ok = t
+                .strip_prefix('T')
+                .is_some_and(|rest| match rest.split_once('.') {
+                    Some((main, sub)) => digits(main, 4) && digits(sub, 3),
+                    None => digits(rest, 4),
+                });
+            if !ok {
+                out.push(format!(
+                    "technique {t:?} is not an ATT&CK technique id (T1078 or T1078.004)"
+                ));
+            }
+        }
+        out
+    }
+
+    /// `TA0001 T1078.004` (for listings).
+    pub fn ids(&self) -> String {
+        self.tactics
+            .iter()
+            .chain(&self.techniques)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// What fired the rule.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Evidence {
@@ -177,6 +226,9 @@ pub struct Alarm {
     pub evidence: Evidence,
     pub description: String,
     pub advice: String,
+    /// The rule's MITRE ATT&CK tactics and techniques.
+    #[serde(default)]
+    pub attack: Attack,
 }
 
 /// One rule firing on one event.
@@ -421,6 +473,7 @@ impl Aggregator {
                     },
                     description: rule.description.clone(),
                     advice: rule.advice.clone(),
+                    attack: rule.attack.clone(),
                 };
                 let ips = source_ip.iter().map(|s| s.ip.clone()).collect();
                 self.alarms.insert(

@@ -437,6 +437,10 @@ fn check_rules(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Each rule's MITRE ATT&CK ids (from its file, carried by its alarms).
+    for r in &set.rules {
+        println!("attack  {:<34} {}", r.id, r.attack.ids());
+    }
     println!(
         "{} rules, {} catalogs: {} passed, {} failed",
         set.rules.len(),

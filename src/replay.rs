@@ -267,6 +267,11 @@ pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud) -> Alarm {
         },
         description: format!("The key was found in {}{}.", entry.source, entry.location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default()),
         advice: "Disable the key now, issue a new one, and remove the secret from where it leaked (and its history).".to_owned(),
+        // Unsecured Credentials: Credentials In Files (a repository, a paste, a report's flag).
+        attack: crate::alarm::Attack {
+            tactics: vec!["TA0006".to_owned()],
+            techniques: vec!["T1552.001".to_owned()],
+        },
     }
 }
 

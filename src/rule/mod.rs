@@ -270,6 +270,9 @@ pub struct RuleSpec {
     pub alarm_type: AlarmType,
     pub description: String,
     pub advice: String,
+    /// The MITRE ATT&CK tactics and techniques the rule stands for (required).
+    #[serde(default)]
+    pub attack: crate::alarm::Attack,
     /// The attribute that splits alarms (one alarm per key and value); `none` by default.
     #[serde(default)]
     pub dimension: Attr,
@@ -454,6 +457,7 @@ pub struct Rule {
     pub alarm_type: AlarmType,
     pub description: String,
     pub advice: String,
+    pub attack: crate::alarm::Attack,
     pub dimension: Attr,
     /// With the `tool` dimension: each signature's name and patterns, in catalog order.
     pub tools: Vec<(String, Globs)>,
@@ -800,6 +804,9 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
         }
         detectors.push(compiled);
     }
+    for e in spec.attack.problems() {
+        errors.push(format!("{name}:{}: attack: {e}", at("attack")));
+    }
     if spec.tests.is_empty() {
         errors.push(format!(
             "{name}:1: rule {} has no tests (each rule carries positive and negative test events)",
@@ -886,6 +893,7 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
         alarm_type: spec.alarm_type,
         description: spec.description,
         advice: spec.advice,
+        attack: spec.attack,
         dimension: spec.dimension,
         tools,
         cond,

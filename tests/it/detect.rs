@@ -278,24 +278,24 @@ fn rule_errors_name_file_and_line() {
     std::fs::write(dir.join("catalogs/c.yaml"), "apis: [\"iam:*\"]\n").unwrap();
     std::fs::write(
         dir.join("a.yaml"),
-        "id: ak.a\nname: A\nseverity: high\ndescription: d\nadvice: a\nwhen:\n  api: \"@nope\"\ntests: []\n",
+        "id: ak.a\nname: A\nseverity: high\ndescription: d\nadvice: a\nattack: {tactics: [TA0007], techniques: [T1580]}\nwhen:\n  api: \"@nope\"\ntests: []\n",
     )
     .unwrap();
     std::fs::write(
         dir.join("b.yaml"),
-        "id: ak.b\nname: B\nseverity: high\ndescription: d\nadvice: a\nwhen:\n  consol: true\n",
+        "id: ak.b\nname: B\nseverity: high\ndescription: d\nadvice: a\nattack: {tactics: [TA0007], techniques: [T1580]}\nwhen:\n  consol: true\n",
     )
     .unwrap();
     let errors = RuleSet::load(&dir).unwrap_err();
     std::fs::remove_dir_all(&dir).ok();
     let text = errors.join("\n");
     assert!(
-        text.contains("a.yaml:7: when: api: unknown catalog @nope"),
+        text.contains("a.yaml:8: when: api: unknown catalog @nope"),
         "{text}"
     );
     assert!(text.contains("a.yaml:1: rule ak.a has no tests"), "{text}");
     assert!(
-        text.contains("b.yaml: line 7 column 3: unknown field `consol`"),
+        text.contains("b.yaml: line 8 column 3: unknown field `consol`"),
         "{text}"
     );
 }

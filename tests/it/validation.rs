@@ -8,10 +8,11 @@ use akwatch::policy::Policy;
 use akwatch::rule::RuleSet;
 
 /// A rule file over `detector` (its indented members, from line 7), with a positive and a
-/// negative test; `event` holds the members of the positive test's first event (line 14).
+/// negative test; `event` holds the members of the positive test's first event (line 14); its
+/// ATT&CK ids on the last line.
 fn rule(detector: &str, event: &str) -> String {
     format!(
-        "id: ak.t\nname: T\nseverity: high\ndescription: d\nadvice: a\ndetector:\n{detector}tests:\n  - name: fires\n    expect: alarm\n    events:\n      - {{{event}}}\n      - {{}}\n      - {{}}\n  - name: quiet\n    expect: none\n    events: [{{}}]\n"
+        "id: ak.t\nname: T\nseverity: high\ndescription: d\nadvice: a\ndetector:\n{detector}tests:\n  - name: fires\n    expect: alarm\n    events:\n      - {{{event}}}\n      - {{}}\n      - {{}}\n  - name: quiet\n    expect: none\n    events: [{{}}]\nattack: {{tactics: [TA0007], techniques: [T1580]}}\n"
     )
 }
 
@@ -298,6 +299,33 @@ fn policy_settings_are_range_checked() {
     has(
         &e,
         "p.yaml:9: allowlist entry old: expires: \"1999-12-31\" is before 2000: the entry would never apply",
+    );
+}
+
+#[test]
+fn a_rule_without_well_formed_attack_ids_is_rejected() {
+    let template = rule(THRESHOLD, "");
+    let last = template.lines().count();
+    let e = rule_errors(&template.replace(
+        "attack: {tactics: [TA0007], techniques: [T1580]}",
+        "attack: {tactics: [Discovery], techniques: [T1580.4]}",
+    ));
+    has(
+        &e,
+        &format!("r.yaml:{last}: attack: tactic \"Discovery\" is not an ATT&CK tactic id (TA0001)"),
+    );
+    has(
+        &e,
+        "attack: technique \"T1580.4\" is not an ATT&CK technique id",
+    );
+    let without: String = template
+        .lines()
+        .filter(|l| !l.starts_with("attack:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    has(
+        &rule_errors(&without),
+        "attack: needs at least one tactic and one technique",
     );
 }
 
