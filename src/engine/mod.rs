@@ -71,6 +71,8 @@ pub struct Stats {
     pub hits: BTreeMap<String, u64>,
     pub alarms: BTreeMap<String, u64>,
     pub allowlisted: BTreeMap<String, u64>,
+    /// Hits suppressed because a stronger rule (`superseded_by`) hit the same event.
+    pub superseded: BTreeMap<String, u64>,
     /// Rule evaluations skipped because the key's IPs are hidden.
     pub ip_hidden_skips: u64,
     /// Keys whose state was dropped to stay under the total cap (least recently seen first).
@@ -100,6 +102,7 @@ impl Stats {
             (&mut self.hits, &o.hits),
             (&mut self.alarms, &o.alarms),
             (&mut self.allowlisted, &o.allowlisted),
+            (&mut self.superseded, &o.superseded),
         ] {
             for (k, v) in theirs {
                 *mine.entry(k.clone()).or_default() += v;
@@ -343,6 +346,7 @@ impl Engine {
         let hits = self.detect(event, enr);
         let hidden = self.policy.is_hidden(event);
         let mut out = Vec::new();
+        let mut kept = Vec::with_capacity(hits.len());
         for (i, hit) in hits {
             let active = &self.rules[i];
             *self.stats.hits.entry(active.rule.id.clone()).or_default() += 1;
@@ -354,6 +358,34 @@ impl Engine {
                     .or_default() += 1;
                 continue;
             }
+            kept.push((i, hit));
+        }
+        // One call, one alarm per incident: a hit whose stronger rule also hit (and was not
+        // allowlisted) is suppressed and counted.
+        if kept.len() > 1 {
+            let rules = &self.rules;
+            let superseded: Vec<usize> = kept
+                .iter()
+                .filter(|(i, _)| {
+                    rules[*i]
+                        .rule
+                        .superseded_by
+                        .iter()
+                        .any(|s| kept.iter().any(|(j, _)| rules[*j].rule.id == *s))
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            for i in &superseded {
+                *self
+                    .stats
+                    .superseded
+                    .entry(self.rules[*i].rule.id.clone())
+                    .or_default() += 1;
+            }
+            kept.retain(|(i, _)| !superseded.contains(i));
+        }
+        for (i, hit) in kept {
+            let active = &self.rules[i];
             let mut hit = hit;
             hit.severity = Some(hit.severity.unwrap_or(active.severity).max(active.severity));
             if let Some(alarm) =
@@ -833,14 +865,19 @@ fn subject_hash(e: &Event) -> u64 {
     }
 }
 
-/// AWS attached its compromised-key quarantine policy to a user.
+/// AWS marked a user's key as exposed: it attached its compromised-key quarantine policy (any
+/// version: `AWSCompromisedKeyQuarantine`, `V2`, `V3`) or wrote its older inline policy
+/// `AWSExposedCredentialPolicy_DO_NOT_REMOVE`.
 fn is_quarantine(e: &Event) -> bool {
+    let Some(policy) = e.request.policy.as_deref() else {
+        return false;
+    };
     e.outcome == Outcome::Success
-        && e.action == "AttachUserPolicy"
-        && e.request
-            .policy
-            .as_deref()
-            .is_some_and(|p| p.contains("AWSCompromisedKeyQuarantine"))
+        && match e.action.as_str() {
+            "AttachUserPolicy" => policy.contains("AWSCompromisedKeyQuarantine"),
+            "PutUserPolicy" => policy.contains("AWSExposedCredentialPolicy_DO_NOT_REMOVE"),
+            _ => false,
+        }
 }
 
 /// The value of an attribute for an event (None when it has none). `ip` is the event's

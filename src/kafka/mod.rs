@@ -795,6 +795,7 @@ fn checkpoint(progress: &Progress, engine: &Engine) -> crate::checkpoint::Checkp
 #[derive(Default)]
 pub(crate) struct ExportedStats {
     allowlisted: std::collections::BTreeMap<String, u64>,
+    superseded: std::collections::BTreeMap<String, u64>,
     ip_hidden_skips: u64,
     evicted_keys: u64,
     window_entries_summarised: u64,
@@ -817,6 +818,13 @@ impl ExportedStats {
             let before = self.allowlisted.insert(rule.clone(), *n).unwrap_or(0);
             metrics
                 .allowlisted
+                .with_label_values(&[rule.as_str()])
+                .inc_by(n.saturating_sub(before));
+        }
+        for (rule, n) in &stats.superseded {
+            let before = self.superseded.insert(rule.clone(), *n).unwrap_or(0);
+            metrics
+                .superseded
                 .with_label_values(&[rule.as_str()])
                 .inc_by(n.saturating_sub(before));
         }

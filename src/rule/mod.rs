@@ -276,6 +276,10 @@ pub struct RuleSpec {
     /// The attribute that splits alarms (one alarm per key and value); `none` by default.
     #[serde(default)]
     pub dimension: Attr,
+    /// Stronger rules that, when they hit the same event, suppress this one's hit (counted in
+    /// `akwatch_superseded_hits_total`): `audit_tamper` over `sensitive_api` for one call.
+    #[serde(default)]
+    pub superseded_by: Vec<String>,
     #[serde(default)]
     pub when: Option<Spanned<CondSpec>>,
     #[serde(default)]
@@ -459,6 +463,8 @@ pub struct Rule {
     pub advice: String,
     pub attack: crate::alarm::Attack,
     pub dimension: Attr,
+    /// Rules whose hit on the same event suppresses this one's.
+    pub superseded_by: Vec<String>,
     /// With the `tool` dimension: each signature's name and patterns, in catalog order.
     pub tools: Vec<(String, Globs)>,
     pub cond: Cond,
@@ -591,6 +597,20 @@ impl RuleSet {
                     }
                 }
                 Err(mut e) => errors.append(&mut e),
+            }
+        }
+        for r in &rules {
+            for s in &r.superseded_by {
+                if *s == r.id || !rules.iter().any(|o| o.id == *s) {
+                    let line = std::fs::read_to_string(&r.file)
+                        .ok()
+                        .and_then(|t| t.lines().position(|l| l.contains(s.as_str())))
+                        .map_or(1, |i| i + 1);
+                    errors.push(format!(
+                        "{}:{line}: superseded_by: {s:?} is not another rule of this set",
+                        r.file.display()
+                    ));
+                }
             }
         }
         if errors.is_empty() {
@@ -895,6 +915,7 @@ pub fn compile_file(file: &Path, text: &str, catalogs: &Catalogs) -> Result<Rule
         advice: spec.advice,
         attack: spec.attack,
         dimension: spec.dimension,
+        superseded_by: spec.superseded_by,
         tools,
         cond,
         detectors,

@@ -444,3 +444,46 @@ fn snapshot_pause() {
         start.elapsed()
     );
 }
+
+/// One call, one alarm: stopping a trail is a sensitive API too, but `ak.sensitive_api` names
+/// `ak.audit_tamper` (and `ak.security_tamper`) as stronger, so the call raises the stronger
+/// alarm alone and the weaker hit is counted as superseded; a sensitive call no stronger rule
+/// raises still gets its `ak.sensitive_api` alarm.
+#[test]
+fn a_stronger_rule_supersedes_the_weaker_on_the_same_call() {
+    let mut engine = engine();
+    let enr = public();
+    let key = "AKIATAMPER0000000001";
+    let rules_of = |alarms: &[akwatch::alarm::Alarm]| -> Vec<String> {
+        let mut r: Vec<String> = alarms.iter().map(|a| a.rule_id.clone()).collect();
+        r.sort();
+        r
+    };
+    let stop = engine.process(
+        &call(key, "cloudtrail", "StopLogging", "203.0.113.10", T0),
+        &enr,
+    );
+    let got = rules_of(&stop);
+    assert!(got.contains(&"ak.audit_tamper".to_owned()), "{got:?}");
+    assert!(!got.contains(&"ak.sensitive_api".to_owned()), "{got:?}");
+    assert_eq!(engine.stats.superseded.get("ak.sensitive_api"), Some(&1));
+    let archive = engine.process(
+        &call(
+            key,
+            "securityhub",
+            "BatchUpdateFindings",
+            "203.0.113.10",
+            T0 + 60,
+        ),
+        &enr,
+    );
+    let got = rules_of(&archive);
+    assert!(got.contains(&"ak.security_tamper".to_owned()), "{got:?}");
+    assert!(!got.contains(&"ak.sensitive_api".to_owned()), "{got:?}");
+    assert_eq!(engine.stats.superseded.get("ak.sensitive_api"), Some(&2));
+    let mut create = call(key, "iam", "CreateUser", "203.0.113.10", T0 + 120);
+    create.request.target_user = Some("mallory".into());
+    let got = rules_of(&engine.process(&create, &enr));
+    assert!(got.contains(&"ak.sensitive_api".to_owned()), "{got:?}");
+    assert_eq!(engine.stats.superseded.get("ak.sensitive_api"), Some(&2));
+}
