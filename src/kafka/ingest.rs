@@ -579,17 +579,33 @@ async fn process(
             }
             Err(reject) => reject,
         };
-        metrics
-            .records_rejected
-            .with_label_values(&[record.label, reject.kind.as_str()])
-            .inc();
-        rejects.add(reject);
+        add_reject(&mut rejects, reject, record.label, out);
     }
-    if let Some(reject) = rejects.take() {
-        out.dead_letter(&reject, &record.payload, &record.origin)
-            .await?;
+    dead_letter_rejects(rejects, record, out).await
+}
+
+/// Counts a rejected event of a record and keeps it for the record's one dead letter.
+fn add_reject(rejects: &mut RecordRejects, reject: Reject, label: &str, out: &Outputs<'_>) {
+    out.metrics
+        .records_rejected
+        .with_label_values(&[label, reject.kind.as_str()])
+        .inc();
+    rejects.add(reject);
+}
+
+/// One dead letter for a record's rejected events, if it has any.
+async fn dead_letter_rejects(
+    mut rejects: RecordRejects,
+    record: &Written,
+    out: &Outputs<'_>,
+) -> Result<(), Abandoned> {
+    match rejects.take() {
+        Some(reject) => {
+            out.dead_letter(&reject, &record.payload, &record.origin)
+                .await
+        }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A decoded record waiting in the event-time merge.
@@ -628,19 +644,10 @@ async fn write_record(
     for (i, result) in results.into_iter().enumerate() {
         match result {
             Ok(event) => events.push((u32::try_from(i).unwrap_or(u32::MAX), event)),
-            Err(reject) => {
-                out.metrics
-                    .records_rejected
-                    .with_label_values(&[written.label, reject.kind.as_str()])
-                    .inc();
-                rejects.add(reject);
-            }
+            Err(reject) => add_reject(&mut rejects, reject, written.label, out),
         }
     }
-    if let Some(reject) = rejects.take() {
-        out.dead_letter(&reject, &written.payload, &written.origin)
-            .await?;
-    }
+    dead_letter_rejects(rejects, &written, out).await?;
     while w.is_full() {
         match w.next_done(true).await {
             Some(done) => finish_written(done, out, progress).await?,

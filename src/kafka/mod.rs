@@ -814,19 +814,20 @@ impl ExportedStats {
         stats: &crate::engine::Stats,
         metrics: &crate::telemetry::Metrics,
     ) {
-        for (rule, n) in &stats.allowlisted {
-            let before = self.allowlisted.insert(rule.clone(), *n).unwrap_or(0);
-            metrics
-                .allowlisted
-                .with_label_values(&[rule.as_str()])
-                .inc_by(n.saturating_sub(before));
-        }
-        for (rule, n) in &stats.superseded {
-            let before = self.superseded.insert(rule.clone(), *n).unwrap_or(0);
-            metrics
-                .superseded
-                .with_label_values(&[rule.as_str()])
-                .inc_by(n.saturating_sub(before));
+        for (now, before, counter) in [
+            (
+                &stats.allowlisted,
+                &mut self.allowlisted,
+                &metrics.allowlisted,
+            ),
+            (&stats.superseded, &mut self.superseded, &metrics.superseded),
+        ] {
+            for (rule, n) in now {
+                let was = before.insert(rule.clone(), *n).unwrap_or(0);
+                counter
+                    .with_label_values(&[rule.as_str()])
+                    .inc_by(n.saturating_sub(was));
+            }
         }
         metrics
             .ip_hidden_skips
