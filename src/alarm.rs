@@ -257,6 +257,9 @@ pub struct Tracked {
     /// eviction).
     #[serde(default)]
     touched: u64,
+    /// The key (or principal) it is about (`subject_of`), for the per-subject index.
+    #[serde(default)]
+    subject: String,
 }
 
 impl Tracked {
@@ -276,6 +279,8 @@ pub const DEFAULT_MAX_ALARMS: usize = 100_000;
 pub struct Aggregator {
     /// Shared with checkpoint snapshots (copied on write).
     alarms: HashMap<String, std::sync::Arc<Tracked>>,
+    /// The ids of each subject's tracked alarms (derived from `alarms`, kept in step with it).
+    by_subject: HashMap<String, Vec<String>>,
     max: usize,
     clock: u64,
     evicted: u64,
@@ -287,6 +292,7 @@ impl Default for Aggregator {
     fn default() -> Self {
         Aggregator {
             alarms: HashMap::new(),
+            by_subject: HashMap::new(),
             max: DEFAULT_MAX_ALARMS,
             clock: 0,
             evicted: 0,
@@ -330,9 +336,11 @@ impl Aggregator {
         ages.select_nth_unstable(excess - 1);
         let mut out = Vec::new();
         for (_, id) in &ages[..excess] {
-            if let Some(t) = self.alarms.remove(id)
-                && t.pending
-            {
+            let Some(t) = self.alarms.remove(id) else {
+                continue;
+            };
+            self.unindex(&t.subject, id);
+            if t.pending {
                 let mut a = t.alarm.clone();
                 a.status = AlarmStatus::Updated;
                 out.push(a);
@@ -357,10 +365,218 @@ impl Aggregator {
     pub fn import(&mut self, tracked: Vec<std::sync::Arc<Tracked>>) {
         for t in tracked {
             self.clock = self.clock.max(t.touched.saturating_add(1));
-            self.alarms.insert(t.alarm.alarm_id.clone(), t);
+            let id = t.alarm.alarm_id.clone();
+            if let Some(old) = self.alarms.insert(id.clone(), t.clone()) {
+                self.unindex(&old.subject, &id);
+            }
+            self.index(&t.subject, &id);
         }
         while self.alarms.len() > self.max {
             self.evict();
+        }
+    }
+}
+
+/// The incident alarm of a key whose alarms span several attack stages.
+pub const ATTACK_SEQUENCE: &str = "ak.attack_sequence";
+/// The window within which a key's alarms make one attack sequence (24 h).
+pub const SEQUENCE_WINDOW_SECS: i64 = 86_400;
+/// The distinct stages (member rules' primary tactics) an attack sequence needs.
+pub const SEQUENCE_MIN_STAGES: usize = 3;
+/// The ATT&CK tactics that count as stages of an attack, with their names. Initial access and
+/// reconnaissance do not: a key used from a new IP is no stage on its own.
+const STAGES: [(&str, &str); 9] = [
+    ("TA0002", "execution"),
+    ("TA0003", "persistence"),
+    ("TA0004", "privilege escalation"),
+    ("TA0005", "defence evasion"),
+    ("TA0006", "credential access"),
+    ("TA0007", "discovery"),
+    ("TA0009", "collection"),
+    ("TA0010", "exfiltration"),
+    ("TA0040", "impact"),
+];
+
+fn stage_name(tactic: &str) -> Option<&'static str> {
+    STAGES.iter().find(|(id, _)| *id == tactic).map(|(_, n)| *n)
+}
+
+impl Aggregator {
+    fn index(&mut self, subject: &str, id: &str) {
+        if !subject.is_empty() {
+            self.by_subject
+                .entry(subject.to_owned())
+                .or_default()
+                .push(id.to_owned());
+        }
+    }
+
+    fn unindex(&mut self, subject: &str, id: &str) {
+        if let Some(ids) = self.by_subject.get_mut(subject) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.by_subject.remove(subject);
+            }
+        }
+    }
+
+    /// The attack sequence of `subject` as of `t` (what GuardDuty's
+    /// `AttackSequence:IAM/CompromisedCredentials` does): when the subject's alarms that were
+    /// hit within [`SEQUENCE_WINDOW_SECS`] before `t` span at least [`SEQUENCE_MIN_STAGES`]
+    /// stages (their rules' primary tactics), one `critical` incident alarm listing them. Its id
+    /// is a function of the subject and the day of its first member. Returned when it is new
+    /// (`created`) or gained members or stages (`updated`); tracked like any alarm.
+    pub fn sequence(&mut self, subject: &str, t: DateTime<Utc>) -> Option<Alarm> {
+        // (Event times come from input: the window's start is checked, never a panic.)
+        let since = t
+            .checked_sub_signed(chrono::TimeDelta::seconds(SEQUENCE_WINDOW_SECS))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        // A member's stage is its rule's primary (first) tactic: a call that fires a broad
+        // rule beside a precise one (sensitive_api beside backdoor_key) adds one stage, not
+        // every tactic the broad rule may stand for.
+        let stage_of = |a: &Alarm| a.attack.tactics.first().and_then(|x| stage_name(x));
+        let mut members: Vec<Alarm> = self
+            .by_subject
+            .get(subject)?
+            .iter()
+            .filter_map(|id| self.alarms.get(id))
+            .map(|tr| &tr.alarm)
+            .filter(|a| a.rule_id != ATTACK_SEQUENCE && a.last_seen >= since)
+            .filter(|a| stage_of(a).is_some())
+            .cloned()
+            .collect();
+        let stages: BTreeSet<&str> = members.iter().filter_map(stage_of).collect();
+        if stages.len() < SEQUENCE_MIN_STAGES {
+            return None;
+        }
+        let rules: BTreeSet<&str> = members.iter().map(|a| a.rule_id.as_str()).collect();
+        let stage_list = stages.iter().copied().collect::<Vec<_>>().join(", ");
+        let rule_list = rules.iter().copied().collect::<Vec<_>>().join(", ");
+        members.sort_by(|a, b| (a.first_seen, &a.alarm_id).cmp(&(b.first_seen, &b.alarm_id)));
+        let first = members.first()?.first_seen;
+        let latest = members.iter().max_by_key(|a| (a.last_seen, &a.alarm_id))?;
+        let id = alarm_id(
+            ATTACK_SEQUENCE,
+            subject,
+            None,
+            first.timestamp().div_euclid(SEQUENCE_WINDOW_SECS),
+        );
+        let (mut source_ips, mut apis, mut seen) = (Vec::new(), Vec::new(), BTreeSet::new());
+        let (mut tactics, mut techniques) = (BTreeSet::new(), BTreeSet::new());
+        for a in &members {
+            for ip in &a.source_ips {
+                if source_ips.len() < MAX_LISTED && seen.insert(ip.ip.clone()) {
+                    source_ips.push(ip.clone());
+                }
+            }
+            for api in &a.apis {
+                if apis.len() < MAX_LISTED && !apis.contains(api) {
+                    apis.push(api.clone());
+                }
+            }
+            tactics.extend(a.attack.tactics.iter().cloned());
+            techniques.extend(a.attack.techniques.iter().cloned());
+        }
+        let listed: Vec<serde_json::Value> = members
+            .iter()
+            .take(MAX_LISTED)
+            .map(|a| {
+                serde_json::json!({
+                    "alarm_id": a.alarm_id,
+                    "rule_id": a.rule_id,
+                    "severity": a.severity,
+                    "tactics": a.attack.tactics,
+                    "first_seen": a.first_seen,
+                    "last_seen": a.last_seen,
+                })
+            })
+            .collect();
+        let mut facts = BTreeMap::new();
+        facts.insert("members".to_owned(), serde_json::json!(listed));
+        facts.insert("member_count".to_owned(), serde_json::json!(members.len()));
+        facts.insert("stages".to_owned(), serde_json::json!(stages));
+        let who = latest
+            .access_key_id
+            .as_ref()
+            .map_or_else(|| subject.to_owned(), |k| k.0.clone());
+        let alarm = Alarm {
+            alarm_id: id.clone(),
+            rule_id: ATTACK_SEQUENCE.to_owned(),
+            rule_name: "Attack sequence: one key across several attack stages".to_owned(),
+            severity: Severity::Critical,
+            alarm_type: AlarmType::Incident,
+            status: AlarmStatus::Created,
+            cloud: latest.cloud,
+            account_id: latest.account_id.clone(),
+            access_key_id: latest.access_key_id.clone(),
+            key_kind: latest.key_kind,
+            principal: latest.principal.clone(),
+            dimension: None,
+            source_ips,
+            apis,
+            count: members.len() as u64,
+            first_seen: first,
+            last_seen: latest.last_seen,
+            evidence: Evidence {
+                event_ids: Vec::new(),
+                facts,
+            },
+            description: format!(
+                "{who} raised {} alarms across {} attack stages ({stage_list}) within 24 h: {rule_list}.",
+                members.len(),
+                stages.len()
+            ),
+            advice: "Treat the key as compromised: disable it, review every member alarm and \
+                     what the key changed (keys, users, policies, logging), and revert."
+                .to_owned(),
+            attack: Attack {
+                tactics: tactics.into_iter().collect(),
+                techniques: techniques.into_iter().collect(),
+            },
+        };
+        self.clock += 1;
+        let touched = self.clock;
+        match self.alarms.get_mut(&id) {
+            Some(tracked) => {
+                let tracked = std::sync::Arc::make_mut(tracked);
+                tracked.touched = touched;
+                let grew = alarm.count != tracked.alarm.count
+                    || alarm.evidence.facts.get("stages")
+                        != tracked.alarm.evidence.facts.get("stages");
+                tracked.alarm = Alarm {
+                    status: AlarmStatus::Created,
+                    ..alarm
+                };
+                if grew {
+                    tracked.last_notified = t;
+                    tracked.pending = false;
+                    let mut out = tracked.alarm.clone();
+                    out.status = AlarmStatus::Updated;
+                    Some(out)
+                } else {
+                    tracked.pending = true;
+                    None
+                }
+            }
+            None => {
+                let ips = alarm.source_ips.iter().map(|s| s.ip.clone()).collect();
+                self.alarms.insert(
+                    id.clone(),
+                    std::sync::Arc::new(Tracked {
+                        alarm: alarm.clone(),
+                        last_notified: t,
+                        pending: false,
+                        ips,
+                        touched,
+                        subject: subject.to_owned(),
+                    }),
+                );
+                self.index(subject, &id);
+                if self.alarms.len() > self.max {
+                    self.evict();
+                }
+                Some(alarm)
+            }
         }
     }
 }
@@ -477,15 +693,17 @@ impl Aggregator {
                 };
                 let ips = source_ip.iter().map(|s| s.ip.clone()).collect();
                 self.alarms.insert(
-                    id,
+                    id.clone(),
                     std::sync::Arc::new(Tracked {
                         alarm: alarm.clone(),
                         last_notified: t,
                         pending: false,
                         ips,
                         touched,
+                        subject: subject.clone(),
                     }),
                 );
+                self.index(&subject, &id);
                 if self.alarms.len() > self.max {
                     self.evict();
                 }

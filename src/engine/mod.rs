@@ -396,6 +396,21 @@ impl Engine {
                 out.push(alarm);
             }
         }
+        // A new alarm may make the key's alarms an attack sequence (one incident alarm).
+        if out
+            .iter()
+            .any(|a| a.status == crate::alarm::AlarmStatus::Created)
+            && let Some(incident) = self
+                .aggregator
+                .sequence(&crate::alarm::subject_of(event), event.event_time)
+        {
+            *self
+                .stats
+                .alarms
+                .entry(crate::alarm::ATTACK_SEQUENCE.to_owned())
+                .or_default() += 1;
+            out.push(incident);
+        }
         self.processed_since_expiry += 1;
         if self.processed_since_expiry >= EXPIRY_EVERY {
             self.expire();

@@ -144,6 +144,8 @@ pub enum AlarmType {
     #[default]
     AbnormalCall,
     Leak,
+    /// Several alarms of one key that together make one incident (`ak.attack_sequence`).
+    Incident,
 }
 
 /// An attribute of an event that detectors count, remember or split alarms by.

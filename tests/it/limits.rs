@@ -487,3 +487,73 @@ fn a_stronger_rule_supersedes_the_weaker_on_the_same_call() {
     assert!(got.contains(&"ak.sensitive_api".to_owned()), "{got:?}");
     assert_eq!(engine.stats.superseded.get("ak.sensitive_api"), Some(&2));
 }
+
+/// Discovery, persistence and defence evasion on one key within a day: besides each rule's
+/// alarm, one `critical` `ak.attack_sequence` incident listing the member alarms and the
+/// stages; a later stage updates it (same id, more members). Another key that only enumerates
+/// (one stage) raises none.
+#[test]
+fn alarms_of_several_stages_on_one_key_make_one_attack_sequence() {
+    let mut engine = engine();
+    let enr = public();
+    let key = "AKIASEQUENCE00000001";
+    let ip = "203.0.113.10";
+    let mut out = Vec::new();
+    for i in 0..6 {
+        let action = format!("DescribeThing{i}");
+        out.extend(engine.process(&call(key, "ec2", &action, ip, T0 + i), &enr));
+    }
+    let mut backdoor = call(key, "iam", "CreateAccessKey", ip, T0 + 600);
+    backdoor.request.target_user = Some("bob".into());
+    out.extend(engine.process(&backdoor, &enr));
+    assert!(
+        out.iter().all(|a| a.rule_id != "ak.attack_sequence"),
+        "two stages are no sequence yet: {:?}",
+        out.iter().map(|a| &a.rule_id).collect::<Vec<_>>()
+    );
+    let tamper = engine.process(&call(key, "cloudtrail", "StopLogging", ip, T0 + 1200), &enr);
+    let incident = tamper
+        .iter()
+        .find(|a| a.rule_id == "ak.attack_sequence")
+        .expect("the third stage makes an attack sequence");
+    assert_eq!(incident.severity, akwatch::rule::Severity::Critical);
+    assert_eq!(incident.status, akwatch::alarm::AlarmStatus::Created);
+    let members: Vec<&str> = incident.evidence.facts["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["rule_id"].as_str().unwrap())
+        .collect();
+    for rule in ["ak.enumeration_burst", "ak.backdoor_key", "ak.audit_tamper"] {
+        assert!(members.contains(&rule), "{members:?}");
+    }
+    let stages = incident.evidence.facts["stages"].to_string();
+    for stage in ["discovery", "persistence", "defence evasion"] {
+        assert!(stages.contains(stage), "{stages}");
+    }
+    assert!(incident.attack.tactics.contains(&"TA0005".to_owned()));
+    assert_eq!(incident.access_key_id.as_ref().unwrap().0, key);
+    // It starts with its first member: the burst, raised by its sixth call.
+    assert_eq!(incident.first_seen.timestamp(), T0 + 5);
+    // A further stage: the same incident, updated with one more member.
+    let mut grant = call(key, "iam", "AttachUserPolicy", ip, T0 + 1800);
+    grant.request.policy = Some("arn:aws:iam::aws:policy/AdministratorAccess".into());
+    grant.request.target_user = Some("bob".into());
+    let more = engine.process(&grant, &enr);
+    let update = more
+        .iter()
+        .find(|a| a.rule_id == "ak.attack_sequence")
+        .expect("a new member updates the incident");
+    assert_eq!(update.alarm_id, incident.alarm_id);
+    assert_eq!(update.status, akwatch::alarm::AlarmStatus::Updated);
+    assert!(update.count > incident.count);
+    // One stage only: no incident.
+    let other = "AKIAONLYDISCOVERY001";
+    let mut quiet = Vec::new();
+    for i in 0..6 {
+        let action = format!("ListThing{i}");
+        quiet.extend(engine.process(&call(other, "s3", &action, ip, T0 + i), &enr));
+    }
+    assert!(quiet.iter().any(|a| a.rule_id == "ak.enumeration_burst"));
+    assert!(quiet.iter().all(|a| a.rule_id != "ak.attack_sequence"));
+}
