@@ -1217,6 +1217,48 @@ pub fn generate(o: &SimOptions) -> std::io::Result<GroundTruth> {
         &["ak.multi_origin"],
     );
 
+    // A20: one key through several attack stages in 20 minutes — discovery, a backdoor key,
+    // logging stopped: each rule's alarm, and one attack-sequence incident over them.
+    let v = victims(Cloud::Aws, &keys, 9);
+    let t = at(21);
+    for (i, what) in [
+        "Instances",
+        "Volumes",
+        "SecurityGroups",
+        "Snapshots",
+        "KeyPairs",
+        "Vpcs",
+        "Subnets",
+        "Images",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let when = t + Duration::milliseconds(i as i64 * 700);
+        calls.push(sim.call(&v, when, "ec2", &format!("Describe{what}")));
+    }
+    let chain_key = key_id(Cloud::Aws, 20, "CHAINKEY");
+    let mut c = sim.call(&v, t + Duration::minutes(10), "iam", "CreateAccessKey");
+    c.params = json!({"userName": "ops-deploy"});
+    c.response = json!({"accessKey": {"accessKeyId": chain_key, "status": "Active", "userName": "ops-deploy"}});
+    calls.push(c);
+    let mut c = sim.call(&v, t + Duration::minutes(20), "cloudtrail", "StopLogging");
+    c.params = json!({"name": "org-trail", "Name": "org-trail"});
+    calls.push(c);
+    push(
+        "attack-chain",
+        "enumeration, a backdoor key for ops-deploy, the trail stopped: one key in 20 minutes",
+        Cloud::Aws,
+        &v.id,
+        t,
+        &[
+            "ak.enumeration_burst",
+            "ak.backdoor_key",
+            "ak.audit_tamper",
+            "ak.attack_sequence",
+        ],
+    );
+
     // --- late and out-of-order delivery: 2% of calls delayed by up to 10 minutes ---
     calls.sort_by_key(|a| a.time);
     let mut order: Vec<(DateTime<Utc>, usize)> = calls

@@ -189,12 +189,13 @@ fn replay_with_no_arguments_runs_the_bundled_scenario() {
         "ak.leaked_key_use",
         "ak.backdoor_key",
         "ak.root_key_use",
+        "ak.attack_sequence",
     ] {
         assert!(rules.contains(id), "{id} missing from {rules:?}");
     }
     assert!(stdout.contains("\"risk_id\":\"risk.root_active_key\""));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("akwatch replay: 7520 events"), "{stderr}");
+    assert!(stderr.contains("akwatch replay: 7530 events"), "{stderr}");
     assert!(stderr.contains("ak.audit_tamper"));
 }
 
