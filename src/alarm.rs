@@ -224,11 +224,86 @@ pub struct Alarm {
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub evidence: Evidence,
+    /// This alarm in one sentence, from its own facts (the key, the call, the target, where
+    /// from): "AKIA… called iam:CreateAccessKey for user bob from 203.0.113.9 (tor; Frankfurt,
+    /// DE) in us-east-1: Access key created for another user."
+    #[serde(default)]
+    pub summary: String,
     pub description: String,
     pub advice: String,
     /// The rule's MITRE ATT&CK tactics and techniques.
     #[serde(default)]
     pub attack: Attack,
+}
+
+impl Alarm {
+    /// The alarm in one sentence, from its fields and the latest hit's facts.
+    pub fn summarize(&self) -> String {
+        use std::fmt::Write;
+        let f = &self.evidence.facts;
+        let text = |k: &str| f.get(k).and_then(|v| v.as_str());
+        let who = self
+            .access_key_id
+            .as_ref()
+            .map(|k| k.0.as_str())
+            .or(self.principal.name.as_deref())
+            .unwrap_or("an unknown caller");
+        let mut s = format!("{who} called ");
+        s.push_str(self.apis.last().map_or("an API", String::as_str));
+        if let Some(u) = text("target_user") {
+            let itself = f.get("target_is_caller").and_then(|v| v.as_bool()) == Some(true);
+            let _ = write!(s, " for user {u}{}", if itself { " (itself)" } else { "" });
+        }
+        if let Some(p) = text("policy") {
+            let _ = write!(s, " with policy {p}");
+        }
+        if let Some(k) = text("created_key_id") {
+            let _ = write!(s, " creating key {k}");
+        }
+        if let Some(d) = &self.dimension
+            && d.name == "tool"
+        {
+            let _ = write!(s, " using {}", d.value);
+        }
+        if let Some(ip) = self.source_ips.last() {
+            let classes: Vec<&str> = ip
+                .classes
+                .iter()
+                .map(|c| c.as_str())
+                .filter(|c| *c != "public")
+                .collect();
+            let place: Vec<&str> = [ip.geo.city.as_deref(), ip.geo.country.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            let about: Vec<String> = [classes.join(", "), place.join(", ")]
+                .into_iter()
+                .filter(|x| !x.is_empty())
+                .collect();
+            let _ = write!(s, " from {}", ip.ip);
+            if !about.is_empty() {
+                let _ = write!(s, " ({})", about.join("; "));
+            }
+        }
+        if let Some(r) = text("region") {
+            let _ = write!(s, " in {r}");
+        }
+        let number = |k: &str| f.get(k).and_then(serde_json::Value::as_f64);
+        if let (Some(km), Some(kmh)) = (number("distance_km"), number("speed_kmh")) {
+            let _ = write!(s, ", {km:.0} km from its previous call at {kmh:.0} km/h");
+        }
+        let _ = write!(s, ": {}", self.rule_name);
+        if self.count > 1 {
+            let _ = write!(
+                s,
+                " ({} hits since {})",
+                self.count,
+                self.first_seen.format("%Y-%m-%d %H:%M UTC")
+            );
+        }
+        s.push('.');
+        s
+    }
 }
 
 /// One rule firing on one event.
@@ -521,11 +596,15 @@ impl Aggregator {
                 event_ids: Vec::new(),
                 facts,
             },
-            description: format!(
+            summary: format!(
                 "{who} raised {} alarms across {} attack stages ({stage_list}) within 24 h: {rule_list}.",
                 members.len(),
                 stages.len()
             ),
+            description: "Alarms of one key that together span several stages of an attack \
+                          (discovery, persistence, privilege escalation, defence evasion, \
+                          credential access, exfiltration, impact) within 24 hours."
+                .to_owned(),
             advice: "Treat the key as compromised: disable it, review every member alarm and \
                      what the key changed (keys, users, policies, logging), and revert."
                 .to_owned(),
@@ -687,9 +766,14 @@ impl Aggregator {
                         event_ids: vec![event_id],
                         facts,
                     },
+                    summary: String::new(),
                     description: rule.description.clone(),
                     advice: rule.advice.clone(),
                     attack: rule.attack.clone(),
+                };
+                let alarm = Alarm {
+                    summary: alarm.summarize(),
+                    ..alarm
                 };
                 let ips = source_ip.iter().map(|s| s.ip.clone()).collect();
                 self.alarms.insert(
@@ -730,6 +814,7 @@ impl Aggregator {
                 }
                 a.evidence.facts = facts;
                 a.severity = a.severity.max(severity);
+                a.summary = a.summarize();
                 // (Times are within chrono's range, so their difference is; a renotification
                 // interval past it means never.)
                 if chrono::TimeDelta::try_seconds(settings.renotify_secs)

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::alarm::{Alarm, AlarmStatus, Evidence, alarm_id};
 use crate::engine::Engine;
-use crate::enrich::{Enricher, GeoDb, IpLists, IpSet, LeakEntry, LeakFeed, ReportIndex, iplist};
+use crate::enrich::{
+    Enricher, GeoDb, IpLists, IpSet, KeyOwner, LeakEntry, LeakFeed, ReportIndex, iplist,
+};
 use crate::event::{Cloud, KeyKind, Principal, PrincipalType};
 use crate::pipeline::{Output, Pipeline};
 use crate::policy::Policy;
@@ -222,18 +224,33 @@ pub fn load_lists(paths: &[PathBuf]) -> Result<IpLists, Vec<String>> {
     }
 }
 
-/// An alarm for a leaked key as such (from the leak feed or a report flag), before any use.
-pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud) -> Alarm {
+/// An alarm for a leaked key as such (from the leak feed or a report flag), before any use;
+/// with the account and principal the credential reports name as its owner, when they do.
+pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud, owner: Option<&KeyOwner>) -> Alarm {
     let mut facts = BTreeMap::new();
     facts.insert("leak".to_owned(), serde_json::json!(entry));
+    if let Some(o) = owner {
+        facts.insert("owner".to_owned(), serde_json::json!(o));
+    }
     let now = entry
         .found_at
         .as_deref()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or_else(
-            || chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
-            |t| t.with_timezone(&chrono::Utc),
-        );
+        .map(|t| t.with_timezone(&chrono::Utc))
+        // A feed entry without a date: when the report naming the key was made (the leak is
+        // at least as old as what we know of the key); nothing known: the epoch.
+        .or(owner.map(|o| o.reported_at))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
+    let whose = owner.map_or_else(String::new, |o| {
+        format!(
+            " (user {}{})",
+            o.principal,
+            o.account_id
+                .as_deref()
+                .map(|a| format!(" of account {a}"))
+                .unwrap_or_default()
+        )
+    });
     Alarm {
         alarm_id: alarm_id("ak.key_leaked", &entry.key_id, Some(&entry.source), 0),
         rule_id: "ak.key_leaked".to_owned(),
@@ -242,14 +259,18 @@ pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud) -> Alarm {
         alarm_type: AlarmType::Leak,
         status: AlarmStatus::Created,
         cloud,
-        account_id: None,
+        account_id: owner.and_then(|o| o.account_id.clone().map(crate::event::AccountId)),
         access_key_id: Some(crate::event::AccessKeyId(entry.key_id.clone())),
         key_kind: KeyKind::Permanent,
         principal: Principal {
-            kind: PrincipalType::Unknown,
-            name: None,
-            id: None,
-            arn: None,
+            kind: match owner {
+                Some(o) if o.root => PrincipalType::Root,
+                Some(_) => PrincipalType::User,
+                None => PrincipalType::Unknown,
+            },
+            name: owner.map(|o| o.principal.clone()),
+            id: owner.and_then(|o| o.principal_id.clone()),
+            arn: owner.and_then(|o| o.arn.clone()),
             role: None,
             invoked_by: None,
             mfa: None,
@@ -265,7 +286,8 @@ pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud) -> Alarm {
             event_ids: Vec::new(),
             facts,
         },
-        description: format!("The key was found in {}{}.", entry.source, entry.location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default()),
+        summary: format!("{}{whose} was found in {}{}.", entry.key_id, entry.source, entry.location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default()),
+        description: "An access key was found where it should not be: in a repository, a paste, or flagged by the cloud's credential report.".to_owned(),
         advice: "Disable the key now, issue a new one, and remove the secret from where it leaked (and its history).".to_owned(),
         // Unsecured Credentials: Credentials In Files (a repository, a paste, a report's flag).
         attack: crate::alarm::Attack {
@@ -283,18 +305,23 @@ pub fn leak_alarms(enricher: &Enricher) -> Vec<Alarm> {
         leak_keys.iter().map(|l| l.key_id.clone()).collect();
     for key in enricher.reports.at_risk_keys() {
         if !known.contains(key) {
+            let owner = enricher.reports.owner(key);
             leak_keys.push(LeakEntry {
                 key_id: key.to_owned(),
                 source: "credential report: may be at risk".to_owned(),
-                location: None,
-                found_at: None,
+                location: owner.map(|o| o.source.clone()),
+                found_at: owner.map(|o| o.reported_at.to_rfc3339()),
             });
         }
     }
     leak_keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
     leak_keys
         .iter()
-        .map(|entry| leak_alarm(entry, cloud_of_key(&entry.key_id)))
+        .map(|entry| {
+            let owner = enricher.reports.owner(&entry.key_id);
+            let cloud = owner.map_or_else(|| cloud_of_key(&entry.key_id), |o| o.cloud);
+            leak_alarm(entry, cloud, owner)
+        })
         .collect()
 }
 

@@ -983,6 +983,27 @@ fn add_common_facts(
     if facts.key_inactive {
         f.insert("key_inactive_in_report".into(), json!(true));
     }
+    // What the call was about, for every rule: an analyst reads the alarm, not the raw log.
+    let e = facts.event;
+    if let Some(r) = e.region.as_deref() {
+        f.entry("region".into()).or_insert_with(|| json!(r));
+    }
+    let req = &e.request;
+    if let Some(p) = &req.policy {
+        f.entry("policy".into()).or_insert_with(|| json!(p));
+    }
+    if let Some(u) = &req.target_user {
+        f.entry("target_user".into()).or_insert_with(|| json!(u));
+        f.entry("target_is_caller".into())
+            .or_insert_with(|| json!(crate::rule::cond::is_same_user(u, e)));
+    }
+    if let Some(k) = &req.created_key_id {
+        f.entry("created_key_id".into())
+            .or_insert_with(|| json!(k.0));
+    }
+    if let Some(r) = &req.resource {
+        f.entry("resource".into()).or_insert_with(|| json!(r));
+    }
 }
 
 /// What one event's detectors share: the key's watermark after it, whether the event is an

@@ -159,10 +159,31 @@ pub struct Enrichment {
 /// One principal of one report: its cloud, account (when the report tells) and facts.
 type ReportedPrincipal = (Cloud, Option<String>, std::sync::Arc<PrincipalFacts>);
 
+/// Whose a key is, as the newest credential report naming it says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyOwner {
+    pub cloud: Cloud,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    pub principal: String,
+    /// The principal's id where the report gives one (Tencent: the sub-account UIN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    pub root: bool,
+    /// When the report was generated (or its latest date).
+    pub reported_at: DateTime<Utc>,
+    /// The report's file.
+    pub source: String,
+}
+
 /// Credential-report facts, indexed for the event join.
 #[derive(Debug, Default)]
 pub struct ReportIndex {
     by_key: HashMap<String, KeyFacts>,
+    /// Each key's owner (one entry per key the reports list, as `by_key`).
+    owners: HashMap<String, KeyOwner>,
     /// principal name → (cloud, account, facts); names are unique within an account.
     by_principal: HashMap<String, Vec<ReportedPrincipal>>,
 }
@@ -179,6 +200,7 @@ impl ReportIndex {
 
     /// Adds (or replaces) the principals of one report.
     pub fn add(&mut self, snapshot: &ReportSnapshot) {
+        let reported_at = crate::risk::report_time(snapshot);
         for p in &snapshot.principals {
             let keys: Vec<KeyFacts> = p
                 .keys
@@ -194,6 +216,19 @@ impl ReportIndex {
             for (k, facts) in p.keys.iter().zip(&keys) {
                 if let Some(id) = &k.id {
                     self.by_key.insert(id.0.clone(), facts.clone());
+                    self.owners.insert(
+                        id.0.clone(),
+                        KeyOwner {
+                            cloud: snapshot.cloud,
+                            account_id: snapshot.account_id.as_ref().map(|a| a.0.clone()),
+                            principal: p.name.clone(),
+                            principal_id: p.id.clone(),
+                            arn: p.arn.clone(),
+                            root: p.root,
+                            reported_at,
+                            source: snapshot.source.clone(),
+                        },
+                    );
                 }
             }
             let facts = std::sync::Arc::new(PrincipalFacts {
@@ -216,6 +251,11 @@ impl ReportIndex {
                 entries.push((snapshot.cloud, account.clone(), facts.clone()));
             }
         }
+    }
+
+    /// The owner of a key the reports list.
+    pub fn owner(&self, key: &str) -> Option<&KeyOwner> {
+        self.owners.get(key)
     }
 
     /// Keys the reports flag as possibly leaked (Tencent `AccessKeyNMayBeAtRisk`).

@@ -460,7 +460,7 @@ impl Cond {
 }
 
 /// The request targets the caller itself: same user name (RAM UPN or not), or same UIN.
-fn is_same_user(target: &str, e: &Event) -> bool {
+pub fn is_same_user(target: &str, e: &Event) -> bool {
     let name = e.principal.name.as_deref().unwrap_or("");
     target == name
         || e.principal.id.as_deref() == Some(target)

@@ -404,3 +404,67 @@ fn a_flood_of_random_keys_is_capped_by_evicting_the_least_recently_seen() {
         "{alarms:?}"
     );
 }
+
+/// Alarms explain themselves: a leak alarm raised from a credential report's flag names the
+/// report's time, the principal and the file (not the epoch and an unknown principal), and every
+/// alarm carries a sentence of its own built from its facts — the backdoor key's names the
+/// target user, the created key and the region.
+#[test]
+fn alarms_explain_themselves_leaks_from_reports_and_summaries() {
+    let dir = repo().join("examples");
+    let (summary, _, _) = replay(&scenario_options(&dir));
+    let at_risk = summary
+        .alarms
+        .iter()
+        .find(|a| {
+            a.rule_id == "ak.key_leaked"
+                && a.evidence.facts["leak"]["source"] == "credential report: may be at risk"
+        })
+        .expect("the CAM report's at-risk key raises a leak alarm");
+    assert_eq!(at_risk.cloud, akwatch::event::Cloud::Tencent);
+    assert!(
+        at_risk.first_seen.timestamp() > 0,
+        "{:?}",
+        at_risk.first_seen
+    );
+    assert_eq!(at_risk.principal.name.as_deref(), Some("mobile-upload"));
+    assert_eq!(at_risk.principal.id.as_deref(), Some("200000088888"));
+    assert!(
+        at_risk.evidence.facts["owner"]["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("reports")),
+        "{:?}",
+        at_risk.evidence.facts
+    );
+    assert!(
+        at_risk.summary.contains("user mobile-upload"),
+        "{}",
+        at_risk.summary
+    );
+    let backdoor = summary
+        .alarms
+        .iter()
+        .find(|a| {
+            a.rule_id == "ak.backdoor_key" && a.evidence.facts.get("created_key_id").is_some()
+        })
+        .expect("a backdoor-key alarm");
+    let s = &backdoor.summary;
+    let key = backdoor.access_key_id.as_ref().unwrap().0.as_str();
+    let target = backdoor.evidence.facts["target_user"].as_str().unwrap();
+    assert_eq!(backdoor.evidence.facts["target_is_caller"], false);
+    for part in [
+        key,
+        "called iam:CreateAccessKey",
+        &format!("for user {target}"),
+        "creating key AKIA",
+        " from ",
+        "Access key created for another user",
+    ] {
+        assert!(s.contains(part), "{part:?} not in {s:?}");
+    }
+    assert!(backdoor.evidence.facts.contains_key("region"));
+    for a in &summary.alarms {
+        assert!(!a.summary.is_empty(), "{} has no summary", a.alarm_id);
+        assert!(a.first_seen.timestamp() > 0, "{} at the epoch", a.alarm_id);
+    }
+}
