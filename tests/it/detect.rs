@@ -444,9 +444,7 @@ fn alarms_explain_themselves_leaks_from_reports_and_summaries() {
     let backdoor = summary
         .alarms
         .iter()
-        .find(|a| {
-            a.rule_id == "ak.backdoor_key" && a.evidence.facts.get("created_key_id").is_some()
-        })
+        .find(|a| a.rule_id == "ak.backdoor_key" && a.evidence.facts.contains_key("created_key_id"))
         .expect("a backdoor-key alarm");
     let s = &backdoor.summary;
     let key = backdoor.access_key_id.as_ref().unwrap().0.as_str();
