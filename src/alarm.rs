@@ -476,6 +476,17 @@ fn stage_name(tactic: &str) -> Option<&'static str> {
     STAGES.iter().find(|(id, _)| *id == tactic).map(|(_, n)| *n)
 }
 
+/// Whether an alarm is a stage of an attack: its rule's primary (first) ATT&CK tactic is one
+/// of the stage tactics. Only such an alarm, new, can start or grow an attack sequence.
+pub fn is_stage(alarm: &Alarm) -> bool {
+    alarm.rule_id != ATTACK_SEQUENCE
+        && alarm
+            .attack
+            .tactics
+            .first()
+            .is_some_and(|t| stage_name(t).is_some())
+}
+
 impl Aggregator {
     fn index(&mut self, subject: &str, id: &str) {
         if !subject.is_empty() {
@@ -510,7 +521,8 @@ impl Aggregator {
         // rule beside a precise one (sensitive_api beside backdoor_key) adds one stage, not
         // every tactic the broad rule may stand for.
         let stage_of = |a: &Alarm| a.attack.tactics.first().and_then(|x| stage_name(x));
-        let mut members: Vec<Alarm> = self
+        // References, not copies: a key with many alarms costs one pass per new stage alarm.
+        let mut members: Vec<&Alarm> = self
             .by_subject
             .get(subject)?
             .iter()
@@ -518,9 +530,8 @@ impl Aggregator {
             .map(|tr| &tr.alarm)
             .filter(|a| a.rule_id != ATTACK_SEQUENCE && a.last_seen >= since)
             .filter(|a| stage_of(a).is_some())
-            .cloned()
             .collect();
-        let stages: BTreeSet<&str> = members.iter().filter_map(stage_of).collect();
+        let stages: BTreeSet<&str> = members.iter().copied().filter_map(stage_of).collect();
         if stages.len() < SEQUENCE_MIN_STAGES {
             return None;
         }

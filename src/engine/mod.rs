@@ -396,10 +396,11 @@ impl Engine {
                 out.push(alarm);
             }
         }
-        // A new alarm may make the key's alarms an attack sequence (one incident alarm).
+        // A new stage alarm may make the key's alarms an attack sequence (one incident alarm).
+        // (Only a stage: a storm of new-IP alarms costs no sequence work.)
         if out
             .iter()
-            .any(|a| a.status == crate::alarm::AlarmStatus::Created)
+            .any(|a| a.status == crate::alarm::AlarmStatus::Created && crate::alarm::is_stage(a))
             && let Some(incident) = self
                 .aggregator
                 .sequence(&crate::alarm::subject_of(event), event.event_time)
