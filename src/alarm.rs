@@ -327,7 +327,6 @@ pub struct Tracked {
     alarm: Alarm,
     last_notified: DateTime<Utc>,
     pending: bool,
-    ips: BTreeSet<String>,
     /// When it was last hit, in hits recorded by the aggregator (for least-recently-updated
     /// eviction).
     #[serde(default)]
@@ -343,8 +342,12 @@ impl Tracked {
     }
 }
 
-/// The default cap on tracked alarms.
-pub const DEFAULT_MAX_ALARMS: usize = 100_000;
+/// The default cap on tracked alarms. A tracked alarm with full evidence lists (20 source IPs
+/// with their location, 20 event ids) costs about 8 KiB of heap (`tests/alarm_memory.rs`), so
+/// the cap holds alarms to about 400 MiB in a storm.
+pub const DEFAULT_MAX_ALARMS: usize = 50_000;
+/// The default cap on tracked alarms per key (or principal without a key).
+pub const DEFAULT_MAX_ALARMS_PER_KEY: usize = 256;
 
 /// Alarms being aggregated, at most `max` of them: past it the least recently updated are
 /// dropped (in batches of 1% of the cap), those with hits not yet notified sent as updates
@@ -357,8 +360,12 @@ pub struct Aggregator {
     /// The ids of each subject's tracked alarms (derived from `alarms`, kept in step with it).
     by_subject: HashMap<String, Vec<String>>,
     max: usize,
+    /// The most alarms tracked per subject (key or principal).
+    max_per_subject: usize,
     clock: u64,
     evicted: u64,
+    /// Of `evicted`, those dropped by the per-subject cap.
+    evicted_per_subject: u64,
     truncated: u64,
     evicted_out: Vec<Alarm>,
 }
@@ -369,8 +376,10 @@ impl Default for Aggregator {
             alarms: HashMap::new(),
             by_subject: HashMap::new(),
             max: DEFAULT_MAX_ALARMS,
+            max_per_subject: DEFAULT_MAX_ALARMS_PER_KEY,
             clock: 0,
             evicted: 0,
+            evicted_per_subject: 0,
             truncated: 0,
             evicted_out: Vec::new(),
         }
@@ -383,9 +392,19 @@ impl Aggregator {
         self.max = max.max(1);
     }
 
-    /// Alarms evicted so far.
+    /// Sets the cap on tracked alarms per subject (at least 1).
+    pub fn set_max_per_subject(&mut self, max: usize) {
+        self.max_per_subject = max.max(1);
+    }
+
+    /// Alarms evicted so far (by either cap).
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// Alarms evicted so far by the per-subject cap.
+    pub fn evicted_per_subject(&self) -> u64 {
+        self.evicted_per_subject
     }
 
     /// Alarm fields cut to their size limit so far.
@@ -409,26 +428,50 @@ impl Aggregator {
             .map(|(id, t)| (t.touched, id.clone()))
             .collect();
         ages.select_nth_unstable(excess - 1);
-        let mut out = Vec::new();
-        for (_, id) in &ages[..excess] {
-            let Some(t) = self.alarms.remove(id) else {
-                continue;
-            };
-            self.unindex(&t.subject, id);
-            if t.pending {
-                let mut a = t.alarm.clone();
-                a.status = AlarmStatus::Updated;
-                out.push(a);
-            }
+        let mut ids: Vec<String> = ages.drain(..excess).map(|(_, id)| id).collect();
+        // (Sorted, so the updates sent for them come out in a deterministic order.)
+        ids.sort_unstable();
+        for id in &ids {
+            self.close(id);
         }
-        out.sort_by(|a, b| a.alarm_id.cmp(&b.alarm_id));
-        self.evicted_out.extend(out);
-        self.evicted += excess as u64;
         tracing::warn!(
             evicted = excess,
             cap = self.max,
             "alarm cap reached: the least recently updated alarms dropped"
         );
+    }
+
+    /// Drops the least recently updated alarm of `subject` when it has more than its cap.
+    fn evict_subject(&mut self, subject: &str) {
+        let Some(ids) = self.by_subject.get(subject) else {
+            return;
+        };
+        if ids.len() <= self.max_per_subject {
+            return;
+        }
+        let oldest = ids
+            .iter()
+            .filter_map(|id| self.alarms.get(id).map(|t| (t.touched, id)))
+            .min()
+            .map(|(_, id)| id.clone());
+        if let Some(id) = oldest {
+            self.close(&id);
+            self.evicted_per_subject += 1;
+        }
+    }
+
+    /// Stops tracking an alarm; its hits not yet notified go out as an update.
+    fn close(&mut self, id: &str) {
+        let Some(t) = self.alarms.remove(id) else {
+            return;
+        };
+        self.unindex(&t.subject, id);
+        self.evicted += 1;
+        if t.pending {
+            let mut a = t.alarm.clone();
+            a.status = AlarmStatus::Updated;
+            self.evicted_out.push(a);
+        }
     }
 
     /// Every tracked alarm, for a checkpoint: pointers, not copies (unsorted).
@@ -649,19 +692,18 @@ impl Aggregator {
                 }
             }
             None => {
-                let ips = alarm.source_ips.iter().map(|s| s.ip.clone()).collect();
                 self.alarms.insert(
                     id.clone(),
                     std::sync::Arc::new(Tracked {
                         alarm: alarm.clone(),
                         last_notified: t,
                         pending: false,
-                        ips,
                         touched,
                         subject: subject.to_owned(),
                     }),
                 );
                 self.index(subject, &id);
+                self.evict_subject(subject);
                 if self.alarms.len() > self.max {
                     self.evict();
                 }
@@ -786,19 +828,18 @@ impl Aggregator {
                     summary: alarm.summarize(),
                     ..alarm
                 };
-                let ips = source_ip.iter().map(|s| s.ip.clone()).collect();
                 self.alarms.insert(
                     id.clone(),
                     std::sync::Arc::new(Tracked {
                         alarm: alarm.clone(),
                         last_notified: t,
                         pending: false,
-                        ips,
                         touched,
                         subject: subject.clone(),
                     }),
                 );
                 self.index(&subject, &id);
+                self.evict_subject(&subject);
                 if self.alarms.len() > self.max {
                     self.evict();
                 }
@@ -811,16 +852,21 @@ impl Aggregator {
                 a.count += 1;
                 a.first_seen = a.first_seen.min(t);
                 a.last_seen = a.last_seen.max(t);
+                // (The lists grow one exact step at a time: at most 20 entries, and a tracked
+                // alarm's memory is what bounds an alarm storm.)
                 if let Some(ip) = source_ip
-                    && tracked.ips.len() < MAX_LISTED
-                    && tracked.ips.insert(ip.ip.clone())
+                    && a.source_ips.len() < MAX_LISTED
+                    && !a.source_ips.iter().any(|s| s.ip == ip.ip)
                 {
+                    a.source_ips.reserve_exact(1);
                     a.source_ips.push(ip);
                 }
                 if a.apis.len() < MAX_LISTED && !a.apis.contains(&api) {
+                    a.apis.reserve_exact(1);
                     a.apis.push(api);
                 }
                 if a.evidence.event_ids.len() < MAX_LISTED {
+                    a.evidence.event_ids.reserve_exact(1);
                     a.evidence.event_ids.push(event_id);
                 }
                 a.evidence.facts = facts;

@@ -159,6 +159,20 @@ pub struct ReplayArgs {
     /// are counted, and the count printed at the end.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::sink::parse_size)]
     pub dlq_max_bytes: u64,
+    /// The most alarms tracked for aggregation; past it the least recently updated are closed
+    /// (their pending hits sent as an update; hit again, they start over with the same id).
+    #[arg(long, value_name = "N", default_value_t = crate::alarm::DEFAULT_MAX_ALARMS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_alarms: u64,
+    /// The most alarms tracked per key (or per principal without a key), its least recently
+    /// updated closed first.
+    #[arg(long, value_name = "N", default_value_t = crate::alarm::DEFAULT_MAX_ALARMS_PER_KEY as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_alarms_per_key: u64,
+    /// The alarms' form: akwatch's own JSON (schemas/alarm.schema.json, with configuration
+    /// risks after them) or OCSF 1.8.0 Detection Findings (class 2004; alarms only).
+    #[arg(long, value_enum, default_value_t = crate::ocsf::AlarmFormat::Native)]
+    pub format: crate::ocsf::AlarmFormat,
     /// Log files, directories or `-`; none: the bundled examples/.
     pub paths: Vec<String>,
 }
@@ -498,6 +512,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         options.policies = args.policies;
     }
     options.provider = args.provider;
+    // (Both at most 100,000,000: they fit.)
+    options.limits.max_alarms = usize::try_from(args.max_alarms).unwrap_or(usize::MAX);
+    options.limits.max_alarms_per_key =
+        usize::try_from(args.max_alarms_per_key).unwrap_or(usize::MAX);
     let mut s = match setup(&options) {
         Ok(s) => s,
         Err(errors) => {
@@ -511,6 +529,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {w}");
     }
     let mut dlq = open_rejects(args.dlq.as_deref(), args.dlq_max_bytes)?;
+    let format = args.format;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_error: Option<io::Error> = None;
@@ -519,8 +538,14 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         &options.inputs,
         options.provider,
         &mut |alarm| {
+            let written = match format {
+                crate::ocsf::AlarmFormat::Native => write_json_line(&mut out, alarm),
+                crate::ocsf::AlarmFormat::Ocsf => {
+                    write_json_line(&mut out, &crate::ocsf::detection_finding(alarm))
+                }
+            };
             if write_error.is_none()
-                && let Err(e) = write_json_line(&mut out, alarm)
+                && let Err(e) = written
             {
                 write_error = Some(e);
             }
@@ -528,12 +553,19 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         &mut |Rejected { reject, raw }| dlq.write(&reject, raw),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    for r in &summary.risks {
-        if write_error.is_none()
-            && let Err(e) = write_json_line(&mut out, r)
-        {
-            write_error = Some(e);
+    if format == crate::ocsf::AlarmFormat::Native {
+        for r in &summary.risks {
+            if write_error.is_none()
+                && let Err(e) = write_json_line(&mut out, r)
+            {
+                write_error = Some(e);
+            }
         }
+    } else if !summary.risks.is_empty() {
+        eprintln!(
+            "note: {} configuration risk(s) not written in OCSF form (`akwatch risks` lists them)",
+            summary.risks.len()
+        );
     }
     dlq.finish().context("cannot write the dead-letter file")?;
     if write_error.is_none()

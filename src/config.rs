@@ -37,8 +37,10 @@ struct RawConfig {
     ops_addr: Option<String>,
     #[serde(default = "default_window_entries")]
     state_max_window_entries: usize,
-    #[serde(default = "default_tracked")]
+    #[serde(default = "default_alarms")]
     state_max_alarms: usize,
+    #[serde(default = "default_per_key")]
+    state_max_alarms_per_key: usize,
     #[serde(default = "default_tracked")]
     state_max_created_keys: usize,
     #[serde(default = "default_tracked")]
@@ -70,7 +72,15 @@ fn default_window_entries() -> usize {
 }
 
 fn default_tracked() -> usize {
+    crate::engine::Limits::default().max_created
+}
+
+fn default_alarms() -> usize {
     crate::engine::Limits::default().max_alarms
+}
+
+fn default_per_key() -> usize {
+    crate::engine::Limits::default().max_alarms_per_key
 }
 
 fn default_grace() -> u64 {
@@ -104,6 +114,9 @@ struct RawKafka {
     group_id: String,
     inputs: Vec<RawInput>,
     alarm_topic: String,
+    /// `native` (akwatch's alarm JSON) or `ocsf` (OCSF 1.8.0 Detection Finding).
+    #[serde(default)]
+    alarm_format: crate::ocsf::AlarmFormat,
     dlq_topic: String,
     /// Credential reports keyed by account, read from the beginning and followed.
     #[serde(default)]
@@ -173,6 +186,7 @@ pub struct Config {
     pub group_id: String,
     pub inputs: Vec<Input>,
     pub alarm_topic: String,
+    pub alarm_format: crate::ocsf::AlarmFormat,
     pub dlq_topic: String,
     /// Credential reports, keyed by account (`aws:123456789012`); the newest per account wins.
     pub report_topic: Option<String>,
@@ -309,6 +323,7 @@ impl Config {
         for (key, value) in [
             ("state_max_window_entries", raw.state_max_window_entries),
             ("state_max_alarms", raw.state_max_alarms),
+            ("state_max_alarms_per_key", raw.state_max_alarms_per_key),
             ("state_max_created_keys", raw.state_max_created_keys),
             ("state_max_quarantined", raw.state_max_quarantined),
         ] {
@@ -422,6 +437,7 @@ impl Config {
             group_id: k.group_id,
             inputs,
             alarm_topic: k.alarm_topic,
+            alarm_format: k.alarm_format,
             dlq_topic: k.dlq_topic,
             report_topic: k.report_topic,
             risk_topic: k.risk_topic,
@@ -440,6 +456,7 @@ impl Config {
                 max_keys: raw.state_max_keys,
                 max_window_entries: raw.state_max_window_entries,
                 max_alarms: raw.state_max_alarms,
+                max_alarms_per_key: raw.state_max_alarms_per_key,
                 max_created: raw.state_max_created_keys,
                 max_quarantined: raw.state_max_quarantined,
                 ..crate::engine::Limits::default()
@@ -481,6 +498,7 @@ impl Config {
             geoip: self.geoip.clone(),
             leaks: self.leaks.clone(),
             provider: None,
+            limits: self.limits,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod enrich;
 pub mod event;
 pub mod isolate;
 pub mod kafka;
+pub mod ocsf;
 pub mod pipeline;
 pub mod policy;
 pub mod provider;

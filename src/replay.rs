@@ -32,6 +32,8 @@ pub struct ReplayOptions {
     pub geoip: Vec<PathBuf>,
     pub leaks: Vec<PathBuf>,
     pub provider: Option<Cloud>,
+    /// The engine's caps on state and tracked alarms.
+    pub limits: crate::engine::Limits,
 }
 
 impl ReplayOptions {
@@ -49,6 +51,7 @@ impl ReplayOptions {
             geoip: if geo.is_file() { vec![geo] } else { vec![] },
             leaks: files("leaks"),
             provider: None,
+            limits: crate::engine::Limits::default(),
         }
     }
 }
@@ -141,7 +144,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
         }
     };
     match (errors.is_empty(), engine) {
-        (true, Some(engine)) => Ok(Setup {
+        (true, Some(mut engine)) => Ok(Setup {
             enricher: Enricher {
                 geo,
                 lists,
@@ -149,7 +152,10 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
                 leaks,
                 ..Enricher::default()
             },
-            engine,
+            engine: {
+                engine.set_limits(o.limits);
+                engine
+            },
             rules,
             reports,
             warnings,

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub window_entries_summarised: IntCounter,
     pub window_entries_dropped: IntCounter,
     pub alarms_evicted: IntCounter,
+    pub alarms_evicted_per_key: IntCounter,
     pub alarm_fields_truncated: IntCounter,
     pub created_evicted: IntCounter,
     pub created_expired: IntCounter,
@@ -251,6 +252,10 @@ impl Metrics {
             alarms_evicted: counter(
                 "akwatch_alarms_evicted_total",
                 "Tracked alarms dropped at the cap, least recently updated first",
+            )?,
+            alarms_evicted_per_key: counter(
+                "akwatch_alarms_evicted_per_key_total",
+                "Of the evicted alarms, those dropped at the per-key cap (the key's least recently updated first)",
             )?,
             alarm_fields_truncated: counter(
                 "akwatch_alarm_fields_truncated_total",

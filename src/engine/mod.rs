@@ -84,6 +84,8 @@ pub struct Stats {
     pub window_entries_dropped: u64,
     /// Tracked alarms dropped to stay under the cap (least recently updated first).
     pub alarms_evicted: u64,
+    /// Of those, dropped by the per-key cap (the key's least recently updated first).
+    pub alarms_evicted_per_key: u64,
     /// Input-derived alarm fields cut to their size limit.
     pub alarm_fields_truncated: u64,
     /// Created-key marks dropped: past the cap (oldest first), and past their horizon.
@@ -113,6 +115,7 @@ impl Stats {
         self.window_entries_summarised += o.window_entries_summarised;
         self.window_entries_dropped += o.window_entries_dropped;
         self.alarms_evicted += o.alarms_evicted;
+        self.alarms_evicted_per_key += o.alarms_evicted_per_key;
         self.alarm_fields_truncated += o.alarm_fields_truncated;
         self.created_evicted += o.created_evicted;
         self.created_expired += o.created_expired;
@@ -143,8 +146,12 @@ pub struct Limits {
     /// Entries per window: distinct seconds of a `threshold` window (coarsened past it), values
     /// of one `distinct` attribute, marks of a `sequence` (the oldest forgotten). Default 4,096.
     pub max_window_entries: usize,
-    /// Alarms tracked for aggregation (least recently updated evicted). Default 100,000.
+    /// Alarms tracked for aggregation (least recently updated evicted). Default 50,000 (about
+    /// 8 KiB each with full evidence lists).
     pub max_alarms: usize,
+    /// Alarms tracked per key, or per principal without a key (the key's least recently updated
+    /// evicted). Default 256.
+    pub max_alarms_per_key: usize,
     /// Created-key marks for `link: created_key` sequences (oldest evicted). Default 100,000.
     pub max_created: usize,
     /// Quarantined principals (oldest evicted). Default 100,000.
@@ -158,7 +165,8 @@ impl Default for Limits {
         Limits {
             max_keys: DEFAULT_MAX_KEYS,
             max_window_entries: 4_096,
-            max_alarms: 100_000,
+            max_alarms: crate::alarm::DEFAULT_MAX_ALARMS,
+            max_alarms_per_key: crate::alarm::DEFAULT_MAX_ALARMS_PER_KEY,
             max_created: 100_000,
             max_quarantined: 100_000,
             quarantine_retention_secs: 90 * 86_400,
@@ -429,6 +437,7 @@ impl Engine {
         }
         out.extend(self.aggregator.take_evicted());
         self.stats.alarms_evicted = self.aggregator.evicted();
+        self.stats.alarms_evicted_per_key = self.aggregator.evicted_per_subject();
         self.stats.alarm_fields_truncated = self.aggregator.truncated();
         out
     }
@@ -450,11 +459,14 @@ impl Engine {
             max_keys: limits.max_keys.max(1),
             max_window_entries: limits.max_window_entries.max(1),
             max_alarms: limits.max_alarms.max(1),
+            max_alarms_per_key: limits.max_alarms_per_key.max(1),
             max_created: limits.max_created.max(1),
             max_quarantined: limits.max_quarantined.max(1),
             quarantine_retention_secs: limits.quarantine_retention_secs.max(0),
         };
         self.aggregator.set_max(self.limits.max_alarms);
+        self.aggregator
+            .set_max_per_subject(self.limits.max_alarms_per_key);
     }
 
     pub fn limits(&self) -> Limits {

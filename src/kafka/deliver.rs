@@ -209,6 +209,8 @@ pub async fn deliver(
 pub struct Outputs<'a> {
     pub producer: &'a FutureProducer,
     pub alarm_topic: &'a str,
+    /// The form alarms are written in (akwatch's own JSON, or OCSF).
+    pub alarm_format: crate::ocsf::AlarmFormat,
     pub dlq_topic: &'a str,
     /// The producer's `message.max.bytes`.
     pub max_bytes: usize,
@@ -294,8 +296,21 @@ impl Outputs<'_> {
         Ok(())
     }
 
+    /// What identifies the alarm, alone, in the output's format (when nothing else fits).
+    fn minimal(&self, alarm: &Alarm) -> Value {
+        match self.alarm_format {
+            crate::ocsf::AlarmFormat::Native => minimal_alarm(alarm),
+            crate::ocsf::AlarmFormat::Ocsf => crate::ocsf::minimal(alarm),
+        }
+    }
+
     pub async fn alarm(&self, alarm: &Alarm) -> Result<(), Abandoned> {
-        let mut value = serde_json::to_value(alarm).unwrap_or_else(|_| minimal_alarm(alarm));
+        let mut value = match self.alarm_format {
+            crate::ocsf::AlarmFormat::Native => {
+                serde_json::to_value(alarm).unwrap_or_else(|_| minimal_alarm(alarm))
+            }
+            crate::ocsf::AlarmFormat::Ocsf => crate::ocsf::detection_finding(alarm),
+        };
         let mut backoff = Duration::from_secs(1);
         loop {
             if self.try_alarm(alarm, &mut value).await? {
@@ -326,7 +341,7 @@ impl Outputs<'_> {
                 }
                 if serde_json::to_vec(&*value).map_or(true, |b| b.len() > limit) || round == 7 {
                     // Nothing left to cut but what identifies it: the alarm's core alone.
-                    *value = minimal_alarm(alarm);
+                    *value = self.minimal(alarm);
                 }
                 bytes = serde_json::to_vec(&*value).unwrap_or_default();
                 if !shrunk {

@@ -80,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let out = Outputs {
         producer: &producer,
         alarm_topic: &config.alarm_topic,
+        alarm_format: config.alarm_format,
         dlq_topic: &config.dlq_topic,
         max_bytes: config
             .options
@@ -389,6 +390,7 @@ fn spawn_detect(
     let (alarm_topic, dlq_topic) = (config.alarm_topic.clone(), config.dlq_topic.clone());
     let (commit_interval, queue_cap) = (config.commit_interval, config.detect_queue_events);
     let risk_topic = config.risk_topic.clone();
+    let alarm_format = config.alarm_format;
     tokio::spawn(async move {
         let DetectParts {
             consumer,
@@ -405,6 +407,7 @@ fn spawn_detect(
         let out = Outputs {
             producer: &producer,
             alarm_topic: &alarm_topic,
+            alarm_format,
             dlq_topic: &dlq_topic,
             max_bytes,
             stop: stop.clone(),
@@ -801,6 +804,7 @@ pub(crate) struct ExportedStats {
     window_entries_summarised: u64,
     window_entries_dropped: u64,
     alarms_evicted: u64,
+    alarms_evicted_per_key: u64,
     alarm_fields_truncated: u64,
     created_evicted: u64,
     created_expired: u64,
@@ -852,6 +856,11 @@ impl ExportedStats {
                 &metrics.alarms_evicted,
                 stats.alarms_evicted,
                 &mut self.alarms_evicted,
+            ),
+            (
+                &metrics.alarms_evicted_per_key,
+                stats.alarms_evicted_per_key,
+                &mut self.alarms_evicted_per_key,
             ),
             (
                 &metrics.alarm_fields_truncated,

@@ -1,7 +1,10 @@
 //! Bounded work and memory: one key's per-event cost independent of its history, windows that
 //! one far-future event cannot move, caps on every map the engine keeps.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+
+use akwatch::alarm::{Alarm, AlarmStatus};
 
 use akwatch::engine::{Engine, Limits};
 use akwatch::enrich::{Enrichment, IpClass};
@@ -277,6 +280,7 @@ proptest! {
             max_keys: 3,
             max_window_entries: 8,
             max_alarms: 5,
+            max_alarms_per_key: 2,
             max_created: 4,
             max_quarantined: 2,
             quarantine_retention_secs: 86_400,
@@ -295,6 +299,11 @@ proptest! {
             prop_assert!(engine.state.created.len() <= limits.max_created);
             prop_assert!(engine.state.quarantined.len() <= limits.max_quarantined);
             prop_assert!(engine.tracked_alarms() <= limits.max_alarms);
+            let mut per_key = std::collections::BTreeMap::new();
+            for a in engine.alarms() {
+                *per_key.entry(a.access_key_id.clone()).or_insert(0usize) += 1;
+            }
+            prop_assert!(per_key.values().all(|n| *n <= limits.max_alarms_per_key), "{per_key:?}");
             for k in &engine.state.keys {
                 for (_, w) in &k.value().windows {
                     prop_assert!(w.len() <= limits.max_window_entries, "{w:?}");
@@ -556,4 +565,58 @@ fn alarms_of_several_stages_on_one_key_make_one_attack_sequence() {
     }
     assert!(quiet.iter().any(|a| a.rule_id == "ak.enumeration_burst"));
     assert!(quiet.iter().all(|a| a.rule_id != "ak.attack_sequence"));
+}
+
+/// Past the per-key cap a key's least recently updated alarm is closed (its pending hits
+/// notified first), so one key in a storm cannot take the whole alarm cap; every alarm is
+/// still delivered.
+#[test]
+fn tracked_alarms_per_key_are_capped() {
+    let mut engine = engine();
+    engine.set_limits(Limits {
+        max_alarms_per_key: 5,
+        ..Limits::default()
+    });
+    let enr = public();
+    let backdoor = |user: usize, t: i64| {
+        let mut e = call(
+            "AKIASTORM00000000001",
+            "iam",
+            "CreateAccessKey",
+            "203.0.113.10",
+            t,
+        );
+        e.request.target_user = Some(format!("victim-{user}"));
+        e
+    };
+    let mut out: Vec<Alarm> = Vec::new();
+    out.extend(engine.process(&backdoor(0, T0), &enr));
+    // A second hit on the first alarm, not yet notified (renotify 1 h).
+    out.extend(engine.process(&backdoor(0, T0 + 1), &enr));
+    let first = out
+        .iter()
+        .find(|a| a.rule_id == "ak.backdoor_key")
+        .expect("a backdoor key alarm")
+        .alarm_id
+        .clone();
+    for user in 1..20 {
+        out.extend(engine.process(&backdoor(user, T0 + 10 + user as i64), &enr));
+    }
+    let created: BTreeSet<&str> = out
+        .iter()
+        .filter(|a| a.rule_id == "ak.backdoor_key" && a.status == AlarmStatus::Created)
+        .map(|a| a.alarm_id.as_str())
+        .collect();
+    assert_eq!(created.len(), 20, "every target user's alarm is delivered");
+    assert!(engine.tracked_alarms() <= 5, "{}", engine.tracked_alarms());
+    assert!(engine.stats.alarms_evicted_per_key >= 15);
+    assert_eq!(
+        engine.stats.alarms_evicted,
+        engine.stats.alarms_evicted_per_key
+    );
+    let update = out
+        .iter()
+        .find(|a| a.alarm_id == first && a.status == AlarmStatus::Updated)
+        .expect("the closed alarm's pending hit is notified");
+    assert_eq!(update.count, 2);
 }

@@ -8,6 +8,7 @@ mod detect;
 mod golden;
 mod kafka;
 mod limits;
+mod ocsf;
 mod ops;
 mod poison;
 mod props;
