@@ -153,6 +153,62 @@ pub struct Request {
     /// The main resource read or changed (secret, parameter, trail, instance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// What the parameters do, for the calls whose name alone does not say
+    /// (`provider::effects`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effects: Vec<Effect>,
+}
+
+/// What a call's parameters do (read by rules as `effect:`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Audit logging narrowed, redirected or switched off: event selectors that drop
+    /// management events or reads / writes, a trail limited to one region, validation off, logs
+    /// sent elsewhere, bucket access logging off.
+    LoggingWeakened,
+    /// Bucket versioning suspended (objects can then be destroyed for good).
+    VersioningSuspended,
+    /// A security group / network ACL opened to `0.0.0.0/0` or `::/0`.
+    OpenedToInternet,
+    /// A VM's user data replaced (code run at its next boot).
+    UserDataChanged,
+    /// A Lambda layer added (code injected into a function).
+    LayerAdded,
+    /// A database's master password reset.
+    PasswordReset,
+    /// A container task defined to read its task role's credentials.
+    ContainerCredentialsRead,
+}
+
+impl Effect {
+    pub const ALL: [Effect; 7] = [
+        Effect::LoggingWeakened,
+        Effect::VersioningSuspended,
+        Effect::OpenedToInternet,
+        Effect::UserDataChanged,
+        Effect::LayerAdded,
+        Effect::PasswordReset,
+        Effect::ContainerCredentialsRead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::LoggingWeakened => "logging_weakened",
+            Effect::VersioningSuspended => "versioning_suspended",
+            Effect::OpenedToInternet => "opened_to_internet",
+            Effect::UserDataChanged => "user_data_changed",
+            Effect::LayerAdded => "layer_added",
+            Effect::PasswordReset => "password_reset",
+            Effect::ContainerCredentialsRead => "container_credentials_read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Effect> {
+        Effect::ALL.into_iter().find(|e| e.as_str() == s)
+    }
 }
 
 impl Request {
@@ -161,6 +217,7 @@ impl Request {
             && self.policy.is_none()
             && self.created_key_id.is_none()
             && self.resource.is_none()
+            && self.effects.is_empty()
     }
 }
 

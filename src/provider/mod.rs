@@ -11,6 +11,7 @@
 
 mod alibaba;
 mod aws;
+pub mod effects;
 pub mod raw;
 mod tencent;
 pub mod time;
@@ -774,6 +775,7 @@ fn request_facts(raw: &RawEvent<'_>, action: &str) -> crate::event::Request {
                 .or_else(|| scalar(&r.uin)),
             policy,
             created_key_id: None,
+            effects: Vec::new(),
             resource: text(&r.secret_id)
                 .or_else(|| text(&r.secret_name))
                 .or_else(|| text(&r.parameter_name))
@@ -784,6 +786,17 @@ fn request_facts(raw: &RawEvent<'_>, action: &str) -> crate::event::Request {
                 .or_else(|| text(&r.role_name)),
         }
     });
+    if effects::is_candidate(action)
+        && let Some(params) = raw.request_parameters
+        && let Ok(value) = serde_json::from_str::<serde_json::Value>(params.get())
+    {
+        // (Alibaba and Tencent may write the parameters as a JSON string.)
+        let value = match value {
+            serde_json::Value::String(s) => serde_json::from_str(&s).unwrap_or_default(),
+            v => v,
+        };
+        request.effects = effects::of(action, &value);
+    }
     if action == "CreateAccessKey" {
         request.created_key_id = raw::with_response(raw.response_elements, |r| {
             let r = r?;

@@ -60,6 +60,10 @@ pub struct CondSpec {
     pub policy: Option<OneOrMany<String>>,
     /// The request created an access key.
     pub created_key: Option<bool>,
+    /// Any of these effects of the request's parameters (`logging_weakened`,
+    /// `versioning_suspended`, `opened_to_internet`, `user_data_changed`, `layer_added`,
+    /// `password_reset`, `container_credentials_read`).
+    pub effect: Option<OneOrMany<String>>,
     /// The key is known to be leaked (leak feed, report flag, quarantine policy).
     pub leaked: Option<bool>,
     /// The report says the key is disabled (or every key of the principal is).
@@ -253,6 +257,7 @@ pub enum Cond {
     Target(Target),
     Policy(Globs),
     CreatedKey(bool),
+    Effect(Vec<crate::event::Effect>),
     Leaked(bool),
     KeyInactive(bool),
     KeyIdleDaysMin(u32),
@@ -362,6 +367,13 @@ impl Cond {
         if let Some(b) = spec.created_key {
             all.push(Cond::CreatedKey(b));
         }
+        if let Some(v) = &spec.effect {
+            all.push(Cond::Effect(parse_each(
+                v,
+                "effect",
+                crate::event::Effect::parse,
+            )?));
+        }
         if let Some(b) = spec.leaked {
             all.push(Cond::Leaked(b));
         }
@@ -448,6 +460,7 @@ impl Cond {
             }
             Cond::Policy(g) => e.request.policy.as_deref().is_some_and(|p| g.matches(p)),
             Cond::CreatedKey(b) => e.request.created_key_id.is_some() == *b,
+            Cond::Effect(want) => e.request.effects.iter().any(|x| want.contains(x)),
             Cond::Leaked(b) => f.leaked == *b,
             Cond::KeyInactive(b) => f.key_inactive == *b,
             Cond::KeyIdleDaysMin(d) => f.key_idle_days.is_some_and(|idle| idle >= *d),

@@ -108,6 +108,9 @@ pub struct TestEvent {
     pub policy: Option<String>,
     pub created_key: Option<String>,
     pub resource: Option<String>,
+    /// The request parameters as the log writes them; their effects (`effect:`) are worked
+    /// out as the decoder does.
+    pub request: Option<serde_json::Value>,
     pub geo: Option<GeoInfo>,
     #[serde(default)]
     pub ip_class: Vec<String>,
@@ -212,6 +215,11 @@ impl TestEvent {
         for c in &self.ip_class {
             ip_class.push(IpClass::parse(c).ok_or_else(|| format!("unknown ip_class {c:?}"))?);
         }
+        let effects = self
+            .request
+            .as_ref()
+            .map(|r| crate::provider::effects::of(&action, r))
+            .unwrap_or_default();
         let event = Event {
             cloud,
             event_id: format!("test-{index}"),
@@ -267,6 +275,7 @@ impl TestEvent {
                 policy: self.policy.clone(),
                 created_key_id: self.created_key.clone().map(AccessKeyId),
                 resource: self.resource.clone(),
+                effects,
             },
             origin: Origin::default(),
         };

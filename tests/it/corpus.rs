@@ -257,3 +257,49 @@ fn corpus_credential_reports_parse() {
         .unwrap();
     assert_eq!(ali.snapshot.cloud, Cloud::Alibaba);
 }
+
+/// Request parameters decide a few calls: Stratus Red Team's event-selector tampering (management
+/// events off) decodes as `logging_weakened` and raises `ak.audit_tamper`, while TrailDiscover's
+/// `UpdateTrail` with no parameters logged raises nothing.
+#[test]
+fn real_event_selector_tampering_is_weakening_and_an_empty_update_is_not() {
+    use akwatch::event::Effect;
+    let Some(c) = corpus() else { return };
+    let stratus = read_file(
+        &c.join("aws/stratus-detonation-logs/aws.defense-evasion.cloudtrail-event-selectors.json"),
+        Decoder::auto(),
+    );
+    let put = stratus
+        .events
+        .iter()
+        .find(|e| e.action == "PutEventSelectors")
+        .expect("the Stratus log has the call");
+    assert_eq!(put.request.effects, vec![Effect::LoggingWeakened]);
+    let update = read_file(
+        &c.join("aws/traildiscover-examples/UpdateTrail.json.cloudtrail"),
+        Decoder::auto(),
+    );
+    assert!(update.events.iter().all(|e| e.request.effects.is_empty()));
+
+    let rules = akwatch::rule::RuleSet::load(&crate::repo().join("rules")).unwrap();
+    let mut engine =
+        akwatch::engine::Engine::new(&rules, akwatch::policy::Policy::default()).unwrap();
+    let enr = akwatch::enrich::Enrichment::default();
+    let fired: Vec<String> = engine
+        .process(put, &enr)
+        .into_iter()
+        .map(|a| a.rule_id)
+        .collect();
+    assert!(fired.iter().any(|r| r == "ak.audit_tamper"), "{fired:?}");
+    for e in &update.events {
+        let fired: Vec<String> = engine
+            .process(e, &enr)
+            .into_iter()
+            .map(|a| a.rule_id)
+            .collect();
+        assert!(
+            !fired.iter().any(|r| r == "ak.audit_tamper" || r == "ak.sensitive_api"),
+            "{fired:?}"
+        );
+    }
+}

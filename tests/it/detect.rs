@@ -38,6 +38,7 @@ const RULE_IDS: &[&str] = &[
     "ak.leaked_key_use",
     "ak.instance_credential_exfil",
     "ak.rate_spike",
+    "ak.key_to_console",
 ];
 
 #[test]
