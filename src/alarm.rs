@@ -290,7 +290,21 @@ impl Alarm {
         }
         let number = |k: &str| f.get(k).and_then(serde_json::Value::as_f64);
         if let (Some(km), Some(kmh)) = (number("distance_km"), number("speed_kmh")) {
-            let _ = write!(s, ", {km:.0} km from its previous call at {kmh:.0} km/h");
+            let _ = write!(s, ", {km:.0} km from its previous call");
+            if let Some(prev) = text("previous_ip") {
+                let _ = write!(s, " from {prev}");
+                let place: Vec<&str> = [text("previous_city"), text("previous_country")]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if !place.is_empty() {
+                    let _ = write!(s, " ({})", place.join(", "));
+                }
+            }
+            if let Some(at) = text("previous_call_at") {
+                let _ = write!(s, " at {at}");
+            }
+            let _ = write!(s, ", {kmh:.0} km/h");
         }
         let _ = write!(s, ": {}", self.rule_name);
         if self.count > 1 {

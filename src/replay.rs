@@ -96,7 +96,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
         None
     } else {
         match GeoDb::open(&o.geoip) {
-            Ok(g) => Some(g),
+            Ok(g) => Some(std::sync::Arc::new(g)),
             Err(e) => {
                 errors.push(e);
                 None
@@ -146,7 +146,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
     match (errors.is_empty(), engine) {
         (true, Some(mut engine)) => Ok(Setup {
             enricher: Enricher {
-                geo,
+                geo: geo.clone(),
                 lists,
                 reports: ReportIndex::new(reports.latest()),
                 leaks,
@@ -154,6 +154,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             },
             engine: {
                 engine.set_limits(o.limits);
+                engine.set_geo(geo.clone());
                 engine
             },
             rules,

@@ -200,6 +200,8 @@ pub struct Engine {
     pub policy: Policy,
     pub state: State,
     aggregator: Aggregator,
+    /// Names a travel alarm's previous IP's place (`set_geo`).
+    geo: Option<std::sync::Arc<crate::enrich::geo::GeoDb>>,
     pub stats: Stats,
     /// The longest look-back of any detector, for state expiry.
     horizon: i64,
@@ -270,6 +272,7 @@ impl Engine {
             policy,
             state: State::default(),
             aggregator: Aggregator::default(),
+            geo: None,
             stats: Stats::default(),
             horizon,
             ip_history,
@@ -348,6 +351,31 @@ impl Engine {
         self.rules.iter().map(|a| a.rule.id.as_str())
     }
 
+    /// Sets the GeoIP database that names where a travel alarm's previous IP is.
+    pub fn set_geo(&mut self, geo: Option<std::sync::Arc<crate::enrich::geo::GeoDb>>) {
+        self.geo = geo;
+    }
+
+    /// A hit naming a previous IP (impossible travel) gets that IP's city and country: looked
+    /// up now, only for the hit, rather than kept in every key's state.
+    fn place_previous_ip(&self, hit: &mut Hit) {
+        let Some(db) = &self.geo else { return };
+        let Some(ip) = hit
+            .facts
+            .get("previous_ip")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok())
+        else {
+            return;
+        };
+        if let Some(g) = db.lookup(ip) {
+            hit.facts
+                .insert("previous_city".into(), json!(g.city));
+            hit.facts
+                .insert("previous_country".into(), json!(g.country));
+        }
+    }
+
     /// Processes one event; returns the alarms to notify now.
     pub fn process(&mut self, event: &Event, enr: &Enrichment) -> Vec<Alarm> {
         self.stats.events += 1;
@@ -395,6 +423,7 @@ impl Engine {
         for (i, hit) in kept {
             let active = &self.rules[i];
             let mut hit = hit;
+            self.place_previous_ip(&mut hit);
             hit.severity = Some(hit.severity.unwrap_or(active.severity).max(active.severity));
             if let Some(alarm) =
                 self.aggregator
@@ -1258,6 +1287,11 @@ fn run_detector(
                 lat: lat as f32,
                 lon: lon as f32,
                 ip: ip_h as u32,
+                addr: match event.source_ip {
+                    Some(std::net::IpAddr::V4(v4)) => v4.to_ipv6_mapped(),
+                    Some(std::net::IpAddr::V6(v6)) => v6,
+                    None => std::net::Ipv6Addr::UNSPECIFIED,
+                },
             };
             let mut worst: Option<(f64, f64, Located)> = None;
             for other in ks
@@ -1285,6 +1319,17 @@ fn run_detector(
                 json!(chrono::DateTime::from_timestamp(full_time(other.time), 0)),
             );
             f.insert("previous_location".into(), json!([other.lat, other.lon]));
+            if let Some(prev) = other.address() {
+                f.insert("previous_ip".into(), json!(prev.to_string()));
+            }
+            if let Some(g) = enr.geo.as_ref() {
+                f.insert("city".into(), json!(g.city));
+                f.insert("country".into(), json!(g.country));
+            }
+            if let Some(ip) = event.source_ip {
+                f.insert("ip".into(), json!(ip.to_string()));
+            }
+            f.insert("time".into(), json!(event.event_time));
             Some(f)
         }
         Detector::Sequence {

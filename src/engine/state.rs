@@ -58,13 +58,34 @@ pub struct Seen {
 /// The most values remembered per key; past it the least recently seen is forgotten.
 pub const MAX_SEEN_PER_KEY: usize = 512;
 
-/// A located call, for `velocity` (compact: 16 bytes).
+/// A located call, for `velocity` (compact: 32 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Located {
     pub time: u32,
     pub lat: f32,
     pub lon: f32,
     pub ip: u32,
+    /// The caller's IP (IPv4 as IPv4-mapped IPv6), for the alarm's evidence; unspecified in
+    /// state saved before it was kept.
+    #[serde(default = "unspecified")]
+    pub addr: std::net::Ipv6Addr,
+}
+
+fn unspecified() -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::UNSPECIFIED
+}
+
+impl Located {
+    /// The caller's IP, when known.
+    pub fn address(&self) -> Option<std::net::IpAddr> {
+        if self.addr.is_unspecified() {
+            return None;
+        }
+        Some(match self.addr.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(self.addr),
+        })
+    }
 }
 
 /// The most located calls kept per key.

@@ -307,7 +307,7 @@ pub struct IpLists {
 /// The enrichment stage.
 #[derive(Debug, Default)]
 pub struct Enricher {
-    pub geo: Option<GeoDb>,
+    pub geo: Option<std::sync::Arc<GeoDb>>,
     /// GeoIP answers by IP (an API key calls from few IPs; the MaxMind decode is the costly
     /// part). Cleared when it reaches `GEO_CACHE_MAX` entries.
     pub geo_cache:

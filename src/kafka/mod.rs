@@ -578,6 +578,7 @@ async fn scale_out_setup(
     let n = config.internal_partitions as u32;
     let (rules, policy) = (s.rules.clone(), s.engine.policy.clone());
     let limits = config.limits.per_partition(n);
+    let geo = s.enricher.geo.clone();
     // Built once here: the closure below cannot fail on the same rules and policy.
     Engine::new(&rules, policy.clone())
         .map_err(|e| anyhow::anyhow!("the engine: {}", e.join("; ")))?;
@@ -586,6 +587,7 @@ async fn scale_out_setup(
             let mut e = Engine::new(&rules, policy.clone())
                 .unwrap_or_else(|_| unreachable!("built at start-up with the same rules"));
             e.set_limits(limits);
+            e.set_geo(geo.clone());
             e
         }),
         sources,
