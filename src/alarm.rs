@@ -306,6 +306,23 @@ impl Alarm {
             }
             let _ = write!(s, ", {kmh:.0} km/h");
         }
+        // Bursts: how many calls / distinct values within the window.
+        if let Some(w) = text("window") {
+            if let Some(d) = f.get("distinct").and_then(serde_json::Value::as_object) {
+                let parts: Vec<String> = d
+                    .iter()
+                    .filter_map(|(attr, n)| Some(format!("{} {}", n.as_u64()?, plural(attr))))
+                    .collect();
+                if !parts.is_empty() {
+                    let _ = write!(s, ", {} within {w}", parts.join(" / "));
+                }
+            } else if let Some(n) = f.get("count").and_then(serde_json::Value::as_u64) {
+                let _ = write!(s, ", {n} calls within {w}");
+                if let Some(b) = number("baseline_per_window") {
+                    let _ = write!(s, " (baseline {b})");
+                }
+            }
+        }
         let _ = write!(s, ": {}", self.rule_name);
         if self.count > 1 {
             let _ = write!(
@@ -317,6 +334,19 @@ impl Alarm {
         }
         s.push('.');
         s
+    }
+}
+
+/// An attribute's name in a sentence, plural ("3 source IPs").
+fn plural(attr: &str) -> String {
+    match attr {
+        "source_ip" => "source IPs".to_owned(),
+        "asn" => "networks (ASNs)".to_owned(),
+        "city" => "cities".to_owned(),
+        "country" => "countries".to_owned(),
+        "api" => "APIs".to_owned(),
+        "user_agent" => "user agents".to_owned(),
+        other => format!("{}s", other.replace('_', " ")),
     }
 }
 

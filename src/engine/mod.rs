@@ -369,8 +369,7 @@ impl Engine {
             return;
         };
         if let Some(g) = db.lookup(ip) {
-            hit.facts
-                .insert("previous_city".into(), json!(g.city));
+            hit.facts.insert("previous_city".into(), json!(g.city));
             hit.facts
                 .insert("previous_country".into(), json!(g.country));
         }

@@ -329,6 +329,10 @@ pub struct TestOutcome {
     pub test: String,
     /// Empty when the case passed.
     pub failures: Vec<String>,
+    /// Whether the case expects an alarm.
+    pub positive: bool,
+    /// The rule's alarms the case notified, in order (its golden output).
+    pub alarms: Vec<crate::alarm::Alarm>,
 }
 
 /// Runs every test case of every rule, each on a fresh engine that holds only that rule.
@@ -355,12 +359,15 @@ pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
                             file: rule.file.clone(),
                             test: test.name.clone(),
                             failures,
+                            positive: test.expect_alarm(),
+                            alarms: Vec::new(),
                         });
                         continue;
                     }
                 };
             let mut fired_any = false;
             let mut alarm_ids = std::collections::BTreeSet::new();
+            let mut alarms = Vec::new();
             for (i, te) in test.events.iter().enumerate() {
                 let (event, enrichment) = match te.build(i) {
                     Ok(x) => x,
@@ -382,6 +389,7 @@ pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
                         .filter(|a| a.rule_id == rule.id)
                         .map(|a| a.alarm_id.clone()),
                 );
+                alarms.extend(notified.into_iter().filter(|a| a.rule_id == rule.id));
                 if let Some(want) = te.fires
                     && want != fired
                 {
@@ -418,6 +426,8 @@ pub fn run_tests(set: &super::RuleSet) -> Vec<TestOutcome> {
                 file: rule.file.clone(),
                 test: test.name.clone(),
                 failures,
+                positive: test.expect_alarm(),
+                alarms,
             });
         }
     }

@@ -298,7 +298,9 @@ fn real_event_selector_tampering_is_weakening_and_an_empty_update_is_not() {
             .map(|a| a.rule_id)
             .collect();
         assert!(
-            !fired.iter().any(|r| r == "ak.audit_tamper" || r == "ak.sensitive_api"),
+            !fired
+                .iter()
+                .any(|r| r == "ak.audit_tamper" || r == "ak.sensitive_api"),
             "{fired:?}"
         );
     }

@@ -331,3 +331,69 @@ fn bad_records_are_rejected_with_reasons_and_the_good_ones_survive() {
     assert_eq!(r.counts.events, 3);
     assert_eq!(r.counts.rejected, 7);
 }
+
+/// Every rule's first positive test case, run as `check-rules` runs it, gives the alarms in
+/// `tests/golden/alarms/<rule id>.jsonl` (JSON lines, in notification order): the whole alarm an
+/// analyst reads — summary, facts, ATT&CK ids, advice — pinned per rule.
+/// `UPDATE_GOLDEN=1 cargo test` rewrites them; review the diff before committing.
+#[test]
+fn every_rule_has_a_golden_alarm() {
+    let set = akwatch::rule::RuleSet::load(&repo().join("rules")).unwrap();
+    let dir = repo().join("tests/golden/alarms");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    if update {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    let outcomes = akwatch::rule::testing::run_tests(&set);
+    let mut failures = Vec::new();
+    for rule in &set.rules {
+        let Some(case) = outcomes
+            .iter()
+            .find(|o| o.rule_id == rule.id && o.positive && o.failures.is_empty())
+        else {
+            failures.push(format!("{}: no passing positive test case", rule.id));
+            continue;
+        };
+        assert!(!case.alarms.is_empty(), "{}: {}", rule.id, case.test);
+        let mut got = String::new();
+        for a in &case.alarms {
+            writeln!(got, "{}", serde_json::to_string(a).unwrap()).unwrap();
+        }
+        let path = dir.join(format!("{}.jsonl", rule.id));
+        if update {
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(want) if want == got => {}
+            Ok(want) => failures.push(format!(
+                "{} ({}): alarms differ from {}\n--- want\n{want}--- got\n{got}",
+                rule.id,
+                case.test,
+                path.display()
+            )),
+            Err(_) => failures.push(format!(
+                "{}: no golden at {} (run with UPDATE_GOLDEN=1)",
+                rule.id,
+                path.display()
+            )),
+        }
+        // What every alarm must explain, whatever its rule.
+        for a in &case.alarms {
+            assert!(!a.summary.is_empty(), "{}: summary", rule.id);
+            assert!(!a.attack.tactics.is_empty(), "{}: ATT&CK", rule.id);
+            assert!(!a.advice.is_empty(), "{}: advice", rule.id);
+        }
+    }
+    // No golden left behind by a rule that is gone.
+    if !update && let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let id = name.trim_end_matches(".jsonl");
+            if set.get(id).is_none() {
+                failures.push(format!("{name}: golden of no rule"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
