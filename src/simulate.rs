@@ -1032,11 +1032,23 @@ pub fn generate(o: &SimOptions) -> std::io::Result<GroundTruth> {
     let t = at(12);
     calls.push(sim.call(&v, t, "s3", "ListBuckets"));
     let mut c = sim.call(&v, t + Duration::minutes(20), "s3", "ListBuckets");
-    c.ip = sg_host.clone();
+    // Singapore, unless the key lives there (then Sao Paulo): the second call is always far.
+    let home_city = nets
+        .iter()
+        .find(|n| {
+            let prefix = format!("{}.{}.{}.", n.prefix[0], n.prefix[1], n.prefix[2]);
+            v.home.iter().any(|ip| ip.starts_with(&prefix))
+        })
+        .map(|n| n.city);
+    c.ip = if home_city == Some(8) {
+        br_host.clone()
+    } else {
+        sg_host.clone()
+    };
     calls.push(c);
     push(
         "impossible-travel",
-        "two calls 20 minutes apart, home and Singapore",
+        "two calls 20 minutes apart, home and a city far from it",
         Cloud::Aws,
         &v.id,
         t,

@@ -1592,3 +1592,41 @@ fn scale_out_an_instance_joining_midway_gives_replay_s_alarms() {
 fn scale_out_two_instances_on_a_backlog_give_replay_s_alarms() {
     scale_out("so-backlog", Topology::BacklogTwo);
 }
+
+/// `kafka.alarm_format: ocsf`: the service writes the same alarms (same ids, as message keys)
+/// as OCSF 1.8.0 Detection Findings, each valid against the derived schema.
+#[test]
+fn the_service_writes_ocsf_detection_findings_when_asked() {
+    let Some(brokers) = brokers() else { return };
+    let mut h = Harness::new(&brokers, "ocsf");
+    h.kafka_extra.push_str("  alarm_format: ocsf\n");
+    let expected = replay_alarm_ids();
+    h.produce_part(&h.stream(), 0.0, 1.0);
+    let mut child = h.spawn(false);
+    let msgs = consume_all(
+        &h.brokers,
+        &h.topic("alarms"),
+        all_present(&expected),
+        Duration::from_secs(120),
+    );
+    Harness::signal(&mut child, "-TERM");
+    let got = alarm_keys(&msgs);
+    assert_same_alarms(&got, &expected);
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/ocsf-1.8.0-detection_finding.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for m in &msgs {
+        let finding: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&finding)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let key = std::str::from_utf8(m.key().unwrap()).unwrap();
+        assert_eq!(finding["finding_info"]["uid"], key);
+        assert_eq!(finding["class_uid"], 2004);
+    }
+}
