@@ -202,9 +202,49 @@ pub struct Evidence {
     pub facts: BTreeMap<String, serde_json::Value>,
 }
 
+/// The version of the alarm's JSON form (`schema_version`, and the `$id` of
+/// `schemas/alarm.schema.json`): the minor moves when fields are added, the major when a field
+/// changes meaning or goes.
+pub const ALARM_SCHEMA_VERSION: &str = "1.1";
+
+/// The alarm's `schema_version`: always [`ALARM_SCHEMA_VERSION`] when written (no memory per
+/// alarm); any version is accepted when read back (checkpoints written by an older release).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchemaVersion;
+
+impl Serialize for SchemaVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(ALARM_SCHEMA_VERSION)
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemaVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _ = serde::de::IgnoredAny::deserialize(d)?;
+        Ok(SchemaVersion)
+    }
+}
+
+impl JsonSchema for SchemaVersion {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SchemaVersion".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "const": ALARM_SCHEMA_VERSION,
+            "description": "The version of this alarm form."
+        })
+    }
+}
+
 /// An alarm, as written to the alarm topic / stdout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Alarm {
+    /// The version of this alarm form ([`ALARM_SCHEMA_VERSION`]).
+    #[serde(default)]
+    pub schema_version: SchemaVersion,
     pub alarm_id: String,
     pub rule_id: String,
     pub rule_name: String,
@@ -673,6 +713,7 @@ impl Aggregator {
             .as_ref()
             .map_or_else(|| subject.to_owned(), |k| k.0.clone());
         let alarm = Alarm {
+            schema_version: SchemaVersion,
             alarm_id: id.clone(),
             rule_id: ATTACK_SEQUENCE.to_owned(),
             rule_name: "Attack sequence: one key across several attack stages".to_owned(),
@@ -829,6 +870,7 @@ impl Aggregator {
                     MAX_TEXT_BYTES
                 };
                 let alarm = Alarm {
+                    schema_version: SchemaVersion,
                     alarm_id: id.clone(),
                     rule_id: rule.id.clone(),
                     rule_name: rule.name.clone(),

@@ -287,8 +287,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The JSON Schema of [`crate::alarm::Alarm`], as committed in `schemas/alarm.schema.json`.
+/// Its `$id` names the version (`ALARM_SCHEMA_VERSION`).
 pub fn alarm_schema() -> String {
-    let schema = schemars::schema_for!(crate::alarm::Alarm);
+    let mut schema = schemars::schema_for!(crate::alarm::Alarm);
+    schema.insert(
+        "$id".to_owned(),
+        serde_json::Value::String(format!(
+            "https://akwatch.dev/schemas/alarm/{}/alarm.schema.json",
+            crate::alarm::ALARM_SCHEMA_VERSION
+        )),
+    );
     serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
 

@@ -9,6 +9,32 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// For `#[schemars(required)]` on an `Option`: the member is always present, and may be null
+/// (schemars gives such a member the inner type's schema alone).
+fn nullable(schema: &mut schemars::Schema) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    match obj.get_mut("type") {
+        Some(serde_json::Value::String(t)) => {
+            let t = std::mem::take(t);
+            obj.insert("type".to_owned(), serde_json::json!([t, "null"]));
+        }
+        Some(serde_json::Value::Array(types)) => {
+            if !types.iter().any(|t| t == "null") {
+                types.push(serde_json::json!("null"));
+            }
+        }
+        _ => {
+            let inner = serde_json::Value::Object(std::mem::take(obj));
+            obj.insert(
+                "anyOf".to_owned(),
+                serde_json::json!([inner, {"type": "null"}]),
+            );
+        }
+    }
+}
+
 /// The cloud an event or a credential report comes from.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
@@ -113,13 +139,13 @@ pub struct Principal {
     #[serde(rename = "type")]
     pub kind: PrincipalType,
     /// User name; for role sessions `role/session`.
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub name: Option<String>,
     /// The cloud's principal id (AWS `AIDA…`/`AROA…:session`, Alibaba / Tencent UIN).
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub id: Option<String>,
     /// ARN where the cloud has one (AWS always; Alibaba and Tencent when the log carries it).
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub arn: Option<String>,
     /// For role sessions: the role (session issuer) name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -328,37 +354,37 @@ pub struct Event {
     pub event_id: String,
     /// When the call happened, UTC.
     pub event_time: DateTime<Utc>,
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub account_id: Option<AccountId>,
     pub principal: Principal,
     /// The access key that signed the call; null when none was used.
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub access_key_id: Option<AccessKeyId>,
     pub key_kind: KeyKind,
     /// The caller's IP when the log holds a valid one.
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub source_ip: Option<IpAddr>,
     /// What the log said the source was: an IP, a service (`ec2.amazonaws.com`,
     /// `AWS Internal`), a masked (`10.10.**.**`) or invalid address.
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub source_address: Option<String>,
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub user_agent: Option<String>,
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub region: Option<String>,
     /// Normalized short service name (`iam`, `sts`, `ec2`, `ram`, `cam`, ...).
     pub service: String,
     /// The API name (`CreateAccessKey`, `DescribeInstances`, ...).
     pub action: String,
     /// Whether the call only reads, where the log says.
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub read_only: Option<bool>,
     /// A console session rather than an API / SDK call.
     pub console: bool,
     pub outcome: Outcome,
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub error_code: Option<String>,
-    #[schemars(required)]
+    #[schemars(required, transform = nullable)]
     pub request_id: Option<String>,
     /// Facts from the request parameters and response.
     #[serde(default, skip_serializing_if = "Request::is_empty")]

@@ -259,6 +259,7 @@ pub fn leak_alarm(entry: &LeakEntry, cloud: Cloud, owner: Option<&KeyOwner>) -> 
         )
     });
     Alarm {
+        schema_version: crate::alarm::SchemaVersion,
         alarm_id: alarm_id("ak.key_leaked", &entry.key_id, Some(&entry.source), 0),
         rule_id: "ak.key_leaked".to_owned(),
         rule_name: "Access key found leaked".to_owned(),

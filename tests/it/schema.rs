@@ -70,3 +70,69 @@ fn alarm_and_risk_schemas_are_fresh() {
         );
     }
 }
+
+/// Every alarm of the bundled scenario validates against the committed alarm schema, whose
+/// `$id` and `schema_version` name the same version.
+#[test]
+fn bundled_alarms_validate_against_the_versioned_alarm_schema() {
+    let schema: serde_json::Value = serde_json::from_str(&akwatch::cli::alarm_schema()).unwrap();
+    let version = akwatch::alarm::ALARM_SCHEMA_VERSION;
+    assert!(
+        schema["$id"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/{version}/")),
+        "{}",
+        schema["$id"]
+    );
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let options =
+        akwatch::replay::ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let mut s = akwatch::replay::setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
+    let mut alarms = Vec::new();
+    akwatch::replay::run(
+        &mut s,
+        &options.inputs,
+        None,
+        &mut |a| alarms.push(serde_json::to_value(a).unwrap()),
+        &mut |r| panic!("unexpected reject: {}", r.reject),
+    )
+    .unwrap();
+    assert!(alarms.len() > 40);
+    for a in &alarms {
+        assert_eq!(a["schema_version"], version);
+        let errors: Vec<String> = validator
+            .iter_errors(a)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", a["alarm_id"]);
+    }
+    // The validator is not vacuous.
+    let mut bad = alarms[0].clone();
+    bad["severity"] = serde_json::json!("catastrophic");
+    assert!(!validator.is_valid(&bad));
+}
+
+/// Every event decoded from the ingest fixtures (three clouds, every wrapper) validates against
+/// the committed event schema.
+#[test]
+fn decoded_fixture_events_validate_against_the_event_schema() {
+    let schema: serde_json::Value = serde_json::from_str(&akwatch::cli::event_schema()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let dir = repo().join("tests/fixtures/ingest");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let read = crate::read_file(&path, akwatch::Decoder::auto());
+        for e in &read.events {
+            let v = serde_json::to_value(e).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&v)
+                .map(|e| format!("{e} at {}", e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n > 20, "{n} events");
+}
