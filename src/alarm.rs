@@ -244,6 +244,7 @@ impl JsonSchema for SchemaVersion {
 pub struct Alarm {
     /// The version of this alarm form ([`ALARM_SCHEMA_VERSION`]).
     #[serde(default)]
+    #[schemars(required)]
     pub schema_version: SchemaVersion,
     pub alarm_id: String,
     pub rule_id: String,
@@ -305,7 +306,9 @@ impl Alarm {
         {
             let _ = write!(s, " using {}", d.value);
         }
-        if let Some(ip) = self.source_ips.last() {
+        // The IP of the latest hit when its facts name it (travel), else the last one listed.
+        let latest = text("ip").and_then(|ip| self.source_ips.iter().find(|s| s.ip == ip));
+        if let Some(ip) = latest.or(self.source_ips.last()) {
             let classes: Vec<&str> = ip
                 .classes
                 .iter()
@@ -330,7 +333,7 @@ impl Alarm {
         }
         let number = |k: &str| f.get(k).and_then(serde_json::Value::as_f64);
         if let (Some(km), Some(kmh)) = (number("distance_km"), number("speed_kmh")) {
-            let _ = write!(s, ", {km:.0} km from its previous call");
+            let _ = write!(s, ", {km:.0} km from another call");
             if let Some(prev) = text("previous_ip") {
                 let _ = write!(s, " from {prev}");
                 let place: Vec<&str> = [text("previous_city"), text("previous_country")]
@@ -533,9 +536,16 @@ impl Aggregator {
         if ids.len() <= self.max_per_subject {
             return;
         }
+        // Attack-stage alarms (and the key's attack sequence) go last: a flood of new-IP
+        // alarms must not push out the stages an attack sequence is built from.
         let oldest = ids
             .iter()
-            .filter_map(|id| self.alarms.get(id).map(|t| (t.touched, id)))
+            .filter_map(|id| {
+                self.alarms.get(id).map(|t| {
+                    let keep = is_stage(&t.alarm) || t.alarm.rule_id == ATTACK_SEQUENCE;
+                    ((keep, t.touched), id)
+                })
+            })
             .min()
             .map(|(_, id)| id.clone());
         if let Some(id) = oldest {
@@ -587,13 +597,14 @@ pub const SEQUENCE_WINDOW_SECS: i64 = 86_400;
 pub const SEQUENCE_MIN_STAGES: usize = 3;
 /// The ATT&CK tactics that count as stages of an attack, with their names. Initial access and
 /// reconnaissance do not: a key used from a new IP is no stage on its own.
-const STAGES: [(&str, &str); 9] = [
+const STAGES: [(&str, &str); 10] = [
     ("TA0002", "execution"),
     ("TA0003", "persistence"),
     ("TA0004", "privilege escalation"),
     ("TA0005", "defence evasion"),
     ("TA0006", "credential access"),
     ("TA0007", "discovery"),
+    ("TA0008", "lateral movement"),
     ("TA0009", "collection"),
     ("TA0010", "exfiltration"),
     ("TA0040", "impact"),
@@ -758,9 +769,16 @@ impl Aggregator {
             Some(tracked) => {
                 let tracked = std::sync::Arc::make_mut(tracked);
                 tracked.touched = touched;
-                let grew = alarm.count != tracked.alarm.count
-                    || alarm.evidence.facts.get("stages")
-                        != tracked.alarm.evidence.facts.get("stages");
+                let stages = |a: &Alarm| {
+                    a.evidence
+                        .facts
+                        .get("stages")
+                        .and_then(|s| s.as_array())
+                        .map_or(0, Vec::len)
+                };
+                // (Grown, not merely changed: a member closed by a cap is no news.)
+                let grew =
+                    alarm.count > tracked.alarm.count || stages(&alarm) > stages(&tracked.alarm);
                 tracked.alarm = Alarm {
                     status: AlarmStatus::Created,
                     ..alarm

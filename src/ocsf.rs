@@ -89,22 +89,24 @@ fn user(alarm: &Alarm) -> Value {
     let mut u = Map::new();
     put_str(&mut u, "name", p.name.as_deref());
     put_str(&mut u, "uid", p.arn.as_deref().or(p.id.as_deref()));
-    put_str(
-        &mut u,
-        "credential_uid",
-        alarm.access_key_id.as_ref().map(|k| k.0.as_str()),
-    );
+    if let Some(k) = &alarm.access_key_id {
+        // `credential_uid` is deprecated since OCSF 1.6 but what Security Lake's CloudTrail
+        // mapping fills; `programmatic_credentials` is its successor.
+        u.insert("credential_uid".to_owned(), json!(k.0));
+        u.insert(
+            "programmatic_credentials".to_owned(),
+            json!([{"uid": k.0, "type": "Access Key"}]),
+        );
+    }
     let (type_id, kind) = match p.kind {
         PrincipalType::Root => (2, "Admin"),
         PrincipalType::User | PrincipalType::Federated => (1, "User"),
-        PrincipalType::AssumedRole | PrincipalType::Service => (4, "Service"),
+        PrincipalType::Service => (4, "Service"),
+        PrincipalType::AssumedRole => (99, "AssumedRole"),
         PrincipalType::Unknown => (0, "Unknown"),
     };
     u.insert("type_id".to_owned(), json!(type_id));
     u.insert("type".to_owned(), json!(kind));
-    if let Some(mfa) = p.mfa {
-        u.insert("has_mfa".to_owned(), json!(mfa));
-    }
     if let Some(a) = &alarm.account_id {
         let (type_id, kind) = account_type(alarm.cloud);
         u.insert(
@@ -112,10 +114,24 @@ fn user(alarm: &Alarm) -> Value {
             json!({"uid": a.0, "type_id": type_id, "type": kind}),
         );
     }
-    if !u.contains_key("name") && !u.contains_key("uid") && !u.contains_key("account") {
-        u.insert("name".to_owned(), json!("unknown"));
-    }
     Value::Object(u)
+}
+
+/// The actor: the user (when anything identifies it) and, where the log says, whether its
+/// session was MFA-authenticated.
+fn actor(alarm: &Alarm) -> Option<Value> {
+    let user = user(alarm);
+    let mut a = Map::new();
+    if ["name", "uid", "account"]
+        .iter()
+        .any(|k| user.get(k).is_some())
+    {
+        a.insert("user".to_owned(), user);
+    }
+    if let Some(mfa) = alarm.principal.mfa {
+        a.insert("session".to_owned(), json!({"is_mfa": mfa}));
+    }
+    (!a.is_empty()).then_some(Value::Object(a))
 }
 
 /// A source IP as an OCSF `network_endpoint` (IP-hidden keys show `masked`, not an IP: then
@@ -148,10 +164,6 @@ fn endpoint(s: &SourceIp) -> Value {
         put_str(&mut asys, "name", g.as_org.as_deref());
         e.insert("autonomous_system".to_owned(), Value::Object(asys));
     }
-    if !s.classes.is_empty() {
-        let classes: Vec<&str> = s.classes.iter().map(|c| c.as_str()).collect();
-        e.insert("type".to_owned(), json!(classes.join(",")));
-    }
     Value::Object(e)
 }
 
@@ -172,12 +184,15 @@ pub fn detection_finding(alarm: &Alarm) -> Value {
         AlarmStatus::Updated => (2, "Update"),
     };
     let (severity_id, severity_name) = severity(alarm.severity);
-    let user = user(alarm);
 
     let mut attacks = Vec::new();
-    // One entry per technique (sub-techniques under their parent), each with the rule's
-    // primary tactic; tactics without a technique of their own listed alone.
-    let primary = alarm.attack.tactics.first();
+    // One entry per technique (sub-techniques under their parent) with the rule's tactics; the
+    // single `tactic` only when the rule has one (which technique serves which of several
+    // tactics is not recorded).
+    let primary = match alarm.attack.tactics.as_slice() {
+        [one] => Some(one),
+        _ => None,
+    };
     for t in &alarm.attack.techniques {
         let mut a = Map::new();
         match t.split_once('.') {
@@ -276,7 +291,13 @@ pub fn detection_finding(alarm: &Alarm) -> Value {
                 Some(Value::Object(r))
             })
             .collect();
-        finding.insert("related_events_count".to_owned(), json!(related.len()));
+        let count = alarm
+            .evidence
+            .facts
+            .get("member_count")
+            .and_then(Value::as_u64)
+            .unwrap_or(related.len() as u64);
+        finding.insert("related_events_count".to_owned(), json!(count));
         finding.insert("related_events".to_owned(), Value::Array(related));
     }
 
@@ -323,38 +344,47 @@ pub fn detection_finding(alarm: &Alarm) -> Value {
             .collect(),
     );
     let latest_api = alarm.apis.last().map(|a| api(a));
+    let actor = actor(alarm);
+    // The latest hit: its caller, call and IP (the facts name the IP for travel; else the last
+    // one listed) with its facts. Then each other source IP alone: which API each one called
+    // is not recorded, so none is claimed.
+    let latest_ip = alarm
+        .evidence
+        .facts
+        .get("ip")
+        .and_then(Value::as_str)
+        .and_then(|ip| alarm.source_ips.iter().find(|s| s.ip == ip))
+        .or(alarm.source_ips.last());
     let mut evidences = Vec::new();
-    for s in &alarm.source_ips {
-        let mut e = Map::new();
-        e.insert("actor".to_owned(), json!({"user": user}));
-        if let Some(a) = &latest_api {
-            e.insert("api".to_owned(), a.clone());
-        }
-        e.insert("src_endpoint".to_owned(), endpoint(s));
-        evidences.push(Value::Object(e));
+    let mut first = Map::new();
+    if let Some(a) = &actor {
+        first.insert("actor".to_owned(), a.clone());
     }
-    if evidences.is_empty() {
-        let mut e = Map::new();
-        e.insert("actor".to_owned(), json!({"user": user}));
-        if let Some(a) = &latest_api {
-            e.insert("api".to_owned(), a.clone());
-        }
-        evidences.push(Value::Object(e));
+    if let Some(a) = &latest_api {
+        first.insert("api".to_owned(), a.clone());
     }
-    if let Some(first) = evidences.first_mut().and_then(Value::as_object_mut)
-        && alarm.evidence.facts.iter().next().is_some()
-    {
+    if let Some(s) = latest_ip {
+        first.insert("src_endpoint".to_owned(), endpoint(s));
+    }
+    if !alarm.evidence.facts.is_empty() || first.is_empty() {
         first.insert("data".to_owned(), facts);
+    }
+    evidences.push(Value::Object(first));
+    for s in &alarm.source_ips {
+        if latest_ip.is_some_and(|l| l.ip == s.ip) {
+            continue;
+        }
+        evidences.push(json!({"src_endpoint": endpoint(s)}));
     }
 
     let mut observables = Vec::new();
     for s in &alarm.source_ips {
         if s.ip.parse::<std::net::IpAddr>().is_ok() {
-            observables.push(json!({"name": "src_endpoint.ip", "type_id": 2, "type": "IP Address", "value": s.ip}));
+            observables.push(json!({"name": "evidences.src_endpoint.ip", "type_id": 2, "type": "IP Address", "value": s.ip}));
         }
     }
     if let Some(k) = &alarm.access_key_id {
-        observables.push(json!({"name": "actor.user.credential_uid", "type_id": 19, "type": "User Credential ID", "value": k.0}));
+        observables.push(json!({"name": "actor.user.programmatic_credentials.uid", "type_id": 19, "type": "User Credential ID", "value": k.0}));
     }
     if let Some(n) = &alarm.principal.name {
         observables.push(
@@ -391,7 +421,8 @@ pub fn detection_finding(alarm: &Alarm) -> Value {
     out.insert("severity".to_owned(), json!(severity_name));
     out.insert("status_id".to_owned(), json!(1));
     out.insert("status".to_owned(), json!("New"));
-    out.insert("is_alert".to_owned(), json!(true));
+    // An alert when first raised; its updates only add hits.
+    out.insert("is_alert".to_owned(), json!(activity_id == 1));
     out.insert("time".to_owned(), json!(ms(alarm.last_seen)));
     out.insert("start_time".to_owned(), json!(ms(alarm.first_seen)));
     out.insert("end_time".to_owned(), json!(ms(alarm.last_seen)));
@@ -407,13 +438,17 @@ pub fn detection_finding(alarm: &Alarm) -> Value {
                 "version": env!("CARGO_PKG_VERSION"),
             },
             "profiles": ["cloud"],
-            "uid": alarm.alarm_id,
+            // One notification (create or update) of the alarm: the finding's own id is
+            // `finding_info.uid`.
+            "uid": format!("{}:{}", alarm.alarm_id, alarm.count),
             "log_name": "alarms",
         }),
     );
     out.insert("cloud".to_owned(), Value::Object(cloud));
     out.insert("finding_info".to_owned(), Value::Object(finding));
-    out.insert("actor".to_owned(), json!({"user": user}));
+    if let Some(a) = actor {
+        out.insert("actor".to_owned(), a);
+    }
     if let Some(a) = latest_api {
         out.insert("api".to_owned(), a);
     }
@@ -435,6 +470,13 @@ pub fn detection_finding(alarm: &Alarm) -> Value {
                 "dimension": alarm.dimension,
                 "apis": alarm.apis,
                 "event_ids": alarm.evidence.event_ids,
+                // Each source IP's classes (own / private / service / tor / threat / hosting /
+                // cloud / public): OCSF's endpoint `type` is a device type, not this.
+                "ip_classes": alarm
+                    .source_ips
+                    .iter()
+                    .map(|s| (s.ip.clone(), json!(s.classes)))
+                    .collect::<Map<String, Value>>(),
             }
         }),
     );

@@ -369,9 +369,11 @@ impl Engine {
             return;
         };
         if let Some(g) = db.lookup(ip) {
-            hit.facts.insert("previous_city".into(), json!(g.city));
-            hit.facts
-                .insert("previous_country".into(), json!(g.country));
+            for (k, v) in [("previous_city", g.city), ("previous_country", g.country)] {
+                if let Some(v) = v {
+                    hit.facts.insert(k.into(), json!(v));
+                }
+            }
         }
     }
 
@@ -1317,13 +1319,21 @@ fn run_detector(
                 "previous_call_at".into(),
                 json!(chrono::DateTime::from_timestamp(full_time(other.time), 0)),
             );
-            f.insert("previous_location".into(), json!([other.lat, other.lon]));
+            // (Kept as f32 in the state: rounded to 4 decimals, about 10 m.)
+            let round = |x: f32| (f64::from(x) * 1e4).round() / 1e4;
+            f.insert(
+                "previous_location".into(),
+                json!([round(other.lat), round(other.lon)]),
+            );
             if let Some(prev) = other.address() {
                 f.insert("previous_ip".into(), json!(prev.to_string()));
             }
             if let Some(g) = enr.geo.as_ref() {
-                f.insert("city".into(), json!(g.city));
-                f.insert("country".into(), json!(g.country));
+                for (k, v) in [("city", &g.city), ("country", &g.country)] {
+                    if let Some(v) = v {
+                        f.insert(k.into(), json!(v));
+                    }
+                }
             }
             if let Some(ip) = event.source_ip {
                 f.insert("ip".into(), json!(ip.to_string()));

@@ -222,6 +222,27 @@ mod tests {
         assert!(db.lookup("8.8.8.8".parse().unwrap()).is_none());
     }
 
+    /// The metadata libmaxminddb insists on (it refuses a database built at epoch 0): so
+    /// `mmdblookup` and the other C-based readers open what `simulate` writes.
+    #[test]
+    fn the_generated_database_has_the_metadata_libmaxminddb_requires() {
+        let mut w = MmdbWriter::new("akwatch-City-ASN");
+        w.insert(
+            "198.51.100.0/24".parse().unwrap(),
+            &record("Frankfurt", "DE", 50.11, 8.68, 64501),
+        );
+        let reader = maxminddb::Reader::from_source(w.to_bytes()).unwrap();
+        let m = reader.metadata();
+        assert_eq!(m.build_epoch, crate::enrich::mmdb::DEFAULT_BUILD_EPOCH);
+        assert_eq!(
+            (m.binary_format_major_version, m.record_size, m.ip_version),
+            (2, 32, 6)
+        );
+        assert!(m.node_count > 0);
+        assert_eq!(m.languages, vec!["en".to_owned()]);
+        assert_eq!(m.database_type, "akwatch-City-ASN");
+    }
+
     #[test]
     fn distances() {
         let frankfurt = (50.11, 8.68);

@@ -34,15 +34,27 @@ enum Child {
 #[derive(Debug)]
 pub struct MmdbWriter {
     database_type: String,
+    build_epoch: u64,
     nodes: Vec<[Child; 2]>,
     data: Vec<u8>,
     cache: HashMap<Vec<u8>, u32>,
 }
 
+/// The build time written when none is given (2025-01-01T00:00:00Z): libmaxminddb (and so
+/// `mmdblookup`, the Python and many other readers) refuses a database whose `build_epoch` is
+/// 0, and a generated database must not depend on the clock to stay reproducible.
+pub const DEFAULT_BUILD_EPOCH: u64 = 1_735_689_600;
+
 impl MmdbWriter {
+    /// Sets the database's build time (Unix seconds, at least 1).
+    pub fn build_epoch(&mut self, epoch: u64) {
+        self.build_epoch = epoch.max(1);
+    }
+
     pub fn new(database_type: &str) -> Self {
         MmdbWriter {
             database_type: database_type.to_owned(),
+            build_epoch: DEFAULT_BUILD_EPOCH,
             nodes: vec![[Child::Empty, Child::Empty]],
             data: Vec::new(),
             cache: HashMap::new(),
@@ -110,7 +122,7 @@ impl MmdbWriter {
         string(&mut meta, "binary_format_minor_version");
         uint(&mut meta, 5, 0);
         string(&mut meta, "build_epoch");
-        uint(&mut meta, 9, 0);
+        uint(&mut meta, 9, self.build_epoch);
         string(&mut meta, "database_type");
         string(&mut meta, &self.database_type);
         string(&mut meta, "description");

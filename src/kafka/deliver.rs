@@ -297,20 +297,13 @@ impl Outputs<'_> {
     }
 
     /// What identifies the alarm, alone, in the output's format (when nothing else fits).
-    fn minimal(&self, alarm: &Alarm) -> Value {
-        match self.alarm_format {
-            crate::ocsf::AlarmFormat::Native => minimal_alarm(alarm),
-            crate::ocsf::AlarmFormat::Ocsf => crate::ocsf::minimal(alarm),
-        }
+    fn render(&self, alarm: &Alarm, native: &Value) -> Vec<u8> {
+        render_alarm(self.alarm_format, alarm, native)
     }
 
     pub async fn alarm(&self, alarm: &Alarm) -> Result<(), Abandoned> {
-        let mut value = match self.alarm_format {
-            crate::ocsf::AlarmFormat::Native => {
-                serde_json::to_value(alarm).unwrap_or_else(|_| minimal_alarm(alarm))
-            }
-            crate::ocsf::AlarmFormat::Ocsf => crate::ocsf::detection_finding(alarm),
-        };
+        // Shrunk (when too large) in the native form, then rendered in the output's format.
+        let mut value = serde_json::to_value(alarm).unwrap_or_else(|_| minimal_alarm(alarm));
         let mut backoff = Duration::from_secs(1);
         loop {
             if self.try_alarm(alarm, &mut value).await? {
@@ -332,18 +325,22 @@ impl Outputs<'_> {
     /// the alarm was stored.
     async fn try_alarm(&self, alarm: &Alarm, value: &mut Value) -> Result<bool, Abandoned> {
         let mut limit = payload_limit(self.max_bytes);
-        let mut bytes = serde_json::to_vec(&*value).unwrap_or_default();
+        let mut bytes = self.render(alarm, value);
         let mut shrunk = false;
         for round in 0..8 {
             if bytes.len() > limit {
                 if round < 7 {
-                    shrink_to(value, limit);
+                    // The native form is shrunk; the rendered one must fit (an OCSF finding is
+                    // about twice the native alarm): aim the shrink by their ratio.
+                    let native = serde_json::to_vec(&*value).map_or(bytes.len(), |b| b.len());
+                    let target = limit.saturating_mul(native) / bytes.len().max(1);
+                    shrink_to(value, target.min(limit));
                 }
-                if serde_json::to_vec(&*value).map_or(true, |b| b.len() > limit) || round == 7 {
+                if self.render(alarm, value).len() > limit || round == 7 {
                     // Nothing left to cut but what identifies it: the alarm's core alone.
-                    *value = self.minimal(alarm);
+                    *value = minimal_alarm(alarm);
                 }
-                bytes = serde_json::to_vec(&*value).unwrap_or_default();
+                bytes = self.render(alarm, value);
                 if !shrunk {
                     shrunk = true;
                     self.metrics.alarms_shrunk.inc();
@@ -561,6 +558,21 @@ const PROTECTED: [&str; 10] = [
 ];
 
 /// The alarm's core, when nothing else fits: identity, key, times, count, and a note.
+/// The bytes written for the alarm's (possibly shrunk) native JSON `native`, in `format`. An
+/// OCSF finding is mapped from the shrunk alarm, so what identifies it is never cut, and the
+/// shrink note lands in its evidence data; when the shrunk form no longer reads as an alarm
+/// (only the core fits), the finding of the core alone.
+pub fn render_alarm(format: crate::ocsf::AlarmFormat, alarm: &Alarm, native: &Value) -> Vec<u8> {
+    let out = match format {
+        crate::ocsf::AlarmFormat::Native => return serde_json::to_vec(native).unwrap_or_default(),
+        crate::ocsf::AlarmFormat::Ocsf => match serde_json::from_value::<Alarm>(native.clone()) {
+            Ok(shrunk) => crate::ocsf::detection_finding(&shrunk),
+            Err(_) => crate::ocsf::minimal(alarm),
+        },
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
 fn minimal_alarm(alarm: &Alarm) -> Value {
     let key = alarm.access_key_id.as_ref().map(|k| cut_str(&k.0, 128));
     serde_json::json!({
@@ -667,6 +679,42 @@ mod tests {
         assert_eq!(v["first_seen"], "2025-06-05T10:00:00Z");
         assert!(v["description"].as_str().unwrap().len() < 600);
         assert!(serde_json::to_vec(&v).unwrap().len() <= 600);
+    }
+
+    /// An OCSF finding too large for the topic is mapped from the shrunk alarm: it fits, its
+    /// identity is whole, and its evidence says it was cut.
+    #[test]
+    fn an_oversized_ocsf_finding_is_shrunk_with_its_identity_whole() {
+        let line = include_str!("../../tests/golden/alarms/ak.backdoor_key.jsonl")
+            .lines()
+            .next()
+            .unwrap();
+        let mut alarm: Alarm = serde_json::from_str(line).unwrap();
+        alarm
+            .evidence
+            .facts
+            .insert("user_agent".into(), Value::String("x".repeat(300_000)));
+        alarm.apis = (0..5_000).map(|i| format!("iam:Api{i}")).collect();
+        let format = crate::ocsf::AlarmFormat::Ocsf;
+        let mut native = serde_json::to_value(&alarm).unwrap();
+        let limit = 20_000;
+        let bytes = render_alarm(format, &alarm, &native);
+        assert!(bytes.len() > limit);
+        let ratio_target = limit * serde_json::to_vec(&native).unwrap().len() / bytes.len();
+        shrink_to(&mut native, ratio_target);
+        let bytes = render_alarm(format, &alarm, &native);
+        assert!(bytes.len() <= limit, "{}", bytes.len());
+        let finding: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(finding["finding_info"]["uid"], alarm.alarm_id);
+        assert_eq!(finding["class_uid"], 2004);
+        let note = finding["evidences"][0]["data"]["truncated"]
+            .as_str()
+            .unwrap();
+        assert!(note.contains("shrunk"), "{note}");
+        // Only the core fits: the finding of the core alone.
+        let core = render_alarm(format, &alarm, &minimal_alarm(&alarm));
+        let core: Value = serde_json::from_slice(&core).unwrap();
+        assert_eq!(core["finding_info"]["uid"], alarm.alarm_id);
     }
 
     #[test]

@@ -79,7 +79,18 @@ fn items(v: Option<&Value>) -> Vec<&Value> {
 /// The effects of `action` with request parameters `params`.
 pub fn of(action: &str, params: &Value) -> Vec<Effect> {
     let mut out = Vec::new();
+    let logging = matches!(
+        action,
+        "PutEventSelectors"
+            | "UpdateTrail"
+            | "UpdateAudit"
+            | "ModifyAuditTrack"
+            | "PutBucketLogging"
+    );
     let weakened = match action {
+        // A change to what is logged whose parameters the log does not show: it cannot be told
+        // harmless (fail closed).
+        _ if logging && !params.is_object() => true,
         "PutEventSelectors" => event_selectors_narrow(params),
         "UpdateTrail" => trail_weakened(params),
         "UpdateAudit" => audit_weakened(params),
@@ -130,8 +141,21 @@ pub fn of(action: &str, params: &Value) -> Vec<Effect> {
 }
 
 /// `0.0.0.0/0` or `::/0`.
+/// A range that opens to (nearly) everyone: any way of writing a /0 (`0.0.0.0/0`, `::/0`,
+/// `0::/0`, or a host address with `/0` as a real Stratus record has), or a very short prefix
+/// (IPv4 /8 or shorter, IPv6 /16 or shorter: two /1s open everything just as well).
 fn is_anywhere(cidr: &str) -> bool {
-    matches!(cidr.trim(), "0.0.0.0/0" | "::/0")
+    let Some((addr, len)) = cidr.trim().split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.trim().parse::<u8>() else {
+        return false;
+    };
+    match addr.trim().parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => len <= 8,
+        Ok(std::net::IpAddr::V6(_)) => len <= 16,
+        Err(_) => false,
+    }
 }
 
 /// An ingress permission from anywhere: AWS `ipPermissions.items[].ipRanges.items[].cidrIp`
@@ -191,9 +215,11 @@ fn event_selectors_narrow(params: &Value) -> bool {
                     .iter()
                     .any(|v| v.as_str() == Some("Management"))
         });
+        // Any field beside the category restricts it (read-only, event source, event name,
+        // resources, and whatever CloudTrail adds later: fail closed).
         let restricted = fields
             .iter()
-            .any(|f| text(get(f, "field")).is_some_and(|n| n == "readOnly" || n == "eventSource"));
+            .any(|f| text(get(f, "field")).is_none_or(|n| n != "eventCategory"));
         management && !restricted
     });
     !(basic_all || advanced_all)
@@ -203,10 +229,16 @@ fn event_selectors_narrow(params: &Value) -> bool {
 /// validation, or sends the logs somewhere else (AWS `s3BucketName`, Alibaba `OssBucketName`,
 /// `SlsProjectArn`), or logs only reads or writes (Alibaba `EventRW`, `TrailRegion`).
 fn trail_weakened(params: &Value) -> bool {
+    let emptied = |k: &str| text(get(params, k)).is_some_and(|v| v.trim().is_empty());
     is_false(get(params, "isMultiRegionTrail"))
         || is_false(get(params, "includeGlobalServiceEvents"))
         || is_false(get(params, "enableLogFileValidation"))
+        || is_false(get(params, "isOrganizationTrail"))
+        // CloudWatch Logs delivery removed: the metric-filter alarms on the trail go blind.
+        || emptied("cloudWatchLogsLogGroupArn")
+        || emptied("cloudWatchLogsRoleArn")
         || get(params, "s3BucketName").is_some()
+        || get(params, "s3KeyPrefix").is_some()
         || get(params, "OssBucketName").is_some()
         || get(params, "SlsProjectArn").is_some()
         || text(get(params, "EventRW")).is_some_and(|rw| !rw.eq_ignore_ascii_case("all"))
@@ -225,12 +257,15 @@ fn audit_weakened(params: &Value) -> bool {
         || get(params, "CosBucketName").is_some()
 }
 
-/// Tencent `ModifyAuditTrack`: the track switched off (`Status: 0`), limited to reads or
-/// writes, or its storage changed.
+/// Tencent `ModifyAuditTrack`: the track switched off (`Status: 0`), or limited to reads or
+/// writes (`ActionType`), some resource types (`ResourceType`) or some events (`EventNames`).
+/// (`Storage` is sent with every full update: not judged.)
 fn audit_track_weakened(params: &Value) -> bool {
+    let names = items(get(params, "EventNames"));
     is_false(get(params, "Status"))
         || text(get(params, "ActionType")).is_some_and(|a| a != "*")
-        || get(params, "Storage").is_some()
+        || text(get(params, "ResourceType")).is_some_and(|r| r != "*")
+        || (!names.is_empty() && !names.iter().any(|n| n.as_str() == Some("*")))
 }
 
 /// `PutBucketLogging` with no `LoggingEnabled`: access logging switched off.

@@ -786,15 +786,17 @@ fn request_facts(raw: &RawEvent<'_>, action: &str) -> crate::event::Request {
                 .or_else(|| text(&r.role_name)),
         }
     });
-    if effects::is_candidate(action)
-        && let Some(params) = raw.request_parameters
-        && let Ok(value) = serde_json::from_str::<serde_json::Value>(params.get())
-    {
-        // (Alibaba and Tencent may write the parameters as a JSON string.)
-        let value = match value {
-            serde_json::Value::String(s) => serde_json::from_str(&s).unwrap_or_default(),
-            v => v,
-        };
+    if effects::is_candidate(action) {
+        // (Alibaba and Tencent may write the parameters as a JSON string; absent or
+        // unreadable parameters are `Null`, which the effects judge as they must.)
+        let value = raw
+            .request_parameters
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
+            .map(|v| match v {
+                serde_json::Value::String(s) => serde_json::from_str(&s).unwrap_or_default(),
+                v => v,
+            })
+            .unwrap_or_default();
         request.effects = effects::of(action, &value);
     }
     if action == "CreateAccessKey" {

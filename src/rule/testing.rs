@@ -215,11 +215,12 @@ impl TestEvent {
         for c in &self.ip_class {
             ip_class.push(IpClass::parse(c).ok_or_else(|| format!("unknown ip_class {c:?}"))?);
         }
-        let effects = self
-            .request
-            .as_ref()
-            .map(|r| crate::provider::effects::of(&action, r))
-            .unwrap_or_default();
+        // As the decoder does: a candidate call's effects, from its parameters or their absence.
+        let effects = if crate::provider::effects::is_candidate(&action) {
+            crate::provider::effects::of(&action, &self.request.clone().unwrap_or_default())
+        } else {
+            Vec::new()
+        };
         let event = Event {
             cloud,
             event_id: format!("test-{index}"),

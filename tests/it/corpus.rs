@@ -259,49 +259,89 @@ fn corpus_credential_reports_parse() {
 }
 
 /// Request parameters decide a few calls: Stratus Red Team's event-selector tampering (management
-/// events off) decodes as `logging_weakened` and raises `ak.audit_tamper`, while TrailDiscover's
-/// `UpdateTrail` with no parameters logged raises nothing.
+/// events off) decodes as `logging_weakened` and raises `ak.audit_tamper`; its security group
+/// opened with `cidrIp: <host>/0` is `opened_to_internet`; a successful `UpdateTrail` that
+/// only sets a KMS key (shaped like AWS's documented record) raises neither tampering nor a
+/// false weakening, while the same call without parameters fails closed.
 #[test]
-fn real_event_selector_tampering_is_weakening_and_an_empty_update_is_not() {
+fn real_request_parameters_decide_tampering_and_exposure() {
     use akwatch::event::Effect;
     let Some(c) = corpus() else { return };
-    let stratus = read_file(
-        &c.join("aws/stratus-detonation-logs/aws.defense-evasion.cloudtrail-event-selectors.json"),
-        Decoder::auto(),
-    );
-    let put = stratus
+    let stratus = |name: &str| {
+        read_file(
+            &c.join(format!("aws/stratus-detonation-logs/{name}")),
+            Decoder::auto(),
+        )
+    };
+    let selectors = stratus("aws.defense-evasion.cloudtrail-event-selectors.json");
+    let put = selectors
         .events
         .iter()
         .find(|e| e.action == "PutEventSelectors")
         .expect("the Stratus log has the call");
     assert_eq!(put.request.effects, vec![Effect::LoggingWeakened]);
-    let update = read_file(
-        &c.join("aws/traildiscover-examples/UpdateTrail.json.cloudtrail"),
-        Decoder::auto(),
+    let open = stratus("aws.exfiltration.ec2-security-group-open-port-22-ingress.json");
+    let ingress: Vec<_> = open
+        .events
+        .iter()
+        .filter(|e| {
+            e.action == "AuthorizeSecurityGroupIngress"
+                && e.outcome == akwatch::event::Outcome::Success
+        })
+        .collect();
+    assert!(!ingress.is_empty());
+    assert!(
+        ingress
+            .iter()
+            .all(|e| e.request.effects == vec![Effect::OpenedToInternet]),
+        "{:?}",
+        ingress.iter().map(|e| &e.request).collect::<Vec<_>>()
     );
-    assert!(update.events.iter().all(|e| e.request.effects.is_empty()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let record = |params: &str| {
+        format!(
+            r#"{{"eventVersion":"1.08","userIdentity":{{"type":"IAMUser","principalId":"AIDAEXAMPLE","arn":"arn:aws:iam::123456789012:user/ops","accountId":"123456789012","accessKeyId":"AKIAIOSFODNN7EXAMPLE","userName":"ops"}},"eventTime":"2025-06-02T10:00:00Z","eventSource":"cloudtrail.amazonaws.com","eventName":"UpdateTrail","awsRegion":"us-east-1","sourceIPAddress":"198.51.100.7","userAgent":"aws-cli/2.15.0","requestParameters":{params},"responseElements":null,"requestID":"r-1","eventID":"e-{n}","readOnly":false,"eventType":"AwsApiCall","managementEvent":true,"recipientAccountId":"123456789012"}}"#,
+            n = params.len()
+        )
+    };
+    let kms = dir.path().join("kms.json");
+    std::fs::write(
+        &kms,
+        record(r#"{"name":"management-events","kmsKeyId":"arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"}"#),
+    )
+    .unwrap();
+    let blind = dir.path().join("blind.json");
+    std::fs::write(&blind, record("null")).unwrap();
+    let kms = read_file(&kms, Decoder::auto());
+    let blind = read_file(&blind, Decoder::auto());
+    assert!(kms.events[0].request.effects.is_empty());
+    assert_eq!(
+        blind.events[0].request.effects,
+        vec![Effect::LoggingWeakened]
+    );
 
     let rules = akwatch::rule::RuleSet::load(&crate::repo().join("rules")).unwrap();
     let mut engine =
         akwatch::engine::Engine::new(&rules, akwatch::policy::Policy::default()).unwrap();
     let enr = akwatch::enrich::Enrichment::default();
-    let fired: Vec<String> = engine
-        .process(put, &enr)
-        .into_iter()
-        .map(|a| a.rule_id)
-        .collect();
-    assert!(fired.iter().any(|r| r == "ak.audit_tamper"), "{fired:?}");
-    for e in &update.events {
-        let fired: Vec<String> = engine
+    let mut fired = |e: &akwatch::event::Event| -> Vec<String> {
+        engine
             .process(e, &enr)
             .into_iter()
             .map(|a| a.rule_id)
-            .collect();
-        assert!(
-            !fired
-                .iter()
-                .any(|r| r == "ak.audit_tamper" || r == "ak.sensitive_api"),
-            "{fired:?}"
-        );
-    }
+            .collect()
+    };
+    assert!(fired(put).iter().any(|r| r == "ak.audit_tamper"));
+    let on_kms = fired(&kms.events[0]);
+    assert!(!on_kms.iter().any(|r| r == "ak.audit_tamper"), "{on_kms:?}");
+    assert!(
+        on_kms.iter().any(|r| r == "ak.sensitive_api"),
+        "a trail change stays sensitive: {on_kms:?}"
+    );
+    assert!(
+        fired(&blind.events[0])
+            .iter()
+            .any(|r| r == "ak.audit_tamper")
+    );
 }

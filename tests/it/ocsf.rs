@@ -104,9 +104,26 @@ fn the_finding_carries_what_an_analyst_needs() {
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|a| a["tactic"]["uid"].as_str())
+        .flat_map(|a| a["tactics"].as_array().unwrap().iter())
+        .filter_map(|t| t["uid"].as_str())
         .collect();
-    assert!(!tactics.is_empty());
+    for t in &seq.attack.tactics {
+        assert!(tactics.contains(&t.as_str()), "{t} in {tactics:?}");
+    }
+    // Several tactics: no single `tactic` is claimed for a technique.
+    assert!(
+        f["finding_info"]["attacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a.get("tactic").is_none())
+    );
+    assert_eq!(
+        f["finding_info"]["related_events_count"],
+        seq.evidence.facts["member_count"]
+    );
+    // An update is another event of the same finding.
+    assert_ne!(f["metadata"]["uid"], f["finding_info"]["uid"]);
     // Every source IP is an evidence with its location.
     let ips: Vec<&str> = f["evidences"]
         .as_array()
