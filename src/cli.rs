@@ -61,6 +61,22 @@ pub enum Command {
     /// Run the whole pipeline over files and print alarms (JSON lines on stdout, a summary
     /// table on stderr). With no paths: the bundled example scenario under examples/.
     Replay(ReplayArgs),
+    /// Serve the inventory API (`/api/v1`: keys, source IPs, accounts, alarms and their triage,
+    /// audit log) over a store that `replay --store` filled.
+    ///
+    /// Example: akwatch replay --store akwatch.db && akwatch serve --store akwatch.db
+    Serve {
+        /// The store: a SQLite file, or a postgres:// URL.
+        #[arg(long, value_name = "FILE|URL")]
+        store: String,
+        /// Where to listen. Without --tokens only a loopback address is allowed, and a one-time
+        /// admin token is printed at start.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// YAML: `tokens: [{name, role: viewer|operator|admin, sha256: <hex of the token>}]`.
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
+    },
     /// Write a realistic multi-cloud scenario: native logs, reports, GeoIP, lists, leak feed,
     /// policies and the ground truth of the attacks it injected.
     Simulate {
@@ -173,6 +189,10 @@ pub struct ReplayArgs {
     /// risks after them) or OCSF 1.8.0 Detection Findings (class 2004; alarms only).
     #[arg(long, value_enum, default_value_t = crate::ocsf::AlarmFormat::Native)]
     pub format: crate::ocsf::AlarmFormat,
+    /// Also fill the inventory in this store (a SQLite file, or a postgres:// URL) for
+    /// `akwatch serve`: keys, source IPs, accounts, hourly calls and the alarms.
+    #[arg(long, value_name = "FILE|URL")]
+    pub store: Option<String>,
     /// Log files, directories or `-`; none: the bundled examples/.
     pub paths: Vec<String>,
 }
@@ -195,6 +215,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reports(args) => reports(args),
         Command::CheckRules { dir } => check_rules(&dir),
         Command::Replay(args) => replay(args),
+        Command::Serve {
+            store,
+            listen,
+            tokens,
+        } => serve(&store, listen, tokens.as_deref()),
         Command::Load {
             brokers,
             topic,
@@ -477,6 +502,66 @@ fn check_rules(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `akwatch serve`: the inventory API over a store.
+fn serve(
+    store: &str,
+    listen: std::net::SocketAddr,
+    tokens: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let tokens = match tokens {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let file: crate::api::TokensFile = serde_saphyr::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            for t in &file.tokens {
+                if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    anyhow::bail!(
+                        "{}: token {}: sha256 must be 64 hex digits (the hash, never the token)",
+                        path.display(),
+                        t.name
+                    );
+                }
+            }
+            file.tokens
+        }
+        None => {
+            if !listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "{listen} is not a loopback address: give --tokens to serve beyond this machine"
+                );
+            }
+            let secret: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            eprintln!("no --tokens: a one-time admin token for this run (loopback only): {secret}");
+            vec![crate::api::TokenSpec {
+                name: "one-time admin".into(),
+                role: crate::api::Role::Admin,
+                sha256: crate::api::token_hash(&secret),
+            }]
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let store = crate::inventory::Store::open(store).await?;
+        let app = crate::api::router(std::sync::Arc::new(crate::api::ApiState { store, tokens }));
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        eprintln!("serving the inventory API on http://{listen}/api/v1");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Where the repository's own directories are: the working directory, else the source tree
 /// the binary was built from (so `akwatch replay` works from anywhere on a developer machine).
 fn repo_path(rel: &str) -> PathBuf {
@@ -533,6 +618,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} problem(s) at start-up", errors.len());
         }
     };
+    if args.store.is_some() {
+        s.inventory = Some(crate::inventory::Batch::default());
+    }
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
@@ -541,7 +629,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_error: Option<io::Error> = None;
-    let summary = run(
+    let mut summary = run(
         &mut s,
         &options.inputs,
         options.provider,
@@ -580,6 +668,18 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         && let Err(e) = out.flush()
     {
         write_error = Some(e);
+    }
+    if let (Some(url), Some(batch)) = (&args.store, summary.inventory.take()) {
+        let events = batch.events;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let store = crate::inventory::Store::open(url).await?;
+            store.apply(batch).await
+        })
+        .with_context(|| format!("cannot write the inventory to {url}"))?;
+        eprintln!("inventory: {events} events written to {url}");
     }
     eprint!("{}", summary_table(&s.engine.stats, &summary));
     match write_error {

@@ -8,12 +8,14 @@
 #![forbid(unsafe_code)]
 
 pub mod alarm;
+pub mod api;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod enrich;
 pub mod event;
+pub mod inventory;
 pub mod isolate;
 pub mod kafka;
 pub mod ocsf;

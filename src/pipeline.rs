@@ -41,6 +41,8 @@ pub struct Pipeline {
     leaks_sent: HashSet<String>,
     /// Risks already handed out, by key, as JSON (an unchanged one is not handed out again).
     risks_sent: HashMap<String, String>,
+    /// The inventory's deltas, when one is kept (`replay --store`).
+    pub inventory: Option<std::sync::Mutex<crate::inventory::Batch>>,
 }
 
 impl Pipeline {
@@ -49,6 +51,7 @@ impl Pipeline {
             enricher,
             leaks_sent: HashSet::new(),
             risks_sent: HashMap::new(),
+            inventory: None,
         }
     }
 
@@ -74,6 +77,11 @@ impl Pipeline {
         crate::isolate::guard(|| {
             crate::isolate::fault_point(&event.event_id);
             let enrichment = enricher.enrich(event);
+            if let Some(inv) = &self.inventory
+                && let Ok(mut b) = inv.lock()
+            {
+                b.observe(event, &enrichment, engine.policy.is_hidden(event));
+            }
             engine.process(event, &enrichment)
         })
         .inspect_err(|_| engine.reset_subject(event))

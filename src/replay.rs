@@ -66,6 +66,8 @@ pub struct Setup {
     pub reports: ReportFeed,
     /// Start-up warnings (rules disabled for want of a GeoIP database, ...).
     pub warnings: Vec<String>,
+    /// When given, the run also fills this inventory batch (`replay --store`).
+    pub inventory: Option<crate::inventory::Batch>,
 }
 
 /// Loads rules, policies, lists, GeoIP, reports and leak feeds. Every problem is reported
@@ -160,6 +162,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             rules,
             reports,
             warnings,
+            inventory: None,
         }),
         _ => Err(errors),
     }
@@ -353,6 +356,8 @@ pub struct Summary {
     pub alarms: Vec<Alarm>,
     pub risks: Vec<Risk>,
     pub notifications: u64,
+    /// The inventory batch the run filled, when the setup asked for one.
+    pub inventory: Option<crate::inventory::Batch>,
 }
 
 /// Runs the pipeline over the inputs. `on_alarm` gets every notification (created and
@@ -378,10 +383,19 @@ pub fn run(
         .flat_map(|s| risks(s, report_time(s)))
         .collect();
     let mut pipeline = Pipeline::new(std::mem::take(&mut setup.enricher));
+    pipeline.inventory = setup.inventory.take().map(std::sync::Mutex::new);
+    let record = |pipeline: &Pipeline, alarm: &Alarm| {
+        if let Some(inv) = &pipeline.inventory
+            && let Ok(mut b) = inv.lock()
+        {
+            b.alarm(alarm);
+        }
+    };
     for output in pipeline.start(&risks_now) {
         match output {
             Output::Alarm(alarm) => {
                 summary.notifications += 1;
+                record(&pipeline, &alarm);
                 on_alarm(&alarm);
                 summary.alarms.push(*alarm);
             }
@@ -397,6 +411,7 @@ pub fn run(
             &mut |event| {
                 for alarm in pipeline.event(engine, &event)? {
                     summary.notifications += 1;
+                    record(&pipeline, &alarm);
                     on_alarm(&alarm);
                 }
                 Ok(())
@@ -408,9 +423,14 @@ pub fn run(
     }
     for alarm in engine.flush() {
         summary.notifications += 1;
+        record(&pipeline, &alarm);
         on_alarm(&alarm);
     }
     summary.alarms.extend(engine.alarms());
+    summary.inventory = pipeline
+        .inventory
+        .take()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
     setup.enricher = pipeline.enricher;
     Ok(summary)
 }

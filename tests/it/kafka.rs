@@ -641,7 +641,7 @@ fn metrics_once_lag_is_zero(ops: &str) -> String {
 /// handed out for `bind(0)` could be taken by any outgoing connection between this call and
 /// the service binding it (tests run in parallel, each with its Kafka clients). Ports are taken
 /// in turn from a range that depends on the process id, so concurrent test runs differ too.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let base = 21000 + (std::process::id() % 100) as u16 * 100;
     loop {

@@ -1,6 +1,7 @@
 //! The integration test binary: golden ingest tests, the public corpus, reports, the CLI,
 //! schemas and property tests.
 
+mod api;
 mod cli;
 mod compose;
 mod corpus;

@@ -1,0 +1,863 @@
+//! The inventory's HTTP API (`/api/v1`): keys, source IPs, accounts, alarms with triage, and the
+//! audit log, over a [`Store`]. Bearer tokens with a role each (viewer < operator < admin),
+//! configured as SHA-256 hashes and compared in constant time; every change is audited. SQL is
+//! built from fixed fragments and placeholders only: request values are always bound, sort
+//! columns come from a fixed list.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::Row as _;
+
+use crate::inventory::Store;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read everything.
+    Viewer,
+    /// Also triage alarms and write IP notes.
+    Operator,
+    /// Also edit policies.
+    Admin,
+}
+
+/// A configured token: its name (for the audit log), role, and SHA-256 (hex) of the secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub name: String,
+    pub role: Role,
+    pub sha256: String,
+}
+
+/// The API's tokens file: `tokens: [{name, role, sha256}]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    pub tokens: Vec<TokenSpec>,
+}
+
+/// SHA-256 of `secret`, hex.
+pub fn token_hash(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Byte strings equal, in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub struct ApiState {
+    pub store: Store,
+    pub tokens: Vec<TokenSpec>,
+}
+
+/// The caller, once its token is checked.
+struct Caller {
+    name: String,
+    role: Role,
+}
+
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "store query failed");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store query failed".into(),
+        )
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+fn authorize(state: &ApiState, headers: &HeaderMap, need: Role) -> Result<Caller, ApiError> {
+    let secret = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required".into(),
+            )
+        })?;
+    let hash = token_hash(secret.trim());
+    // Every configured hash is compared (no early exit), each in constant time.
+    let found = state
+        .tokens
+        .iter()
+        .fold(None, |hit, t| {
+            if constant_time_eq(t.sha256.to_ascii_lowercase().as_bytes(), hash.as_bytes()) {
+                Some(t)
+            } else {
+                hit
+            }
+        })
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
+    if found.role < need {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this needs the {need:?} role; the token has {:?}",
+                found.role
+            )
+            .to_lowercase(),
+        ));
+    }
+    Ok(Caller {
+        name: found.name.clone(),
+        role: found.role,
+    })
+}
+
+/// The most rows a list returns.
+pub const MAX_PAGE: i64 = 500;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    sort: Option<String>,
+    order: Option<String>,
+    cloud: Option<String>,
+    account: Option<String>,
+    kind: Option<String>,
+    key: Option<String>,
+    status: Option<String>,
+    severity: Option<String>,
+    rule: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+}
+
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// A `WHERE` clause of fixed fragments with numbered placeholders, and its parameters.
+#[derive(Default)]
+struct Filter {
+    clauses: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Filter {
+    fn text(&mut self, fragment: &str, v: &Option<String>) {
+        if let Some(v) = v {
+            self.params.push(Param::Text(v.clone()));
+            self.clauses
+                .push(fragment.replace('?', &format!("${}", self.params.len())));
+        }
+    }
+
+    fn int(&mut self, fragment: &str, v: Option<i64>) {
+        if let Some(v) = v {
+            self.params.push(Param::Int(v));
+            self.clauses
+                .push(fragment.replace('?', &format!("${}", self.params.len())));
+        }
+    }
+
+    fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    fn bind<'q>(
+        &'q self,
+        mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        for p in &self.params {
+            q = match p {
+                Param::Text(s) => q.bind(s.as_str()),
+                Param::Int(n) => q.bind(*n),
+            };
+        }
+        q
+    }
+}
+
+fn page(q: &ListQuery) -> Result<(i64, i64), ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    let offset = q.offset.unwrap_or(0);
+    if !(1..=MAX_PAGE).contains(&limit) || offset < 0 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1 to {MAX_PAGE} and offset at least 0"),
+        ));
+    }
+    Ok((limit, offset))
+}
+
+/// `ORDER BY` from a fixed list of columns (the first is the default).
+fn order_by(q: &ListQuery, allowed: &[&str], tie: &str) -> Result<String, ApiError> {
+    let col = match &q.sort {
+        None => allowed[0],
+        Some(s) => allowed.iter().find(|c| **c == s).copied().ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("sort must be one of {}", allowed.join(", ")),
+            )
+        })?,
+    };
+    let dir = match q.order.as_deref() {
+        None | Some("desc") => "DESC",
+        Some("asc") => "ASC",
+        Some(_) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "order must be asc or desc".into(),
+            ));
+        }
+    };
+    Ok(format!(" ORDER BY {col} {dir}, {tie} ASC"))
+}
+
+/// Rows as JSON objects: each column by name, as text or integer.
+fn rows_json(rows: &[sqlx::any::AnyRow], text: &[&str], ints: &[&str]) -> Vec<Value> {
+    rows.iter()
+        .map(|r| {
+            let mut o = serde_json::Map::new();
+            for c in text {
+                o.insert(
+                    (*c).into(),
+                    json!(r.try_get::<String, _>(*c).unwrap_or_default()),
+                );
+            }
+            for c in ints {
+                o.insert(
+                    (*c).into(),
+                    json!(r.try_get::<i64, _>(*c).unwrap_or_default()),
+                );
+            }
+            Value::Object(o)
+        })
+        .collect()
+}
+
+async fn count(store: &Store, sql: &str, f: &Filter) -> Result<i64, ApiError> {
+    let row = f.bind(sqlx::query(sql)).fetch_one(store.pool()).await?;
+    Ok(row.try_get::<i64, _>(0)?)
+}
+
+const KEY_TEXT: [&str; 6] = [
+    "cloud",
+    "key_id",
+    "account",
+    "principal",
+    "principal_type",
+    "kind",
+];
+const KEY_INTS: [&str; 6] = [
+    "first_seen",
+    "last_seen",
+    "calls",
+    "failures",
+    "ip_hidden",
+    "pending_alarms",
+];
+
+async fn keys(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let (limit, offset) = page(&q)?;
+    let mut f = Filter::default();
+    f.text("k.cloud = ?", &q.cloud);
+    f.text("k.account = ?", &q.account);
+    f.text("k.kind = ?", &q.kind);
+    let order = order_by(
+        &q,
+        &[
+            "last_seen",
+            "calls",
+            "first_seen",
+            "key_id",
+            "pending_alarms",
+        ],
+        "key_id",
+    )?;
+    let total = count(
+        &s.store,
+        &format!("SELECT COUNT(*) FROM inv_keys k{}", f.sql()),
+        &f,
+    )
+    .await?;
+    let sql = format!(
+        "SELECT k.cloud, k.key_id, k.account, k.principal, k.principal_type, k.kind, k.first_seen, k.last_seen, \
+         k.calls, k.failures, k.ip_hidden, \
+         (SELECT COUNT(*) FROM inv_alarms a WHERE a.key_id = k.key_id AND a.status = 'pending') AS pending_alarms \
+         FROM inv_keys k{}{order} LIMIT {limit} OFFSET {offset}",
+        f.sql()
+    );
+    let rows = f.bind(sqlx::query(&sql)).fetch_all(s.store.pool()).await?;
+    Ok(Json(
+        json!({"items": rows_json(&rows, &KEY_TEXT, &KEY_INTS), "total": total, "limit": limit, "offset": offset}),
+    ))
+}
+
+async fn key(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let pool = s.store.pool();
+    let rows = sqlx::query(
+        "SELECT k.cloud, k.key_id, k.account, k.principal, k.principal_type, k.kind, k.first_seen, k.last_seen, \
+         k.calls, k.failures, k.ip_hidden, \
+         (SELECT COUNT(*) FROM inv_alarms a WHERE a.key_id = k.key_id AND a.status = 'pending') AS pending_alarms \
+         FROM inv_keys k WHERE k.key_id = $1",
+    )
+    .bind(key.as_str())
+    .fetch_all(pool)
+    .await?;
+    let Some(mut info) = rows_json(&rows, &KEY_TEXT, &KEY_INTS).into_iter().next() else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no key {key}")));
+    };
+    let ips = sqlx::query(
+        "SELECT ip, calls, first_seen, last_seen FROM inv_key_ips WHERE key_id = $1 ORDER BY calls DESC, ip ASC LIMIT 500",
+    )
+    .bind(key.as_str())
+    .fetch_all(pool)
+    .await?;
+    let apis = sqlx::query(
+        "SELECT api, calls, failures, last_seen FROM inv_key_apis WHERE key_id = $1 ORDER BY calls DESC, api ASC LIMIT 500",
+    )
+    .bind(key.as_str())
+    .fetch_all(pool)
+    .await?;
+    let days = sqlx::query(
+        "SELECT (hour / 86400) * 86400 AS day, SUM(calls) AS calls, SUM(failures) AS failures FROM inv_calls_hourly \
+         WHERE key_id = $1 GROUP BY (hour / 86400) * 86400 ORDER BY day ASC",
+    )
+    .bind(key.as_str())
+    .fetch_all(pool)
+    .await?;
+    let alarms = sqlx::query(
+        "SELECT body, status FROM inv_alarms WHERE key_id = $1 ORDER BY severity_rank DESC, last_seen DESC LIMIT 500",
+    )
+    .bind(key.as_str())
+    .fetch_all(pool)
+    .await?;
+    if let Some(o) = info.as_object_mut() {
+        o.insert(
+            "ips".into(),
+            json!(rows_json(
+                &ips,
+                &["ip"],
+                &["calls", "first_seen", "last_seen"]
+            )),
+        );
+        o.insert(
+            "apis".into(),
+            json!(rows_json(
+                &apis,
+                &["api"],
+                &["calls", "failures", "last_seen"]
+            )),
+        );
+        o.insert(
+            "calls_per_day".into(),
+            json!(rows_json(&days, &[], &["day", "calls", "failures"])),
+        );
+        o.insert("alarms".into(), json!(alarm_rows(&alarms)));
+    }
+    Ok(Json(info))
+}
+
+fn alarm_rows(rows: &[sqlx::any::AnyRow]) -> Vec<Value> {
+    rows.iter()
+        .filter_map(|r| {
+            let body: String = r.try_get("body").ok()?;
+            let mut v: Value = serde_json::from_str(&body).ok()?;
+            let status: String = r.try_get("status").ok()?;
+            v.as_object_mut()?
+                .insert("triage_status".into(), json!(status));
+            Some(v)
+        })
+        .collect()
+}
+
+const IP_TEXT: [&str; 6] = ["ip", "country", "city", "as_org", "classes", "note"];
+const IP_INTS: [&str; 5] = ["asn", "first_seen", "last_seen", "calls", "keys"];
+
+async fn ips(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let (limit, offset) = page(&q)?;
+    let f = Filter::default();
+    let order = order_by(
+        &q,
+        &["last_seen", "calls", "first_seen", "ip", "keys"],
+        "ip",
+    )?;
+    let total = count(&s.store, "SELECT COUNT(*) FROM inv_ips", &f).await?;
+    let sql = format!(
+        "SELECT i.ip, i.country, i.city, i.as_org, i.classes, i.note, i.asn, i.first_seen, i.last_seen, i.calls, \
+         (SELECT COUNT(*) FROM inv_key_ips k WHERE k.ip = i.ip) AS keys FROM inv_ips i{order} LIMIT {limit} OFFSET {offset}"
+    );
+    let rows = sqlx::query(&sql).fetch_all(s.store.pool()).await?;
+    Ok(Json(
+        json!({"items": rows_json(&rows, &IP_TEXT, &IP_INTS), "total": total, "limit": limit, "offset": offset}),
+    ))
+}
+
+async fn ip(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(ip): Path<String>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let pool = s.store.pool();
+    let rows = sqlx::query(
+        "SELECT i.ip, i.country, i.city, i.as_org, i.classes, i.note, i.asn, i.first_seen, i.last_seen, i.calls, \
+         (SELECT COUNT(*) FROM inv_key_ips k WHERE k.ip = i.ip) AS keys FROM inv_ips i WHERE i.ip = $1",
+    )
+    .bind(ip.as_str())
+    .fetch_all(pool)
+    .await?;
+    let Some(mut info) = rows_json(&rows, &IP_TEXT, &IP_INTS).into_iter().next() else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no source IP {ip}"),
+        ));
+    };
+    let keys = sqlx::query(
+        "SELECT cloud, key_id, calls, first_seen, last_seen FROM inv_key_ips WHERE ip = $1 ORDER BY calls DESC, key_id ASC LIMIT 500",
+    )
+    .bind(ip.as_str())
+    .fetch_all(pool)
+    .await?;
+    if let Some(o) = info.as_object_mut() {
+        o.insert(
+            "keys_used".into(),
+            json!(rows_json(
+                &keys,
+                &["cloud", "key_id"],
+                &["calls", "first_seen", "last_seen"]
+            )),
+        );
+    }
+    Ok(Json(info))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    note: String,
+}
+
+/// The longest IP note.
+const MAX_NOTE: usize = 4096;
+
+async fn ip_note(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(ip): Path<String>,
+    Json(body): Json<NoteBody>,
+) -> ApiResult {
+    let caller = authorize(&s, &headers, Role::Operator)?;
+    if body.note.len() > MAX_NOTE {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("a note is at most {MAX_NOTE} bytes"),
+        ));
+    }
+    let mut tx = s.store.pool().begin().await?;
+    let before: Option<String> = sqlx::query_scalar("SELECT note FROM inv_ips WHERE ip = $1")
+        .bind(ip.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(before) = before else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no source IP {ip}"),
+        ));
+    };
+    sqlx::query("UPDATE inv_ips SET note = $1 WHERE ip = $2")
+        .bind(body.note.as_str())
+        .bind(ip.as_str())
+        .execute(&mut *tx)
+        .await?;
+    audit(&mut tx, &caller, "ip.note", &ip, &before, &body.note, "").await?;
+    tx.commit().await?;
+    Ok(Json(json!({"ip": ip, "note": body.note})))
+}
+
+async fn audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    before: &str,
+    after: &str,
+    comment: &str,
+) -> Result<(), sqlx::Error> {
+    let now = chrono::Utc::now();
+    let id = token_hash(&format!(
+        "{}|{}|{action}|{target}|{after}|{}",
+        now.timestamp_nanos_opt().unwrap_or_default(),
+        caller.name,
+        rand::random::<u64>()
+    ));
+    sqlx::query(
+        "INSERT INTO inv_audit (id, at, actor, action, target, before_value, after_value, comment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(now.timestamp())
+    .bind(format!("{} ({:?})", caller.name, caller.role).to_lowercase())
+    .bind(action)
+    .bind(target)
+    .bind(before)
+    .bind(after)
+    .bind(comment)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn accounts(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let (limit, offset) = page(&q)?;
+    let mut f = Filter::default();
+    f.text("a.cloud = ?", &q.cloud);
+    let order = order_by(&q, &["last_seen", "calls", "account"], "account")?;
+    let total = count(
+        &s.store,
+        &format!("SELECT COUNT(*) FROM inv_accounts a{}", f.sql()),
+        &f,
+    )
+    .await?;
+    let sql = format!(
+        "SELECT a.cloud, a.account, a.first_seen, a.last_seen, a.calls, \
+         (SELECT COUNT(*) FROM inv_keys k WHERE k.cloud = a.cloud AND k.account = a.account) AS keys, \
+         (SELECT COUNT(*) FROM inv_alarms x WHERE x.cloud = a.cloud AND x.account = a.account AND x.status = 'pending') AS pending_alarms \
+         FROM inv_accounts a{}{order} LIMIT {limit} OFFSET {offset}",
+        f.sql()
+    );
+    let rows = f.bind(sqlx::query(&sql)).fetch_all(s.store.pool()).await?;
+    Ok(Json(json!({
+        "items": rows_json(&rows, &["cloud", "account"], &["first_seen", "last_seen", "calls", "keys", "pending_alarms"]),
+        "total": total, "limit": limit, "offset": offset
+    })))
+}
+
+async fn account(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((cloud, account)): Path<(String, String)>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let pool = s.store.pool();
+    let rows = sqlx::query("SELECT cloud, account, first_seen, last_seen, calls FROM inv_accounts WHERE cloud = $1 AND account = $2")
+        .bind(cloud.as_str())
+        .bind(account.as_str())
+        .fetch_all(pool)
+        .await?;
+    let Some(mut info) = rows_json(
+        &rows,
+        &["cloud", "account"],
+        &["first_seen", "last_seen", "calls"],
+    )
+    .into_iter()
+    .next() else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no account {cloud}/{account}"),
+        ));
+    };
+    let keys = sqlx::query(
+        "SELECT key_id, principal, principal_type, kind, last_seen, calls FROM inv_keys WHERE cloud = $1 AND account = $2 ORDER BY last_seen DESC LIMIT 500",
+    )
+    .bind(cloud.as_str())
+    .bind(account.as_str())
+    .fetch_all(pool)
+    .await?;
+    let by_severity = sqlx::query(
+        "SELECT severity, COUNT(*) AS n FROM inv_alarms WHERE cloud = $1 AND account = $2 AND status = 'pending' GROUP BY severity",
+    )
+    .bind(cloud.as_str())
+    .bind(account.as_str())
+    .fetch_all(pool)
+    .await?;
+    if let Some(o) = info.as_object_mut() {
+        o.insert(
+            "keys".into(),
+            json!(rows_json(
+                &keys,
+                &["key_id", "principal", "principal_type", "kind"],
+                &["last_seen", "calls"]
+            )),
+        );
+        o.insert(
+            "pending_alarms".into(),
+            json!(rows_json(&by_severity, &["severity"], &["n"])),
+        );
+        o.insert(
+            "root_key_used".into(),
+            json!(keys.iter().any(|r| {
+                r.try_get::<String, _>("principal_type")
+                    .is_ok_and(|t| t == "root")
+            })),
+        );
+    }
+    Ok(Json(info))
+}
+
+async fn alarms(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let (limit, offset) = page(&q)?;
+    let mut f = Filter::default();
+    f.text("status = ?", &q.status);
+    f.text("severity = ?", &q.severity);
+    f.text("rule_id = ?", &q.rule);
+    f.text("cloud = ?", &q.cloud);
+    f.text("account = ?", &q.account);
+    f.text("key_id = ?", &q.key);
+    f.int("last_seen >= ?", q.since);
+    f.int("first_seen <= ?", q.until);
+    let order = order_by(
+        &q,
+        &["last_seen", "severity_rank", "first_seen", "count"],
+        "alarm_id",
+    )?;
+    let total = count(
+        &s.store,
+        &format!("SELECT COUNT(*) FROM inv_alarms{}", f.sql()),
+        &f,
+    )
+    .await?;
+    let sql = format!(
+        "SELECT body, status FROM inv_alarms{}{order} LIMIT {limit} OFFSET {offset}",
+        f.sql()
+    );
+    let rows = f.bind(sqlx::query(&sql)).fetch_all(s.store.pool()).await?;
+    Ok(Json(
+        json!({"items": alarm_rows(&rows), "total": total, "limit": limit, "offset": offset}),
+    ))
+}
+
+async fn alarm(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let pool = s.store.pool();
+    let rows = sqlx::query("SELECT body, status FROM inv_alarms WHERE alarm_id = $1")
+        .bind(id.as_str())
+        .fetch_all(pool)
+        .await?;
+    let Some(mut a) = alarm_rows(&rows).into_iter().next() else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no alarm {id}")));
+    };
+    let history = sqlx::query(
+        "SELECT actor, action, before_value, after_value, comment, at FROM inv_audit WHERE target = $1 ORDER BY at ASC, id ASC",
+    )
+    .bind(id.as_str())
+    .fetch_all(pool)
+    .await?;
+    if let Some(o) = a.as_object_mut() {
+        o.insert(
+            "history".into(),
+            json!(rows_json(
+                &history,
+                &["actor", "action", "before_value", "after_value", "comment"],
+                &["at"]
+            )),
+        );
+    }
+    Ok(Json(a))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn alarm_status(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> ApiResult {
+    let caller = authorize(&s, &headers, Role::Operator)?;
+    if !matches!(body.status.as_str(), "handled" | "ignored" | "pending") {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "status must be handled, ignored or pending, not {:?}",
+                body.status
+            ),
+        ));
+    }
+    if body.comment.len() > MAX_NOTE {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("a comment is at most {MAX_NOTE} bytes"),
+        ));
+    }
+    let mut tx = s.store.pool().begin().await?;
+    let before: Option<String> =
+        sqlx::query_scalar("SELECT status FROM inv_alarms WHERE alarm_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(before) = before else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no alarm {id}")));
+    };
+    sqlx::query("UPDATE inv_alarms SET status = $1 WHERE alarm_id = $2")
+        .bind(body.status.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    audit(
+        &mut tx,
+        &caller,
+        "alarm.status",
+        &id,
+        &before,
+        &body.status,
+        &body.comment,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({"alarm_id": id, "status": body.status, "was": before}),
+    ))
+}
+
+async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let pool = s.store.pool();
+    let kinds = sqlx::query("SELECT kind, COUNT(*) AS n FROM inv_keys GROUP BY kind ORDER BY kind")
+        .fetch_all(pool)
+        .await?;
+    let pending = sqlx::query(
+        "SELECT severity, COUNT(*) AS n FROM inv_alarms WHERE status = 'pending' GROUP BY severity ORDER BY severity",
+    )
+    .fetch_all(pool)
+    .await?;
+    let keys_with_pending: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT key_id) FROM inv_alarms WHERE status = 'pending' AND key_id <> ''",
+    )
+    .fetch_one(pool)
+    .await?;
+    let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(last_seen) FROM inv_alarms")
+        .fetch_one(pool)
+        .await?;
+    // Alarms per day for the 30 days up to the newest alarm (event time: replays of old logs
+    // chart too).
+    let since = latest.unwrap_or(0) - 30 * 86_400;
+    let per_day = sqlx::query(
+        "SELECT (first_seen / 86400) * 86400 AS day, COUNT(*) AS n FROM inv_alarms WHERE first_seen > $1 \
+         GROUP BY (first_seen / 86400) * 86400 ORDER BY day ASC",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    let top_keys = sqlx::query(
+        "SELECT key_id, COUNT(*) AS n FROM inv_alarms WHERE status = 'pending' AND key_id <> '' GROUP BY key_id ORDER BY n DESC, key_id ASC LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?;
+    let top_ips =
+        sqlx::query("SELECT ip, calls AS n FROM inv_ips ORDER BY calls DESC, ip ASC LIMIT 10")
+            .fetch_all(pool)
+            .await?;
+    Ok(Json(json!({
+        "keys_by_kind": rows_json(&kinds, &["kind"], &["n"]),
+        "pending_alarms_by_severity": rows_json(&pending, &["severity"], &["n"]),
+        "keys_with_pending_alarms": keys_with_pending,
+        "alarms_per_day": rows_json(&per_day, &[], &["day", "n"]),
+        "top_keys": rows_json(&top_keys, &["key_id"], &["n"]),
+        "top_ips": rows_json(&top_ips, &["ip"], &["n"]),
+    })))
+}
+
+async fn audit_log(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let (limit, offset) = page(&q)?;
+    let f = Filter::default();
+    let total = count(&s.store, "SELECT COUNT(*) FROM inv_audit", &f).await?;
+    let rows = sqlx::query(&format!(
+        "SELECT actor, action, target, before_value, after_value, comment, at FROM inv_audit ORDER BY at DESC, id ASC LIMIT {limit} OFFSET {offset}"
+    ))
+    .fetch_all(s.store.pool())
+    .await?;
+    Ok(Json(json!({
+        "items": rows_json(&rows, &["actor", "action", "target", "before_value", "after_value", "comment"], &["at"]),
+        "total": total, "limit": limit, "offset": offset
+    })))
+}
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The API's routes under `/api/v1`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let api = Router::new()
+        .route("/overview", get(overview))
+        .route("/keys", get(keys))
+        .route("/keys/{key}", get(key))
+        .route("/ips", get(ips))
+        .route("/ips/{ip}", get(ip))
+        .route("/ips/{ip}/note", put(ip_note))
+        .route("/accounts", get(accounts))
+        .route("/accounts/{cloud}/{account}", get(account))
+        .route("/alarms", get(alarms))
+        .route("/alarms/{id}", get(alarm))
+        .route("/alarms/{id}/status", post(alarm_status))
+        .route("/audit", get(audit_log))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    Router::new().nest("/api/v1", api)
+}

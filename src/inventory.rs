@@ -1,0 +1,434 @@
+//! The inventory (the CSC views' data): every access key, source IP and account seen in the
+//! logs, calls rolled up per (key, source IP, API, hour), and the alarms with their triage
+//! status. A pipeline stage accumulates a [`Batch`] of deltas per event (no I/O); the driver
+//! writes batches to a [`Store`] (SQLite by default, PostgreSQL when shared) in one transaction
+//! each, never per event.
+//!
+//! IP-hidden keys (policy) are counted without their IPs: their calls are rolled up under the
+//! IP `hidden`, and their IPs reach neither the IP list nor the key's IPs.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use sqlx::Row as _;
+
+use crate::alarm::Alarm;
+use crate::enrich::Enrichment;
+use crate::event::{Cloud, Event, Outcome};
+
+/// The IP recorded for calls of IP-hidden keys, and for calls whose source is no IP.
+pub const HIDDEN_IP: &str = "hidden";
+
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    first: i64,
+    last: i64,
+    calls: u64,
+    failures: u64,
+}
+
+impl Seen {
+    fn add(&mut self, t: i64, failed: bool) {
+        if self.calls == 0 || t < self.first {
+            self.first = t;
+        }
+        self.last = self.last.max(t);
+        self.calls += 1;
+        self.failures += u64::from(failed);
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct KeyDelta {
+    account: String,
+    principal: String,
+    principal_type: String,
+    kind: String,
+    hidden: bool,
+    seen: Seen,
+}
+
+#[derive(Debug, Clone, Default)]
+struct IpDelta {
+    country: String,
+    city: String,
+    asn: i64,
+    as_org: String,
+    classes: String,
+    seen: Seen,
+}
+
+/// Deltas accumulated since the last write.
+#[derive(Debug, Default)]
+pub struct Batch {
+    keys: HashMap<(Cloud, String), KeyDelta>,
+    key_ips: HashMap<(Cloud, String, String), Seen>,
+    key_apis: HashMap<(Cloud, String, String), Seen>,
+    ips: HashMap<String, IpDelta>,
+    accounts: HashMap<(Cloud, String), Seen>,
+    hourly: HashMap<(Cloud, String, String, String, i64), Seen>,
+    /// The latest notification of each alarm.
+    alarms: HashMap<String, Alarm>,
+    /// Events counted in this batch.
+    pub events: u64,
+}
+
+impl Batch {
+    /// Rows this batch would write (for flushing before it grows large).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+            + self.key_ips.len()
+            + self.key_apis.len()
+            + self.ips.len()
+            + self.accounts.len()
+            + self.hourly.len()
+            + self.alarms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0 && self.events == 0
+    }
+
+    /// Counts one processed event.
+    pub fn observe(&mut self, e: &Event, enr: &Enrichment, ip_hidden: bool) {
+        self.events += 1;
+        let t = e.event_time.timestamp();
+        let failed = e.outcome == Outcome::Failure;
+        let api = e.api();
+        let account = e
+            .account_id
+            .as_ref()
+            .map(|a| a.0.clone())
+            .unwrap_or_default();
+        if !account.is_empty() {
+            self.accounts
+                .entry((e.cloud, account.clone()))
+                .or_default()
+                .add(t, failed);
+        }
+        let ip = match (ip_hidden, e.source_ip) {
+            (false, Some(ip)) => ip.to_string(),
+            _ => HIDDEN_IP.to_owned(),
+        };
+        if ip != HIDDEN_IP {
+            let d = self.ips.entry(ip.clone()).or_default();
+            if let Some(g) = &enr.geo {
+                d.country = g.country.clone().unwrap_or_default();
+                d.city = g.city.clone().unwrap_or_default();
+                d.asn = g.asn.map_or(0, i64::from);
+                d.as_org = g.as_org.clone().unwrap_or_default();
+            }
+            let classes: Vec<&str> = enr.ip_class.iter().map(|c| c.as_str()).collect();
+            d.classes = serde_json::to_string(&classes).unwrap_or_default();
+            d.seen.add(t, failed);
+        }
+        let Some(key) = &e.access_key_id else {
+            return;
+        };
+        let key = key.0.clone();
+        let k = self.keys.entry((e.cloud, key.clone())).or_default();
+        k.account = account;
+        k.principal = e.principal.name.clone().unwrap_or_default();
+        k.principal_type = serde_json::to_value(e.principal.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        k.kind = serde_json::to_value(e.key_kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        k.hidden |= ip_hidden;
+        k.seen.add(t, failed);
+        if ip != HIDDEN_IP {
+            self.key_ips
+                .entry((e.cloud, key.clone(), ip.clone()))
+                .or_default()
+                .add(t, failed);
+        }
+        self.key_apis
+            .entry((e.cloud, key.clone(), api.clone()))
+            .or_default()
+            .add(t, failed);
+        self.hourly
+            .entry((e.cloud, key, ip, api, t.div_euclid(3600) * 3600))
+            .or_default()
+            .add(t, failed);
+    }
+
+    /// Records an alarm notification (the latest wins).
+    pub fn alarm(&mut self, a: &Alarm) {
+        match self.alarms.get(&a.alarm_id) {
+            Some(old) if old.count > a.count => {}
+            _ => {
+                self.alarms.insert(a.alarm_id.clone(), a.clone());
+            }
+        }
+    }
+}
+
+/// The versioned migrations, embedded (the binary needs no file beside it).
+const MIGRATIONS: [(i64, &str); 1] = [(1, include_str!("../migrations/0001_inventory.sql"))];
+
+/// Where the inventory lives: a SQLite file or a PostgreSQL database.
+#[derive(Clone)]
+pub struct Store {
+    pool: sqlx::AnyPool,
+}
+
+/// `CASE` expressions that keep the earlier / later of two times, the same in SQLite and
+/// PostgreSQL (which spell min / max of two values differently).
+fn earliest(col: &str, table: &str) -> String {
+    format!("CASE WHEN excluded.{col} < {table}.{col} THEN excluded.{col} ELSE {table}.{col} END")
+}
+
+fn latest(col: &str, table: &str) -> String {
+    format!("CASE WHEN excluded.{col} > {table}.{col} THEN excluded.{col} ELSE {table}.{col} END")
+}
+
+fn cloud(c: Cloud) -> &'static str {
+    c.as_str()
+}
+
+/// Severity order for sorting (critical first).
+pub fn severity_rank(s: crate::rule::Severity) -> i64 {
+    use crate::rule::Severity::*;
+    match s {
+        Info => 0,
+        Low => 1,
+        Medium => 2,
+        High => 3,
+        Critical => 4,
+    }
+}
+
+fn i(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating when missing) the store at `url`: `postgres://…`, `sqlite://…`, or a
+    /// file path (SQLite, WAL), and brings its schema up to date.
+    pub async fn open(url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let sqlite = !(url.starts_with("postgres://") || url.starts_with("postgresql://"));
+        let url = if sqlite && !url.starts_with("sqlite:") {
+            format!("sqlite://{url}?mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(if sqlite { 1 } else { 8 })
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open the store {url}"))?;
+        if sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA busy_timeout=5000")
+                .execute(&pool)
+                .await?;
+        }
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn pool(&self) -> &sqlx::AnyPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS inv_migrations (version BIGINT PRIMARY KEY)")
+            .execute(&self.pool)
+            .await?;
+        for (version, sql) in MIGRATIONS {
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM inv_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            for statement in sql.split(';') {
+                let body: String = statement
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if body.trim().is_empty() {
+                    continue;
+                }
+                sqlx::query(&body)
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("migration {version}: {}", body.trim()))?;
+            }
+            sqlx::query("INSERT INTO inv_migrations (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a batch in one transaction.
+    pub async fn apply(&self, batch: Batch) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for ((c, key), d) in &batch.keys {
+            sqlx::query(&format!(
+                "INSERT INTO inv_keys (cloud, key_id, account, principal, principal_type, kind, first_seen, last_seen, calls, failures, ip_hidden) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (cloud, key_id) DO UPDATE SET account = excluded.account, principal = excluded.principal, \
+                 principal_type = excluded.principal_type, kind = excluded.kind, first_seen = {}, last_seen = {}, \
+                 calls = inv_keys.calls + excluded.calls, failures = inv_keys.failures + excluded.failures, \
+                 ip_hidden = CASE WHEN excluded.ip_hidden > inv_keys.ip_hidden THEN excluded.ip_hidden ELSE inv_keys.ip_hidden END",
+                earliest("first_seen", "inv_keys"),
+                latest("last_seen", "inv_keys")
+            ))
+            .bind(cloud(*c))
+            .bind(key.as_str())
+            .bind(d.account.as_str())
+            .bind(d.principal.as_str())
+            .bind(d.principal_type.as_str())
+            .bind(d.kind.as_str())
+            .bind(d.seen.first)
+            .bind(d.seen.last)
+            .bind(i(d.seen.calls))
+            .bind(i(d.seen.failures))
+            .bind(i64::from(d.hidden))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for ((c, key, ip), s) in &batch.key_ips {
+            sqlx::query(&format!(
+                "INSERT INTO inv_key_ips (cloud, key_id, ip, calls, first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (cloud, key_id, ip) DO UPDATE SET calls = inv_key_ips.calls + excluded.calls, first_seen = {}, last_seen = {}",
+                earliest("first_seen", "inv_key_ips"),
+                latest("last_seen", "inv_key_ips")
+            ))
+            .bind(cloud(*c))
+            .bind(key.as_str())
+            .bind(ip.as_str())
+            .bind(i(s.calls))
+            .bind(s.first)
+            .bind(s.last)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for ((c, key, api), s) in &batch.key_apis {
+            sqlx::query(&format!(
+                "INSERT INTO inv_key_apis (cloud, key_id, api, calls, failures, last_seen) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (cloud, key_id, api) DO UPDATE SET calls = inv_key_apis.calls + excluded.calls, \
+                 failures = inv_key_apis.failures + excluded.failures, last_seen = {}",
+                latest("last_seen", "inv_key_apis")
+            ))
+            .bind(cloud(*c))
+            .bind(key.as_str())
+            .bind(api.as_str())
+            .bind(i(s.calls))
+            .bind(i(s.failures))
+            .bind(s.last)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (ip, d) in &batch.ips {
+            sqlx::query(&format!(
+                "INSERT INTO inv_ips (ip, country, city, asn, as_org, classes, first_seen, last_seen, calls) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (ip) DO UPDATE SET country = excluded.country, city = excluded.city, asn = excluded.asn, as_org = excluded.as_org, \
+                 classes = excluded.classes, first_seen = {}, last_seen = {}, calls = inv_ips.calls + excluded.calls",
+                earliest("first_seen", "inv_ips"),
+                latest("last_seen", "inv_ips")
+            ))
+            .bind(ip.as_str())
+            .bind(d.country.as_str())
+            .bind(d.city.as_str())
+            .bind(d.asn)
+            .bind(d.as_org.as_str())
+            .bind(d.classes.as_str())
+            .bind(d.seen.first)
+            .bind(d.seen.last)
+            .bind(i(d.seen.calls))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for ((c, account), s) in &batch.accounts {
+            sqlx::query(&format!(
+                "INSERT INTO inv_accounts (cloud, account, first_seen, last_seen, calls) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (cloud, account) DO UPDATE SET first_seen = {}, last_seen = {}, calls = inv_accounts.calls + excluded.calls",
+                earliest("first_seen", "inv_accounts"),
+                latest("last_seen", "inv_accounts")
+            ))
+            .bind(cloud(*c))
+            .bind(account.as_str())
+            .bind(s.first)
+            .bind(s.last)
+            .bind(i(s.calls))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for ((c, key, ip, api, hour), s) in &batch.hourly {
+            sqlx::query(
+                "INSERT INTO inv_calls_hourly (cloud, key_id, ip, api, hour, calls, failures) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (cloud, key_id, ip, api, hour) DO UPDATE SET calls = inv_calls_hourly.calls + excluded.calls, \
+                 failures = inv_calls_hourly.failures + excluded.failures",
+            )
+            .bind(cloud(*c))
+            .bind(key.as_str())
+            .bind(ip.as_str())
+            .bind(api.as_str())
+            .bind(*hour)
+            .bind(i(s.calls))
+            .bind(i(s.failures))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for a in batch.alarms.values() {
+            let body = serde_json::to_string(a)?;
+            // A handled alarm that fires again (more hits) is pending again, as CSC re-raises;
+            // ignored and allowlisted ones stay so.
+            sqlx::query(
+                "INSERT INTO inv_alarms (alarm_id, rule_id, severity, severity_rank, cloud, account, key_id, first_seen, last_seen, count, status, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11) \
+                 ON CONFLICT (alarm_id) DO UPDATE SET severity = excluded.severity, severity_rank = excluded.severity_rank, \
+                 last_seen = excluded.last_seen, count = excluded.count, body = excluded.body, \
+                 status = CASE WHEN inv_alarms.status = 'handled' AND excluded.count > inv_alarms.count THEN 'pending' ELSE inv_alarms.status END",
+            )
+            .bind(a.alarm_id.as_str())
+            .bind(a.rule_id.as_str())
+            .bind(a.severity.as_str())
+            .bind(severity_rank(a.severity))
+            .bind(a.cloud.as_str())
+            .bind(a.account_id.as_ref().map_or("", |x| x.0.as_str()))
+            .bind(a.access_key_id.as_ref().map_or("", |x| x.0.as_str()))
+            .bind(a.first_seen.timestamp())
+            .bind(a.last_seen.timestamp())
+            .bind(i(a.count))
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rolled-up calls older than `before` (Unix seconds) removed; how many rows.
+    pub async fn purge_before(&self, before: i64) -> anyhow::Result<u64> {
+        let r = sqlx::query("DELETE FROM inv_calls_hourly WHERE hour < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Total calls in the inventory (the events it has counted).
+    pub async fn total_calls(&self) -> anyhow::Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(SUM(calls), 0) AS n FROM inv_calls_hourly")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+}

@@ -1,0 +1,483 @@
+//! The inventory and its API on the bundled scenario: `replay --store` fills a SQLite store,
+//! the `/api/v1` router answers over it (in process, through the same router `serve` runs).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use akwatch::api::{ApiState, Role, TokenSpec, router, token_hash};
+use akwatch::inventory::{Batch, Store};
+use akwatch::replay::{ReplayOptions, run, setup};
+use akwatch::simulate::GroundTruth;
+
+use crate::repo;
+
+const VIEWER: &str = "viewer-secret";
+const OPERATOR: &str = "operator-secret";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    app: axum::Router,
+    store: Store,
+    /// Events with an access key, and all events, in the scenario.
+    keyed_events: i64,
+    events: Vec<akwatch::Event>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
+    s.inventory = Some(Batch::default());
+    let mut summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |r| {
+        panic!("unexpected reject: {}", r.reject)
+    })
+    .unwrap();
+    let batch = summary.inventory.take().unwrap();
+    assert_eq!(batch.events, summary.events);
+    let store = Store::open(dir.path().join("inv.db").to_str().unwrap())
+        .await
+        .unwrap();
+    store.apply(batch).await.unwrap();
+    let inputs =
+        akwatch::source::expand(&[repo().join("examples/logs").display().to_string()]).unwrap();
+    let mut events = Vec::new();
+    for input in &inputs.inputs {
+        let akwatch::source::Input::File(path) = input else {
+            unreachable!()
+        };
+        events.extend(crate::read_file(path, akwatch::Decoder::auto()).events);
+    }
+    let keyed_events = events.iter().filter(|e| e.access_key_id.is_some()).count() as i64;
+    let tokens = vec![
+        TokenSpec {
+            name: "alice".into(),
+            role: Role::Viewer,
+            sha256: token_hash(VIEWER),
+        },
+        TokenSpec {
+            name: "bob".into(),
+            role: Role::Operator,
+            sha256: token_hash(OPERATOR),
+        },
+    ];
+    let app = router(Arc::new(ApiState {
+        store: store.clone(),
+        tokens,
+    }));
+    Fixture {
+        _dir: dir,
+        app,
+        store,
+        keyed_events,
+        events,
+    }
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string()))
+            .unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn get(app: &axum::Router, path: &str) -> Value {
+    let (status, v) = call(app, "GET", path, Some(VIEWER), None).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {v}");
+    v
+}
+
+fn truth() -> GroundTruth {
+    serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/ground-truth.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_attacked_key_is_listed_with_its_ips_apis_and_alarms() {
+    let f = fixture().await;
+    let truth = truth();
+    for attack in &truth.attacks {
+        let k = get(&f.app, &format!("/api/v1/keys/{}", attack.key)).await;
+        assert_eq!(k["key_id"], attack.key.as_str());
+        assert!(k["calls"].as_i64().unwrap() > 0, "{}", attack.id);
+        assert!(!k["apis"].as_array().unwrap().is_empty(), "{}", attack.id);
+        let rules: BTreeSet<&str> = k["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["rule_id"].as_str())
+            .collect();
+        for want in &attack.expect {
+            assert!(
+                rules.contains(want.as_str()),
+                "{}: {want} not on the key's page: {rules:?}",
+                attack.id
+            );
+        }
+    }
+    // The leaked key: its leak alarm, and the Tor IP it was used from among its IPs.
+    let leaked = truth
+        .attacks
+        .iter()
+        .find(|a| a.id == "leaked-key-from-tor")
+        .unwrap();
+    let k = get(&f.app, &format!("/api/v1/keys/{}", leaked.key)).await;
+    let alarms = k["alarms"].as_array().unwrap();
+    let tor_ip = alarms
+        .iter()
+        .filter(|a| a["rule_id"] == "ak.leaked_key_use")
+        .flat_map(|a| a["source_ips"].as_array().unwrap().iter())
+        .find(|i| i["classes"].as_array().unwrap().iter().any(|c| c == "tor"))
+        .expect("the leaked key was used from a Tor exit")["ip"]
+        .as_str()
+        .unwrap();
+    assert!(
+        k["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["ip"] == tor_ip)
+    );
+    let ip = get(&f.app, &format!("/api/v1/ips/{tor_ip}")).await;
+    assert!(
+        ip["keys_used"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["key_id"] == leaked.key.as_str())
+    );
+    assert!(ip["classes"].as_str().unwrap().contains("tor"), "{ip}");
+    // The list pages and totals.
+    let list = get(&f.app, "/api/v1/keys?limit=10&sort=calls&order=desc").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 10);
+    let distinct_keys: BTreeSet<&str> = f
+        .events
+        .iter()
+        .filter_map(|e| e.access_key_id.as_ref().map(|k| k.as_str()))
+        .collect();
+    assert_eq!(
+        list["total"].as_u64().unwrap() as usize,
+        distinct_keys.len()
+    );
+    let calls: Vec<i64> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["calls"].as_i64().unwrap())
+        .collect();
+    assert!(
+        calls.windows(2).all(|w| w[0] >= w[1]),
+        "sorted by calls: {calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn counts_equal_the_events_and_hidden_keys_show_no_ip() {
+    let f = fixture().await;
+    assert_eq!(f.store.total_calls().await.unwrap(), f.keyed_events);
+    let mut offset = 0;
+    let mut sum = 0;
+    loop {
+        let page = get(&f.app, &format!("/api/v1/keys?limit=500&offset={offset}")).await;
+        let items = page["items"].as_array().unwrap();
+        sum += items
+            .iter()
+            .map(|k| k["calls"].as_i64().unwrap())
+            .sum::<i64>();
+        if items.len() < 500 {
+            break;
+        }
+        offset += 500;
+    }
+    assert_eq!(sum, f.keyed_events);
+    // The IP-hidden partner key: counted, but its IPs are nowhere.
+    let hidden = "AKIAPARTNER000000001";
+    let k = get(&f.app, &format!("/api/v1/keys/{hidden}")).await;
+    assert_eq!(k["ip_hidden"], 1);
+    assert!(k["calls"].as_i64().unwrap() > 0);
+    assert!(k["ips"].as_array().unwrap().is_empty(), "{}", k["ips"]);
+    let partner_ips: BTreeSet<String> = f
+        .events
+        .iter()
+        .filter(|e| {
+            e.access_key_id
+                .as_ref()
+                .is_some_and(|x| x.as_str() == hidden)
+        })
+        .filter_map(|e| e.source_ip.map(|i| i.to_string()))
+        .collect();
+    let others: BTreeSet<String> = f
+        .events
+        .iter()
+        .filter(|e| {
+            e.access_key_id
+                .as_ref()
+                .is_none_or(|x| x.as_str() != hidden)
+        })
+        .filter_map(|e| e.source_ip.map(|i| i.to_string()))
+        .collect();
+    assert!(!partner_ips.is_empty());
+    for ip in partner_ips.difference(&others) {
+        let (status, _) = call(
+            &f.app,
+            "GET",
+            &format!("/api/v1/ips/{ip}"),
+            Some(VIEWER),
+            None,
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{ip} of the hidden key is listed"
+        );
+    }
+    let all_ips = get(&f.app, "/api/v1/ips?limit=500").await;
+    for i in all_ips["items"].as_array().unwrap() {
+        let detail = get(
+            &f.app,
+            &format!("/api/v1/ips/{}", i["ip"].as_str().unwrap()),
+        )
+        .await;
+        assert!(
+            detail["keys_used"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|u| u["key_id"] != hidden),
+            "{detail}"
+        );
+    }
+    // Accounts: the AWS account with its keys.
+    let acc = get(&f.app, "/api/v1/accounts/aws/210987654321").await;
+    assert!(acc["keys"].as_array().unwrap().len() > 5);
+    let overview = get(&f.app, "/api/v1/overview").await;
+    assert!(overview["keys_with_pending_alarms"].as_i64().unwrap() > 10);
+}
+
+#[tokio::test]
+async fn triage_needs_a_role_is_audited_and_a_handled_alarm_fires_again() {
+    let f = fixture().await;
+    let list = get(&f.app, "/api/v1/alarms?rule=ak.backdoor_key&limit=1").await;
+    let alarm = list["items"][0].clone();
+    let id = alarm["alarm_id"].as_str().unwrap().to_owned();
+    assert_eq!(alarm["triage_status"], "pending");
+    let path = format!("/api/v1/alarms/{id}/status");
+    let body = json!({"status": "handled", "comment": "key deleted"});
+    assert_eq!(
+        call(&f.app, "POST", &path, None, Some(body.clone()))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&f.app, "POST", &path, Some("wrong"), Some(body.clone()))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&f.app, "POST", &path, Some(VIEWER), Some(body.clone()))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, v) = call(
+        &f.app,
+        "POST",
+        &path,
+        Some(OPERATOR),
+        Some(json!({"status": "solved"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = call(&f.app, "POST", &path, Some(OPERATOR), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let a = get(&f.app, &format!("/api/v1/alarms/{id}")).await;
+    assert_eq!(a["triage_status"], "handled");
+    let h = &a["history"][0];
+    assert_eq!(
+        (h["before_value"].as_str(), h["after_value"].as_str()),
+        (Some("pending"), Some("handled"))
+    );
+    assert!(h["actor"].as_str().unwrap().starts_with("bob"));
+    assert_eq!(h["comment"], "key deleted");
+    let handled = get(&f.app, "/api/v1/alarms?status=handled").await;
+    assert_eq!(handled["total"], 1);
+    // The same alarm fires again (one more hit): pending again, as CSC re-raises.
+    let mut again: akwatch::alarm::Alarm = serde_json::from_value(alarm.clone()).unwrap();
+    again.count += 1;
+    let mut batch = Batch::default();
+    batch.alarm(&again);
+    f.store.apply(batch).await.unwrap();
+    let a = get(&f.app, &format!("/api/v1/alarms/{id}")).await;
+    assert_eq!(a["triage_status"], "pending");
+    // An IP note, audited; a viewer may not write one.
+    let ip = get(&f.app, "/api/v1/ips?limit=1").await["items"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let note = json!({"note": "<script>office NAT</script>"});
+    assert_eq!(
+        call(
+            &f.app,
+            "PUT",
+            &format!("/api/v1/ips/{ip}/note"),
+            Some(VIEWER),
+            Some(note.clone())
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &f.app,
+            "PUT",
+            &format!("/api/v1/ips/{ip}/note"),
+            Some(OPERATOR),
+            Some(note)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&f.app, &format!("/api/v1/ips/{ip}")).await["note"],
+        "<script>office NAT</script>"
+    );
+    let audit = get(&f.app, "/api/v1/audit").await;
+    assert_eq!(audit["total"], 2);
+}
+
+#[tokio::test]
+async fn bad_paging_and_sorting_are_refused() {
+    let f = fixture().await;
+    for q in [
+        "limit=10000",
+        "limit=0",
+        "offset=-1",
+        "sort=key_id%3BDROP%20TABLE%20inv_keys",
+        "order=sideways",
+    ] {
+        let (status, v) = call(
+            &f.app,
+            "GET",
+            &format!("/api/v1/keys?{q}"),
+            Some(VIEWER),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {v}");
+    }
+    // Filter values are bound, not spliced: a quote finds nothing and breaks nothing.
+    let v = get(&f.app, "/api/v1/alarms?rule=ak.x'%20OR%20'1'='1").await;
+    assert_eq!(v["total"], 0);
+    assert_eq!(
+        call(&f.app, "GET", "/api/v1/keys/NOPE", Some(VIEWER), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// The two commands a user runs: `replay --store` then `serve`; without `--tokens` the server
+/// prints a one-time admin token and answers only with it (and refuses a non-loopback address).
+#[test]
+fn replay_store_then_serve_answers_with_the_printed_token() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        .args(["replay", "--store", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inventory: 7530 events written"));
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        .args([
+            "serve",
+            "--store",
+            db.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --tokens"));
+
+    let addr = format!("127.0.0.1:{}", crate::kafka::free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        .args(["serve", "--store", db.to_str().unwrap(), "--listen", &addr])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let token = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.split("loopback only): ").nth(1).map(str::to_owned))
+        .expect("a one-time token is printed");
+    let get = |auth: Option<&str>| {
+        for _ in 0..100 {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                let header = auth
+                    .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                    .unwrap_or_default();
+                write!(
+                    s,
+                    "GET /api/v1/overview HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut r = String::new();
+                s.read_to_string(&mut r).unwrap();
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the server never answered on {addr}");
+    };
+    let unauthenticated = get(None);
+    let ok = get(Some(&token));
+    child.kill().ok();
+    child.wait().ok();
+    assert!(
+        unauthenticated.starts_with("HTTP/1.1 401"),
+        "{unauthenticated}"
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("keys_with_pending_alarms"), "{ok}");
+}
