@@ -5,6 +5,8 @@
 # Environment:
 #   AKWATCH_REQUIRE_CORPUS=1  fail (instead of skipping) when ../shared/corpus is absent (CI sets it)
 #   KAFKA_BROKERS=host:port   use that broker instead of starting one
+#   AKWATCH_POSTGRES_URL=postgres://...  use that PostgreSQL server (the role may create databases)
+#                             instead of starting one with scripts/postgres.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,14 +39,26 @@ step "fuzz (short: every target 10 s; the long runs are in fuzz/README.md)"
 # (the long runs in fuzz/README.md judge hangs); a crash fails the run.
 FUZZ_ALLOW_HANGS=1 timeout 2700 bash scripts/fuzz.sh --ci
 
+cleanup=()
+trap 'for c in "${cleanup[@]}"; do $c || true; done' EXIT
+
 step "Apache Kafka"
 if [ -z "${KAFKA_BROKERS:-}" ]; then
     KAFKA_BROKERS="$(bash scripts/kafka.sh start | tail -n 1)"
-    trap 'bash scripts/kafka.sh stop' EXIT
+    cleanup+=("bash scripts/kafka.sh stop")
 fi
 export KAFKA_BROKERS
 export AKWATCH_REQUIRE_KAFKA=1
 echo "broker: $KAFKA_BROKERS"
+
+step "PostgreSQL (the inventory's shared backend)"
+if [ -z "${AKWATCH_POSTGRES_URL:-}" ]; then
+    AKWATCH_POSTGRES_URL="$(bash scripts/postgres.sh start | tail -n 1)"
+    cleanup+=("bash scripts/postgres.sh stop")
+fi
+export AKWATCH_POSTGRES_URL
+export AKWATCH_REQUIRE_POSTGRES=1
+echo "postgres: $AKWATCH_POSTGRES_URL"
 
 step "tests"
 # --all-targets also runs each criterion bench once, as a test. The bound keeps a hung test

@@ -357,7 +357,7 @@ async fn key(
     .fetch_all(pool)
     .await?;
     let days = sqlx::query(
-        "SELECT (hour / 86400) * 86400 AS day, SUM(calls) AS calls, SUM(failures) AS failures FROM inv_calls_hourly \
+        "SELECT (hour / 86400) * 86400 AS day, CAST(SUM(calls) AS BIGINT) AS calls, CAST(SUM(failures) AS BIGINT) AS failures FROM inv_calls_hourly \
          WHERE key_id = $1 GROUP BY (hour / 86400) * 86400 ORDER BY day ASC",
     )
     .bind(key.as_str())

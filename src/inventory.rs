@@ -426,7 +426,7 @@ impl Store {
 
     /// Total calls in the inventory (the events it has counted).
     pub async fn total_calls(&self) -> anyhow::Result<i64> {
-        let row = sqlx::query("SELECT COALESCE(SUM(calls), 0) AS n FROM inv_calls_hourly")
+        let row = sqlx::query("SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) AS n FROM inv_calls_hourly")
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<i64, _>("n")?)

@@ -28,7 +28,72 @@ struct Fixture {
     events: Vec<akwatch::Event>,
 }
 
-async fn fixture() -> Fixture {
+/// The PostgreSQL server the tests may use (`scripts/test.sh` starts one and exports
+/// `AKWATCH_POSTGRES_URL`); without it the PostgreSQL cases skip, unless `AKWATCH_REQUIRE_POSTGRES`
+/// is set.
+fn postgres() -> Option<String> {
+    match std::env::var("AKWATCH_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("AKWATCH_REQUIRE_POSTGRES").is_none(),
+                "AKWATCH_POSTGRES_URL is not set"
+            );
+            eprintln!("notice: no AKWATCH_POSTGRES_URL, the PostgreSQL case is skipped");
+            None
+        }
+    }
+}
+
+/// A fresh database on the server at `url` (each test has its own).
+async fn fresh_database(url: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let name = format!(
+        "akwatch_t{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let base = url.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `case` on SQLite, and on PostgreSQL when a server is given.
+macro_rules! on_both {
+    ($sqlite:ident, $postgres:ident, $case:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $case(fixture(Backend::Sqlite).await).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            if postgres().is_some() {
+                $case(fixture(Backend::Postgres).await).await;
+            }
+        }
+    };
+}
+
+async fn fixture(backend: Backend) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
     let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
@@ -39,9 +104,11 @@ async fn fixture() -> Fixture {
     .unwrap();
     let batch = summary.inventory.take().unwrap();
     assert_eq!(batch.events, summary.events);
-    let store = Store::open(dir.path().join("inv.db").to_str().unwrap())
-        .await
-        .unwrap();
+    let url = match backend {
+        Backend::Sqlite => dir.path().join("inv.db").display().to_string(),
+        Backend::Postgres => fresh_database(&postgres().unwrap()).await,
+    };
+    let store = Store::open(&url).await.unwrap();
     store.apply(batch).await.unwrap();
     let inputs =
         akwatch::source::expand(&[repo().join("examples/logs").display().to_string()]).unwrap();
@@ -120,9 +187,13 @@ fn truth() -> GroundTruth {
     .unwrap()
 }
 
-#[tokio::test]
-async fn every_attacked_key_is_listed_with_its_ips_apis_and_alarms() {
-    let f = fixture().await;
+on_both!(
+    every_attacked_key_is_listed_with_its_ips_apis_and_alarms,
+    every_attacked_key_is_listed_with_its_ips_apis_and_alarms_on_postgres,
+    listed
+);
+
+async fn listed(f: Fixture) {
     let truth = truth();
     for attack in &truth.attacks {
         let k = get(&f.app, &format!("/api/v1/keys/{}", attack.key)).await;
@@ -199,9 +270,13 @@ async fn every_attacked_key_is_listed_with_its_ips_apis_and_alarms() {
     );
 }
 
-#[tokio::test]
-async fn counts_equal_the_events_and_hidden_keys_show_no_ip() {
-    let f = fixture().await;
+on_both!(
+    counts_equal_the_events_and_hidden_keys_show_no_ip,
+    counts_equal_the_events_and_hidden_keys_show_no_ip_on_postgres,
+    counts
+);
+
+async fn counts(f: Fixture) {
     assert_eq!(f.store.total_calls().await.unwrap(), f.keyed_events);
     let mut offset = 0;
     let mut sum = 0;
@@ -283,9 +358,13 @@ async fn counts_equal_the_events_and_hidden_keys_show_no_ip() {
     assert!(overview["keys_with_pending_alarms"].as_i64().unwrap() > 10);
 }
 
-#[tokio::test]
-async fn triage_needs_a_role_is_audited_and_a_handled_alarm_fires_again() {
-    let f = fixture().await;
+on_both!(
+    triage_needs_a_role_is_audited_and_a_handled_alarm_fires_again,
+    triage_needs_a_role_is_audited_and_a_handled_alarm_fires_again_on_postgres,
+    triage
+);
+
+async fn triage(f: Fixture) {
     let list = get(&f.app, "/api/v1/alarms?rule=ak.backdoor_key&limit=1").await;
     let alarm = list["items"][0].clone();
     let id = alarm["alarm_id"].as_str().unwrap().to_owned();
@@ -378,9 +457,13 @@ async fn triage_needs_a_role_is_audited_and_a_handled_alarm_fires_again() {
     assert_eq!(audit["total"], 2);
 }
 
-#[tokio::test]
-async fn bad_paging_and_sorting_are_refused() {
-    let f = fixture().await;
+on_both!(
+    bad_paging_and_sorting_are_refused,
+    bad_paging_and_sorting_are_refused_on_postgres,
+    refused
+);
+
+async fn refused(f: Fixture) {
     for q in [
         "limit=10000",
         "limit=0",
