@@ -193,6 +193,10 @@ pub struct ReplayArgs {
     /// `akwatch serve`: keys, source IPs, accounts, hourly calls and the alarms.
     #[arg(long, value_name = "FILE|URL")]
     pub store: Option<String>,
+    /// Days of hourly call rollups the store keeps (older ones are purged after each write,
+    /// counted back from the newest call).
+    #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub retention_days: i64,
     /// Log files, directories or `-`; none: the bundled examples/.
     pub paths: Vec<String>,
 }
@@ -671,15 +675,23 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     if let (Some(url), Some(batch)) = (&args.store, summary.inventory.take()) {
         let events = batch.events;
+        let rows = batch.len();
+        let started = std::time::Instant::now();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(async {
-            let store = crate::inventory::Store::open(url).await?;
-            store.apply(batch).await
-        })
-        .with_context(|| format!("cannot write the inventory to {url}"))?;
-        eprintln!("inventory: {events} events written to {url}");
+        let retention = args.retention_days;
+        let purged = rt
+            .block_on(async {
+                let store = crate::inventory::Store::open(url).await?;
+                store.apply(batch).await?;
+                store.purge_older_than_days(retention).await
+            })
+            .with_context(|| format!("cannot write the inventory to {url}"))?;
+        eprintln!(
+            "inventory: {events} events written to {url} ({rows} rows in {:.1} s; {purged} rollups past {retention} days purged)",
+            started.elapsed().as_secs_f64()
+        );
     }
     eprint!("{}", summary_table(&s.engine.stats, &summary));
     match write_error {

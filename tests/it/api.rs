@@ -564,3 +564,26 @@ fn replay_store_then_serve_answers_with_the_printed_token() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert!(ok.contains("keys_with_pending_alarms"), "{ok}");
 }
+
+/// Hourly rollups past the retention (counted back from the newest) are purged; the key's
+/// totals stay.
+#[tokio::test]
+async fn rollups_past_the_retention_are_purged() {
+    let f = fixture(Backend::Sqlite).await;
+    let before = f.store.total_calls().await.unwrap();
+    // The scenario spans ten days: 3 days of retention keeps about a third.
+    let purged = f.store.purge_older_than_days(3).await.unwrap();
+    let after = f.store.total_calls().await.unwrap();
+    assert!(
+        purged > 0 && after < before && after > 0,
+        "{before} -> {after}"
+    );
+    let keys = get(&f.app, "/api/v1/keys?limit=500").await;
+    let sum: i64 = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["calls"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sum, f.keyed_events, "key totals are not rollups");
+}
