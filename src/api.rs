@@ -63,7 +63,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct ApiState {
     pub store: Store,
     pub tokens: Vec<TokenSpec>,
+    /// Where allowlist entries made from alarms are written (`api-allowlist.yaml` in it), with
+    /// the rules they are validated against; none: the allowlist action is refused.
+    pub policies: Option<PolicyFiles>,
 }
+
+/// The policy directory the API writes to, and the rules its entries are checked against.
+pub struct PolicyFiles {
+    pub dir: std::path::PathBuf,
+    pub rules: crate::rule::RuleSet,
+    /// One policy write at a time.
+    pub lock: tokio::sync::Mutex<()>,
+}
+
+/// The file in the policy directory that holds the API's allowlist entries.
+pub const API_ALLOWLIST_FILE: &str = "api-allowlist.yaml";
 
 /// The caller, once its token is checked.
 struct Caller {
@@ -839,6 +853,150 @@ async fn audit_log(
     })))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct AllowBody {
+    comment: String,
+    owner: Option<String>,
+    /// `2026-12-31` or an RFC 3339 time.
+    expires: Option<String>,
+    /// What besides the key and the rule the entry is scoped to: `ip` (the alarm's source IPs),
+    /// `api` (its APIs).
+    scope: Vec<String>,
+}
+
+/// `POST /alarms/{id}/allowlist`: an allowlist entry scoped from the alarm (its key and rule,
+/// and its IPs / APIs when asked), validated like the policy files, written to
+/// `api-allowlist.yaml` (appended: the file's comments stay), and the alarm marked
+/// `allowlisted`. The next replay, or a service that reloads its policies, applies it.
+async fn alarm_allowlist(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<AllowBody>,
+) -> ApiResult {
+    let caller = authorize(&s, &headers, Role::Operator)?;
+    let Some(files) = &s.policies else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no policy directory to write to (serve --policies DIR)".into(),
+        ));
+    };
+    if body.comment.trim().is_empty() || body.comment.len() > MAX_NOTE {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("a comment (why this is allowed) of 1 to {MAX_NOTE} bytes is required"),
+        ));
+    }
+    if let Some(bad) = body
+        .scope
+        .iter()
+        .find(|x| !matches!(x.as_str(), "ip" | "api"))
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("scope: ip or api, not {bad:?}"),
+        ));
+    }
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT body, status FROM inv_alarms WHERE alarm_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(s.store.pool())
+            .await?;
+    let Some((alarm, before)) = row else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no alarm {id}")));
+    };
+    let alarm: crate::alarm::Alarm = serde_json::from_str(&alarm).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored alarm unreadable: {e}"),
+        )
+    })?;
+    let Some(key) = &alarm.access_key_id else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "the alarm names no access key".into(),
+        ));
+    };
+    let mut entry = serde_json::Map::new();
+    entry.insert("id".into(), json!(format!("alarm-{}", alarm.alarm_id)));
+    entry.insert("keys".into(), json!([key.0]));
+    entry.insert("rules".into(), json!([alarm.rule_id]));
+    if body.scope.iter().any(|x| x == "ip") {
+        let ips: Vec<&str> = alarm
+            .source_ips
+            .iter()
+            .map(|i| i.ip.as_str())
+            .filter(|i| i.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        entry.insert("ips".into(), json!(ips));
+    }
+    if body.scope.iter().any(|x| x == "api") {
+        entry.insert("apis".into(), json!(alarm.apis));
+    }
+    if let Some(x) = &body.expires {
+        entry.insert("expires".into(), json!(x));
+    }
+    entry.insert(
+        "owner".into(),
+        json!(body.owner.clone().unwrap_or_else(|| caller.name.clone())),
+    );
+    entry.insert("comment".into(), json!(body.comment));
+    let entry = Value::Object(entry);
+    let _guard = files.lock.lock().await;
+    let path = files.dir.join(API_ALLOWLIST_FILE);
+    let old = std::fs::read_to_string(&path).ok();
+    // YAML is a superset of JSON: the entry goes in as one JSON line under `allowlist:`.
+    let mut text = old.clone().unwrap_or_else(|| {
+        "# Allowlist entries made from alarms through the API (akwatch serve); reviewable data.\nallowlist:\n".into()
+    });
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("  - {entry}\n"));
+    let write = |content: &str| -> std::io::Result<()> {
+        let tmp = files.dir.join(format!(".{API_ALLOWLIST_FILE}.tmp"));
+        std::fs::write(&tmp, content)?;
+        std::fs::rename(&tmp, &path)
+    };
+    write(&text).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })?;
+    // Validated exactly as the files are (same messages); refused, the file is put back.
+    if let Err(errors) = crate::policy::Policy::load(&files.dir, &files.rules) {
+        let restored = match &old {
+            Some(o) => write(o),
+            None => std::fs::remove_file(&path),
+        };
+        if let Err(e) = restored {
+            tracing::error!(error = %e, "cannot restore {}", path.display());
+        }
+        return Err(ApiError(StatusCode::BAD_REQUEST, errors.join("\n")));
+    }
+    let mut tx = s.store.pool().begin().await?;
+    sqlx::query("UPDATE inv_alarms SET status = 'allowlisted' WHERE alarm_id = $1")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    audit(
+        &mut tx,
+        &caller,
+        "alarm.allowlist",
+        &id,
+        &before,
+        &entry.to_string(),
+        &body.comment,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({"alarm_id": id, "status": "allowlisted", "entry": entry, "file": path.display().to_string()}),
+    ))
+}
+
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -856,6 +1014,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/alarms", get(alarms))
         .route("/alarms/{id}", get(alarm))
         .route("/alarms/{id}/status", post(alarm_status))
+        .route("/alarms/{id}/allowlist", post(alarm_allowlist))
         .route("/audit", get(audit_log))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);

@@ -76,6 +76,12 @@ pub enum Command {
         /// YAML: `tokens: [{name, role: viewer|operator|admin, sha256: <hex of the token>}]`.
         #[arg(long, value_name = "FILE")]
         tokens: Option<PathBuf>,
+        /// The policy directory allowlist entries made from alarms are written to
+        /// (`api-allowlist.yaml`), validated against the rules of --rules.
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        #[arg(long, value_name = "DIR", default_value = "rules")]
+        rules: PathBuf,
     },
     /// Write a realistic multi-cloud scenario: native logs, reports, GeoIP, lists, leak feed,
     /// policies and the ground truth of the attacks it injected.
@@ -223,7 +229,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             listen,
             tokens,
-        } => serve(&store, listen, tokens.as_deref()),
+            policies,
+            rules,
+        } => serve(&store, listen, tokens.as_deref(), policies, &rules),
         Command::Load {
             brokers,
             topic,
@@ -511,7 +519,30 @@ fn serve(
     store: &str,
     listen: std::net::SocketAddr,
     tokens: Option<&std::path::Path>,
+    policies: Option<PathBuf>,
+    rules: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
+    let policies = match policies {
+        None => None,
+        Some(dir) => {
+            let rules_dir = if rules == std::path::Path::new("rules") {
+                repo_path("rules")
+            } else {
+                rules.to_path_buf()
+            };
+            let rules = crate::rule::RuleSet::load(&rules_dir).map_err(|e| {
+                anyhow::anyhow!("the rules in {}: {}", rules_dir.display(), e.join("; "))
+            })?;
+            if let Err(e) = crate::policy::Policy::load(&dir, &rules) {
+                anyhow::bail!("the policies in {}: {}", dir.display(), e.join("; "));
+            }
+            Some(crate::api::PolicyFiles {
+                dir,
+                rules,
+                lock: tokio::sync::Mutex::new(()),
+            })
+        }
+    };
     let tokens = match tokens {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -551,7 +582,11 @@ fn serve(
         .build()?;
     rt.block_on(async {
         let store = crate::inventory::Store::open(store).await?;
-        let app = crate::api::router(std::sync::Arc::new(crate::api::ApiState { store, tokens }));
+        let app = crate::api::router(std::sync::Arc::new(crate::api::ApiState {
+            store,
+            tokens,
+            policies,
+        }));
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

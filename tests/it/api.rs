@@ -20,6 +20,8 @@ const VIEWER: &str = "viewer-secret";
 const OPERATOR: &str = "operator-secret";
 
 struct Fixture {
+    /// Where the API writes allowlist entries made from alarms.
+    policy_dir: std::path::PathBuf,
     _dir: tempfile::TempDir,
     app: axum::Router,
     store: Store,
@@ -132,11 +134,19 @@ async fn fixture(backend: Backend) -> Fixture {
             sha256: token_hash(OPERATOR),
         },
     ];
+    let policy_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
     let app = router(Arc::new(ApiState {
         store: store.clone(),
         tokens,
+        policies: Some(akwatch::api::PolicyFiles {
+            dir: policy_dir.clone(),
+            rules: akwatch::rule::RuleSet::load(&repo().join("rules")).unwrap(),
+            lock: tokio::sync::Mutex::new(()),
+        }),
     }));
     Fixture {
+        policy_dir,
         _dir: dir,
         app,
         store,
@@ -586,4 +596,81 @@ async fn rollups_past_the_retention_are_purged() {
         .map(|k| k["calls"].as_i64().unwrap())
         .sum();
     assert_eq!(sum, f.keyed_events, "key totals are not rollups");
+}
+
+/// An allowlist entry made from an alarm: refused when invalid (the file loader's message),
+/// written to the policy directory, the alarm marked allowlisted and audited, and the next
+/// replay with that directory no longer raises the alarm.
+#[tokio::test]
+async fn an_allowlist_entry_from_an_alarm_suppresses_it_on_the_next_replay() {
+    let f = fixture(Backend::Sqlite).await;
+    let list = get(&f.app, "/api/v1/alarms?rule=ak.backdoor_key&limit=1").await;
+    let id = list["items"][0]["alarm_id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/alarms/{id}/allowlist");
+    let (status, v) = call(
+        &f.app,
+        "POST",
+        &path,
+        Some(VIEWER),
+        Some(json!({"comment": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let (status, v) = call(
+        &f.app,
+        "POST",
+        &path,
+        Some(OPERATOR),
+        Some(json!({"comment": "planned key rotation", "expires": "someday"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let message = v["error"].as_str().unwrap();
+    assert!(
+        message.contains("api-allowlist.yaml:")
+            && message.contains("expires: not a date or time: \"someday\""),
+        "{message}"
+    );
+    assert!(
+        !f.policy_dir.join("api-allowlist.yaml").exists(),
+        "a refused entry leaves no file"
+    );
+    let (status, v) = call(
+        &f.app,
+        "POST",
+        &path,
+        Some(OPERATOR),
+        Some(json!({"comment": "planned key rotation", "scope": ["api"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let a = get(&f.app, &format!("/api/v1/alarms/{id}")).await;
+    assert_eq!(a["triage_status"], "allowlisted");
+    assert_eq!(a["history"][0]["action"], "alarm.allowlist");
+    // The next replay, with the directory the API wrote to.
+    let mut options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    options.policies.push(f.policy_dir.clone());
+    let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
+    let mut ids = BTreeSet::new();
+    run(
+        &mut s,
+        &options.inputs,
+        None,
+        &mut |a| {
+            ids.insert(a.alarm_id.clone());
+        },
+        &mut |r| panic!("unexpected reject: {}", r.reject),
+    )
+    .unwrap();
+    assert!(!ids.contains(&id), "the allowlisted alarm is raised again");
+    assert!(
+        s.engine
+            .stats
+            .allowlisted
+            .get("ak.backdoor_key")
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
+    assert!(ids.len() > 40, "the other alarms are still raised");
 }
