@@ -657,8 +657,30 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} problem(s) at start-up", errors.len());
         }
     };
-    if args.store.is_some() {
+    // The store's runtime and connection, for the batches written during the run and the
+    // last one after it.
+    let store_rt = match &args.store {
+        Some(_) => Some(std::sync::Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        )),
+        None => None,
+    };
+    let store = match (&args.store, &store_rt) {
+        (Some(url), Some(rt)) => Some(
+            rt.block_on(crate::inventory::Store::open(url))
+                .with_context(|| format!("cannot open the store {url}"))?,
+        ),
+        _ => None,
+    };
+    if let (Some(store), Some(rt)) = (&store, &store_rt) {
         s.inventory = Some(crate::inventory::Batch::default());
+        let (store, rt) = (store.clone(), rt.clone());
+        s.inventory_sink = Some(Box::new(move |batch| {
+            rt.block_on(store.apply(batch))
+                .map_err(|e| format!("{e:#}"))
+        }));
     }
     for w in &s.warnings {
         eprintln!("warning: {w}");
@@ -709,22 +731,21 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         write_error = Some(e);
     }
     if let (Some(url), Some(batch)) = (&args.store, summary.inventory.take()) {
-        let events = batch.events;
         let rows = batch.len();
         let started = std::time::Instant::now();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let (Some(rt), Some(store)) = (&store_rt, &store) else {
+            anyhow::bail!("the store {url} is not open");
+        };
         let retention = args.retention_days;
+        let events = summary.events;
         let purged = rt
             .block_on(async {
-                let store = crate::inventory::Store::open(url).await?;
                 store.apply(batch).await?;
                 store.purge_older_than_days(retention).await
             })
             .with_context(|| format!("cannot write the inventory to {url}"))?;
         eprintln!(
-            "inventory: {events} events written to {url} ({rows} rows in {:.1} s; {purged} rollups past {retention} days purged)",
+            "inventory: {events} events written to {url} (the last {rows} rows in {:.1} s; {purged} rollups past {retention} days purged)",
             started.elapsed().as_secs_f64()
         );
     }

@@ -68,7 +68,16 @@ pub struct Setup {
     pub warnings: Vec<String>,
     /// When given, the run also fills this inventory batch (`replay --store`).
     pub inventory: Option<crate::inventory::Batch>,
+    /// Where a full inventory batch goes during the run (past [`INVENTORY_BATCH_ROWS`] rows),
+    /// so the batch stays bounded; what is left at the end is in [`Summary::inventory`].
+    #[allow(clippy::type_complexity)]
+    pub inventory_sink: Option<Box<dyn FnMut(crate::inventory::Batch) -> Result<(), String>>>,
+    /// The rows at which a batch goes to the sink (default [`INVENTORY_BATCH_ROWS`]).
+    pub inventory_batch_rows: usize,
 }
+
+/// The most rows an inventory batch holds before it is handed to the sink.
+pub const INVENTORY_BATCH_ROWS: usize = 200_000;
 
 /// Loads rules, policies, lists, GeoIP, reports and leak feeds. Every problem is reported
 /// together.
@@ -163,6 +172,8 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             reports,
             warnings,
             inventory: None,
+            inventory_sink: None,
+            inventory_batch_rows: INVENTORY_BATCH_ROWS,
         }),
         _ => Err(errors),
     }
@@ -403,6 +414,9 @@ pub fn run(
         }
     }
     let engine = &mut setup.engine;
+    let mut sink = setup.inventory_sink.take();
+    let mut sink_error: Option<String> = None;
+    let batch_rows = setup.inventory_batch_rows.max(1);
     for input in &expanded.inputs {
         let counts = read_input(
             input,
@@ -413,6 +427,15 @@ pub fn run(
                     summary.notifications += 1;
                     record(&pipeline, &alarm);
                     on_alarm(&alarm);
+                }
+                // A full batch goes to the sink (`replay --store`): bounded memory on any input.
+                // (A store that fails is the run's error, not this record's.)
+                if let (Some(inv), Some(sink)) = (&pipeline.inventory, sink.as_mut())
+                    && sink_error.is_none()
+                    && let Ok(mut b) = inv.lock()
+                    && b.len() >= batch_rows
+                {
+                    sink_error = sink(std::mem::take(&mut *b)).err();
                 }
                 Ok(())
             },
@@ -425,6 +448,10 @@ pub fn run(
         summary.notifications += 1;
         record(&pipeline, &alarm);
         on_alarm(&alarm);
+    }
+    if let Some(e) = sink_error {
+        setup.enricher = pipeline.enricher;
+        return Err(format!("the inventory store: {e}"));
     }
     summary.alarms.extend(engine.alarms());
     summary.inventory = pipeline

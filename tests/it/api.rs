@@ -674,3 +674,40 @@ async fn an_allowlist_entry_from_an_alarm_suppresses_it_on_the_next_replay() {
     );
     assert!(ids.len() > 40, "the other alarms are still raised");
 }
+
+/// A replay writes full batches during the run (bounded memory): many small batches give the
+/// same inventory as one.
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_written_during_the_run_add_up_to_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("b.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
+    s.inventory = Some(Batch::default());
+    s.inventory_batch_rows = 300;
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (sink_store, sink_written) = (store.clone(), written.clone());
+    let handle = tokio::runtime::Handle::current();
+    s.inventory_sink = Some(Box::new(move |batch: Batch| {
+        sink_written.lock().unwrap().push(batch.events);
+        tokio::task::block_in_place(|| handle.block_on(sink_store.apply(batch)))
+            .map_err(|e| e.to_string())
+    }));
+    let mut summary = tokio::task::block_in_place(|| {
+        run(&mut s, &options.inputs, None, &mut |_| {}, &mut |r| {
+            panic!("unexpected reject: {}", r.reject)
+        })
+    })
+    .unwrap();
+    store
+        .apply(summary.inventory.take().unwrap())
+        .await
+        .unwrap();
+    let batches = written.lock().unwrap().clone();
+    assert!(batches.len() > 10, "{} batches", batches.len());
+    let keyed = store.total_calls().await.unwrap();
+    let one = fixture(Backend::Sqlite).await;
+    assert_eq!(keyed, one.keyed_events);
+}
