@@ -358,8 +358,11 @@ async fn key(
     let Some(mut info) = rows_json(&rows, &KEY_TEXT, &KEY_INTS).into_iter().next() else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no key {key}")));
     };
+    // (An IP-hidden key shows no IP, even ones recorded before it was hidden.)
     let ips = sqlx::query(
-        "SELECT ip, calls, first_seen, last_seen FROM inv_key_ips WHERE key_id = $1 ORDER BY calls DESC, ip ASC LIMIT 500",
+        "SELECT ip, calls, first_seen, last_seen FROM inv_key_ips WHERE key_id = $1 \
+         AND NOT EXISTS (SELECT 1 FROM inv_keys h WHERE h.key_id = $1 AND h.ip_hidden <> 0) \
+         ORDER BY calls DESC, ip ASC LIMIT 500",
     )
     .bind(key.as_str())
     .fetch_all(pool)
@@ -470,7 +473,9 @@ async fn ip(
         ));
     };
     let keys = sqlx::query(
-        "SELECT cloud, key_id, calls, first_seen, last_seen FROM inv_key_ips WHERE ip = $1 ORDER BY calls DESC, key_id ASC LIMIT 500",
+        "SELECT u.cloud, u.key_id, u.calls, u.first_seen, u.last_seen FROM inv_key_ips u WHERE u.ip = $1 \
+         AND NOT EXISTS (SELECT 1 FROM inv_keys h WHERE h.cloud = u.cloud AND h.key_id = u.key_id AND h.ip_hidden <> 0) \
+         ORDER BY u.calls DESC, u.key_id ASC LIMIT 500",
     )
     .bind(ip.as_str())
     .fetch_all(pool)
@@ -707,7 +712,7 @@ async fn alarm(
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no alarm {id}")));
     };
     let history = sqlx::query(
-        "SELECT actor, action, before_value, after_value, comment, at FROM inv_audit WHERE target = $1 ORDER BY at ASC, id ASC",
+        "SELECT actor, action, before_value, after_value, comment, at FROM inv_audit WHERE target = $1 ORDER BY at ASC, id ASC LIMIT 500",
     )
     .bind(id.as_str())
     .fetch_all(pool)
@@ -929,9 +934,27 @@ async fn alarm_allowlist(
             .map(|i| i.ip.as_str())
             .filter(|i| i.parse::<std::net::IpAddr>().is_ok())
             .collect();
+        if ips.is_empty() {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "scope ip: the alarm lists no IP address (IP-hidden or a service caller)".into(),
+            ));
+        }
         entry.insert("ips".into(), json!(ips));
     }
     if body.scope.iter().any(|x| x == "api") {
+        // Names from logs are matched as globs: one holding `*`, `?` or a leading `@` (a
+        // catalog) would widen the entry beyond the alarm.
+        if let Some(bad) = alarm
+            .apis
+            .iter()
+            .find(|a| a.contains(['*', '?']) || a.starts_with('@'))
+        {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("scope api: {bad:?} would match more than itself"),
+            ));
+        }
         entry.insert("apis".into(), json!(alarm.apis));
     }
     if let Some(x) = &body.expires {
@@ -945,7 +968,16 @@ async fn alarm_allowlist(
     let entry = Value::Object(entry);
     let _guard = files.lock.lock().await;
     let path = files.dir.join(API_ALLOWLIST_FILE);
-    let old = std::fs::read_to_string(&path).ok();
+    let old = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+    };
     // YAML is a superset of JSON: the entry goes in as one JSON line under `allowlist:`.
     let mut text = old.clone().unwrap_or_else(|| {
         "# Allowlist entries made from alarms through the API (akwatch serve); reviewable data.\nallowlist:\n".into()

@@ -226,9 +226,10 @@ async fn upsert(
 }
 
 /// The versioned migrations, embedded (the binary needs no file beside it).
-const MIGRATIONS: [(i64, &str); 2] = [
+const MIGRATIONS: [(i64, &str); 3] = [
     (1, include_str!("../migrations/0001_inventory.sql")),
     (2, include_str!("../migrations/0002_lookup_indexes.sql")),
+    (3, include_str!("../migrations/0003_audit_target.sql")),
 ];
 
 /// Where the inventory lives: a SQLite file or a PostgreSQL database.
@@ -536,15 +537,23 @@ impl Store {
                 Text(serde_json::to_string(a)?),
             ]);
         }
-        // A handled alarm that fires again (more hits) is pending again, as CSC re-raises;
+        // A handled alarm that fires again (a hit after the last one stored) is pending again, as
+        // CSC re-raises;
         // ignored and allowlisted ones stay so.
         upsert(
             &mut tx,
             self.sqlite,
             "INSERT INTO inv_alarms (alarm_id, rule_id, severity, severity_rank, cloud, account, key_id, first_seen, last_seen, count, status, body)",
-            "ON CONFLICT (alarm_id) DO UPDATE SET severity = excluded.severity, severity_rank = excluded.severity_rank, \
-             last_seen = excluded.last_seen, count = excluded.count, body = excluded.body, \
-             status = CASE WHEN inv_alarms.status = 'handled' AND excluded.count > inv_alarms.count THEN 'pending' ELSE inv_alarms.status END",
+            // Counts and times only grow (an alarm closed by a cap, or a second replay of the
+            // same logs, starts its count over); the body is the newest notification's.
+            "ON CONFLICT (alarm_id) DO UPDATE SET \
+             severity = CASE WHEN excluded.severity_rank > inv_alarms.severity_rank THEN excluded.severity ELSE inv_alarms.severity END, \
+             severity_rank = CASE WHEN excluded.severity_rank > inv_alarms.severity_rank THEN excluded.severity_rank ELSE inv_alarms.severity_rank END, \
+             first_seen = CASE WHEN excluded.first_seen < inv_alarms.first_seen THEN excluded.first_seen ELSE inv_alarms.first_seen END, \
+             last_seen = CASE WHEN excluded.last_seen > inv_alarms.last_seen THEN excluded.last_seen ELSE inv_alarms.last_seen END, \
+             count = CASE WHEN excluded.count > inv_alarms.count THEN excluded.count ELSE inv_alarms.count END, \
+             body = CASE WHEN excluded.last_seen >= inv_alarms.last_seen THEN excluded.body ELSE inv_alarms.body END, \
+             status = CASE WHEN inv_alarms.status = 'handled' AND excluded.last_seen > inv_alarms.last_seen THEN 'pending' ELSE inv_alarms.status END",
             rows,
         )
         .await?;
@@ -555,9 +564,14 @@ impl Store {
     /// Rolled-up calls more than `days` older than the newest one removed (event time, so a
     /// replay of old logs keeps its own last month); how many rows.
     pub async fn purge_older_than_days(&self, days: i64) -> anyhow::Result<u64> {
-        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(hour) FROM inv_calls_hourly")
-            .fetch_one(&self.pool)
-            .await?;
+        // The newest call that is not in the future: one record dated 2099 must neither purge
+        // all history nor be the reference (it stays until its time has passed).
+        let horizon = chrono::Utc::now().timestamp().saturating_add(86_400);
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(hour) FROM inv_calls_hourly WHERE hour <= $1")
+                .bind(horizon)
+                .fetch_one(&self.pool)
+                .await?;
         let Some(newest) = newest else { return Ok(0) };
         self.purge_before(newest.saturating_sub(days.saturating_mul(86_400)))
             .await

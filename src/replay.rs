@@ -430,12 +430,15 @@ pub fn run(
                 }
                 // A full batch goes to the sink (`replay --store`): bounded memory on any input.
                 // (A store that fails is the run's error, not this record's.)
+                // Once it failed, batches are dropped (memory stays bounded; the run fails).
                 if let (Some(inv), Some(sink)) = (&pipeline.inventory, sink.as_mut())
-                    && sink_error.is_none()
                     && let Ok(mut b) = inv.lock()
                     && b.len() >= batch_rows
                 {
-                    sink_error = sink(std::mem::take(&mut *b)).err();
+                    let batch = std::mem::take(&mut *b);
+                    if sink_error.is_none() {
+                        sink_error = sink(batch).err();
+                    }
                 }
                 Ok(())
             },

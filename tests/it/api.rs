@@ -424,6 +424,7 @@ async fn triage(f: Fixture) {
     // The same alarm fires again (one more hit): pending again, as CSC re-raises.
     let mut again: akwatch::alarm::Alarm = serde_json::from_value(alarm.clone()).unwrap();
     again.count += 1;
+    again.last_seen += chrono::Duration::minutes(5);
     let mut batch = Batch::default();
     batch.alarm(&again);
     f.store.apply(batch).await.unwrap();
@@ -596,6 +597,13 @@ async fn rollups_past_the_retention_are_purged() {
         .map(|k| k["calls"].as_i64().unwrap())
         .sum();
     assert_eq!(sum, f.keyed_events, "key totals are not rollups");
+    // One record dated 2099 is not the reference: nothing more is purged.
+    sqlx::query("INSERT INTO inv_calls_hourly (cloud, key_id, ip, api, hour, calls, failures) VALUES ('aws', 'AKIAFUTURE', 'hidden', 'sts:GetCallerIdentity', 4070908800, 1, 0)")
+        .execute(f.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(f.store.purge_older_than_days(3).await.unwrap(), 0);
+    assert_eq!(f.store.total_calls().await.unwrap(), after + 1);
 }
 
 /// An allowlist entry made from an alarm: refused when invalid (the file loader's message),
