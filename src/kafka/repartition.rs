@@ -122,11 +122,18 @@ pub async fn ensure_topics(
             names
                 .iter()
                 .map(|n| {
-                    let md = c.fetch_metadata(Some(n), Duration::from_secs(10))?;
-                    Ok((
-                        n.clone(),
-                        md.topics().first().map_or(0, |t| t.partitions().len()),
-                    ))
+                    // A topic just created may show no partitions until the broker's metadata
+                    // catches up (seen on a fresh broker): asked again for up to 10 s; a real
+                    // topic never has 0.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    loop {
+                        let md = c.fetch_metadata(Some(n), Duration::from_secs(10))?;
+                        let count = md.topics().first().map_or(0, |t| t.partitions().len());
+                        if count > 0 || std::time::Instant::now() >= deadline {
+                            return Ok((n.clone(), count));
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
                 })
                 .collect()
         }
