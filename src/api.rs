@@ -281,6 +281,12 @@ async fn count(store: &Store, sql: &str, f: &Filter) -> Result<i64, ApiError> {
     Ok(row.try_get::<i64, _>(0)?)
 }
 
+/// A key row, as the list and the key's page both read it (`k` is `inv_keys`).
+const KEY_SELECT: &str = "SELECT k.cloud, k.key_id, k.account, k.principal, k.principal_type, k.kind, \
+     k.first_seen, k.last_seen, k.calls, k.failures, k.ip_hidden, \
+     (SELECT COUNT(*) FROM inv_alarms a WHERE a.key_id = k.key_id AND a.status = 'pending') AS pending_alarms \
+     FROM inv_keys k";
+
 const KEY_TEXT: [&str; 6] = [
     "cloud",
     "key_id",
@@ -327,10 +333,7 @@ async fn keys(
     )
     .await?;
     let sql = format!(
-        "SELECT k.cloud, k.key_id, k.account, k.principal, k.principal_type, k.kind, k.first_seen, k.last_seen, \
-         k.calls, k.failures, k.ip_hidden, \
-         (SELECT COUNT(*) FROM inv_alarms a WHERE a.key_id = k.key_id AND a.status = 'pending') AS pending_alarms \
-         FROM inv_keys k{}{order} LIMIT {limit} OFFSET {offset}",
+        "{KEY_SELECT}{}{order} LIMIT {limit} OFFSET {offset}",
         f.sql()
     );
     let rows = f.bind(sqlx::query(&sql)).fetch_all(s.store.pool()).await?;
@@ -346,15 +349,10 @@ async fn key(
 ) -> ApiResult {
     authorize(&s, &headers, Role::Viewer)?;
     let pool = s.store.pool();
-    let rows = sqlx::query(
-        "SELECT k.cloud, k.key_id, k.account, k.principal, k.principal_type, k.kind, k.first_seen, k.last_seen, \
-         k.calls, k.failures, k.ip_hidden, \
-         (SELECT COUNT(*) FROM inv_alarms a WHERE a.key_id = k.key_id AND a.status = 'pending') AS pending_alarms \
-         FROM inv_keys k WHERE k.key_id = $1",
-    )
-    .bind(key.as_str())
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(&format!("{KEY_SELECT} WHERE k.key_id = $1"))
+        .bind(key.as_str())
+        .fetch_all(pool)
+        .await?;
     let Some(mut info) = rows_json(&rows, &KEY_TEXT, &KEY_INTS).into_iter().next() else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no key {key}")));
     };
@@ -425,6 +423,11 @@ fn alarm_rows(rows: &[sqlx::any::AnyRow]) -> Vec<Value> {
         .collect()
 }
 
+/// An IP row, as the list and the IP's page both read it (`i` is `inv_ips`).
+const IP_SELECT: &str = "SELECT i.ip, i.country, i.city, i.as_org, i.classes, i.note, i.asn, \
+     i.first_seen, i.last_seen, i.calls, \
+     (SELECT COUNT(*) FROM inv_key_ips k WHERE k.ip = i.ip) AS keys FROM inv_ips i";
+
 const IP_TEXT: [&str; 6] = ["ip", "country", "city", "as_org", "classes", "note"];
 const IP_INTS: [&str; 5] = ["asn", "first_seen", "last_seen", "calls", "keys"];
 
@@ -442,10 +445,7 @@ async fn ips(
         "ip",
     )?;
     let total = count(&s.store, "SELECT COUNT(*) FROM inv_ips", &f).await?;
-    let sql = format!(
-        "SELECT i.ip, i.country, i.city, i.as_org, i.classes, i.note, i.asn, i.first_seen, i.last_seen, i.calls, \
-         (SELECT COUNT(*) FROM inv_key_ips k WHERE k.ip = i.ip) AS keys FROM inv_ips i{order} LIMIT {limit} OFFSET {offset}"
-    );
+    let sql = format!("{IP_SELECT}{order} LIMIT {limit} OFFSET {offset}");
     let rows = sqlx::query(&sql).fetch_all(s.store.pool()).await?;
     Ok(Json(
         json!({"items": rows_json(&rows, &IP_TEXT, &IP_INTS), "total": total, "limit": limit, "offset": offset}),
@@ -459,13 +459,10 @@ async fn ip(
 ) -> ApiResult {
     authorize(&s, &headers, Role::Viewer)?;
     let pool = s.store.pool();
-    let rows = sqlx::query(
-        "SELECT i.ip, i.country, i.city, i.as_org, i.classes, i.note, i.asn, i.first_seen, i.last_seen, i.calls, \
-         (SELECT COUNT(*) FROM inv_key_ips k WHERE k.ip = i.ip) AS keys FROM inv_ips i WHERE i.ip = $1",
-    )
-    .bind(ip.as_str())
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(&format!("{IP_SELECT} WHERE i.ip = $1"))
+        .bind(ip.as_str())
+        .fetch_all(pool)
+        .await?;
     let Some(mut info) = rows_json(&rows, &IP_TEXT, &IP_INTS).into_iter().next() else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,

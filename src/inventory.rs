@@ -42,8 +42,9 @@ impl Seen {
 struct KeyDelta {
     account: String,
     principal: String,
-    principal_type: String,
-    kind: String,
+    /// Kept as the enums (copied per event) and named once per batch, at write.
+    principal_type: Option<crate::event::PrincipalType>,
+    kind: Option<crate::event::KeyKind>,
     hidden: bool,
     seen: Seen,
 }
@@ -129,14 +130,8 @@ impl Batch {
         let k = self.keys.entry((e.cloud, key.clone())).or_default();
         k.account = account;
         k.principal = e.principal.name.clone().unwrap_or_default();
-        k.principal_type = serde_json::to_value(e.principal.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        k.kind = serde_json::to_value(e.key_kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        k.principal_type = Some(e.principal.kind);
+        k.kind = Some(e.key_kind);
         k.hidden |= ip_hidden;
         k.seen.add(t, failed);
         if ip != HIDDEN_IP {
@@ -169,6 +164,14 @@ impl Batch {
 /// The most rows one upsert statement carries (12 columns x 400 rows stays under SQLite's and
 /// PostgreSQL's bound-parameter limits).
 pub const ROWS_PER_STATEMENT: usize = 400;
+
+/// An enum's name as it is serialized (`assumed_role`, `permanent`); empty for none.
+fn serde_name<T: serde::Serialize>(v: &Option<T>) -> String {
+    v.as_ref()
+        .and_then(|v| serde_json::to_value(v).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
 
 /// A bound value.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -364,8 +367,8 @@ impl Store {
                     t(key),
                     t(&d.account),
                     t(&d.principal),
-                    t(&d.principal_type),
-                    t(&d.kind),
+                    Text(serde_name(&d.principal_type)),
+                    Text(serde_name(&d.kind)),
                     Int(d.seen.first),
                     Int(d.seen.last),
                     Int(i(d.seen.calls)),
