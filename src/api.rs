@@ -76,6 +76,82 @@ pub struct PolicyFiles {
     pub lock: tokio::sync::Mutex<()>,
 }
 
+impl PolicyFiles {
+    /// The policy directory `dir`, checked now: its files must load against `rules`.
+    pub fn open(dir: std::path::PathBuf, rules: crate::rule::RuleSet) -> anyhow::Result<Self> {
+        if let Err(e) = crate::policy::Policy::load(&dir, &rules) {
+            anyhow::bail!("the policies in {}: {}", dir.display(), e.join("; "));
+        }
+        Ok(PolicyFiles {
+            dir,
+            rules,
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// The tokens the API accepts: from the tokens file when given (hashes, checked), else one
+/// random admin token printed on stderr — refused unless `listen` is a loopback address.
+pub fn load_tokens(
+    path: Option<&std::path::Path>,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<Vec<TokenSpec>> {
+    use anyhow::Context as _;
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let file: TokensFile = serde_saphyr::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            for t in &file.tokens {
+                if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    anyhow::bail!(
+                        "{}: token {}: sha256 must be 64 hex digits (the hash, never the token)",
+                        path.display(),
+                        t.name
+                    );
+                }
+            }
+            Ok(file.tokens)
+        }
+        None => {
+            if !listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "{listen} is not a loopback address: give API tokens (serve --tokens, or inventory.api.tokens in the service's configuration) to serve beyond this machine"
+                );
+            }
+            let secret: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            eprintln!(
+                "no API tokens configured: a one-time admin token for this run (loopback only): {secret}"
+            );
+            Ok(vec![TokenSpec {
+                name: "one-time admin".into(),
+                role: Role::Admin,
+                sha256: token_hash(&secret),
+            }])
+        }
+    }
+}
+
+/// Serves the API on `listen` until `shutdown` completes.
+pub async fn serve(
+    state: Arc<ApiState>,
+    listen: std::net::SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("serving the inventory API on http://{listen}/api/v1");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
 /// The file in the policy directory that holds the API's allowlist entries.
 pub const API_ALLOWLIST_FILE: &str = "api-allowlist.yaml";
 

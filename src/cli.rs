@@ -533,70 +533,24 @@ fn serve(
             let rules = crate::rule::RuleSet::load(&rules_dir).map_err(|e| {
                 anyhow::anyhow!("the rules in {}: {}", rules_dir.display(), e.join("; "))
             })?;
-            if let Err(e) = crate::policy::Policy::load(&dir, &rules) {
-                anyhow::bail!("the policies in {}: {}", dir.display(), e.join("; "));
-            }
-            Some(crate::api::PolicyFiles {
-                dir,
-                rules,
-                lock: tokio::sync::Mutex::new(()),
-            })
+            Some(crate::api::PolicyFiles::open(dir, rules)?)
         }
     };
-    let tokens = match tokens {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let file: crate::api::TokensFile = serde_saphyr::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            for t in &file.tokens {
-                if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    anyhow::bail!(
-                        "{}: token {}: sha256 must be 64 hex digits (the hash, never the token)",
-                        path.display(),
-                        t.name
-                    );
-                }
-            }
-            file.tokens
-        }
-        None => {
-            if !listen.ip().is_loopback() {
-                anyhow::bail!(
-                    "{listen} is not a loopback address: give --tokens to serve beyond this machine"
-                );
-            }
-            let secret: String = (0..32)
-                .map(|_| format!("{:02x}", rand::random::<u8>()))
-                .collect();
-            eprintln!("no --tokens: a one-time admin token for this run (loopback only): {secret}");
-            vec![crate::api::TokenSpec {
-                name: "one-time admin".into(),
-                role: crate::api::Role::Admin,
-                sha256: crate::api::token_hash(&secret),
-            }]
-        }
-    };
+    let tokens = crate::api::load_tokens(tokens, listen)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let store = crate::inventory::Store::open(store).await?;
-        let app = crate::api::router(std::sync::Arc::new(crate::api::ApiState {
+        let state = std::sync::Arc::new(crate::api::ApiState {
             store,
             tokens,
             policies,
-        }));
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        eprintln!("serving the inventory API on http://{listen}/api/v1");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
-        anyhow::Ok(())
+        });
+        crate::api::serve(state, listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

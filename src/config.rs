@@ -57,6 +57,65 @@ struct RawConfig {
     source_idle_timeout_ms: u64,
     #[serde(default = "default_detect_queue")]
     detect_queue_events: usize,
+    #[serde(default)]
+    inventory: Option<RawInventory>,
+}
+
+/// `inventory:` — the CSC views' store and API (issue 11).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    store: String,
+    #[serde(default = "default_retention_days")]
+    retention_days: i64,
+    #[serde(default = "default_pending_rows")]
+    max_pending_rows: usize,
+    #[serde(default)]
+    api: Option<RawApi>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    #[serde(default = "default_api_listen")]
+    listen: String,
+    #[serde(default)]
+    tokens: Option<PathBuf>,
+    #[serde(default)]
+    policies_dir: Option<PathBuf>,
+}
+
+fn default_retention_days() -> i64 {
+    30
+}
+
+fn default_pending_rows() -> usize {
+    2_000_000
+}
+
+fn default_api_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+
+/// The inventory of the service: where it is stored, and the API serving it.
+#[derive(Debug, Clone)]
+pub struct InventoryConfig {
+    /// A SQLite file, or a postgres:// URL (the secret may come from `${ENV}`).
+    pub store: String,
+    pub retention_days: i64,
+    /// Rows a detection partition keeps while the store cannot be written, before it gives up
+    /// counting (counted in akwatch_inventory_dropped_events_total).
+    pub max_pending_rows: usize,
+    pub api: Option<ApiConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: std::net::SocketAddr,
+    pub tokens: Option<PathBuf>,
+    /// Where allowlist entries made through the API are written (default: the first policy
+    /// directory).
+    pub policies_dir: Option<PathBuf>,
 }
 
 fn default_idle_ms() -> u64 {
@@ -230,6 +289,8 @@ pub struct Config {
     pub source_idle_timeout: std::time::Duration,
     /// Events one partition's detection merge holds before it releases the oldest regardless.
     pub detect_queue_events: usize,
+    /// The CSC views' inventory and its API, when configured.
+    pub inventory: Option<InventoryConfig>,
 }
 
 impl Config {
@@ -422,6 +483,76 @@ impl Config {
                 raw.detect_queue_events
             ));
         }
+        let inventory = match raw.inventory.clone() {
+            None => None,
+            Some(inv) => {
+                if !k.repartition {
+                    errors.push(format!(
+                        "{name}:{}: inventory: needs kafka.repartition: true (the inventory counts each event exactly once per detection partition)",
+                        line_of("inventory")
+                    ));
+                }
+                let store = match expand_env(&inv.store, env) {
+                    Ok(v) if !v.trim().is_empty() => v,
+                    Ok(_) => {
+                        errors.push(format!(
+                            "{name}:{}: inventory.store is empty",
+                            line_of("store")
+                        ));
+                        String::new()
+                    }
+                    Err(var) => {
+                        errors.push(format!(
+                            "{name}:{}: inventory.store: environment variable {var} is not set",
+                            line_of("store")
+                        ));
+                        String::new()
+                    }
+                };
+                if !(1..=3660).contains(&inv.retention_days) {
+                    errors.push(format!(
+                        "{name}:{}: inventory.retention_days: {} is out of range (1 to 3660)",
+                        line_of("retention_days"),
+                        inv.retention_days
+                    ));
+                }
+                if !(1_000..=100_000_000).contains(&inv.max_pending_rows) {
+                    errors.push(format!(
+                        "{name}:{}: inventory.max_pending_rows: {} is out of range (1000 to 100000000)",
+                        line_of("max_pending_rows"),
+                        inv.max_pending_rows
+                    ));
+                }
+                let api = inv.api.and_then(|a| match a.listen.parse::<std::net::SocketAddr>() {
+                    Ok(listen) if !listen.ip().is_loopback() && a.tokens.is_none() => {
+                        errors.push(format!(
+                            "{name}:{}: inventory.api.listen {listen} is not a loopback address: give inventory.api.tokens to serve beyond this machine",
+                            line_of("listen")
+                        ));
+                        None
+                    }
+                    Ok(listen) => Some(ApiConfig {
+                        listen,
+                        tokens: a.tokens,
+                        policies_dir: a.policies_dir,
+                    }),
+                    Err(e) => {
+                        errors.push(format!(
+                            "{name}:{}: inventory.api.listen {:?}: {e} (an address and port, such as 127.0.0.1:8080)",
+                            line_of("listen"),
+                            a.listen
+                        ));
+                        None
+                    }
+                });
+                Some(InventoryConfig {
+                    store,
+                    retention_days: inv.retention_days,
+                    max_pending_rows: inv.max_pending_rows,
+                    api,
+                })
+            }
+        };
         if raw.max_event_skew_seconds > 366 * 86_400 {
             errors.push(format!(
                 "{name}:{}: max_event_skew_seconds: {} is out of range (0 to one year, 31622400)",
@@ -474,6 +605,7 @@ impl Config {
             ),
             source_idle_timeout: std::time::Duration::from_millis(raw.source_idle_timeout_ms),
             detect_queue_events: raw.detect_queue_events,
+            inventory,
         })
     }
 }
@@ -560,6 +692,32 @@ mod tests {
             c.options.get("sasl.password").map(String::as_str),
             Some("s3cret")
         );
+    }
+
+    #[test]
+    fn the_inventory_section_is_checked_whole() {
+        let base = "kafka:\n  brokers: b\n  group_id: g\n  inputs:\n    - topic: in\n  alarm_topic: alarms\n  dlq_topic: dlq\n";
+        let ok = format!(
+            "{base}inventory:\n  store: postgres://akwatch:${{KAFKA_PASSWORD}}@db/akwatch\n  api:\n    listen: 127.0.0.1:8081\n"
+        );
+        let c = Config::parse("c.yaml", &ok, &env).unwrap_or_else(|e| panic!("{e:#?}"));
+        let inv = c.inventory.unwrap();
+        assert_eq!(inv.store, "postgres://akwatch:s3cret@db/akwatch");
+        assert_eq!(inv.retention_days, 30);
+        assert_eq!(inv.api.unwrap().listen.port(), 8081);
+        let bad = format!(
+            "{}  repartition: false\ninventory:\n  store: ${{NOPE}}\n  retention_days: 0\n  api:\n    listen: 0.0.0.0:8080\n",
+            base
+        );
+        let all = Config::parse("c.yaml", &bad, &env).unwrap_err().join("\n");
+        for want in [
+            "c.yaml:9: inventory: needs kafka.repartition: true",
+            "c.yaml:10: inventory.store: environment variable NOPE is not set",
+            "c.yaml:11: inventory.retention_days: 0 is out of range",
+            "c.yaml:13: inventory.api.listen 0.0.0.0:8080 is not a loopback address",
+        ] {
+            assert!(all.contains(want), "{want} not in:\n{all}");
+        }
     }
 
     #[test]

@@ -28,6 +28,19 @@ struct Seen {
 }
 
 impl Seen {
+    /// Adds the calls of `other` (an earlier or later batch of the same thing).
+    fn merge(&mut self, other: &Seen) {
+        if other.calls == 0 {
+            return;
+        }
+        if self.calls == 0 || other.first < self.first {
+            self.first = other.first;
+        }
+        self.last = self.last.max(other.last);
+        self.calls += other.calls;
+        self.failures += other.failures;
+    }
+
     fn add(&mut self, t: i64, failed: bool) {
         if self.calls == 0 || t < self.first {
             self.first = t;
@@ -150,6 +163,48 @@ impl Batch {
             .add(t, failed);
     }
 
+    /// Takes in a batch accumulated before this one (a write of it that failed): counts add up,
+    /// the descriptive fields of this (newer) batch win.
+    pub fn absorb_older(&mut self, older: Batch) {
+        fn seen<K: std::hash::Hash + Eq>(to: &mut HashMap<K, Seen>, from: HashMap<K, Seen>) {
+            for (k, v) in from {
+                to.entry(k).or_default().merge(&v);
+            }
+        }
+        for (k, old) in older.keys {
+            match self.keys.get_mut(&k) {
+                Some(new) => {
+                    new.seen.merge(&old.seen);
+                    new.hidden |= old.hidden;
+                }
+                None => {
+                    self.keys.insert(k, old);
+                }
+            }
+        }
+        for (k, old) in older.ips {
+            match self.ips.get_mut(&k) {
+                Some(new) => new.seen.merge(&old.seen),
+                None => {
+                    self.ips.insert(k, old);
+                }
+            }
+        }
+        seen(&mut self.key_ips, older.key_ips);
+        seen(&mut self.key_apis, older.key_apis);
+        seen(&mut self.accounts, older.accounts);
+        seen(&mut self.hourly, older.hourly);
+        for (id, a) in older.alarms {
+            match self.alarms.get(&id) {
+                Some(new) if new.count >= a.count => {}
+                _ => {
+                    self.alarms.insert(id, a);
+                }
+            }
+        }
+        self.events += older.events;
+    }
+
     /// Records an alarm notification (the latest wins).
     pub fn alarm(&mut self, a: &Alarm) {
         match self.alarms.get(&a.alarm_id) {
@@ -228,12 +283,87 @@ async fn upsert(
     Ok(())
 }
 
+/// Runs the migrations not yet recorded in `inv_migrations`, each in its own transaction.
+async fn migrate_on(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    sqlx::query("CREATE TABLE IF NOT EXISTS inv_migrations (version BIGINT PRIMARY KEY)")
+        .execute(&mut *conn)
+        .await?;
+    for (version, sql) in MIGRATIONS {
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM inv_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if done.is_some() {
+            continue;
+        }
+        let mut tx = conn.begin().await?;
+        for statement in sql.split(';') {
+            let body: String = statement
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if body.trim().is_empty() {
+                continue;
+            }
+            sqlx::query(&body)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("migration {version}: {}", body.trim()))?;
+        }
+        sqlx::query("INSERT INTO inv_migrations (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 /// The versioned migrations, embedded (the binary needs no file beside it).
-const MIGRATIONS: [(i64, &str); 3] = [
+const MIGRATIONS: [(i64, &str); 4] = [
     (1, include_str!("../migrations/0001_inventory.sql")),
     (2, include_str!("../migrations/0002_lookup_indexes.sql")),
     (3, include_str!("../migrations/0003_audit_target.sql")),
+    (4, include_str!("../migrations/0004_positions.sql")),
 ];
+
+/// The PostgreSQL advisory lock the migrations run under (instances starting together).
+const MIGRATION_LOCK: i64 = 0x0061_6b77_6174_6368;
+
+/// An input partition's position: (offset, index of the event in its record).
+pub type Position = (i64, u32);
+
+/// A detection partition's claim on its counts: the owner epoch its writes must still hold,
+/// and the input positions (by topic and partition) already counted.
+#[derive(Debug, Clone, Default)]
+pub struct Claim {
+    pub epoch: i64,
+    pub counted: HashMap<(String, i32), Position>,
+}
+
+/// The fence a batch is written under: the group and partition, the epoch claimed, and the
+/// input positions the batch brings the counts to.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub group: String,
+    pub part: i32,
+    pub epoch: i64,
+    pub positions: Vec<((String, i32), Position)>,
+}
+
+/// A fenced write found another owner: the partition was taken over; nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "detection partition {part} of group {group} has a newer owner (epoch {epoch} is stale); the batch was not written"
+)]
+pub struct Fenced {
+    pub group: String,
+    pub part: i32,
+    pub epoch: i64,
+}
 
 /// Where the inventory lives: a SQLite file or a PostgreSQL database.
 #[derive(Clone)]
@@ -316,47 +446,128 @@ impl Store {
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS inv_migrations (version BIGINT PRIMARY KEY)")
-            .execute(&self.pool)
-            .await?;
-        for (version, sql) in MIGRATIONS {
-            let done: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM inv_migrations WHERE version = $1")
-                    .bind(version)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if done.is_some() {
-                continue;
-            }
-            let mut tx = self.pool.begin().await?;
-            for statement in sql.split(';') {
-                let body: String = statement
-                    .lines()
-                    .filter(|l| !l.trim_start().starts_with("--"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                if body.trim().is_empty() {
-                    continue;
-                }
-                sqlx::query(&body)
-                    .execute(&mut *tx)
-                    .await
-                    .with_context(|| format!("migration {version}: {}", body.trim()))?;
-            }
-            sqlx::query("INSERT INTO inv_migrations (version) VALUES ($1)")
-                .bind(version)
-                .execute(&mut *tx)
+        // One connection for the whole run: on PostgreSQL it holds an advisory lock, so two
+        // instances starting together do not both create the tables (the second waits, then
+        // finds every version done).
+        let mut conn = self.pool.acquire().await?;
+        if !self.sqlite {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
                 .await?;
-            tx.commit().await?;
         }
-        Ok(())
+        let result = migrate_on(&mut conn).await;
+        if !self.sqlite {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                // The session ends with the connection; so does its lock.
+                conn.detach();
+            }
+        }
+        result
+    }
+
+    /// Takes over detection partition `part` of `group` for `owner`: the epoch is bumped (an
+    /// older owner's later write is refused) and the positions already counted are returned
+    /// (their events are applied to the engine again but not counted again).
+    pub async fn claim(&self, group: &str, part: i32, owner: &str) -> anyhow::Result<Claim> {
+        let mut tx = self.pool.begin().await?;
+        let now = chrono::Utc::now().timestamp();
+        sqlx::query(
+            "INSERT INTO inv_owners (grp, part, epoch, owner, claimed) VALUES ($1, $2, 0, $3, $4) \
+             ON CONFLICT (grp, part) DO UPDATE SET epoch = inv_owners.epoch + 1, owner = excluded.owner, claimed = excluded.claimed",
+        )
+        .bind(group)
+        .bind(i64::from(part))
+        .bind(owner)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let epoch: i64 =
+            sqlx::query_scalar("SELECT epoch FROM inv_owners WHERE grp = $1 AND part = $2")
+                .bind(group)
+                .bind(i64::from(part))
+                .fetch_one(&mut *tx)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT topic, tpart, pos_offset, pos_index FROM inv_positions WHERE grp = $1 AND part = $2",
+        )
+        .bind(group)
+        .bind(i64::from(part))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut counted = HashMap::new();
+        for row in rows {
+            let topic: String = row.try_get("topic")?;
+            let tpart: i64 = row.try_get("tpart")?;
+            let offset: i64 = row.try_get("pos_offset")?;
+            let index: i64 = row.try_get("pos_index")?;
+            counted.insert(
+                (topic, i32::try_from(tpart)?),
+                (offset, u32::try_from(index)?),
+            );
+        }
+        Ok(Claim { epoch, counted })
     }
 
     /// Writes a batch in one transaction: multi-row upserts of at most [`ROWS_PER_STATEMENT`]
     /// rows each (one statement per row made the write ten times the replay's own time).
     pub async fn apply(&self, batch: Batch) -> anyhow::Result<()> {
+        self.apply_fenced(&batch, None).await
+    }
+
+    /// [`Store::apply`] under a fence: in the same transaction, the partition's epoch is checked
+    /// (first, so the row is locked for the rest of it: a takeover waits for this write or
+    /// refuses it) and the positions the batch reflects are recorded. A stale epoch is a
+    /// [`Fenced`] error and nothing is written.
+    pub async fn apply_fenced(&self, batch: &Batch, fence: Option<&Fence>) -> anyhow::Result<()> {
         use Value::{Int, Text};
         let mut tx = self.pool.begin().await?;
+        if let Some(f) = fence {
+            let held = sqlx::query(
+                "UPDATE inv_owners SET claimed = claimed WHERE grp = $1 AND part = $2 AND epoch = $3",
+            )
+            .bind(f.group.as_str())
+            .bind(i64::from(f.part))
+            .bind(f.epoch)
+            .execute(&mut *tx)
+            .await?;
+            if held.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Err(Fenced {
+                    group: f.group.clone(),
+                    part: f.part,
+                    epoch: f.epoch,
+                }
+                .into());
+            }
+            let rows: Vec<Vec<Value>> = f
+                .positions
+                .iter()
+                .map(|((topic, tpart), (offset, index))| {
+                    vec![
+                        Text(f.group.clone()),
+                        Int(i64::from(f.part)),
+                        Text(topic.clone()),
+                        Int(i64::from(*tpart)),
+                        Int(*offset),
+                        Int(i64::from(*index)),
+                    ]
+                })
+                .collect();
+            upsert(
+                &mut tx,
+                self.sqlite,
+                "INSERT INTO inv_positions (grp, part, topic, tpart, pos_offset, pos_index)",
+                "ON CONFLICT (grp, part, topic, tpart) DO UPDATE SET pos_offset = excluded.pos_offset, pos_index = excluded.pos_index",
+                rows,
+            )
+            .await?;
+        }
         let t = |s: &str| Text(s.to_owned());
         let rows: Vec<Vec<Value>> = batch
             .keys

@@ -64,6 +64,26 @@ pub fn fault_point(id: &str) {
     let _ = id;
 }
 
+/// Test hook, in debug builds only: whether the changelog snapshot of this round may be
+/// written. With `AKWATCH_TEST_CHANGELOG_LAG=1` only the first round's snapshots are written,
+/// so the changelog stays behind the inventory store — as after changelog writes that fail —
+/// and a restart applies events the store has already counted (the end-to-end test proves they
+/// are not counted twice). Release builds always write.
+#[inline]
+pub fn changelog_round_allowed(round: u64) -> bool {
+    #[cfg(debug_assertions)]
+    {
+        static LAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let lag = *LAG.get_or_init(|| std::env::var_os("AKWATCH_TEST_CHANGELOG_LAG").is_some());
+        !lag || round == 0
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = round;
+        true
+    }
+}
+
 /// Panics caught so far.
 pub fn caught() -> u64 {
     CAUGHT.load(Ordering::Relaxed)

@@ -73,13 +73,30 @@ impl Pipeline {
     /// becomes an `internal_error` dead letter) and the event's key loses its state, which the
     /// panic may have left half updated; the engine goes on with every other key.
     pub fn event(&self, engine: &mut Engine, event: &Event) -> Result<Vec<Alarm>, String> {
+        match &self.inventory {
+            Some(inv) => {
+                let mut b = inv
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.event_counted(engine, event, Some(&mut b))
+            }
+            None => self.event_counted(engine, event, None),
+        }
+    }
+
+    /// [`Pipeline::event`], counting the event in `inventory` when one is given (the service
+    /// keeps a batch per detection partition, and counts only events not counted before).
+    pub fn event_counted(
+        &self,
+        engine: &mut Engine,
+        event: &Event,
+        inventory: Option<&mut crate::inventory::Batch>,
+    ) -> Result<Vec<Alarm>, String> {
         let enricher = &self.enricher;
         crate::isolate::guard(|| {
             crate::isolate::fault_point(&event.event_id);
             let enrichment = enricher.enrich(event);
-            if let Some(inv) = &self.inventory
-                && let Ok(mut b) = inv.lock()
-            {
+            if let Some(b) = inventory {
                 b.observe(event, &enrichment, engine.policy.is_hidden(event));
             }
             engine.process(event, &enrichment)

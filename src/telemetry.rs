@@ -61,6 +61,14 @@ pub struct Metrics {
     pub changelog_restore_seconds: Histogram,
     pub changelog_snapshot_bytes: IntCounter,
     pub changelog_errors: IntCounter,
+    /// Inventory (issue 11): events counted, batches written, write / claim failures, events
+    /// that could not be counted (store unavailable past the pending cap), write time.
+    pub inventory_events: IntCounter,
+    pub inventory_writes: IntCounter,
+    pub inventory_errors: IntCounter,
+    pub inventory_uncounted: IntCounter,
+    pub inventory_already_counted: IntCounter,
+    pub inventory_write_seconds: Histogram,
     pub report_accounts: IntGauge,
     pub report_updates: IntCounter,
     pub report_errors: IntCounter,
@@ -236,6 +244,30 @@ impl Metrics {
             changelog_errors: counter(
                 "akwatch_changelog_errors_total",
                 "Changelog snapshots not written or not restored (the partition is then redone from an older one)",
+            )?,
+            inventory_events: counter(
+                "akwatch_inventory_events_total",
+                "Events counted in the inventory store (each input event once, across restarts and rebalances)",
+            )?,
+            inventory_writes: counter(
+                "akwatch_inventory_writes_total",
+                "Inventory batches written to the store (one transaction each, with the input positions they reflect)",
+            )?,
+            inventory_errors: counter(
+                "akwatch_inventory_errors_total",
+                "Inventory writes or partition claims that failed (the batch is kept and written with the next one)",
+            )?,
+            inventory_uncounted: counter(
+                "akwatch_inventory_uncounted_events_total",
+                "Events the inventory could not count: the store was unavailable past inventory.max_pending_rows, or the partition could not be claimed",
+            )?,
+            inventory_already_counted: counter(
+                "akwatch_inventory_already_counted_total",
+                "Events applied to detection again after a restore from an older snapshot, not counted again because the store had counted them",
+            )?,
+            inventory_write_seconds: latency(
+                "akwatch_inventory_write_seconds",
+                "Time to write one inventory batch to the store",
             )?,
             state_evicted_keys: counter(
                 "akwatch_state_evicted_keys_total",

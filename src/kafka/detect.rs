@@ -52,7 +52,36 @@ struct Part {
     late: u64,
     /// Its restore failed: it writes no snapshot (the changelog's is better than its own).
     restore_failed: bool,
+    /// Its counting in the inventory, once claimed (`None`: no inventory, or not claimed yet).
+    inv: Option<PartInventory>,
 }
+
+/// A partition's share of the inventory: the owner epoch it claimed, the input positions the
+/// store had counted at the claim (events at or before them are applied to the engine again,
+/// not counted again), and the counts since the last write.
+struct PartInventory {
+    epoch: i64,
+    counted: HashMap<Tp, (i64, u32)>,
+    batch: crate::inventory::Batch,
+}
+
+/// The inventory the detection loop counts into: each partition's batch is written in one
+/// transaction with the input positions it reflects, under the partition's owner epoch, and
+/// only then is the partition's changelog snapshot written (so the store is never behind the
+/// changelog: a restart re-reads from the snapshot and counts only what the store has not).
+pub struct Inventory {
+    pub store: crate::inventory::Store,
+    pub group: String,
+    /// This process, as the owners table names it.
+    pub owner: String,
+    pub max_pending_rows: usize,
+}
+
+/// The partition number under which the loose alarms' failed batch is handed back.
+const LOOSE: i32 = i32::MIN;
+
+/// A batch whose write failed, handed back to the loop to go with the next one.
+type Returned = Arc<Mutex<Vec<(i32, i64, crate::inventory::Batch)>>>;
 
 impl Part {
     /// The offset to resume from: the oldest record still queued, else the next to read.
@@ -132,6 +161,7 @@ impl DetectContext {
             newest: i64::MIN,
             late: 0,
             restore_failed: false,
+            inv: None,
         };
         // A restore that fails is tried again; one that keeps failing leaves the partition to
         // run from the beginning of the repartition topic on empty state, and never to write
@@ -303,6 +333,8 @@ pub struct Detect<'a> {
     /// Where the configuration risks go, and those of the reports in use at start.
     pub risk_topic: Option<String>,
     pub risks: Vec<crate::risk::Risk>,
+    /// The inventory counted into, when configured.
+    pub inventory: Option<Inventory>,
 }
 
 /// How the detection loop ended.
@@ -317,6 +349,11 @@ impl Detect<'_> {
         let mut parts: BTreeMap<i32, Part> = BTreeMap::new();
         let risk_topic = self.risk_topic.clone();
         let start = self.pipeline.start(&std::mem::take(&mut self.risks));
+        // Alarms raised outside any partition (leaks from reports and feeds): written with the
+        // next snapshot, without a fence (an alarm's row only moves forward).
+        let mut loose = crate::inventory::Batch::default();
+        let returned: Returned = Arc::default();
+        record_outputs(&mut loose, &start);
         let mut abandoned = super::emit_all(start, self.out, risk_topic.as_deref())
             .await
             .is_err();
@@ -338,6 +375,7 @@ impl Detect<'_> {
                 Some(update) = self.reports.recv() => {
                     self.metrics.report_updates.inc();
                     let outputs = self.pipeline.reports_changed(update.index, &update.risks);
+                    record_outputs(&mut loose, &outputs);
                     if super::emit_all(outputs, self.out, risk_topic.as_deref()).await.is_err() {
                         abandoned = true;
                     }
@@ -350,7 +388,9 @@ impl Detect<'_> {
                         && snapshot_task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
                     {
                         last_snapshot = Instant::now();
-                        snapshot_task = self.start_snapshots(&mut parts);
+                        self.claim_unclaimed(&mut parts).await;
+                        self.take_returned(&mut parts, &mut loose, &returned);
+                        snapshot_task = self.start_snapshots(&mut parts, &mut loose, &returned);
                     }
                     None
                 }
@@ -359,7 +399,7 @@ impl Detect<'_> {
                 _ = wake.tick(), if parts.values().any(|p| !p.merge.is_empty()) => None,
                 m = self.consumer.recv() => Some(m),
             };
-            retired_late += self.take_handover(&mut parts, &mut retired);
+            retired_late += self.take_handover(&mut parts, &mut retired).await;
             if let Some(message) = message {
                 match message {
                     Ok(m) => self.receive(&mut parts, m.partition(), m.offset(), m.payload()),
@@ -401,6 +441,11 @@ impl Detect<'_> {
         if !abandoned {
             for part in parts.values_mut() {
                 let pending = crate::isolate::guard(|| part.engine.flush()).unwrap_or_default();
+                if let Some(inv) = part.inv.as_mut() {
+                    for alarm in &pending {
+                        inv.batch.alarm(alarm);
+                    }
+                }
                 for alarm in pending {
                     if self.out.alarm(&alarm).await.is_err() {
                         abandoned = true;
@@ -415,7 +460,50 @@ impl Detect<'_> {
         }
         let mut saved = !abandoned;
         if saved {
-            for (r, part) in parts.iter().filter(|(_, p)| !p.restore_failed) {
+            self.take_returned(&mut parts, &mut loose, &returned);
+            if let Some(inv) = &self.inventory
+                && !loose.is_empty()
+            {
+                let write = inv.store.apply(std::mem::take(&mut loose));
+                if !matches!(
+                    tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), write).await,
+                    Ok(Ok(()))
+                ) {
+                    self.metrics.inventory_errors.inc();
+                    tracing::error!("the inventory's last alarms were not written");
+                }
+            }
+            for (r, part) in parts.iter_mut().filter(|(_, p)| !p.restore_failed) {
+                // The counts first: the changelog must never be ahead of the store.
+                if let (Some(inv), Some(pi)) = (&self.inventory, part.inv.as_mut()) {
+                    let (batch, fence) = take_counts(inv, *r, pi, &part.applied);
+                    let events = batch.events;
+                    let write = inv.store.apply_fenced(&batch, Some(&fence));
+                    match tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), write)
+                        .await
+                    {
+                        Ok(Ok(())) => {
+                            self.metrics.inventory_writes.inc();
+                            self.metrics.inventory_events.inc_by(events);
+                        }
+                        Ok(Err(e)) => {
+                            self.metrics.inventory_errors.inc();
+                            tracing::error!(partition = r, error = %e, "final inventory counts not written; the partition's final state is not written either (the next start counts from the last write)");
+                            saved = false;
+                            continue;
+                        }
+                        Err(_) => {
+                            self.metrics.inventory_errors.inc();
+                            tracing::error!(
+                                partition = r,
+                                "final inventory counts not written in time; the partition's final state is not written either"
+                            );
+                            saved = false;
+                            continue;
+                        }
+                    }
+                }
+                let part = &*part;
                 let snapshot = part.snapshot();
                 let write = self.changelog.write(*r, &snapshot);
                 match tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), write)
@@ -438,6 +526,7 @@ impl Detect<'_> {
             late = late_exported,
             partitions = parts.len(),
             saved,
+            inventory_already_counted = self.metrics.inventory_already_counted.get(),
             "detection stopped"
         );
         Ended { saved, events }
@@ -445,7 +534,7 @@ impl Detect<'_> {
 
     /// Applies the rebalance callback's changes: restored partitions in, revoked ones out.
     /// Returns the late events of the partitions given away.
-    fn take_handover(
+    async fn take_handover(
         &self,
         parts: &mut BTreeMap<i32, Part>,
         retired: &mut crate::engine::Stats,
@@ -463,8 +552,12 @@ impl Detect<'_> {
                     }
                     self.changelog.forget(r);
                 }
-                Change::Assigned(r, part, chunks) => {
+                Change::Assigned(r, mut part, chunks) => {
                     self.changelog.adopt(r, chunks);
+                    // Before its first record: what the store has counted of it.
+                    if let Some(inv) = &self.inventory {
+                        part.inv = self.claim(inv, r).await;
+                    }
                     parts.insert(r, *part);
                 }
             }
@@ -547,8 +640,33 @@ impl Detect<'_> {
                     part.late += 1;
                 }
                 part.newest = part.newest.max(t);
-                match self.pipeline.event(&mut part.engine, &event) {
-                    Ok(alarms) => self.out.event_alarms(alarms, &event, ingested).await?,
+                // Counted unless the store has counted it already (applied again after a
+                // restore from an older snapshot); not counted at all while unclaimed.
+                let at = source.at();
+                let batch = match part.inv.as_mut() {
+                    Some(inv) if inv.counted.get(&src).is_none_or(|c| at > *c) => {
+                        Some(&mut inv.batch)
+                    }
+                    Some(_) => {
+                        self.metrics.inventory_already_counted.inc();
+                        None
+                    }
+                    None => {
+                        if self.inventory.is_some() {
+                            self.metrics.inventory_uncounted.inc();
+                        }
+                        None
+                    }
+                };
+                match self.pipeline.event_counted(&mut part.engine, &event, batch) {
+                    Ok(alarms) => {
+                        if let Some(inv) = part.inv.as_mut() {
+                            for a in &alarms {
+                                inv.batch.alarm(a);
+                            }
+                        }
+                        self.out.event_alarms(alarms, &event, ingested).await?
+                    }
                     Err(reason) => {
                         let origin = Origin::kafka(&source.topic, source.partition, source.offset)
                             .at_index(source.index as usize);
@@ -572,28 +690,167 @@ impl Detect<'_> {
         }
     }
 
-    /// Takes a snapshot of every changed partition (pointers, on this task) and writes them to
-    /// the changelog on a task of their own.
+    /// Claims partition `r` in the inventory (tried three times); `None` when the store cannot
+    /// be reached (the partition is claimed again at the next snapshot; its events until then
+    /// are not counted, and counted as such).
+    async fn claim(&self, inv: &Inventory, r: i32) -> Option<PartInventory> {
+        for attempt in 1..=3u64 {
+            match inv.store.claim(&inv.group, r, &inv.owner).await {
+                Ok(c) => {
+                    tracing::info!(
+                        partition = r,
+                        epoch = c.epoch,
+                        positions = c.counted.len(),
+                        "inventory: claimed the partition's counts"
+                    );
+                    return Some(PartInventory {
+                        epoch: c.epoch,
+                        counted: c.counted,
+                        batch: crate::inventory::Batch::default(),
+                    });
+                }
+                Err(e) => {
+                    self.metrics.inventory_errors.inc();
+                    tracing::warn!(partition = r, attempt, error = %format!("{e:#}"), "inventory: cannot claim the partition");
+                    if attempt < 3 {
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    }
+                }
+            }
+        }
+        tracing::error!(
+            partition = r,
+            "inventory: the partition is not counted until the store can be reached"
+        );
+        None
+    }
+
+    /// Claims the partitions whose claim failed before.
+    async fn claim_unclaimed(&self, parts: &mut BTreeMap<i32, Part>) {
+        let Some(inv) = &self.inventory else { return };
+        for (r, part) in parts.iter_mut().filter(|(_, p)| p.inv.is_none()) {
+            part.inv = self.claim(inv, *r).await;
+        }
+    }
+
+    /// Batches whose write failed go back into their partition (same owner epoch), to be
+    /// written with the next one — unless that makes it larger than the cap, when they are
+    /// dropped and their events counted as uncounted.
+    fn take_returned(
+        &self,
+        parts: &mut BTreeMap<i32, Part>,
+        loose: &mut crate::inventory::Batch,
+        returned: &Returned,
+    ) {
+        let Some(inv) = &self.inventory else { return };
+        let back = std::mem::take(&mut *lock(returned));
+        for (r, epoch, batch) in back {
+            if r == LOOSE {
+                loose.absorb_older(batch);
+                continue;
+            }
+            match parts
+                .get_mut(&r)
+                .and_then(|p| p.inv.as_mut().map(|i| (&mut p.dirty, i)))
+            {
+                Some((dirty, pi)) if pi.epoch == epoch => {
+                    if pi.batch.len() + batch.len() > inv.max_pending_rows {
+                        self.metrics.inventory_uncounted.inc_by(batch.events);
+                        tracing::error!(
+                            partition = r,
+                            rows = batch.len(),
+                            events = batch.events,
+                            "inventory: the store has failed for too long; a batch is dropped (max_pending_rows)"
+                        );
+                    } else {
+                        pi.batch.absorb_older(batch);
+                        *dirty = true;
+                    }
+                }
+                // Given away or claimed again since: the next owner counts from the store.
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes a snapshot of every changed partition (pointers, on this task) with its counts,
+    /// and writes them on a task of their own: each partition's counts to the store, then —
+    /// only when they were written — its state to the changelog.
     fn start_snapshots(
         &self,
         parts: &mut BTreeMap<i32, Part>,
+        loose: &mut crate::inventory::Batch,
+        returned: &Returned,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let snapshots: Vec<(i32, PartSnapshot)> = parts
+        let snapshots: Vec<(i32, PartSnapshot, Option<Counts>)> = parts
             .iter_mut()
             .filter(|(_, p)| p.dirty && !p.restore_failed)
             .map(|(r, p)| {
                 p.dirty = false;
-                (*r, p.snapshot())
+                let counts = match (&self.inventory, p.inv.as_mut()) {
+                    (Some(inv), Some(pi)) => Some(take_counts(inv, *r, pi, &p.applied)),
+                    _ => None,
+                };
+                (*r, p.snapshot(), counts)
             })
             .collect();
-        if snapshots.is_empty() {
+        let loose = std::mem::take(loose);
+        if snapshots.is_empty() && loose.is_empty() {
             return None;
         }
         let writer = self.changelog.clone();
-        let errors = self.metrics.changelog_errors.clone();
-        let bytes = self.metrics.changelog_snapshot_bytes.clone();
+        let metrics = (
+            self.metrics.changelog_errors.clone(),
+            self.metrics.changelog_snapshot_bytes.clone(),
+            self.metrics.inventory_writes.clone(),
+            self.metrics.inventory_events.clone(),
+            self.metrics.inventory_errors.clone(),
+            self.metrics.inventory_write_seconds.clone(),
+        );
+        let store = self.inventory.as_ref().map(|i| i.store.clone());
+        let returned = returned.clone();
+        static ROUND: AtomicU64 = AtomicU64::new(0);
+        let write_changelog =
+            crate::isolate::changelog_round_allowed(ROUND.fetch_add(1, Ordering::Relaxed));
         Some(tokio::spawn(async move {
-            for (r, s) in snapshots {
+            let (errors, bytes, writes, counted, inv_errors, write_seconds) = metrics;
+            if let Some(store) = &store
+                && !loose.is_empty()
+                && let Err(e) = store.apply_fenced(&loose, None).await
+            {
+                inv_errors.inc();
+                tracing::warn!(error = %format!("{e:#}"), "inventory: alarms not written (kept for the next write)");
+                lock(&returned).push((LOOSE, 0, loose));
+            }
+            for (r, s, counts) in snapshots {
+                if let (Some(store), Some((batch, fence))) = (&store, counts) {
+                    let events = batch.events;
+                    let started = Instant::now();
+                    // A failure hands the batch back.
+                    match store.apply_fenced(&batch, Some(&fence)).await {
+                        Ok(()) => {
+                            writes.inc();
+                            counted.inc_by(events);
+                            write_seconds.observe(started.elapsed().as_secs_f64());
+                        }
+                        Err(e) if e.is::<crate::inventory::Fenced>() => {
+                            tracing::info!(
+                                partition = r,
+                                "inventory: {e}; its state is not written either"
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            inv_errors.inc();
+                            tracing::warn!(partition = r, error = %format!("{e:#}"), "inventory: counts not written (kept for the next write); the partition's state is not written either");
+                            lock(&returned).push((r, fence.epoch, batch));
+                            continue;
+                        }
+                    }
+                }
+                if !write_changelog {
+                    continue;
+                }
                 match writer.write(r, &s).await {
                     Ok(n) => bytes.inc_by(n),
                     Err(e) => {
@@ -603,6 +860,42 @@ impl Detect<'_> {
                 }
             }
         }))
+    }
+}
+
+/// A partition's counts to write, and the fence they are written under.
+type Counts = (crate::inventory::Batch, crate::inventory::Fence);
+
+/// Takes partition `r`'s counts since the last write, with the positions they bring the store
+/// to: per input partition the later of what was applied and what the store had counted.
+fn take_counts(
+    inv: &Inventory,
+    r: i32,
+    pi: &mut PartInventory,
+    applied: &HashMap<Tp, (i64, u32)>,
+) -> Counts {
+    let mut positions: HashMap<Tp, (i64, u32)> = pi.counted.clone();
+    for (tp, at) in applied {
+        let p = positions.entry(tp.clone()).or_insert(*at);
+        *p = (*p).max(*at);
+    }
+    let mut positions: Vec<(Tp, (i64, u32))> = positions.into_iter().collect();
+    positions.sort();
+    let fence = crate::inventory::Fence {
+        group: inv.group.clone(),
+        part: r,
+        epoch: pi.epoch,
+        positions,
+    };
+    (std::mem::take(&mut pi.batch), fence)
+}
+
+/// The alarms among the pipeline's own outputs, into `batch`.
+fn record_outputs(batch: &mut crate::inventory::Batch, outputs: &[crate::pipeline::Output]) {
+    for o in outputs {
+        if let crate::pipeline::Output::Alarm(a) = o {
+            batch.alarm(a);
+        }
     }
 }
 

@@ -124,6 +124,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     alive: AliveGuard(detect_alive.clone()),
                     max_bytes: out.max_bytes,
                     stop: stop.clone(),
+                    inventory: svc.inventory.take().map(|store| detect::Inventory {
+                        store,
+                        group: config.group_id.clone(),
+                        owner: format!(
+                            "{}:{}",
+                            std::env::var("HOSTNAME").unwrap_or_else(|_| "akwatch".into()),
+                            std::process::id()
+                        ),
+                        max_pending_rows: config
+                            .inventory
+                            .as_ref()
+                            .map_or(2_000_000, |i| i.max_pending_rows),
+                    }),
                 },
             );
             (ingest::Next::Repartition(writer), None, Some(task))
@@ -201,6 +214,8 @@ struct Service {
     reports_rx: Option<tokio::sync::mpsc::Receiver<reports::ReportUpdate>>,
     reports_thread: std::thread::JoinHandle<()>,
     stop_reports: Arc<AtomicBool>,
+    /// The inventory's store (issue 11), when configured; its API is already serving.
+    inventory: Option<crate::inventory::Store>,
     /// Scale-out: the repartition writer, the detection consumer, the changelog writer.
     scale: Option<(
         repartition::Writer<Written>,
@@ -278,6 +293,10 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     if let Some(addr) = &config.ops_addr {
         crate::telemetry::start(addr, metrics.clone()).await?;
     }
+    let inventory = match &config.inventory {
+        Some(inv) => Some(start_inventory(config, inv, stop).await?),
+        None => None,
+    };
     let (probe, probe_topic) = (
         Arc::downgrade(&consumer),
         config.inputs.first().map(|i| i.topic.clone()),
@@ -357,10 +376,73 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
             reports_rx: Some(reports_rx),
             reports_thread,
             stop_reports,
+            inventory,
             scale,
         },
         s,
     )))
+}
+
+/// Opens the inventory's store (its migrations run), starts its API when configured and the
+/// hourly purge of call rollups past the retention.
+async fn start_inventory(
+    config: &Config,
+    inv: &crate::config::InventoryConfig,
+    stop: &Stop,
+) -> anyhow::Result<crate::inventory::Store> {
+    use anyhow::Context as _;
+    let store = crate::inventory::Store::open(&inv.store)
+        .await
+        .context("the inventory store")?;
+    if let Some(api) = &inv.api {
+        let tokens = crate::api::load_tokens(api.tokens.as_deref(), api.listen)?;
+        let dir = api
+            .policies_dir
+            .clone()
+            .or_else(|| config.pipeline_options().policies.first().cloned());
+        let policies = match dir {
+            Some(dir) => {
+                let rules = crate::rule::RuleSet::load(&config.rules).map_err(|e| {
+                    anyhow::anyhow!("the rules in {}: {}", config.rules.display(), e.join("; "))
+                })?;
+                Some(crate::api::PolicyFiles::open(dir, rules)?)
+            }
+            None => None,
+        };
+        let state = Arc::new(crate::api::ApiState {
+            store: store.clone(),
+            tokens,
+            policies,
+        });
+        let listener = tokio::net::TcpListener::bind(api.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (inventory.api.listen)", api.listen))?;
+        tracing::info!(listen = %api.listen, "serving the inventory API");
+        let stopping = stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, crate::api::router(state))
+                .with_graceful_shutdown(async move { stopping.signalled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the inventory API stopped");
+            }
+        });
+    }
+    let (purging, retention, stopping) = (store.clone(), inv.retention_days, stop.clone());
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = stopping.signalled() => break,
+                _ = hourly.tick() => match purging.purge_older_than_days(retention).await {
+                    Ok(n) if n > 0 => tracing::info!(rows = n, retention_days = retention, "inventory: call rollups past the retention purged"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "inventory: purge failed"),
+                },
+            }
+        }
+    });
+    Ok(store)
 }
 
 /// What the detection task gets.
@@ -374,6 +456,7 @@ struct DetectParts {
     alive: AliveGuard,
     max_bytes: usize,
     stop: Stop,
+    inventory: Option<detect::Inventory>,
 }
 
 /// The detection loop on a task of its own: the rebalance callbacks of either side block their
@@ -402,6 +485,7 @@ fn spawn_detect(
             alive,
             max_bytes,
             stop,
+            inventory,
         } = parts;
         let _alive = alive;
         let out = Outputs {
@@ -427,6 +511,7 @@ fn spawn_detect(
             labels,
             risk_topic,
             risks,
+            inventory,
         }
         .run()
         .await;

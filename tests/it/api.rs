@@ -33,7 +33,7 @@ struct Fixture {
 /// The PostgreSQL server the tests may use (`scripts/test.sh` starts one and exports
 /// `AKWATCH_POSTGRES_URL`); without it the PostgreSQL cases skip, unless `AKWATCH_REQUIRE_POSTGRES`
 /// is set.
-fn postgres() -> Option<String> {
+pub(crate) fn postgres() -> Option<String> {
     match std::env::var("AKWATCH_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
@@ -48,7 +48,7 @@ fn postgres() -> Option<String> {
 }
 
 /// A fresh database on the server at `url` (each test has its own).
-async fn fresh_database(url: &str) -> String {
+pub(crate) async fn fresh_database(url: &str) -> String {
     sqlx::any::install_default_drivers();
     let name = format!(
         "akwatch_t{}_{}",
@@ -531,7 +531,7 @@ fn replay_store_then_serve_answers_with_the_printed_token() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --tokens"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("serve --tokens"));
 
     let addr = format!("127.0.0.1:{}", crate::kafka::free_port());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_akwatch"))
@@ -718,4 +718,58 @@ async fn batches_written_during_the_run_add_up_to_the_events() {
     let keyed = store.total_calls().await.unwrap();
     let one = fixture(Backend::Sqlite).await;
     assert_eq!(keyed, one.keyed_events);
+}
+
+/// The fence of the service's inventory writes: a new owner's claim makes an older owner's
+/// later write fail whole (no counts, no positions), and positions come back with the claim.
+async fn fenced_writes(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let first = store.claim("g", 0, "a").await.unwrap();
+    assert!(first.counted.is_empty());
+    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let mut s = setup(&options).unwrap();
+    s.inventory = Some(Batch::default());
+    let mut summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap();
+    let batch = summary.inventory.take().unwrap();
+    let fence = |epoch, offset| akwatch::inventory::Fence {
+        group: "g".into(),
+        part: 0,
+        epoch,
+        positions: vec![(("topic".to_owned(), 2), (offset, 1))],
+    };
+    store
+        .apply_fenced(&batch, Some(&fence(first.epoch, 10)))
+        .await
+        .unwrap();
+    let calls = store.total_calls().await.unwrap();
+    assert!(calls > 0);
+    // Another instance takes the partition over: it sees the positions written.
+    let second = store.claim("g", 0, "b").await.unwrap();
+    assert!(second.epoch > first.epoch);
+    assert_eq!(second.counted.get(&("topic".to_owned(), 2)), Some(&(10, 1)));
+    // The old owner's next write is refused whole.
+    let err = store
+        .apply_fenced(&batch, Some(&fence(first.epoch, 20)))
+        .await
+        .unwrap_err();
+    assert!(err.is::<akwatch::inventory::Fenced>(), "{err:#}");
+    assert_eq!(store.total_calls().await.unwrap(), calls);
+    let third = store.claim("g", 0, "c").await.unwrap();
+    assert_eq!(third.counted.get(&("topic".to_owned(), 2)), Some(&(10, 1)));
+    // Other partitions are fenced apart.
+    let other = store.claim("g", 1, "a").await.unwrap();
+    assert!(other.counted.is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_owner_s_inventory_write_is_refused_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    fenced_writes(dir.path().join("inv.db").display().to_string()).await;
+}
+
+#[tokio::test]
+async fn a_stale_owner_s_inventory_write_is_refused_on_postgres() {
+    if let Some(base) = postgres() {
+        fenced_writes(fresh_database(&base).await).await;
+    }
 }
