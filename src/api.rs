@@ -241,6 +241,8 @@ pub struct ListQuery {
     rule: Option<String>,
     since: Option<i64>,
     until: Option<i64>,
+    /// Risks: 1 for those the newest reports still show, 0 for fixed ones.
+    present: Option<i64>,
 }
 
 enum Param {
@@ -460,6 +462,12 @@ async fn key(
     .bind(key.as_str())
     .fetch_all(pool)
     .await?;
+    let risks = sqlx::query(&format!(
+        "{RISK_SELECT} WHERE key_id = $1 ORDER BY present DESC, severity_rank DESC, risk_uid ASC LIMIT 500"
+    ))
+    .bind(key.as_str())
+    .fetch_all(pool)
+    .await?;
     if let Some(o) = info.as_object_mut() {
         o.insert(
             "ips".into(),
@@ -482,6 +490,7 @@ async fn key(
             json!(rows_json(&days, &[], &["day", "calls", "failures"])),
         );
         o.insert("alarms".into(), json!(alarm_rows(&alarms)));
+        o.insert("risks".into(), json!(risk_rows(&risks)));
     }
     Ok(Json(info))
 }
@@ -709,6 +718,13 @@ async fn account(
     .bind(account.as_str())
     .fetch_all(pool)
     .await?;
+    let risks = sqlx::query(&format!(
+        "{RISK_SELECT} WHERE cloud = $1 AND account = $2 ORDER BY present DESC, severity_rank DESC, risk_uid ASC LIMIT 500"
+    ))
+    .bind(cloud.as_str())
+    .bind(account.as_str())
+    .fetch_all(pool)
+    .await?;
     if let Some(o) = info.as_object_mut() {
         o.insert(
             "keys".into(),
@@ -722,6 +738,7 @@ async fn account(
             "pending_alarms".into(),
             json!(rows_json(&by_severity, &["severity"], &["n"])),
         );
+        o.insert("risks".into(), json!(risk_rows(&risks)));
         o.insert(
             "root_key_used".into(),
             json!(keys.iter().any(|r| {
@@ -811,13 +828,8 @@ struct StatusBody {
     comment: String,
 }
 
-async fn alarm_status(
-    State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Json(body): Json<StatusBody>,
-) -> ApiResult {
-    let caller = authorize(&s, &headers, Role::Operator)?;
+/// A triage status an operator may set, and its comment's size.
+fn check_status(body: &StatusBody) -> Result<(), ApiError> {
     if !matches!(body.status.as_str(), "handled" | "ignored" | "pending") {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -833,6 +845,17 @@ async fn alarm_status(
             format!("a comment is at most {MAX_NOTE} bytes"),
         ));
     }
+    Ok(())
+}
+
+async fn alarm_status(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> ApiResult {
+    let caller = authorize(&s, &headers, Role::Operator)?;
+    check_status(&body)?;
     let mut tx = s.store.pool().begin().await?;
     let before: Option<String> =
         sqlx::query_scalar("SELECT status FROM inv_alarms WHERE alarm_id = $1")
@@ -863,6 +886,146 @@ async fn alarm_status(
     ))
 }
 
+/// Risk rows: the risk as the reports gave it, with its id, triage status, whether the newest
+/// reports still show it, and when it was first and last seen.
+fn risk_rows(rows: &[sqlx::any::AnyRow]) -> Vec<Value> {
+    rows.iter()
+        .filter_map(|r| {
+            let body: String = r.try_get("body").ok()?;
+            let mut v: Value = serde_json::from_str(&body).ok()?;
+            let o = v.as_object_mut()?;
+            o.insert("id".into(), json!(r.try_get::<String, _>("risk_uid").ok()?));
+            o.insert(
+                "triage_status".into(),
+                json!(r.try_get::<String, _>("status").ok()?),
+            );
+            o.insert(
+                "present".into(),
+                json!(r.try_get::<i64, _>("present").ok()? != 0),
+            );
+            o.insert(
+                "first_seen".into(),
+                json!(r.try_get::<i64, _>("first_seen").ok()?),
+            );
+            o.insert(
+                "last_seen".into(),
+                json!(r.try_get::<i64, _>("last_seen").ok()?),
+            );
+            Some(v)
+        })
+        .collect()
+}
+
+const RISK_SELECT: &str =
+    "SELECT risk_uid, body, status, present, first_seen, last_seen FROM inv_risks";
+
+async fn risks(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let (limit, offset) = page(&q)?;
+    let mut f = Filter::default();
+    f.text("status = ?", &q.status);
+    f.text("severity = ?", &q.severity);
+    f.text("risk_id = ?", &q.rule);
+    f.text("cloud = ?", &q.cloud);
+    f.text("account = ?", &q.account);
+    f.text("key_id = ?", &q.key);
+    f.int("present = ?", q.present);
+    let order = order_by(
+        &q,
+        &["severity_rank", "last_seen", "first_seen"],
+        "risk_uid",
+    )?;
+    let total = count(
+        &s.store,
+        &format!("SELECT COUNT(*) FROM inv_risks{}", f.sql()),
+        &f,
+    )
+    .await?;
+    let sql = format!(
+        "{RISK_SELECT}{}{order} LIMIT {limit} OFFSET {offset}",
+        f.sql()
+    );
+    let rows = f.bind(sqlx::query(&sql)).fetch_all(s.store.pool()).await?;
+    Ok(Json(
+        json!({"items": risk_rows(&rows), "total": total, "limit": limit, "offset": offset}),
+    ))
+}
+
+async fn risk(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    let pool = s.store.pool();
+    let rows = sqlx::query(&format!("{RISK_SELECT} WHERE risk_uid = $1"))
+        .bind(id.as_str())
+        .fetch_all(pool)
+        .await?;
+    let Some(mut r) = risk_rows(&rows).into_iter().next() else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no risk {id}")));
+    };
+    let history = sqlx::query(
+        "SELECT actor, action, before_value, after_value, comment, at FROM inv_audit WHERE target = $1 ORDER BY at ASC, id ASC LIMIT 500",
+    )
+    .bind(id.as_str())
+    .fetch_all(pool)
+    .await?;
+    if let Some(o) = r.as_object_mut() {
+        o.insert(
+            "history".into(),
+            json!(rows_json(
+                &history,
+                &["actor", "action", "before_value", "after_value", "comment"],
+                &["at"]
+            )),
+        );
+    }
+    Ok(Json(r))
+}
+
+async fn risk_status(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<StatusBody>,
+) -> ApiResult {
+    let caller = authorize(&s, &headers, Role::Operator)?;
+    check_status(&body)?;
+    let mut tx = s.store.pool().begin().await?;
+    let before: Option<String> =
+        sqlx::query_scalar("SELECT status FROM inv_risks WHERE risk_uid = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(before) = before else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no risk {id}")));
+    };
+    sqlx::query("UPDATE inv_risks SET status = $1 WHERE risk_uid = $2")
+        .bind(body.status.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    audit(
+        &mut tx,
+        &caller,
+        "risk.status",
+        &id,
+        &before,
+        &body.status,
+        &body.comment,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({"id": id, "status": body.status, "was": before}),
+    ))
+}
+
 async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult {
     authorize(&s, &headers, Role::Viewer)?;
     let pool = s.store.pool();
@@ -871,6 +1034,11 @@ async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResu
         .await?;
     let pending = sqlx::query(
         "SELECT severity, COUNT(*) AS n FROM inv_alarms WHERE status = 'pending' GROUP BY severity ORDER BY severity",
+    )
+    .fetch_all(pool)
+    .await?;
+    let pending_risks = sqlx::query(
+        "SELECT severity, COUNT(*) AS n FROM inv_risks WHERE status = 'pending' AND present = 1 GROUP BY severity ORDER BY severity",
     )
     .fetch_all(pool)
     .await?;
@@ -904,6 +1072,7 @@ async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResu
     Ok(Json(json!({
         "keys_by_kind": rows_json(&kinds, &["kind"], &["n"]),
         "pending_alarms_by_severity": rows_json(&pending, &["severity"], &["n"]),
+        "pending_risks_by_severity": rows_json(&pending_risks, &["severity"], &["n"]),
         "keys_with_pending_alarms": keys_with_pending,
         "alarms_per_day": rows_json(&per_day, &[], &["day", "n"]),
         "top_keys": rows_json(&top_keys, &["key_id"], &["n"]),
@@ -1120,6 +1289,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/alarms/{id}", get(alarm))
         .route("/alarms/{id}/status", post(alarm_status))
         .route("/alarms/{id}/allowlist", post(alarm_allowlist))
+        .route("/risks", get(risks))
+        .route("/risks/{id}", get(risk))
+        .route("/risks/{id}/status", post(risk_status))
         .route("/audit", get(audit_log))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);

@@ -83,6 +83,8 @@ pub struct Batch {
     hourly: HashMap<(Cloud, String, String, String, i64), Seen>,
     /// The latest notification of each alarm.
     alarms: HashMap<String, Alarm>,
+    /// The whole current set of configuration risks, when it changed (the newest wins).
+    risks: Option<Vec<crate::risk::Risk>>,
     /// Events counted in this batch.
     pub events: u64,
 }
@@ -97,6 +99,7 @@ impl Batch {
             + self.accounts.len()
             + self.hourly.len()
             + self.alarms.len()
+            + self.risks.as_ref().map_or(0, Vec::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -203,6 +206,15 @@ impl Batch {
             }
         }
         self.events += older.events;
+        if self.risks.is_none() {
+            self.risks = older.risks;
+        }
+    }
+
+    /// The whole current set of configuration risks (of every report in use): risks not in it
+    /// are marked fixed in the store.
+    pub fn set_risks(&mut self, risks: Vec<crate::risk::Risk>) {
+        self.risks = Some(risks);
     }
 
     /// Records an alarm notification (the latest wins).
@@ -299,16 +311,17 @@ async fn migrate_on(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
             continue;
         }
         let mut tx = conn.begin().await?;
-        for statement in sql.split(';') {
-            let body: String = statement
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n");
+        // Comment lines go first (a `;` in a comment is no statement's end).
+        let code: String = sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for body in code.split(';') {
             if body.trim().is_empty() {
                 continue;
             }
-            sqlx::query(&body)
+            sqlx::query(body)
                 .execute(&mut *tx)
                 .await
                 .with_context(|| format!("migration {version}: {}", body.trim()))?;
@@ -323,12 +336,22 @@ async fn migrate_on(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
 }
 
 /// The versioned migrations, embedded (the binary needs no file beside it).
-const MIGRATIONS: [(i64, &str); 4] = [
+const MIGRATIONS: [(i64, &str); 5] = [
     (1, include_str!("../migrations/0001_inventory.sql")),
     (2, include_str!("../migrations/0002_lookup_indexes.sql")),
     (3, include_str!("../migrations/0003_audit_target.sql")),
     (4, include_str!("../migrations/0004_positions.sql")),
+    (5, include_str!("../migrations/0005_risks.sql")),
 ];
+
+/// A risk's id in the store and the API: a hash of what it is about (cloud, account,
+/// principal, risk, key slot), stable across report versions.
+pub fn risk_uid(r: &crate::risk::Risk) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(crate::pipeline::risk_key(r).as_bytes());
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("risk-{hex}")
+}
 
 /// The PostgreSQL advisory lock the migrations run under (instances starting together).
 const MIGRATION_LOCK: i64 = 0x0061_6b77_6174_6368;
@@ -771,6 +794,52 @@ impl Store {
             rows,
         )
         .await?;
+        if let Some(risks) = &batch.risks {
+            // This snapshot's generation: risks it does not list are fixed (present = 0); a
+            // fixed risk that comes back is pending again if it had been handled.
+            let now = chrono::Utc::now();
+            let generation = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let mut rows: Vec<Vec<Value>> = Vec::with_capacity(risks.len());
+            let mut seen = std::collections::HashSet::new();
+            for r in risks {
+                let uid = risk_uid(r);
+                if !seen.insert(uid.clone()) {
+                    continue;
+                }
+                rows.push(vec![
+                    Text(uid),
+                    t(r.risk_id),
+                    t(r.name),
+                    t(r.severity.as_str()),
+                    Int(severity_rank(r.severity)),
+                    t(r.cloud.as_str()),
+                    t(r.account_id.as_ref().map_or("", |a| a.as_str())),
+                    t(&r.principal),
+                    t(r.key_id.as_deref().unwrap_or("")),
+                    Int(now.timestamp()),
+                    Int(now.timestamp()),
+                    Int(1),
+                    Int(generation),
+                    t("pending"),
+                    Text(serde_json::to_string(r)?),
+                ]);
+            }
+            upsert(
+                &mut tx,
+                self.sqlite,
+                "INSERT INTO inv_risks (risk_uid, risk_id, name, severity, severity_rank, cloud, account, principal, key_id, first_seen, last_seen, present, seen_gen, status, body)",
+                "ON CONFLICT (risk_uid) DO UPDATE SET name = excluded.name, severity = excluded.severity, \
+                 severity_rank = excluded.severity_rank, key_id = excluded.key_id, last_seen = excluded.last_seen, \
+                 body = excluded.body, seen_gen = excluded.seen_gen, present = 1, \
+                 status = CASE WHEN inv_risks.present = 0 AND inv_risks.status = 'handled' THEN 'pending' ELSE inv_risks.status END",
+                rows,
+            )
+            .await?;
+            sqlx::query("UPDATE inv_risks SET present = 0 WHERE present = 1 AND seen_gen <> $1")
+                .bind(generation)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -461,6 +461,10 @@ pub fn run(
         .inventory
         .take()
         .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
+    // The reports' risks, the whole current set (the store marks those not in it fixed).
+    if let Some(b) = summary.inventory.as_mut() {
+        b.set_risks(summary.risks.clone());
+    }
     setup.enricher = pipeline.enricher;
     Ok(summary)
 }

@@ -348,12 +348,16 @@ impl Detect<'_> {
     pub async fn run(mut self) -> Ended {
         let mut parts: BTreeMap<i32, Part> = BTreeMap::new();
         let risk_topic = self.risk_topic.clone();
-        let start = self.pipeline.start(&std::mem::take(&mut self.risks));
+        let start_risks = std::mem::take(&mut self.risks);
+        let start = self.pipeline.start(&start_risks);
         // Alarms raised outside any partition (leaks from reports and feeds): written with the
         // next snapshot, without a fence (an alarm's row only moves forward).
         let mut loose = crate::inventory::Batch::default();
         let returned: Returned = Arc::default();
         record_outputs(&mut loose, &start);
+        if self.inventory.is_some() {
+            loose.set_risks(start_risks);
+        }
         let mut abandoned = super::emit_all(start, self.out, risk_topic.as_deref())
             .await
             .is_err();
@@ -376,6 +380,9 @@ impl Detect<'_> {
                     self.metrics.report_updates.inc();
                     let outputs = self.pipeline.reports_changed(update.index, &update.risks);
                     record_outputs(&mut loose, &outputs);
+                    if self.inventory.is_some() {
+                        loose.set_risks(update.risks.clone());
+                    }
                     if super::emit_all(outputs, self.out, risk_topic.as_deref()).await.is_err() {
                         abandoned = true;
                     }

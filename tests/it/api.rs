@@ -773,3 +773,106 @@ async fn a_stale_owner_s_inventory_write_is_refused_on_postgres() {
         fenced_writes(fresh_database(&base).await).await;
     }
 }
+
+on_both!(
+    the_reports_risks_are_listed_triaged_and_marked_fixed,
+    the_reports_risks_are_listed_triaged_and_marked_fixed_on_postgres,
+    risks_case
+);
+
+/// The bundled reports' configuration risks: all listed (as `akwatch risks` finds them), a key's
+/// risks on its page, triage by an operator only and audited; a later report set without one
+/// marks it fixed (`present: false`), and a fixed risk that comes back after being handled is
+/// pending again.
+async fn risks_case(f: Fixture) {
+    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let mut s = setup(&options).unwrap();
+    let summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap();
+    let expected: BTreeSet<String> = summary
+        .risks
+        .iter()
+        .map(akwatch::inventory::risk_uid)
+        .collect();
+    assert!(!expected.is_empty(), "the bundled reports have risks");
+    let listed = get(&f.app, "/api/v1/risks?limit=500").await;
+    let got: BTreeSet<String> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(listed["total"].as_i64().unwrap() as usize, expected.len());
+    // Sorted by severity first.
+    let rank = |s: &str| {
+        ["info", "low", "medium", "high", "critical"]
+            .iter()
+            .position(|x| *x == s)
+            .unwrap()
+    };
+    let ranks: Vec<usize> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| rank(r["severity"].as_str().unwrap()))
+        .collect();
+    assert!(ranks.windows(2).all(|w| w[0] >= w[1]), "{ranks:?}");
+    // A key's risk on the key's page (when a report names keys).
+    if let Some(keyed) = summary.risks.iter().find(|r| r.key_id.is_some()) {
+        let key = keyed.key_id.as_deref().unwrap();
+        let uid = akwatch::inventory::risk_uid(keyed);
+        let (status, page) = call(
+            &f.app,
+            "GET",
+            &format!("/api/v1/keys/{key}"),
+            Some(VIEWER),
+            None,
+        )
+        .await;
+        if status == StatusCode::OK {
+            assert!(
+                page["risks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["id"] == json!(uid)),
+                "{page}"
+            );
+        }
+    }
+    let first = summary.risks[0].clone();
+    let uid = akwatch::inventory::risk_uid(&first);
+    let path = format!("/api/v1/risks/{uid}/status");
+    let body = json!({"status": "handled", "comment": "MFA enabled"});
+    let (status, _) = call(&f.app, "POST", &path, Some(VIEWER), Some(body.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, v) = call(&f.app, "POST", &path, Some(OPERATOR), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let one = get(&f.app, &format!("/api/v1/risks/{uid}")).await;
+    assert_eq!(one["triage_status"], "handled");
+    assert_eq!(one["history"][0]["actor"], "bob (operator)");
+    assert_eq!(one["history"][0]["after_value"], "handled");
+    assert_eq!(one["history"][0]["comment"], "MFA enabled");
+    // The next reports no longer show it: fixed.
+    let mut next = Batch::default();
+    next.set_risks(summary.risks[1..].to_vec());
+    f.store.apply(next).await.unwrap();
+    let one = get(&f.app, &format!("/api/v1/risks/{uid}")).await;
+    assert_eq!(one["present"], false);
+    let open = get(&f.app, "/api/v1/risks?present=1&limit=500").await;
+    assert_eq!(open["total"].as_i64().unwrap() as usize, expected.len() - 1);
+    // It comes back: pending again.
+    let mut again = Batch::default();
+    again.set_risks(summary.risks.clone());
+    f.store.apply(again).await.unwrap();
+    let one = get(&f.app, &format!("/api/v1/risks/{uid}")).await;
+    assert_eq!(one["present"], true);
+    assert_eq!(one["triage_status"], "pending");
+    let overview = get(&f.app, "/api/v1/overview").await;
+    assert!(
+        !overview["pending_risks_by_severity"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
