@@ -542,6 +542,10 @@ fn serve(
         .build()?;
     rt.block_on(async {
         let store = crate::inventory::Store::open(store).await?;
+        // The API's policy files as the store has them (changes made elsewhere meanwhile).
+        if let Some(files) = &policies {
+            crate::policy_store::write_files(&store, &files.dir).await?;
+        }
         let state = std::sync::Arc::new(crate::api::ApiState {
             store,
             tokens,

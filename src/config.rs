@@ -621,11 +621,23 @@ impl Config {
                 given.to_vec()
             }
         };
+        // The API's policy directory is loaded with the others (its files are the API's
+        // entries).
+        let mut policies = or_default(&self.policies, "policies");
+        if let Some(dir) = self
+            .inventory
+            .as_ref()
+            .and_then(|i| i.api.as_ref())
+            .and_then(|a| a.policies_dir.clone())
+            && !policies.contains(&dir)
+        {
+            policies.push(dir);
+        }
         crate::replay::ReplayOptions {
             inputs: Vec::new(),
             reports: self.reports.clone(),
             rules: self.rules.clone(),
-            policies: or_default(&self.policies, "policies"),
+            policies,
             lists: or_default(&self.lists, "lists"),
             geoip: self.geoip.clone(),
             leaks: self.leaks.clone(),

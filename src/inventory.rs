@@ -336,12 +336,13 @@ async fn migrate_on(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
 }
 
 /// The versioned migrations, embedded (the binary needs no file beside it).
-const MIGRATIONS: [(i64, &str); 5] = [
+const MIGRATIONS: [(i64, &str); 6] = [
     (1, include_str!("../migrations/0001_inventory.sql")),
     (2, include_str!("../migrations/0002_lookup_indexes.sql")),
     (3, include_str!("../migrations/0003_audit_target.sql")),
     (4, include_str!("../migrations/0004_positions.sql")),
     (5, include_str!("../migrations/0005_risks.sql")),
+    (6, include_str!("../migrations/0006_policies.sql")),
 ];
 
 /// A risk's id in the store and the API: a hash of what it is about (cloud, account,

@@ -21,6 +21,7 @@ pub mod kafka;
 pub mod ocsf;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_store;
 pub mod provider;
 pub mod replay;
 pub mod report;

@@ -69,6 +69,9 @@ struct AllowSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HideSpec {
+    /// Names the entry (the API's entries have one; files may).
+    #[serde(default)]
+    id: Option<String>,
     keys: Vec<String>,
     comment: Option<String>,
 }
@@ -235,6 +238,28 @@ impl Policy {
         }
     }
 
+    /// [`Policy::load_dirs`] with some files' text given instead of read (a change checked
+    /// before it is written: the same loader, the same messages). A given file that does not
+    /// exist yet is added.
+    pub fn load_dirs_replacing(
+        dirs: &[std::path::PathBuf],
+        rules: &RuleSet,
+        replace: &[(std::path::PathBuf, String)],
+    ) -> Result<Policy, Vec<String>> {
+        let mut policy = Policy::default();
+        let mut errors = Vec::new();
+        for dir in dirs {
+            if let Err(mut e) = policy.load_into_replacing(dir, rules, replace) {
+                errors.append(&mut e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(policy)
+        } else {
+            Err(errors)
+        }
+    }
+
     /// Loads every `*.yaml` in `dir` (missing dir: empty policy). Rule ids named in scopes and
     /// the alarm policy must exist in `rules`. All problems are returned, with file and line.
     pub fn load(dir: &Path, rules: &RuleSet) -> Result<Policy, Vec<String>> {
@@ -244,7 +269,20 @@ impl Policy {
     }
 
     fn load_into(&mut self, dir: &Path, rules: &RuleSet) -> Result<(), Vec<String>> {
-        if !dir.is_dir() {
+        self.load_into_replacing(dir, rules, &[])
+    }
+
+    fn load_into_replacing(
+        &mut self,
+        dir: &Path,
+        rules: &RuleSet,
+        replace: &[(std::path::PathBuf, String)],
+    ) -> Result<(), Vec<String>> {
+        let given: Vec<&(std::path::PathBuf, String)> = replace
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .collect();
+        if !dir.is_dir() && given.is_empty() {
             return Ok(());
         }
         let mut errors = Vec::new();
@@ -260,15 +298,23 @@ impl Policy {
             })
             .map(walkdir::DirEntry::into_path)
             .collect();
+        for (p, _) in &given {
+            if !files.contains(p) {
+                files.push(p.clone());
+            }
+        }
         files.sort();
         for file in files {
             let name = file.display().to_string();
-            let text = match std::fs::read_to_string(&file) {
-                Ok(t) => t,
-                Err(e) => {
-                    errors.push(format!("{name}: cannot read: {e}"));
-                    continue;
-                }
+            let text = match given.iter().find(|(p, _)| *p == file) {
+                Some((_, t)) => t.clone(),
+                None => match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        errors.push(format!("{name}: cannot read: {e}"));
+                        continue;
+                    }
+                },
             };
             if let Err(mut e) = self.add_file(&name, &text, rules) {
                 errors.append(&mut e);
@@ -408,7 +454,7 @@ impl Policy {
                     line_of("ip_hiding")
                 ));
             }
-            let _ = h.comment;
+            let _ = (h.id, h.comment);
             self.hidden_keys.extend(h.keys);
         }
         // The first line from `from` (1-based, inclusive) holding `needle`, else `from`.

@@ -483,6 +483,20 @@ impl Engine {
         self.limits.max_keys = max.max(1);
     }
 
+    /// Swaps in a new policy between two events, keeping every key's state: the allowlist and
+    /// IP hiding apply to the next event, and the alarm policy's per-rule settings (enabled,
+    /// severity, thresholds, aggregation, re-notification) from then on. The allowed lateness
+    /// keeps its start-up value (the windows were sized with it). Nothing changes on an error.
+    pub fn set_policy(&mut self, rules: &RuleSet, mut policy: Policy) -> Result<(), Vec<String>> {
+        policy.allowed_lateness = self.policy.allowed_lateness;
+        let built = Engine::new(rules, policy)?;
+        self.rules = built.rules;
+        self.policy = built.policy;
+        self.horizon = built.horizon;
+        self.ip_history = built.ip_history;
+        Ok(())
+    }
+
     /// Sets every cap (each at least 1).
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = Limits {

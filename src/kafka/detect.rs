@@ -121,6 +121,8 @@ struct Handover(Vec<Change>);
 /// Builds a partition's engine and merge.
 pub struct PartFactory {
     pub engine: Box<dyn Fn() -> Engine + Send + Sync>,
+    /// The policy new partitions' engines are built with (swapped by a live policy change).
+    pub policy: Arc<std::sync::RwLock<crate::policy::Policy>>,
     /// Every input partition (the sources the merge waits for).
     pub sources: Vec<Tp>,
     pub idle_timeout: Duration,
@@ -335,6 +337,21 @@ pub struct Detect<'a> {
     pub risks: Vec<crate::risk::Risk>,
     /// The inventory counted into, when configured.
     pub inventory: Option<Inventory>,
+    /// Policy changes made through the API, applied live, when the API can make them.
+    pub policy_sync: Option<PolicySync>,
+}
+
+/// Where the loop learns of policy changes made through the API (any instance's): the store's
+/// policy revision, polled every half second; on a change the API's files are rendered again
+/// into `write_dir`, every policy directory is loaded (the start-up loader) and the policy is
+/// swapped into every partition's engine and the factory.
+pub struct PolicySync {
+    pub store: crate::inventory::Store,
+    pub dirs: Vec<std::path::PathBuf>,
+    pub write_dir: std::path::PathBuf,
+    pub rules: crate::rule::RuleSet,
+    /// The revision the files and engines reflect.
+    pub revision: i64,
 }
 
 /// How the detection loop ended.
@@ -389,6 +406,7 @@ impl Detect<'_> {
                     None
                 }
                 _ = ticker.tick() => {
+                    self.sync_policy(&mut parts).await;
                     let stats = sum_stats(&retired, &parts);
                     exported.export(&stats, self.metrics);
                     if last_snapshot.elapsed() >= self.commit_interval
@@ -695,6 +713,58 @@ impl Detect<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// Applies a policy changed through the API (see [`PolicySync`]).
+    async fn sync_policy(&mut self, parts: &mut BTreeMap<i32, Part>) {
+        let Some(sync) = self.policy_sync.as_mut() else {
+            return;
+        };
+        let revision = match crate::policy_store::revision(&sync.store).await {
+            Ok(r) if r == sync.revision => return,
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "policy revision not read");
+                return;
+            }
+        };
+        sync.revision = revision;
+        if let Err(e) = crate::policy_store::write_files(&sync.store, &sync.write_dir).await {
+            tracing::error!(error = %format!("{e:#}"), "the API's policy files could not be rendered; the policy in use stays");
+            return;
+        }
+        let policy = match crate::policy::Policy::load_dirs(&sync.dirs, &sync.rules) {
+            Ok(p) => p,
+            Err(errors) => {
+                tracing::error!(errors = %errors.join("; "), "the changed policy does not load; the policy in use stays");
+                return;
+            }
+        };
+        // Built once first: the factory's engines cannot then fail on it.
+        if let Err(errors) = Engine::new(&sync.rules, policy.clone()) {
+            tracing::error!(errors = %errors.join("; "), "the changed policy does not apply; the policy in use stays");
+            return;
+        }
+        for part in parts.values_mut() {
+            if let Err(errors) = part.engine.set_policy(&sync.rules, policy.clone()) {
+                tracing::error!(errors = %errors.join("; "), "the changed policy does not apply; the policy in use stays");
+                return;
+            }
+        }
+        let (allowlist, hidden) = (policy.allowlist.len(), policy.hidden_keys.len());
+        *self
+            .consumer
+            .context()
+            .factory
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+        tracing::info!(
+            revision,
+            allowlist,
+            hidden_keys = hidden,
+            "policy changed through the API: applied"
+        );
     }
 
     /// Claims partition `r` in the inventory (tried three times); `None` when the store cannot

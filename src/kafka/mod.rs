@@ -73,7 +73,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         return Ok(());
     };
     let Setup {
-        enricher, engine, ..
+        enricher,
+        engine,
+        rules,
+        ..
     } = s;
     let lateness = engine.policy.allowed_lateness.secs();
     let (producer, metrics) = (svc.producer.clone(), svc.metrics.clone());
@@ -124,7 +127,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     alive: AliveGuard(detect_alive.clone()),
                     max_bytes: out.max_bytes,
                     stop: stop.clone(),
-                    inventory: svc.inventory.take().map(|store| detect::Inventory {
+                    policy_sync: match (&svc.inventory, api_policy_dir(&config)) {
+                        (Some((store, revision)), Some(write_dir)) => Some(detect::PolicySync {
+                            store: store.clone(),
+                            dirs: config.pipeline_options().policies,
+                            write_dir,
+                            rules: rules.clone(),
+                            revision: *revision,
+                        }),
+                        _ => None,
+                    },
+                    inventory: svc.inventory.take().map(|(store, _)| detect::Inventory {
                         store,
                         group: config.group_id.clone(),
                         owner: format!(
@@ -214,8 +227,9 @@ struct Service {
     reports_rx: Option<tokio::sync::mpsc::Receiver<reports::ReportUpdate>>,
     reports_thread: std::thread::JoinHandle<()>,
     stop_reports: Arc<AtomicBool>,
-    /// The inventory's store (issue 11), when configured; its API is already serving.
-    inventory: Option<crate::inventory::Store>,
+    /// The inventory's store (issue 11) and the policy revision at start, when configured; its
+    /// API is already serving.
+    inventory: Option<(crate::inventory::Store, i64)>,
     /// Scale-out: the repartition writer, the detection consumer, the changelog writer.
     scale: Option<(
         repartition::Writer<Written>,
@@ -229,6 +243,12 @@ struct Service {
 /// probe, reads the report topic to its end, and (scale-out) creates the internal topics.
 /// `None`: stopped meanwhile.
 async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, Setup)>> {
+    // The inventory's store first: the API's policy files are rendered from it before the
+    // policy is loaded.
+    let inventory = match &config.inventory {
+        Some(inv) => Some(open_inventory(config, inv).await?),
+        None => None,
+    };
     let options = config.pipeline_options();
     let mut s: Setup = setup(&options).map_err(|errors| {
         for e in &errors {
@@ -293,9 +313,12 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     if let Some(addr) = &config.ops_addr {
         crate::telemetry::start(addr, metrics.clone()).await?;
     }
-    let inventory = match &config.inventory {
-        Some(inv) => Some(start_inventory(config, inv, stop).await?),
-        None => None,
+    let inventory = match (&config.inventory, inventory) {
+        (Some(inv), Some((store, revision))) => {
+            serve_inventory(config, inv, &store, stop).await?;
+            Some((store, revision))
+        }
+        _ => None,
     };
     let (probe, probe_topic) = (
         Arc::downgrade(&consumer),
@@ -383,29 +406,52 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     )))
 }
 
-/// Opens the inventory's store (its migrations run), starts its API when configured and the
-/// hourly purge of call rollups past the retention.
-async fn start_inventory(
+/// The policy directory the API's files go to: `inventory.api.policies_dir`, else the first
+/// policy directory.
+fn api_policy_dir(config: &Config) -> Option<std::path::PathBuf> {
+    let api = config.inventory.as_ref()?.api.as_ref()?;
+    api.policies_dir
+        .clone()
+        .or_else(|| config.pipeline_options().policies.first().cloned())
+}
+
+/// Opens the inventory's store (its migrations run) and renders the API's policy files from it
+/// (changes made while this instance was away); returns the store and the policy revision.
+async fn open_inventory(
     config: &Config,
     inv: &crate::config::InventoryConfig,
-    stop: &Stop,
-) -> anyhow::Result<crate::inventory::Store> {
+) -> anyhow::Result<(crate::inventory::Store, i64)> {
     use anyhow::Context as _;
     let store = crate::inventory::Store::open(&inv.store)
         .await
         .context("the inventory store")?;
+    let revision = crate::policy_store::revision(&store).await?;
+    if let Some(dir) = api_policy_dir(config) {
+        crate::policy_store::write_files(&store, &dir).await?;
+    }
+    Ok((store, revision))
+}
+
+/// Starts the inventory's API when configured and the hourly purge of call rollups past the
+/// retention.
+async fn serve_inventory(
+    config: &Config,
+    inv: &crate::config::InventoryConfig,
+    store: &crate::inventory::Store,
+    stop: &Stop,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let store = store.clone();
     if let Some(api) = &inv.api {
         let tokens = crate::api::load_tokens(api.tokens.as_deref(), api.listen)?;
-        let dir = api
-            .policies_dir
-            .clone()
-            .or_else(|| config.pipeline_options().policies.first().cloned());
+        let dirs = config.pipeline_options().policies;
+        let dir = api_policy_dir(config);
         let policies = match dir {
             Some(dir) => {
                 let rules = crate::rule::RuleSet::load(&config.rules).map_err(|e| {
                     anyhow::anyhow!("the rules in {}: {}", config.rules.display(), e.join("; "))
                 })?;
-                Some(crate::api::PolicyFiles::open(dir, rules)?)
+                Some(crate::api::PolicyFiles::open_among(dir, dirs, rules)?)
             }
             None => None,
         };
@@ -442,7 +488,7 @@ async fn start_inventory(
             }
         }
     });
-    Ok(store)
+    Ok(())
 }
 
 /// What the detection task gets.
@@ -457,6 +503,7 @@ struct DetectParts {
     max_bytes: usize,
     stop: Stop,
     inventory: Option<detect::Inventory>,
+    policy_sync: Option<detect::PolicySync>,
 }
 
 /// The detection loop on a task of its own: the rebalance callbacks of either side block their
@@ -486,6 +533,7 @@ fn spawn_detect(
             max_bytes,
             stop,
             inventory,
+            policy_sync,
         } = parts;
         let _alive = alive;
         let out = Outputs {
@@ -512,6 +560,7 @@ fn spawn_detect(
             risk_topic,
             risks,
             inventory,
+            policy_sync,
         }
         .run()
         .await;
@@ -661,16 +710,25 @@ async fn scale_out_setup(
         tokio::task::spawn_blocking(move || repartition::input_partitions(&c, &names)).await??
     };
     let n = config.internal_partitions as u32;
-    let (rules, policy) = (s.rules.clone(), s.engine.policy.clone());
+    let rules = s.rules.clone();
+    // Shared with the detection loop, which swaps in a policy changed through the API.
+    let shared_policy = Arc::new(std::sync::RwLock::new(s.engine.policy.clone()));
+    let policy = shared_policy.clone();
     let limits = config.limits.per_partition(n);
     let geo = s.enricher.geo.clone();
     // Built once here: the closure below cannot fail on the same rules and policy.
-    Engine::new(&rules, policy.clone())
+    Engine::new(&rules, s.engine.policy.clone())
         .map_err(|e| anyhow::anyhow!("the engine: {}", e.join("; ")))?;
     let factory = detect::PartFactory {
+        policy: shared_policy,
         engine: Box::new(move || {
-            let mut e = Engine::new(&rules, policy.clone())
-                .unwrap_or_else(|_| unreachable!("built at start-up with the same rules"));
+            let current = policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            // (A policy is swapped in only after an engine was built with it.)
+            let mut e = Engine::new(&rules, current)
+                .unwrap_or_else(|_| unreachable!("built before with the same rules and policy"));
             e.set_limits(limits);
             e.set_geo(geo.clone());
             e

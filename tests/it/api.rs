@@ -17,6 +17,7 @@ use akwatch::simulate::GroundTruth;
 use crate::repo;
 
 const VIEWER: &str = "viewer-secret";
+const ADMIN: &str = "admin-secret";
 const OPERATOR: &str = "operator-secret";
 
 struct Fixture {
@@ -133,6 +134,11 @@ async fn fixture(backend: Backend) -> Fixture {
             role: Role::Operator,
             sha256: token_hash(OPERATOR),
         },
+        TokenSpec {
+            name: "carol".into(),
+            role: Role::Admin,
+            sha256: token_hash(ADMIN),
+        },
     ];
     let policy_dir = dir.path().join("policies");
     std::fs::create_dir_all(&policy_dir).unwrap();
@@ -141,6 +147,7 @@ async fn fixture(backend: Backend) -> Fixture {
         tokens,
         policies: Some(akwatch::api::PolicyFiles {
             dir: policy_dir.clone(),
+            dirs: vec![policy_dir.clone()],
             rules: akwatch::rule::RuleSet::load(&repo().join("rules")).unwrap(),
             lock: tokio::sync::Mutex::new(()),
         }),
@@ -875,4 +882,204 @@ async fn risks_case(f: Fixture) {
             .unwrap()
             .is_empty()
     );
+}
+
+on_both!(
+    policies_are_edited_through_the_api_checked_like_the_files_and_audited,
+    policies_are_edited_through_the_api_checked_like_the_files_and_audited_on_postgres,
+    policies_case
+);
+
+/// `/policies/{kind}`: an admin creates, replaces and deletes allowlist, IP-hiding and alarm
+/// policy entries; each change is in the kind's `api-*.yaml` file (which loads as a policy
+/// file), in the audit log with before and after, and refused with the loader's own message
+/// when it does not load; viewers and operators may read but not change; the policy files'
+/// own entries are listed read-only.
+async fn policies_case(f: Fixture) {
+    let admin = ADMIN;
+    // Read-only entries of the policy files.
+    std::fs::write(
+        f.policy_dir.join("team.yaml"),
+        "allowlist:\n  - id: team-ci\n    ips: [203.0.113.0/24]\n    comment: CI\n",
+    )
+    .unwrap();
+    let listed = get(&f.app, "/api/v1/policies/allowlist").await;
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == "team-ci" && e["editable"] == false),
+        "{listed}"
+    );
+    let entry = json!({"id": "deploy-bot", "keys": ["AKIADEPLOYBOT0000001"], "apis": ["iam:*"],
+        "rules": ["ak.sensitive_api"], "expires": "2027-06-30", "owner": "platform", "comment": "deploys"});
+    for token in [VIEWER, OPERATOR] {
+        let (status, _) = call(
+            &f.app,
+            "POST",
+            "/api/v1/policies/allowlist",
+            Some(token),
+            Some(entry.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    let (status, v) = call(
+        &f.app,
+        "POST",
+        "/api/v1/policies/allowlist",
+        Some(admin),
+        Some(entry.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let file = f.policy_dir.join("api-allowlist.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("deploy-bot") && text.contains("AKIADEPLOYBOT0000001"));
+    let rules = akwatch::rule::RuleSet::load(&repo().join("rules")).unwrap();
+    let loaded = akwatch::policy::Policy::load(&f.policy_dir, &rules).unwrap();
+    assert!(loaded.allowlist.iter().any(|a| a.id == "deploy-bot"));
+    // Twice: a conflict.
+    let (status, _) = call(
+        &f.app,
+        "POST",
+        "/api/v1/policies/allowlist",
+        Some(admin),
+        Some(entry.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // A bad entry: refused with exactly the message the loader gives for the file.
+    let bad = json!({"id": "bad", "ips": ["10.0.0.300"], "rules": ["ak.nope"], "comment": "x"});
+    let (status, v) = call(
+        &f.app,
+        "POST",
+        "/api/v1/policies/allowlist",
+        Some(admin),
+        Some(bad.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = v["error"].as_str().unwrap_or_default().to_owned();
+    let probe = tempfile::tempdir().unwrap();
+    let mut list = vec![
+        (
+            "bad".to_owned(),
+            json!({"ips": ["10.0.0.300"], "rules": ["ak.nope"], "comment": "x"}),
+        ),
+        ("deploy-bot".to_owned(), {
+            let mut e = entry.clone();
+            e.as_object_mut().unwrap().remove("id");
+            e
+        }),
+    ];
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    let probe_file = probe.path().join("api-allowlist.yaml");
+    std::fs::write(
+        &probe_file,
+        akwatch::policy_store::render(akwatch::policy_store::Kind::Allowlist, &list),
+    )
+    .unwrap();
+    let expected = akwatch::policy::Policy::load(probe.path(), &rules)
+        .unwrap_err()
+        .join("\n")
+        .replace(
+            &probe_file.display().to_string(),
+            &file.display().to_string(),
+        );
+    assert_eq!(message, expected);
+    assert!(message.contains("api-allowlist.yaml:") && message.contains("unknown rule"));
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("\"bad\""));
+    // Replace, then delete; each audited with before and after.
+    let mut changed = entry.clone();
+    changed["expires"] = json!("2027-01-31");
+    let (status, v) = call(
+        &f.app,
+        "PUT",
+        "/api/v1/policies/allowlist/deploy-bot",
+        Some(admin),
+        Some(changed),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["before"]["expires"], "2027-06-30");
+    assert_eq!(v["entry"]["expires"], "2027-01-31");
+    let (status, _) = call(
+        &f.app,
+        "DELETE",
+        "/api/v1/policies/allowlist/deploy-bot",
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("deploy-bot")
+    );
+    let (status, _) = call(
+        &f.app,
+        "DELETE",
+        "/api/v1/policies/allowlist/deploy-bot",
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let audit = get(&f.app, "/api/v1/audit?limit=50").await;
+    let actions: Vec<String> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap().to_owned())
+        .collect();
+    for want in [
+        "policy.allowlist.create",
+        "policy.allowlist.update",
+        "policy.allowlist.delete",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == want),
+            "{want} not in {actions:?}"
+        );
+    }
+    // IP hiding and the alarm policy.
+    let (status, v) = call(
+        &f.app,
+        "PUT",
+        "/api/v1/policies/ip-hiding/partner",
+        Some(admin),
+        Some(json!({"keys": ["AKIAPARTNER000000001"], "comment": "partner's IPs"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = call(
+        &f.app,
+        "PUT",
+        "/api/v1/policies/alarm/ak.sensitive_api",
+        Some(admin),
+        Some(json!({"severity": "low", "aggregation": "12h"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let loaded = akwatch::policy::Policy::load(&f.policy_dir, &rules).unwrap();
+    assert!(loaded.hidden_keys.contains("AKIAPARTNER000000001"));
+    assert_eq!(
+        loaded.rule("ak.sensitive_api").severity,
+        Some(akwatch::rule::Severity::Low)
+    );
+    let (status, v) = call(
+        &f.app,
+        "PUT",
+        "/api/v1/policies/alarm/ak.nope",
+        Some(admin),
+        Some(json!({"severity": "low"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("unknown rule"), "{v}");
+    let (status, _) = call(&f.app, "GET", "/api/v1/policies/nope", Some(VIEWER), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -1672,14 +1672,27 @@ fn open_store(url: &str) -> akwatch::inventory::Store {
 }
 
 fn http_get_with_token(addr: &str, path: &str, token: &str) -> (u16, String) {
+    http_call(addr, "GET", path, token, None)
+}
+
+/// One HTTP/1.1 request with a bearer token (and a JSON body); the status and the response.
+fn http_call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, String) {
     use std::io::Write;
     let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
         return (0, String::new());
     };
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut response = String::new();
     if write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .and_then(|()| stream.read_to_string(&mut response))
     .is_err()
@@ -1844,4 +1857,127 @@ fn inventory_on_postgres_with_two_instances_counts_each_event_once() {
         .unwrap()
         .block_on(crate::api::fresh_database(&base));
     inventory_exactly_once("inv-pg", &url, true);
+}
+
+/// A policy made through the running service's API applies to the next events without a
+/// restart: an allowlist entry for one key and rule, posted while the service runs, silences
+/// that key's next audit-tampering call while an identical call of another key still alarms;
+/// the entry is in the API's policy file.
+#[test]
+fn a_policy_posted_to_the_running_service_applies_to_the_next_event() {
+    let Some(brokers) = brokers() else { return };
+    let mut h = Harness::new(&brokers, "live-policy");
+    let token = "live-policy-admin-token";
+    let tokens = h.dir.join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens:\n  - name: test\n    role: admin\n    sha256: {}\n",
+            akwatch::api::token_hash(token)
+        ),
+    )
+    .unwrap();
+    let api = format!("127.0.0.1:{}", free_port());
+    let policy_dir = h.dir.join("api-policies");
+    h.extra = format!(
+        "inventory:\n  store: '{}'\n  api:\n    listen: {api}\n    tokens: {}\n    policies_dir: {}\n",
+        h.dir.join("inv.db").display(),
+        tokens.display(),
+        policy_dir.display()
+    );
+    let mut child = h.spawn(false);
+    let now = chrono::Utc::now();
+    let at = |secs: i64| {
+        (now + chrono::Duration::seconds(secs))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let topic = h.topic("aws");
+    // The service is up and tampering alarms.
+    h.produce(
+        &topic,
+        &[poison_aws(
+            "live-0",
+            &at(-30),
+            "DeleteTrail",
+            "AKIALIVEPOLICY000001",
+            8,
+        )],
+    );
+    let alarmed = |key: &str, msgs: &[rdkafka::message::OwnedMessage]| {
+        msgs.iter().any(|m| {
+            m.payload()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                .is_some_and(|a| a["rule_id"] == "ak.audit_tamper" && a["access_key_id"] == key)
+        })
+    };
+    let first = consume_all(
+        &h.brokers,
+        &h.topic("alarms"),
+        |m| alarmed("AKIALIVEPOLICY000001", m),
+        Duration::from_secs(90),
+    );
+    assert!(
+        alarmed("AKIALIVEPOLICY000001", &first),
+        "no tampering alarm: {}",
+        service_log_tail(&child, 4000)
+    );
+    let entry = serde_json::json!({
+        "id": "live-test", "keys": ["AKIALIVEPOLICY000002"], "rules": ["ak.audit_tamper"],
+        "owner": "secops", "comment": "trail migration by the platform team"
+    });
+    let (status, body) = http_call(
+        &api,
+        "POST",
+        "/api/v1/policies/allowlist",
+        token,
+        Some(&entry),
+    );
+    assert_eq!(status, 200, "{body}");
+    // Applied within the half-second poll (the log says so).
+    let start = Instant::now();
+    while !service_log_tail(&child, usize::MAX).contains("policy changed through the API: applied")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            service_log_tail(&child, 4000)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    h.produce(
+        &topic,
+        &[
+            poison_aws("live-1", &at(-20), "DeleteTrail", "AKIALIVEPOLICY000002", 8),
+            poison_aws("live-2", &at(-10), "DeleteTrail", "AKIALIVEPOLICY000003", 8),
+        ],
+    );
+    let after = consume_all(
+        &h.brokers,
+        &h.topic("alarms"),
+        |m| alarmed("AKIALIVEPOLICY000003", m),
+        Duration::from_secs(90),
+    );
+    assert!(
+        alarmed("AKIALIVEPOLICY000003", &after),
+        "the control key raised no alarm"
+    );
+    // The two keys may be on different detection partitions: the control's alarm can come
+    // first. A few seconds more for the other.
+    let after = consume_all(
+        &h.brokers,
+        &h.topic("alarms"),
+        |m| alarmed("AKIALIVEPOLICY000002", m),
+        Duration::from_secs(5),
+    );
+    assert!(
+        !alarmed("AKIALIVEPOLICY000002", &after),
+        "the allowlisted key still alarmed"
+    );
+    let file = std::fs::read_to_string(policy_dir.join("api-allowlist.yaml")).unwrap();
+    assert!(
+        file.contains("live-test") && file.contains("AKIALIVEPOLICY000002"),
+        "{file}"
+    );
+    Harness::signal(&mut child, "-TERM");
 }

@@ -11,6 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+
+mod policies;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -70,7 +72,10 @@ pub struct ApiState {
 
 /// The policy directory the API writes to, and the rules its entries are checked against.
 pub struct PolicyFiles {
+    /// Where the API's files are written (one of `dirs`).
     pub dir: std::path::PathBuf,
+    /// Every policy directory the engine loads (a change is checked against all of them).
+    pub dirs: Vec<std::path::PathBuf>,
     pub rules: crate::rule::RuleSet,
     /// One policy write at a time.
     pub lock: tokio::sync::Mutex<()>,
@@ -79,11 +84,25 @@ pub struct PolicyFiles {
 impl PolicyFiles {
     /// The policy directory `dir`, checked now: its files must load against `rules`.
     pub fn open(dir: std::path::PathBuf, rules: crate::rule::RuleSet) -> anyhow::Result<Self> {
-        if let Err(e) = crate::policy::Policy::load(&dir, &rules) {
-            anyhow::bail!("the policies in {}: {}", dir.display(), e.join("; "));
+        Self::open_among(dir.clone(), vec![dir], rules)
+    }
+
+    /// The policy directory `dir` among all those the engine loads, `dirs` (`dir` is added when
+    /// missing), checked now.
+    pub fn open_among(
+        dir: std::path::PathBuf,
+        mut dirs: Vec<std::path::PathBuf>,
+        rules: crate::rule::RuleSet,
+    ) -> anyhow::Result<Self> {
+        if !dirs.contains(&dir) {
+            dirs.push(dir.clone());
+        }
+        if let Err(e) = crate::policy::Policy::load_dirs(&dirs, &rules) {
+            anyhow::bail!("the policies: {}", e.join("; "));
         }
         Ok(PolicyFiles {
             dir,
+            dirs,
             rules,
             lock: tokio::sync::Mutex::new(()),
         })
@@ -151,9 +170,6 @@ pub async fn serve(
         .await?;
     Ok(())
 }
-
-/// The file in the policy directory that holds the API's allowlist entries.
-pub const API_ALLOWLIST_FILE: &str = "api-allowlist.yaml";
 
 /// The caller, once its token is checked.
 struct Caller {
@@ -1208,49 +1224,20 @@ async fn alarm_allowlist(
     );
     entry.insert("comment".into(), json!(body.comment));
     let entry = Value::Object(entry);
+    let entry_id = format!("alarm-{}", alarm.alarm_id);
     let _guard = files.lock.lock().await;
-    let path = files.dir.join(API_ALLOWLIST_FILE);
-    let old = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot read {}: {e}", path.display()),
-            ));
-        }
-    };
-    // YAML is a superset of JSON: the entry goes in as one JSON line under `allowlist:`.
-    let mut text = old.clone().unwrap_or_else(|| {
-        "# Allowlist entries made from alarms through the API (akwatch serve); reviewable data.\nallowlist:\n".into()
-    });
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(&format!("  - {entry}\n"));
-    let write = |content: &str| -> std::io::Result<()> {
-        let tmp = files.dir.join(format!(".{API_ALLOWLIST_FILE}.tmp"));
-        std::fs::write(&tmp, content)?;
-        std::fs::rename(&tmp, &path)
-    };
-    write(&text).map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot write {}: {e}", path.display()),
-        )
-    })?;
-    // Validated exactly as the files are (same messages); refused, the file is put back.
-    if let Err(errors) = crate::policy::Policy::load(&files.dir, &files.rules) {
-        let restored = match &old {
-            Some(o) => write(o),
-            None => std::fs::remove_file(&path),
-        };
-        if let Err(e) = restored {
-            tracing::error!(error = %e, "cannot restore {}", path.display());
-        }
-        return Err(ApiError(StatusCode::BAD_REQUEST, errors.join("\n")));
-    }
+    // Stored and checked like any policy change (the loader's messages), the alarm marked in
+    // the same transaction.
     let mut tx = s.store.pool().begin().await?;
+    let (_, text) = policies::change_in(
+        &mut tx,
+        files,
+        &caller,
+        crate::policy_store::Kind::Allowlist,
+        &entry_id,
+        policies::Op::Create(entry.clone()),
+    )
+    .await?;
     sqlx::query("UPDATE inv_alarms SET status = 'allowlisted' WHERE alarm_id = $1")
         .bind(id.as_str())
         .execute(&mut *tx)
@@ -1266,8 +1253,9 @@ async fn alarm_allowlist(
     )
     .await?;
     tx.commit().await?;
+    let file = policies::write_file(files, crate::policy_store::Kind::Allowlist, &text)?;
     Ok(Json(
-        json!({"alarm_id": id, "status": "allowlisted", "entry": entry, "file": path.display().to_string()}),
+        json!({"alarm_id": id, "status": "allowlisted", "entry": entry, "file": file}),
     ))
 }
 
@@ -1292,6 +1280,16 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/risks", get(risks))
         .route("/risks/{id}", get(risk))
         .route("/risks/{id}/status", post(risk_status))
+        .route(
+            "/policies/{kind}",
+            get(policies::list).post(policies::create),
+        )
+        .route(
+            "/policies/{kind}/{id}",
+            get(policies::one)
+                .put(policies::put)
+                .delete(policies::delete),
+        )
         .route("/audit", get(audit_log))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
