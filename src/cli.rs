@@ -212,6 +212,8 @@ pub enum SchemaKind {
     Event,
     Alarm,
     Risk,
+    /// The inventory API's OpenAPI document.
+    Openapi,
 }
 
 fn parse_cloud(s: &str) -> Result<Cloud, String> {
@@ -316,6 +318,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 SchemaKind::Event => event_schema(),
                 SchemaKind::Alarm => alarm_schema(),
                 SchemaKind::Risk => risk_schema(),
+                SchemaKind::Openapi => openapi_document(),
             };
             println!("{schema}");
             Ok(ExitCode::SUCCESS)
@@ -335,6 +338,11 @@ pub fn alarm_schema() -> String {
         )),
     );
     serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+/// The inventory API's OpenAPI document, as committed in `schemas/openapi.json`.
+pub fn openapi_document() -> String {
+    serde_json::to_string_pretty(&crate::api::openapi::document()).unwrap_or_default()
 }
 
 /// The JSON Schema of [`crate::risk::Risk`], as committed in `schemas/risk.schema.json`.

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
+pub mod openapi;
 mod policies;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -1259,6 +1260,11 @@ async fn alarm_allowlist(
     ))
 }
 
+async fn openapi_json(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers, Role::Viewer)?;
+    Ok(Json(openapi::document()))
+}
+
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -1291,6 +1297,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .delete(policies::delete),
         )
         .route("/audit", get(audit_log))
+        .route("/openapi.json", get(openapi_json))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
     Router::new().nest("/api/v1", api)

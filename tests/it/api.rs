@@ -1082,4 +1082,7 @@ async fn policies_case(f: Fixture) {
     assert!(v["error"].as_str().unwrap().contains("unknown rule"), "{v}");
     let (status, _) = call(&f.app, "GET", "/api/v1/policies/nope", Some(VIEWER), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let doc = get(&f.app, "/api/v1/openapi.json").await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/policies/{kind}/{id}"]["put"].is_object());
 }

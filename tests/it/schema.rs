@@ -1,6 +1,8 @@
 //! The committed JSON Schemas are generated from the Rust types and must be fresh.
 //! `UPDATE_SCHEMAS=1 cargo test` rewrites them.
 
+use std::collections::BTreeSet;
+
 use crate::repo;
 
 #[test]
@@ -57,6 +59,7 @@ fn alarm_and_risk_schemas_are_fresh() {
     for (file, want) in [
         ("schemas/alarm.schema.json", akwatch::cli::alarm_schema()),
         ("schemas/risk.schema.json", akwatch::cli::risk_schema()),
+        ("schemas/openapi.json", akwatch::cli::openapi_document()),
     ] {
         let path = repo().join(file);
         let want = format!("{want}\n");
@@ -135,4 +138,36 @@ fn decoded_fixture_events_validate_against_the_event_schema() {
         }
     }
     assert!(n > 20, "{n} events");
+}
+
+/// Every route the API's router serves (read from its source) is in the OpenAPI document with
+/// the same methods, and the document names no route the router lacks.
+#[test]
+fn the_openapi_document_covers_every_route() {
+    let source = std::fs::read_to_string(repo().join("src/api/mod.rs")).unwrap();
+    let start = source.find("pub fn router(").unwrap();
+    let body = &source[start..];
+    let body = &body[..body.find("\n}\n").unwrap()];
+    let mut routes = BTreeSet::new();
+    for chunk in body.split(".route(").skip(1) {
+        let path = chunk.split('"').nth(1).unwrap().to_owned();
+        let handlers = chunk.split_once(',').unwrap().1;
+        let handlers = &handlers[..handlers.find("\n        .").unwrap_or(handlers.len())];
+        for method in ["get", "post", "put", "delete"] {
+            let call = format!("{method}(");
+            // `get(x)` at the start or `.get(x)` chained.
+            if handlers.trim_start().starts_with(&call) || handlers.contains(&format!(".{call}")) {
+                routes.insert(format!("{method} {path}"));
+            }
+        }
+    }
+    assert!(routes.len() > 15, "{routes:?}");
+    let doc = akwatch::api::openapi::document();
+    let mut documented = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.insert(format!("{method} {path}"));
+        }
+    }
+    assert_eq!(routes, documented);
 }
