@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=fuzz/seeds
 rm -rf "$out"
-for t in decode_auto decode_aws decode_alibaba decode_tencent framer gzip report rules policy config lists pipeline; do
+for t in decode_auto decode_aws decode_alibaba decode_tencent framer gzip report permissions rules policy config lists pipeline; do
     mkdir -p "$out/$t"
 done
 ingest=tests/fixtures/ingest
@@ -45,6 +45,7 @@ cp "$ingest"/*.json "$ingest"/*.jsonl "$out/framer/"
 cp "$ingest"/alibaba_oss.json.gz examples/logs/tencent/cloudaudit-2025-06-02.jsonl.gz "$out/gzip/"
 cp "$ingest"/aws_records.json "$ingest"/mixed_bad.jsonl "$ingest"/alibaba_sls.jsonl "$out/gzip/"
 cp tests/fixtures/reports/* examples/reports/* "$out/report/"
+cp tests/fixtures/permissions/* "$out/permissions/"
 cp rules/detections/*.yaml rules/catalogs/*.yaml tests/fixtures/rules_broken/*.yaml "$out/rules/"
 for f in rules/policies/*.yaml; do cp "$f" "$out/policy/rules-$(basename "$f")"; done
 for f in examples/policies/*.yaml; do cp "$f" "$out/policy/examples-$(basename "$f")"; done

@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 root="$PWD"
 
 AFL_VERSION=0.18.2 # cargo-afl and the afl crate (fuzz/Cargo.toml) must be the same version
-TARGETS=(decode_auto decode_aws decode_alibaba decode_tencent framer gzip report rules policy config lists pipeline internal)
+TARGETS=(decode_auto decode_aws decode_alibaba decode_tencent framer gzip report permissions rules policy config lists pipeline internal)
 
 seconds=""
 build_only=0

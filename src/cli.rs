@@ -172,6 +172,12 @@ pub struct ReplayArgs {
     /// Leak feeds: gitleaks JSON reports or trufflehog JSON lines.
     #[arg(long)]
     pub leaks: Vec<PathBuf>,
+    /// Permission snapshots: `aws iam get-account-authorization-details` JSON, or the Alibaba /
+    /// Tencent envelope of their CLIs' policy outputs (files or directories). Principals holding
+    /// administrator rights get their alarms one severity higher, and high-risk permissions are
+    /// configuration risks.
+    #[arg(long)]
+    pub permissions: Vec<PathBuf>,
     #[arg(long, value_parser = parse_cloud)]
     pub provider: Option<Cloud>,
     /// Write rejected records here (JSON lines) instead of listing them on stderr.
@@ -605,6 +611,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     options.reports.extend(args.reports);
     options.geoip.extend(args.geoip);
     options.leaks.extend(args.leaks);
+    options.permissions.extend(args.permissions);
     options.lists.extend(args.lists);
     if !args.policies.is_empty() {
         options.policies = args.policies;

@@ -27,6 +27,9 @@ struct RawConfig {
     reports_rescan_seconds: u64,
     #[serde(default)]
     leaks: Vec<PathBuf>,
+    /// Permission snapshots (read at start).
+    #[serde(default)]
+    permissions: Vec<PathBuf>,
     #[serde(default)]
     state_dir: Option<PathBuf>,
     #[serde(default = "default_commit_interval")]
@@ -259,6 +262,7 @@ pub struct Config {
     pub reports: Vec<PathBuf>,
     pub reports_rescan: std::time::Duration,
     pub leaks: Vec<PathBuf>,
+    pub permissions: Vec<PathBuf>,
     pub state_dir: Option<PathBuf>,
     /// How often the state is checkpointed and the offsets committed (also at a rebalance and at
     /// shutdown).
@@ -580,6 +584,7 @@ impl Config {
             reports: raw.reports,
             reports_rescan: std::time::Duration::from_secs(raw.reports_rescan_seconds),
             leaks: raw.leaks,
+            permissions: raw.permissions,
             state_dir: raw.state_dir,
             commit_interval: std::time::Duration::from_secs(raw.commit_interval_seconds),
             state_max_keys: raw.state_max_keys,
@@ -641,6 +646,7 @@ impl Config {
             lists: or_default(&self.lists, "lists"),
             geoip: self.geoip.clone(),
             leaks: self.leaks.clone(),
+            permissions: self.permissions.clone(),
             provider: None,
             limits: self.limits,
         }

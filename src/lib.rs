@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod isolate;
 pub mod kafka;
 pub mod ocsf;
+pub mod permissions;
 pub mod pipeline;
 pub mod policy;
 pub mod policy_store;

@@ -31,6 +31,8 @@ pub struct ReplayOptions {
     pub lists: Vec<PathBuf>,
     pub geoip: Vec<PathBuf>,
     pub leaks: Vec<PathBuf>,
+    /// Permission snapshots (files or directories of JSON; see `permissions`).
+    pub permissions: Vec<PathBuf>,
     pub provider: Option<Cloud>,
     /// The engine's caps on state and tracked alarms.
     pub limits: crate::engine::Limits,
@@ -50,6 +52,7 @@ impl ReplayOptions {
             lists: vec![rules.join("lists"), dir.join("lists")],
             geoip: if geo.is_file() { vec![geo] } else { vec![] },
             leaks: files("leaks"),
+            permissions: Vec::new(),
             provider: None,
             limits: crate::engine::Limits::default(),
         }
@@ -147,6 +150,8 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             errors.push(e);
         }
     }
+    let (permissions, problems) = crate::permissions::load(&o.permissions);
+    errors.extend(problems);
     let engine = match Engine::new(&rules, policy) {
         Ok(e) => Some(e),
         Err(e) => {
@@ -161,6 +166,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
                 lists,
                 reports: ReportIndex::new(reports.latest()),
                 leaks,
+                permissions,
                 ..Enricher::default()
             },
             engine: {
@@ -387,12 +393,13 @@ pub fn run(
         ..Summary::default()
     };
     // The pipeline after decode; what the reports and leak feeds raise before any call.
-    let risks_now: Vec<Risk> = setup
+    let mut risks_now: Vec<Risk> = setup
         .reports
         .latest()
         .iter()
         .flat_map(|s| risks(s, report_time(s)))
         .collect();
+    risks_now.extend(setup.enricher.permissions.risks());
     let mut pipeline = Pipeline::new(std::mem::take(&mut setup.enricher));
     pipeline.inventory = setup.inventory.take().map(std::sync::Mutex::new);
     let record = |pipeline: &Pipeline, alarm: &Alarm| {

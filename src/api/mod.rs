@@ -479,10 +479,16 @@ async fn key(
     .bind(key.as_str())
     .fetch_all(pool)
     .await?;
+    // The key's own risks, and its principal's (permissions, password, MFA).
+    let field = |name: &str| info[name].as_str().unwrap_or_default().to_owned();
     let risks = sqlx::query(&format!(
-        "{RISK_SELECT} WHERE key_id = $1 ORDER BY present DESC, severity_rank DESC, risk_uid ASC LIMIT 500"
+        "{RISK_SELECT} WHERE key_id = $1 OR (key_id = '' AND principal <> '' AND cloud = $2 AND account = $3 AND principal = $4) \
+         ORDER BY present DESC, severity_rank DESC, risk_uid ASC LIMIT 500"
     ))
     .bind(key.as_str())
+    .bind(field("cloud"))
+    .bind(field("account"))
+    .bind(field("principal"))
     .fetch_all(pool)
     .await?;
     if let Some(o) = info.as_object_mut() {

@@ -426,6 +426,12 @@ impl Engine {
             let mut hit = hit;
             self.place_previous_ip(&mut hit);
             hit.severity = Some(hit.severity.unwrap_or(active.severity).max(active.severity));
+            // A principal holding administrator rights makes any alarm on it one level worse.
+            if let Some(via) = &enr.admin_via {
+                hit.severity = hit.severity.map(Severity::raised);
+                hit.facts
+                    .insert("principal_admin_via".into(), json!(via.as_ref()));
+            }
             if let Some(alarm) =
                 self.aggregator
                     .record(&active.rule, hit, event, enr, hidden, active.settings)

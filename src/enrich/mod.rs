@@ -154,6 +154,8 @@ pub struct Enrichment {
     pub principal: Option<std::sync::Arc<PrincipalFacts>>,
     /// The leak-feed entry or report flag that marks this key as leaked.
     pub leak: Option<LeakEntry>,
+    /// The policy that makes the calling principal an administrator (permission snapshots).
+    pub admin_via: Option<std::sync::Arc<str>>,
 }
 
 /// One principal of one report: its cloud, account (when the report tells) and facts.
@@ -315,6 +317,8 @@ pub struct Enricher {
     pub lists: IpLists,
     pub reports: ReportIndex,
     pub leaks: LeakFeed,
+    /// Permission snapshots: who holds high-risk permissions.
+    pub permissions: crate::permissions::PermissionIndex,
 }
 
 impl Enricher {
@@ -355,12 +359,26 @@ impl Enricher {
                     found_at: None,
                 })
         });
+        let admin_via = if self.permissions.is_empty() {
+            None
+        } else {
+            event.principal.name.as_deref().and_then(|p| {
+                self.permissions
+                    .admin_via(
+                        event.cloud,
+                        event.account_id.as_ref().map(|a| a.as_str()),
+                        p,
+                    )
+                    .map(std::sync::Arc::from)
+            })
+        };
         Enrichment {
             geo,
             ip_class,
             key,
             principal,
             leak,
+            admin_via,
         }
     }
 

@@ -398,7 +398,9 @@ impl Detect<'_> {
                     let outputs = self.pipeline.reports_changed(update.index, &update.risks);
                     record_outputs(&mut loose, &outputs);
                     if self.inventory.is_some() {
-                        loose.set_risks(update.risks.clone());
+                        let mut all = update.risks.clone();
+                        all.extend(self.pipeline.enricher.permissions.risks());
+                        loose.set_risks(all);
                     }
                     if super::emit_all(outputs, self.out, risk_topic.as_deref()).await.is_err() {
                         abandoned = true;

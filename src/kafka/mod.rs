@@ -369,6 +369,7 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
         s.enricher.reports = u.index;
         start_risks = u.risks;
     }
+    start_risks.extend(s.enricher.permissions.risks());
     let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(2);
     let reports_thread = {
         let stop = stop_reports.clone();

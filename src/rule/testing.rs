@@ -304,6 +304,7 @@ impl TestEvent {
             key: key_facts,
             principal: None,
             leak,
+            admin_via: None,
         };
         // The classes a real classifier would give without lists, plus the test's own.
         let mut e = enrichment;

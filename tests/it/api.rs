@@ -1086,3 +1086,118 @@ async fn policies_case(f: Fixture) {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/policies/{kind}/{id}"]["put"].is_object());
 }
+
+/// Permission snapshots of the three clouds (the CLIs' outputs, `tests/fixtures/permissions`):
+/// the principals holding administrator rights, wildcards on identity / audit services and
+/// credential APIs on any resource are configuration risks naming the policy and statement
+/// (read-only policies are not); an alarm on a key whose principal is an administrator is one
+/// severity higher and says why; the leaked key's page lists its principal's admin risk.
+#[tokio::test]
+async fn permission_snapshots_raise_risks_and_alarm_severity() {
+    let mut options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let plain = {
+        let mut s = setup(&options).unwrap();
+        run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap()
+    };
+    options.permissions = vec![repo().join("tests/fixtures/permissions")];
+    let mut s = setup(&options).unwrap();
+    s.inventory = Some(Batch::default());
+    let mut summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap();
+    let found: BTreeSet<(String, String)> = summary
+        .risks
+        .iter()
+        .filter(|r| r.risk_id.contains("permissions") || r.risk_id.contains("credential_api"))
+        .map(|r| (r.risk_id.to_owned(), r.principal.clone()))
+        .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("ak.admin_permissions", "app-00000"),
+        ("ak.admin_permissions", "app-00006"),
+        ("ak.audit_wildcard_permissions", "audit-reader"),
+        ("ak.audit_wildcard_permissions", "web-00003"),
+        ("ak.credential_api_any_resource", "svc-00001"),
+        ("ak.credential_api_any_resource", "web-00003"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect();
+    assert_eq!(found, want);
+    let admin = summary
+        .risks
+        .iter()
+        .find(|r| r.risk_id == "ak.admin_permissions" && r.principal == "app-00000")
+        .unwrap();
+    assert!(
+        admin
+            .detail
+            .contains("AdministratorAccess (group platform-admins)"),
+        "{}",
+        admin.detail
+    );
+    assert!(
+        admin.detail.contains("\"Resource\":\"*\""),
+        "{}",
+        admin.detail
+    );
+    // The leaked key (app-00000, an administrator): its probing alarm one severity higher.
+    let leak_use = |alarms: &[akwatch::alarm::Alarm]| {
+        alarms
+            .iter()
+            .find(|a| {
+                a.rule_id == "ak.key_probe"
+                    && a.access_key_id
+                        .as_ref()
+                        .is_some_and(|k| k.0 == "AKIASIM0000000000000")
+            })
+            .cloned()
+            .unwrap()
+    };
+    let (before, after) = (leak_use(&plain.alarms), leak_use(&summary.alarms));
+    let before_json = serde_json::to_value(&before).unwrap();
+    let after_json = serde_json::to_value(&after).unwrap();
+    assert_ne!(before_json["severity"], after_json["severity"]);
+    assert_eq!(
+        after.severity,
+        before.severity.raised(),
+        "{before_json}\n{after_json}"
+    );
+    assert_eq!(
+        after_json["evidence"]["facts"]["principal_admin_via"],
+        "AdministratorAccess (group platform-admins)"
+    );
+    // In the store: on the key's page.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("inv.db").display().to_string())
+        .await
+        .unwrap();
+    store
+        .apply(summary.inventory.take().unwrap())
+        .await
+        .unwrap();
+    let app = router(Arc::new(ApiState {
+        store,
+        tokens: vec![TokenSpec {
+            name: "alice".into(),
+            role: Role::Viewer,
+            sha256: token_hash(VIEWER),
+        }],
+        policies: None,
+    }));
+    let page = get(&app, "/api/v1/keys/AKIASIM0000000000000").await;
+    assert!(
+        page["risks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["risk_id"] == "ak.admin_permissions"),
+        "{page}"
+    );
+    // A snapshot that is not one: a start-up error naming the file.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"cloud\": \"gcp\"}").unwrap();
+    options.permissions = vec![bad.clone()];
+    let errors = setup(&options).err().unwrap().join("\n");
+    assert!(
+        errors.contains(&format!("{}: cloud", bad.display())),
+        "{errors}"
+    );
+}
