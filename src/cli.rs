@@ -643,7 +643,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let store = match (&args.store, &store_rt) {
         (Some(url), Some(rt)) => Some(
             rt.block_on(crate::inventory::Store::open(url))
-                .with_context(|| format!("cannot open the store {url}"))?,
+                .with_context(|| {
+                    format!("cannot open the store {}", crate::inventory::redact(url))
+                })?,
         ),
         _ => None,
     };
@@ -716,9 +718,15 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 store.apply(batch).await?;
                 store.purge_older_than_days(retention).await
             })
-            .with_context(|| format!("cannot write the inventory to {url}"))?;
+            .with_context(|| {
+                format!(
+                    "cannot write the inventory to {}",
+                    crate::inventory::redact(url)
+                )
+            })?;
         eprintln!(
-            "inventory: {events} events written to {url} (the last {rows} rows in {:.1} s; {purged} rollups past {retention} days purged)",
+            "inventory: {events} events written to {} (the last {rows} rows in {:.1} s; {purged} rollups past {retention} days purged)",
+            crate::inventory::redact(url),
             started.elapsed().as_secs_f64()
         );
     }

@@ -85,6 +85,8 @@ pub struct Batch {
     alarms: HashMap<String, Alarm>,
     /// The whole current set of configuration risks, when it changed (the newest wins).
     risks: Option<Vec<crate::risk::Risk>>,
+    /// The whole current set of reported principals, when it changed (the newest wins).
+    principals: Option<Vec<PrincipalRow>>,
     /// Events counted in this batch.
     pub events: u64,
 }
@@ -100,6 +102,7 @@ impl Batch {
             + self.hourly.len()
             + self.alarms.len()
             + self.risks.as_ref().map_or(0, Vec::len)
+            + self.principals.as_ref().map_or(0, Vec::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -209,12 +212,20 @@ impl Batch {
         if self.risks.is_none() {
             self.risks = older.risks;
         }
+        if self.principals.is_none() {
+            self.principals = older.principals;
+        }
     }
 
     /// The whole current set of configuration risks (of every report in use): risks not in it
     /// are marked fixed in the store.
     pub fn set_risks(&mut self, risks: Vec<crate::risk::Risk>) {
         self.risks = Some(risks);
+    }
+
+    /// The whole current set of reported principals (replaces the stored ones).
+    pub fn set_principals(&mut self, principals: Vec<PrincipalRow>) {
+        self.principals = Some(principals);
     }
 
     /// Records an alarm notification (the latest wins).
@@ -336,14 +347,60 @@ async fn migrate_on(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
 }
 
 /// The versioned migrations, embedded (the binary needs no file beside it).
-const MIGRATIONS: [(i64, &str); 6] = [
+const MIGRATIONS: [(i64, &str); 7] = [
     (1, include_str!("../migrations/0001_inventory.sql")),
     (2, include_str!("../migrations/0002_lookup_indexes.sql")),
     (3, include_str!("../migrations/0003_audit_target.sql")),
     (4, include_str!("../migrations/0004_positions.sql")),
     (5, include_str!("../migrations/0005_risks.sql")),
     (6, include_str!("../migrations/0006_policies.sql")),
+    (7, include_str!("../migrations/0007_principals.sql")),
 ];
+
+/// A principal of the newest credential reports, as the inventory keeps it.
+#[derive(Debug, Clone)]
+pub struct PrincipalRow {
+    cloud: Cloud,
+    account: String,
+    name: String,
+    root: bool,
+    mfa: Option<bool>,
+    last_login: Option<i64>,
+    active_keys: i64,
+    source: String,
+    body: String,
+}
+
+/// The principals of the reports in use (the newest per account).
+pub fn principal_rows(snapshots: &[&crate::report::ReportSnapshot]) -> Vec<PrincipalRow> {
+    let mut out = Vec::new();
+    for s in snapshots {
+        for p in &s.principals {
+            let last_login = p
+                .last_login
+                .as_ref()
+                .and_then(|c| c.value().copied())
+                .or_else(|| p.password.last_used.value().copied())
+                .map(|t| t.timestamp());
+            out.push(PrincipalRow {
+                cloud: s.cloud,
+                account: s
+                    .account_id
+                    .as_ref()
+                    .map(|a| a.0.clone())
+                    .unwrap_or_default(),
+                name: p.name.clone(),
+                root: p.root,
+                mfa: p.mfa_active.value().copied(),
+                last_login,
+                active_keys: p.keys.iter().filter(|k| k.active).count() as i64,
+                source: s.source.clone(),
+                body: serde_json::to_string(p).unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
 
 /// A risk's id in the store and the API: a hash of what it is about (cloud, account,
 /// principal, risk, key slot), stable across report versions.
@@ -428,6 +485,20 @@ fn i(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A store URL fit for messages: the password of `postgres://user:password@host` replaced.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 impl Store {
     /// Opens (creating when missing) the store at `url`: `postgres://…`, `sqlite://…`, or a
     /// file path (SQLite, WAL), and brings its schema up to date.
@@ -459,7 +530,7 @@ impl Store {
             })
             .connect(&url)
             .await
-            .with_context(|| format!("cannot open the store {url}"))?;
+            .with_context(|| format!("cannot open the store {}", redact(&url)))?;
         let store = Store { pool, sqlite };
         store.migrate().await?;
         Ok(store)
@@ -841,6 +912,37 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(principals) = &batch.principals {
+            sqlx::query("DELETE FROM inv_principals")
+                .execute(&mut *tx)
+                .await?;
+            let mut seen = std::collections::HashSet::new();
+            let rows: Vec<Vec<Value>> = principals
+                .iter()
+                .filter(|p| seen.insert((p.cloud, p.account.clone(), p.name.clone())))
+                .map(|p| {
+                    vec![
+                        t(p.cloud.as_str()),
+                        t(&p.account),
+                        t(&p.name),
+                        Int(i64::from(p.root)),
+                        Int(p.mfa.map_or(-1, i64::from)),
+                        Int(p.last_login.unwrap_or(0)),
+                        Int(p.active_keys),
+                        t(&p.source),
+                        t(&p.body),
+                    ]
+                })
+                .collect();
+            upsert(
+                &mut tx,
+                self.sqlite,
+                "INSERT INTO inv_principals (cloud, account, principal, root, mfa, last_login, active_keys, source, body)",
+                "ON CONFLICT (cloud, account, principal) DO NOTHING",
+                rows,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -878,5 +980,21 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get::<i64, _>("n")?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn store_urls_lose_their_password_in_messages() {
+        assert_eq!(
+            super::redact("postgres://akwatch:s3cret@db:5432/akwatch"),
+            "postgres://akwatch:***@db:5432/akwatch"
+        );
+        assert_eq!(
+            super::redact("postgres://akwatch@db/a"),
+            "postgres://akwatch@db/a"
+        );
+        assert_eq!(super::redact("/var/lib/akwatch.db"), "/var/lib/akwatch.db");
     }
 }

@@ -471,6 +471,7 @@ pub fn run(
     // The reports' risks, the whole current set (the store marks those not in it fixed).
     if let Some(b) = summary.inventory.as_mut() {
         b.set_risks(summary.risks.clone());
+        b.set_principals(crate::inventory::principal_rows(&setup.reports.latest()));
     }
     setup.enricher = pipeline.enricher;
     Ok(summary)

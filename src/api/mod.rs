@@ -482,7 +482,7 @@ async fn key(
     // The key's own risks, and its principal's (permissions, password, MFA).
     let field = |name: &str| info[name].as_str().unwrap_or_default().to_owned();
     let risks = sqlx::query(&format!(
-        "{RISK_SELECT} WHERE key_id = $1 OR (key_id = '' AND principal <> '' AND cloud = $2 AND account = $3 AND principal = $4) \
+        "{RISK_SELECT} WHERE key_id = $1 OR (key_id = '' AND principal <> '' AND cloud = $2 AND (account = $3 OR account = '') AND principal = $4) \
          ORDER BY present DESC, severity_rank DESC, risk_uid ASC LIMIT 500"
     ))
     .bind(key.as_str())
@@ -490,6 +490,14 @@ async fn key(
     .bind(field("account"))
     .bind(field("principal"))
     .fetch_all(pool)
+    .await?;
+    let principal = sqlx::query(
+        "SELECT body, source FROM inv_principals WHERE cloud = $1 AND principal = $2 AND (account = $3 OR account = '') LIMIT 1",
+    )
+    .bind(field("cloud"))
+    .bind(field("principal"))
+    .bind(field("account"))
+    .fetch_optional(pool)
     .await?;
     if let Some(o) = info.as_object_mut() {
         o.insert(
@@ -512,10 +520,65 @@ async fn key(
             "calls_per_day".into(),
             json!(rows_json(&days, &[], &["day", "calls", "failures"])),
         );
-        o.insert("alarms".into(), json!(alarm_rows(&alarms)));
-        o.insert("risks".into(), json!(risk_rows(&risks)));
+        let alarms = alarm_rows(&alarms);
+        let risks = risk_rows(&risks);
+        let (report, status) = report_facts(&principal, &key);
+        o.insert("report".into(), report);
+        o.insert("status".into(), json!(status));
+        o.insert("advice".into(), json!(advice(&alarms, &risks)));
+        o.insert("alarms".into(), json!(alarms));
+        o.insert("risks".into(), json!(risks));
     }
     Ok(Json(info))
+}
+
+/// The credential report's facts about a key's principal, and the key's status from them:
+/// `at_risk` (Tencent's flag), `active` / `inactive`, `not_in_report` (the principal lists no
+/// such key: deleted, or never its), `unknown` (no report names the principal).
+fn report_facts(row: &Option<sqlx::any::AnyRow>, key: &str) -> (Value, &'static str) {
+    let Some(row) = row else {
+        return (Value::Null, "unknown");
+    };
+    let body: String = row.try_get("body").unwrap_or_default();
+    let source: String = row.try_get("source").unwrap_or_default();
+    let mut p: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let keys = p["keys"].as_array().cloned().unwrap_or_default();
+    // Reports that name keys (Tencent) say which; the others (AWS, Alibaba) list slots: a
+    // principal with an active slot has the key active, one with none has it inactive.
+    let named = keys.iter().find(|k| k["id"].as_str() == Some(key));
+    let status = match named {
+        Some(k) if k["at_risk"] == json!(true) => "at_risk",
+        Some(k) if k["active"] == json!(true) => "active",
+        Some(_) => "inactive",
+        None if keys.is_empty() || keys.iter().all(|k| k["id"].is_string()) => "not_in_report",
+        None if keys.iter().any(|k| k["active"] == json!(true)) => "active",
+        None => "inactive",
+    };
+    if let Some(o) = p.as_object_mut() {
+        o.insert("report".into(), json!(source));
+    }
+    (p, status)
+}
+
+/// The distinct advice of an item's alarms and risks, most severe first.
+fn advice(alarms: &[Value], risks: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in risks.iter().chain(alarms) {
+        let text = match &a["advice"] {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(l) => l
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for t in text {
+            if !t.is_empty() && !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
 }
 
 fn alarm_rows(rows: &[sqlx::any::AnyRow]) -> Vec<Value> {
@@ -741,9 +804,21 @@ async fn account(
     .bind(account.as_str())
     .fetch_all(pool)
     .await?;
+    // Reports that do not name their account (Alibaba, Tencent) count for every account of
+    // their cloud whose keys their principals hold.
     let risks = sqlx::query(&format!(
-        "{RISK_SELECT} WHERE cloud = $1 AND account = $2 ORDER BY present DESC, severity_rank DESC, risk_uid ASC LIMIT 500"
+        "{RISK_SELECT} WHERE cloud = $1 AND (account = $2 OR (account = '' AND principal IN \
+         (SELECT principal FROM inv_keys WHERE cloud = $1 AND account = $2))) \
+         ORDER BY present DESC, severity_rank DESC, risk_uid ASC LIMIT 500"
     ))
+    .bind(cloud.as_str())
+    .bind(account.as_str())
+    .fetch_all(pool)
+    .await?;
+    let principals = sqlx::query(
+        "SELECT principal, source, root, mfa, last_login, active_keys FROM inv_principals WHERE cloud = $1 AND (account = $2 OR (account = '' AND principal IN \
+         (SELECT principal FROM inv_keys WHERE cloud = $1 AND account = $2))) ORDER BY root DESC, principal ASC LIMIT 500",
+    )
     .bind(cloud.as_str())
     .bind(account.as_str())
     .fetch_all(pool)
@@ -761,7 +836,34 @@ async fn account(
             "pending_alarms".into(),
             json!(rows_json(&by_severity, &["severity"], &["n"])),
         );
-        o.insert("risks".into(), json!(risk_rows(&risks)));
+        let risks = risk_rows(&risks);
+        o.insert("advice".into(), json!(advice(&[], &risks)));
+        o.insert("risks".into(), json!(risks));
+        o.insert(
+            "principals".into(),
+            json!(rows_json(
+                &principals,
+                &["principal", "source"],
+                &["root", "mfa", "last_login", "active_keys"]
+            )),
+        );
+        o.insert(
+            "root_key_present".into(),
+            json!(principals.iter().any(|r| {
+                r.try_get::<i64, _>("root").unwrap_or(0) != 0
+                    && r.try_get::<i64, _>("active_keys").unwrap_or(0) > 0
+            })),
+        );
+        o.insert(
+            "last_console_login".into(),
+            json!(
+                principals
+                    .iter()
+                    .filter_map(|r| r.try_get::<i64, _>("last_login").ok())
+                    .filter(|t| *t > 0)
+                    .max()
+            ),
+        );
         o.insert(
             "root_key_used".into(),
             json!(keys.iter().any(|r| {

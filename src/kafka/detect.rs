@@ -335,6 +335,8 @@ pub struct Detect<'a> {
     /// Where the configuration risks go, and those of the reports in use at start.
     pub risk_topic: Option<String>,
     pub risks: Vec<crate::risk::Risk>,
+    /// The reported principals at start (for the inventory).
+    pub principals: Vec<crate::inventory::PrincipalRow>,
     /// The inventory counted into, when configured.
     pub inventory: Option<Inventory>,
     /// Policy changes made through the API, applied live, when the API can make them.
@@ -374,6 +376,7 @@ impl Detect<'_> {
         record_outputs(&mut loose, &start);
         if self.inventory.is_some() {
             loose.set_risks(start_risks);
+            loose.set_principals(std::mem::take(&mut self.principals));
         }
         let mut abandoned = super::emit_all(start, self.out, risk_topic.as_deref())
             .await
@@ -401,6 +404,7 @@ impl Detect<'_> {
                         let mut all = update.risks.clone();
                         all.extend(self.pipeline.enricher.permissions.risks());
                         loose.set_risks(all);
+                        loose.set_principals(update.principals.clone());
                     }
                     if super::emit_all(outputs, self.out, risk_topic.as_deref()).await.is_err() {
                         abandoned = true;

@@ -123,6 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     pipeline,
                     reports: svc.reports_rx.take(),
                     risks: std::mem::take(&mut svc.start_risks),
+                    principals: std::mem::take(&mut svc.start_principals),
                     labels: labels.clone(),
                     alive: AliveGuard(detect_alive.clone()),
                     max_bytes: out.max_bytes,
@@ -222,8 +223,9 @@ struct Service {
     consumer: Arc<GroupConsumer>,
     producer: FutureProducer,
     metrics: Arc<crate::telemetry::Metrics>,
-    /// The configuration risks of the reports in use at start.
+    /// The configuration risks of the reports in use at start, and their principals.
     start_risks: Vec<crate::risk::Risk>,
+    start_principals: Vec<crate::inventory::PrincipalRow>,
     reports_rx: Option<tokio::sync::mpsc::Receiver<reports::ReportUpdate>>,
     reports_thread: std::thread::JoinHandle<()>,
     stop_reports: Arc<AtomicBool>,
@@ -336,6 +338,7 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     // the first event, then both are followed on a thread of their own.
     let reports_group = format!("{}-reports", config.group_id);
     let mut start_risks = reports::current_risks(&s.reports.latest());
+    let mut start_principals = crate::inventory::principal_rows(&s.reports.latest());
     let mut follower = reports::Follower::new(
         std::mem::take(&mut s.reports),
         config
@@ -368,6 +371,7 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     if let Some(u) = first {
         s.enricher.reports = u.index;
         start_risks = u.risks;
+        start_principals = u.principals;
     }
     start_risks.extend(s.enricher.permissions.risks());
     let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(2);
@@ -397,6 +401,7 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
             producer,
             metrics,
             start_risks,
+            start_principals,
             reports_rx: Some(reports_rx),
             reports_thread,
             stop_reports,
@@ -499,6 +504,7 @@ struct DetectParts {
     pipeline: Box<Pipeline>,
     reports: Option<tokio::sync::mpsc::Receiver<reports::ReportUpdate>>,
     risks: Vec<crate::risk::Risk>,
+    principals: Vec<crate::inventory::PrincipalRow>,
     labels: HashMap<String, &'static str>,
     alive: AliveGuard,
     max_bytes: usize,
@@ -529,6 +535,7 @@ fn spawn_detect(
             pipeline,
             reports,
             risks,
+            principals,
             labels,
             alive,
             max_bytes,
@@ -560,6 +567,7 @@ fn spawn_detect(
             labels,
             risk_topic,
             risks,
+            principals,
             inventory,
             policy_sync,
         }

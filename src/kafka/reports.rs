@@ -22,6 +22,8 @@ pub struct ReportUpdate {
     pub accounts: usize,
     /// The configuration risks of the reports now in use.
     pub risks: Vec<crate::risk::Risk>,
+    /// Their principals, for the inventory.
+    pub principals: Vec<crate::inventory::PrincipalRow>,
 }
 
 /// How long start-up waits to read the report topic to its end before consuming events anyway.
@@ -142,6 +144,7 @@ fn update(feed: &ReportFeed, metrics: &Metrics) -> ReportUpdate {
     ReportUpdate {
         accounts: latest.len(),
         risks: current_risks(&latest),
+        principals: crate::inventory::principal_rows(&latest),
         index: ReportIndex::new(latest),
     }
 }

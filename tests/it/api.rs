@@ -1201,3 +1201,36 @@ async fn permission_snapshots_raise_risks_and_alarm_severity() {
         "{errors}"
     );
 }
+
+on_both!(
+    key_and_account_pages_carry_the_reports_facts_and_advice,
+    key_and_account_pages_carry_the_reports_facts_and_advice_on_postgres,
+    report_facts_case
+);
+
+/// The reports' facts reach the pages: a key's status and its principal's MFA / last login /
+/// keys, an account's principals, root key and last console login, and advice drawn from the
+/// item's risks and alarms.
+async fn report_facts_case(f: Fixture) {
+    // Tencent names keys in its report: the probed key is active and its report row is there.
+    let key = get(&f.app, "/api/v1/keys/AKIDSIM00000000000000000000000000003").await;
+    assert_eq!(key["status"], "active", "{key}");
+    assert_eq!(key["report"]["name"], "web-00003", "{key}");
+    assert!(key["report"]["report"].as_str().unwrap().ends_with(".csv"));
+    // AWS lists slots: the leaked key's principal has an active one.
+    let leaked = get(&f.app, "/api/v1/keys/AKIASIM0000000000000").await;
+    assert_eq!(leaked["status"], "active", "{leaked}");
+    assert_eq!(leaked["report"]["name"], "app-00000");
+    assert!(
+        !leaked["advice"].as_array().unwrap().is_empty(),
+        "the leaked key's page gives advice: {leaked}"
+    );
+    let account = get(&f.app, "/api/v1/accounts/aws/210987654321").await;
+    let principals = account["principals"].as_array().unwrap();
+    assert!(principals.iter().any(|p| p["principal"] == "app-00000"));
+    assert!(principals.iter().any(|p| p["root"] == 1));
+    // The bundled AWS report's root has an active key (a risk, and the flag).
+    assert_eq!(account["root_key_present"], true, "{account}");
+    assert!(account["last_console_login"].as_i64().unwrap() > 0);
+    assert!(!account["advice"].as_array().unwrap().is_empty());
+}
