@@ -716,6 +716,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let purged = rt
             .block_on(async {
                 store.apply(batch).await?;
+                store.cap_per_key(crate::inventory::MAX_PER_KEY).await?;
                 store.purge_older_than_days(retention).await
             })
             .with_context(|| {

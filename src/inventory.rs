@@ -16,6 +16,9 @@ use crate::alarm::Alarm;
 use crate::enrich::Enrichment;
 use crate::event::{Cloud, Event, Outcome};
 
+/// The most source IPs and APIs the store keeps per key ([`Store::cap_per_key`]).
+pub const MAX_PER_KEY: i64 = 1000;
+
 /// The IP recorded for calls of IP-hidden keys, and for calls whose source is no IP.
 pub const HIDDEN_IP: &str = "hidden";
 
@@ -961,6 +964,26 @@ impl Store {
         let Some(newest) = newest else { return Ok(0) };
         self.purge_before(newest.saturating_sub(days.saturating_mul(86_400)))
             .await
+    }
+
+    /// Keeps at most `max` source IPs and `max` APIs per key (the most called, then the most
+    /// recent): a key called from a flood of addresses cannot grow the store without bound. How
+    /// many rows were removed (their calls stay in the key's totals and the hourly rollups).
+    pub async fn cap_per_key(&self, max: i64) -> anyhow::Result<u64> {
+        let mut removed = 0;
+        for (table, col) in [("inv_key_ips", "ip"), ("inv_key_apis", "api")] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE (cloud, key_id, {col}) IN (SELECT cloud, key_id, {col} FROM \
+                 (SELECT cloud, key_id, {col}, ROW_NUMBER() OVER (PARTITION BY cloud, key_id ORDER BY calls DESC, last_seen DESC, {col} ASC) AS rn \
+                 FROM {table} WHERE key_id IN (SELECT key_id FROM {table} GROUP BY key_id HAVING COUNT(*) > $1)) ranked WHERE rn > $1)"
+            );
+            removed += sqlx::query(&sql)
+                .bind(max)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(removed)
     }
 
     /// Rolled-up calls older than `before` (Unix seconds) removed; how many rows.

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub inventory_errors: IntCounter,
     pub inventory_uncounted: IntCounter,
     pub inventory_already_counted: IntCounter,
+    pub inventory_capped: IntCounter,
     pub inventory_write_seconds: Histogram,
     pub report_accounts: IntGauge,
     pub report_updates: IntCounter,
@@ -264,6 +265,10 @@ impl Metrics {
             inventory_already_counted: counter(
                 "akwatch_inventory_already_counted_total",
                 "Events applied to detection again after a restore from an older snapshot, not counted again because the store had counted them",
+            )?,
+            inventory_capped: counter(
+                "akwatch_inventory_capped_rows_total",
+                "Source IP and API rows of keys past the per-key cap removed from the inventory (the most called are kept)",
             )?,
             inventory_write_seconds: latency(
                 "akwatch_inventory_write_seconds",

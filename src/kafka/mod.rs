@@ -317,7 +317,7 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     }
     let inventory = match (&config.inventory, inventory) {
         (Some(inv), Some((store, revision))) => {
-            serve_inventory(config, inv, &store, stop).await?;
+            serve_inventory(config, inv, &store, stop, &metrics).await?;
             Some((store, revision))
         }
         _ => None,
@@ -445,6 +445,7 @@ async fn serve_inventory(
     inv: &crate::config::InventoryConfig,
     store: &crate::inventory::Store,
     stop: &Stop,
+    metrics: &crate::telemetry::Metrics,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let store = store.clone();
@@ -481,16 +482,27 @@ async fn serve_inventory(
         });
     }
     let (purging, retention, stopping) = (store.clone(), inv.retention_days, stop.clone());
+    let capped = metrics.inventory_capped.clone();
     tokio::spawn(async move {
         let mut hourly = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tokio::select! {
                 _ = stopping.signalled() => break,
-                _ = hourly.tick() => match purging.purge_older_than_days(retention).await {
-                    Ok(n) if n > 0 => tracing::info!(rows = n, retention_days = retention, "inventory: call rollups past the retention purged"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "inventory: purge failed"),
-                },
+                _ = hourly.tick() => {
+                    match purging.purge_older_than_days(retention).await {
+                        Ok(n) if n > 0 => tracing::info!(rows = n, retention_days = retention, "inventory: call rollups past the retention purged"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "inventory: purge failed"),
+                    }
+                    match purging.cap_per_key(crate::inventory::MAX_PER_KEY).await {
+                        Ok(n) if n > 0 => {
+                            capped.inc_by(n);
+                            tracing::info!(rows = n, max = crate::inventory::MAX_PER_KEY, "inventory: source IPs / APIs past the per-key cap removed");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "inventory: per-key cap failed"),
+                    }
+                }
             }
         }
     });

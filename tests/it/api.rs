@@ -1234,3 +1234,52 @@ async fn report_facts_case(f: Fixture) {
     assert!(account["last_console_login"].as_i64().unwrap() > 0);
     assert!(!account["advice"].as_array().unwrap().is_empty());
 }
+
+on_both!(
+    a_key_s_ips_are_capped_keeping_the_most_called,
+    a_key_s_ips_are_capped_keeping_the_most_called_on_postgres,
+    cap_case
+);
+
+/// One key called from 1,500 addresses: the store keeps 1,000 of them, the most called among
+/// them, and the key's total calls are unchanged.
+async fn cap_case(f: Fixture) {
+    let mut batch = Batch::default();
+    let mut e = f
+        .events
+        .iter()
+        .find(|e| e.access_key_id.is_some() && e.source_ip.is_some())
+        .unwrap()
+        .clone();
+    e.access_key_id = Some(akwatch::event::AccessKeyId("AKIAFLOODFLOODFLOOD1".into()));
+    let enr = akwatch::enrich::Enrichment::default();
+    for i in 0..1500u32 {
+        e.source_ip = Some(std::net::IpAddr::from([
+            10,
+            9,
+            (i / 256) as u8,
+            (i % 256) as u8,
+        ]));
+        let times = if i == 1499 { 5 } else { 1 };
+        for _ in 0..times {
+            batch.observe(&e, &enr, false);
+        }
+    }
+    f.store.apply(batch).await.unwrap();
+    let removed = f.store.cap_per_key(1000).await.unwrap();
+    assert_eq!(removed, 500);
+    let key = get(&f.app, "/api/v1/keys/AKIAFLOODFLOODFLOOD1").await;
+    assert_eq!(key["calls"], 1504);
+    let ips = key["ips"].as_array().unwrap();
+    // (The page shows the top 500.)
+    assert_eq!(ips[0]["ip"], "10.9.5.219");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM inv_key_ips WHERE key_id = 'AKIAFLOODFLOODFLOOD1'",
+    )
+    .fetch_one(f.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(n, 1000);
+    // Other keys keep theirs.
+    assert_eq!(f.store.cap_per_key(1000).await.unwrap(), 0);
+}
