@@ -523,7 +523,7 @@ impl Store {
                         for pragma in [
                             "PRAGMA journal_mode=WAL",
                             "PRAGMA synchronous=NORMAL",
-                            "PRAGMA busy_timeout=5000",
+                            "PRAGMA busy_timeout=30000",
                         ] {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
