@@ -435,7 +435,30 @@ pub struct Fence {
     pub group: String,
     pub part: i32,
     pub epoch: i64,
+    /// The positions the store holds before this write (the previous write's, or the claim's):
+    /// a compare-and-set, so a write whose commit was not acknowledged is never applied twice.
+    pub expected: Vec<((String, i32), Position)>,
     pub positions: Vec<((String, i32), Position)>,
+}
+
+/// What a fenced write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Applied,
+    /// The store already held the batch's positions: an earlier attempt committed (its
+    /// acknowledgement was lost); nothing was written again.
+    AlreadyApplied,
+}
+
+/// A fenced write found positions other than the ones expected (another writer moved them):
+/// nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "detection partition {part} of group {group}: the store's positions moved under this owner; the batch was not written"
+)]
+pub struct Diverged {
+    pub group: String,
+    pub part: i32,
 }
 
 /// A fenced write found another owner: the partition was taken over; nothing was written.
@@ -615,14 +638,18 @@ impl Store {
     /// Writes a batch in one transaction: multi-row upserts of at most [`ROWS_PER_STATEMENT`]
     /// rows each (one statement per row made the write ten times the replay's own time).
     pub async fn apply(&self, batch: Batch) -> anyhow::Result<()> {
-        self.apply_fenced(&batch, None).await
+        self.apply_fenced(&batch, None).await.map(drop)
     }
 
     /// [`Store::apply`] under a fence: in the same transaction, the partition's epoch is checked
     /// (first, so the row is locked for the rest of it: a takeover waits for this write or
     /// refuses it) and the positions the batch reflects are recorded. A stale epoch is a
     /// [`Fenced`] error and nothing is written.
-    pub async fn apply_fenced(&self, batch: &Batch, fence: Option<&Fence>) -> anyhow::Result<()> {
+    pub async fn apply_fenced(
+        &self,
+        batch: &Batch,
+        fence: Option<&Fence>,
+    ) -> anyhow::Result<Written> {
         use Value::{Int, Text};
         let mut tx = self.pool.begin().await?;
         if let Some(f) = fence {
@@ -640,6 +667,41 @@ impl Store {
                     group: f.group.clone(),
                     part: f.part,
                     epoch: f.epoch,
+                }
+                .into());
+            }
+            // Compare and set: the positions must be those expected; the batch's own mean an
+            // earlier attempt committed.
+            let stored = sqlx::query(
+                "SELECT topic, tpart, pos_offset, pos_index FROM inv_positions WHERE grp = $1 AND part = $2",
+            )
+            .bind(f.group.as_str())
+            .bind(i64::from(f.part))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut now: Vec<((String, i32), Position)> = Vec::with_capacity(stored.len());
+            for row in stored {
+                let tpart: i64 = row.try_get("tpart")?;
+                let index: i64 = row.try_get("pos_index")?;
+                now.push((
+                    (row.try_get("topic")?, i32::try_from(tpart)?),
+                    (row.try_get("pos_offset")?, u32::try_from(index)?),
+                ));
+            }
+            now.sort();
+            let sorted = |v: &[((String, i32), Position)]| {
+                let mut v = v.to_vec();
+                v.sort();
+                v
+            };
+            if now != sorted(&f.expected) {
+                tx.rollback().await?;
+                if now == sorted(&f.positions) {
+                    return Ok(Written::AlreadyApplied);
+                }
+                return Err(Diverged {
+                    group: f.group.clone(),
+                    part: f.part,
                 }
                 .into());
             }
@@ -947,7 +1009,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Written::Applied)
     }
 
     /// Rolled-up calls more than `days` older than the newest one removed (event time, so a

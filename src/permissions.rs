@@ -111,7 +111,7 @@ pub struct Snapshot {
 pub struct PermissionIndex {
     snapshots: Vec<Arc<Snapshot>>,
     by_principal: HashMap<(Cloud, String, String), Arc<Vec<Grant>>>,
-    by_name: HashMap<(Cloud, String), Arc<Vec<Grant>>>,
+    by_name: HashMap<(Cloud, String), Option<Arc<Vec<Grant>>>>,
 }
 
 impl PermissionIndex {
@@ -137,7 +137,16 @@ impl PermissionIndex {
                 index
                     .by_principal
                     .insert((s.cloud, s.account.clone(), p.clone()), g.clone());
-                index.by_name.insert((s.cloud, p.clone()), g);
+                // By name alone only while one account has the name (events without an
+                // account must not borrow another account's admin).
+                match index.by_name.entry((s.cloud, p.clone())) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(Some(g));
+                    }
+                    std::collections::hash_map::Entry::Occupied(mut o) => {
+                        o.insert(None);
+                    }
+                }
             }
             index.snapshots.push(Arc::new(s));
         }
@@ -162,7 +171,10 @@ impl PermissionIndex {
             Some(a) => self
                 .by_principal
                 .get(&(cloud, a.to_owned(), principal.to_owned())),
-            None => self.by_name.get(&(cloud, principal.to_owned())),
+            None => self
+                .by_name
+                .get(&(cloud, principal.to_owned()))
+                .and_then(Option::as_ref),
         }
     }
 
@@ -307,13 +319,18 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A statement member's values, lowercased; Tencent's `name/cam:*` form without its prefix.
 fn strings(v: &Value) -> Vec<String> {
+    let norm = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        match s.strip_prefix("name/") {
+            Some(rest) => rest.to_owned(),
+            None => s,
+        }
+    };
     match v {
-        Value::String(s) => vec![s.to_ascii_lowercase()],
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_ascii_lowercase))
-            .collect(),
+        Value::String(s) => vec![norm(s)],
+        Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(norm)).collect(),
         _ => Vec::new(),
     }
 }
@@ -337,7 +354,11 @@ const SECURITY: [&str; 12] = [
 /// Action name prefixes that only read.
 const READ_PREFIXES: [&str; 6] = ["get", "list", "describe", "lookup", "query", "check"];
 
-const CREDENTIAL_APIS: [&str; 13] = [
+const CREDENTIAL_APIS: [&str; 17] = [
+    "iam:attachrolepolicy",
+    "iam:putrolepolicy",
+    "iam:createpolicyversion",
+    "iam:passrole",
     "iam:createaccesskey",
     "iam:updateaccesskey",
     "iam:createloginprofile",
@@ -377,6 +398,15 @@ fn classify(statement: &Value) -> Vec<Finding> {
     );
     let any_resource = resources.iter().any(|r| r == "*");
     let mut out = Vec::new();
+    // Allow everything except a few actions, everywhere: as good as admin.
+    let not_action = statement
+        .get("NotAction")
+        .or_else(|| statement.get("not_action"))
+        .is_some();
+    if not_action && any_resource {
+        out.push(Finding::Admin);
+        return out;
+    }
     if any_resource && actions.iter().any(|a| a == "*" || a == "*:*") {
         out.push(Finding::Admin);
         return out;
@@ -410,6 +440,18 @@ fn classify(statement: &Value) -> Vec<Finding> {
         out.push(Finding::CredentialAnyResource);
     }
     out
+}
+
+/// The most grants kept per principal (a crafted snapshot cannot multiply them).
+const MAX_GRANTS: usize = 64;
+
+/// A principal's grants without repeats (same finding through the same policy), at most
+/// [`MAX_GRANTS`].
+fn dedup(mut grants: Vec<Grant>) -> Vec<Grant> {
+    let mut seen = std::collections::HashSet::new();
+    grants.retain(|g| seen.insert((g.finding, g.policy.clone())));
+    grants.truncate(MAX_GRANTS);
+    grants
 }
 
 /// The grants of one policy document.
@@ -490,7 +532,10 @@ fn aws(
         let mut out = Vec::new();
         attached(g, &mut out);
         inline(g, "GroupPolicyList", &mut out);
-        groups.insert(g["GroupName"].as_str().unwrap_or_default().to_owned(), out);
+        groups.insert(
+            g["GroupName"].as_str().unwrap_or_default().to_owned(),
+            dedup(out),
+        );
     }
     let mut account = String::new();
     let mut principals = BTreeMap::new();
@@ -509,15 +554,26 @@ fn aws(
         let mut out = Vec::new();
         attached(u, &mut out);
         inline(u, "UserPolicyList", &mut out);
-        for g in u["GroupList"].as_array().into_iter().flatten() {
-            if let Some(gs) = g.as_str().and_then(|g| groups.get(g)) {
-                out.extend(gs.iter().map(|x| Grant {
-                    policy: format!("{} (group {})", x.policy, g.as_str().unwrap_or_default()),
+        let mut member_of: Vec<&str> = u["GroupList"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        member_of.sort_unstable();
+        member_of.dedup();
+        for g in member_of {
+            if let Some(gs) = groups.get(g) {
+                out.extend(gs.iter().take(MAX_GRANTS).map(|x| Grant {
+                    policy: format!("{} (group {g})", x.policy),
                     ..x.clone()
                 }));
             }
+            if out.len() > 4 * MAX_GRANTS {
+                out = dedup(out);
+            }
         }
-        principals.insert(user.to_owned(), out);
+        principals.insert(user.to_owned(), dedup(out));
     }
     for r in doc["RoleDetailList"].as_array().into_iter().flatten() {
         let Some(role) = r["RoleName"].as_str() else {
@@ -531,7 +587,11 @@ fn aws(
         let mut out = Vec::new();
         attached(r, &mut out);
         inline(r, "RolePolicyList", &mut out);
-        principals.insert(role.to_owned(), out);
+        // A role named like a user adds to it rather than hiding the user's grants.
+        let entry: &mut Vec<Grant> = principals.entry(role.to_owned()).or_default();
+        entry.append(&mut out);
+        let merged = dedup(std::mem::take(entry));
+        *entry = merged;
     }
     if account.is_empty() {
         return Err(format!("{name}: no ARN names the account"));
@@ -601,7 +661,7 @@ fn envelope(
                 None => {}
             }
         }
-        principals.insert(user.clone(), out);
+        principals.insert(user.clone(), dedup(out));
     }
     Ok(Snapshot {
         cloud,
@@ -642,6 +702,14 @@ mod tests {
                 .is_empty()
         );
         assert!(f(json!({"Effect": "Allow", "Action": "s3:*", "Resource": "*"})).is_empty());
+        assert_eq!(
+            f(json!({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"})),
+            vec![Finding::Admin]
+        );
+        assert_eq!(
+            f(json!({"effect": "allow", "action": ["name/cam:*"], "resource": ["*"]})),
+            vec![Finding::IdentityWildcard]
+        );
         assert!(
             f(json!({"Effect": "Allow", "Action": ["iam:Get*", "iam:List*", "cloudtrail:Describe*"], "Resource": "*"}))
                 .is_empty()

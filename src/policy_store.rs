@@ -133,21 +133,42 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Renders every kind's file in `dir` from the store (unchanged files are not rewritten).
-pub async fn write_files(store: &Store, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut written = Vec::new();
+/// Every kind's file in `dir` as the store has it: (path, text) for each kind with entries or
+/// a file already (an empty kind without a file needs none).
+pub async fn render_all(store: &Store, dir: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
     for kind in Kind::ALL {
         let list = entries(store.pool(), kind).await?;
         let path = dir.join(kind.file());
-        let text = render(kind, &list);
-        let same = std::fs::read_to_string(&path).is_ok_and(|old| old == text);
-        // An empty kind without a file needs none.
-        if same || (list.is_empty() && !path.exists()) {
+        if list.is_empty() && !path.exists() {
             continue;
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        write_atomic(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-        written.push(path);
+        out.push((path, render(kind, &list)));
+    }
+    Ok(out)
+}
+
+/// Writes `text` to `path` (whole, atomically) unless it holds it already.
+pub fn write_if_changed(path: &Path, text: &str) -> std::io::Result<bool> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    write_atomic(path, text)?;
+    Ok(true)
+}
+
+/// Renders every kind's file in `dir` from the store (unchanged files are not rewritten).
+pub async fn write_files(store: &Store, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (path, text) in render_all(store, dir).await? {
+        if write_if_changed(&path, &text)
+            .with_context(|| format!("cannot write {}", path.display()))?
+        {
+            written.push(path);
+        }
     }
     Ok(written)
 }

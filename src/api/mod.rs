@@ -492,7 +492,7 @@ async fn key(
     .fetch_all(pool)
     .await?;
     let principal = sqlx::query(
-        "SELECT body, source FROM inv_principals WHERE cloud = $1 AND principal = $2 AND (account = $3 OR account = '') LIMIT 1",
+        "SELECT body, source FROM inv_principals WHERE cloud = $1 AND principal = $2 AND (account = $3 OR account = '') ORDER BY account DESC LIMIT 1",
     )
     .bind(field("cloud"))
     .bind(field("principal"))
@@ -982,6 +982,12 @@ async fn alarm_status(
     let caller = authorize(&s, &headers, Role::Operator)?;
     check_status(&body)?;
     let mut tx = s.store.pool().begin().await?;
+    // A write first: SQLite takes its write lock now (waiting for a running replay's batch)
+    // rather than failing to upgrade a read later.
+    sqlx::query("UPDATE inv_alarms SET status = status WHERE alarm_id = $1")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
     let before: Option<String> =
         sqlx::query_scalar("SELECT status FROM inv_alarms WHERE alarm_id = $1")
             .bind(id.as_str())
@@ -1122,6 +1128,12 @@ async fn risk_status(
     let caller = authorize(&s, &headers, Role::Operator)?;
     check_status(&body)?;
     let mut tx = s.store.pool().begin().await?;
+    // A write first: SQLite takes its write lock now (waiting for a running replay's batch)
+    // rather than failing to upgrade a read later.
+    sqlx::query("UPDATE inv_risks SET status = status WHERE risk_uid = $1")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
     let before: Option<String> =
         sqlx::query_scalar("SELECT status FROM inv_risks WHERE risk_uid = $1")
             .bind(id.as_str())

@@ -62,7 +62,12 @@ struct Part {
 struct PartInventory {
     epoch: i64,
     counted: HashMap<Tp, (i64, u32)>,
+    /// The positions the store holds once the writes handed out so far commit (the next
+    /// write's expected positions).
+    written: HashMap<Tp, (i64, u32)>,
     batch: crate::inventory::Batch,
+    /// Writes that failed, in order, to be tried again before the next one.
+    pending: Vec<Counts>,
 }
 
 /// The inventory the detection loop counts into: each partition's batch is written in one
@@ -77,11 +82,17 @@ pub struct Inventory {
     pub max_pending_rows: usize,
 }
 
-/// The partition number under which the loose alarms' failed batch is handed back.
-const LOOSE: i32 = i32::MIN;
+/// What the write task hands back to the loop.
+enum Back {
+    /// These writes of partition `r` (epoch) failed: tried again, in order, at the next round.
+    Retry(i32, i64, Vec<Counts>),
+    /// Partition `r`'s store positions are not what this owner wrote (epoch): claimed again.
+    Reclaim(i32, i64),
+    /// The loose alarms' batch failed.
+    Loose(Box<crate::inventory::Batch>),
+}
 
-/// A batch whose write failed, handed back to the loop to go with the next one.
-type Returned = Arc<Mutex<Vec<(i32, i64, crate::inventory::Batch)>>>;
+type Returned = Arc<Mutex<Vec<Back>>>;
 
 impl Part {
     /// The offset to resume from: the oldest record still queued, else the next to read.
@@ -354,6 +365,9 @@ pub struct PolicySync {
     pub rules: crate::rule::RuleSet,
     /// The revision the files and engines reflect.
     pub revision: i64,
+    /// A policy was swapped in since start: partitions assigned later are given it too (the
+    /// rebalance callback may have built one with the policy before the swap).
+    pub swapped: bool,
 }
 
 /// How the detection loop ended.
@@ -486,10 +500,22 @@ impl Detect<'_> {
                 part.dirty = true;
             }
         }
-        if let Some(task) = snapshot_task.take() {
-            let _ = tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), task).await;
+        // The last round's writes finish first; one that does not is stopped, and nothing more is
+        // written (the store and the changelog stay as they are: the next start counts on from
+        // the store's positions).
+        let mut late_task = false;
+        if let Some(mut task) = snapshot_task.take()
+            && tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+            late_task = true;
+            tracing::error!(
+                "the last state and inventory writes did not finish in time; the final ones are not written"
+            );
         }
-        let mut saved = !abandoned;
+        let mut saved = !abandoned && !late_task;
         if saved {
             self.take_returned(&mut parts, &mut loose, &returned);
             if let Some(inv) = &self.inventory
@@ -504,22 +530,27 @@ impl Detect<'_> {
                     tracing::error!("the inventory's last alarms were not written");
                 }
             }
-            for (r, part) in parts.iter_mut().filter(|(_, p)| !p.restore_failed) {
+            let inv_metrics = InvMetrics::of(self.metrics);
+            for (r, part) in parts.iter_mut() {
                 // The counts first: the changelog must never be ahead of the store.
-                if let (Some(inv), Some(pi)) = (&self.inventory, part.inv.as_mut()) {
-                    let (batch, fence) = take_counts(inv, *r, pi, &part.applied);
-                    let events = batch.events;
-                    let write = inv.store.apply_fenced(&batch, Some(&fence));
+                if let Some(inv) = &self.inventory {
+                    let Some(pi) = part.inv.as_mut() else {
+                        // Not counted (its claim failed): no state either.
+                        saved = false;
+                        continue;
+                    };
+                    let mut list = std::mem::take(&mut pi.pending);
+                    list.push(take_counts(inv, *r, pi, &part.applied));
+                    let write = write_counts(&inv.store, *r, pi.epoch, list, &inv_metrics);
                     match tokio::time::timeout(self.stop.remaining(Duration::from_secs(30)), write)
                         .await
                     {
-                        Ok(Ok(())) => {
-                            self.metrics.inventory_writes.inc();
-                            self.metrics.inventory_events.inc_by(events);
-                        }
-                        Ok(Err(e)) => {
-                            self.metrics.inventory_errors.inc();
-                            tracing::error!(partition = r, error = %e, "final inventory counts not written; the partition's final state is not written either (the next start counts from the last write)");
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            tracing::error!(
+                                partition = r,
+                                "final inventory counts not written; the partition's final state is not written either (the next start counts from the last write)"
+                            );
                             saved = false;
                             continue;
                         }
@@ -533,6 +564,9 @@ impl Detect<'_> {
                             continue;
                         }
                     }
+                }
+                if part.restore_failed {
+                    continue;
                 }
                 let part = &*part;
                 let snapshot = part.snapshot();
@@ -588,6 +622,19 @@ impl Detect<'_> {
                     // Before its first record: what the store has counted of it.
                     if let Some(inv) = &self.inventory {
                         part.inv = self.claim(inv, r).await;
+                    }
+                    if let Some(sync) = self.policy_sync.as_ref().filter(|s| s.swapped) {
+                        let current = self
+                            .consumer
+                            .context()
+                            .factory
+                            .policy
+                            .read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .clone();
+                        if let Err(errors) = part.engine.set_policy(&sync.rules, current) {
+                            tracing::error!(partition = r, errors = %errors.join("; "), "the current policy does not apply to an assigned partition");
+                        }
                     }
                     parts.insert(r, *part);
                 }
@@ -726,45 +773,68 @@ impl Detect<'_> {
         let Some(sync) = self.policy_sync.as_mut() else {
             return;
         };
-        let revision = match crate::policy_store::revision(&sync.store).await {
-            Ok(r) if r == sync.revision => return,
-            Ok(r) => r,
-            Err(e) => {
+        // Read with a short bound: a slow store must not hold detection.
+        let read = tokio::time::timeout(
+            Duration::from_millis(500),
+            crate::policy_store::revision(&sync.store),
+        );
+        let revision = match read.await {
+            Ok(Ok(r)) if r == sync.revision => return,
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %format!("{e:#}"), "policy revision not read");
                 return;
             }
+            Err(_) => return,
         };
-        sync.revision = revision;
-        if let Err(e) = crate::policy_store::write_files(&sync.store, &sync.write_dir).await {
-            tracing::error!(error = %format!("{e:#}"), "the API's policy files could not be rendered; the policy in use stays");
-            return;
-        }
-        let policy = match crate::policy::Policy::load_dirs(&sync.dirs, &sync.rules) {
-            Ok(p) => p,
-            Err(errors) => {
-                tracing::error!(errors = %errors.join("; "), "the changed policy does not load; the policy in use stays");
+        // The files as they would be, checked before anything is written or swapped; a store
+        // that cannot be read is tried again at the next tick.
+        let rendered = match crate::policy_store::render_all(&sync.store, &sync.write_dir).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the API's policies could not be read; tried again");
                 return;
             }
         };
-        // Built once first: the factory's engines cannot then fail on it.
+        // From here on this revision is settled: applied, or refused for good (a policy that
+        // does not load here will not load at the next tick either).
+        sync.revision = revision;
+        let mut policy = match crate::policy::Policy::load_dirs_replacing(
+            &sync.dirs,
+            &sync.rules,
+            &rendered,
+        ) {
+            Ok(p) => p,
+            Err(errors) => {
+                tracing::error!(revision, errors = %errors.join("; "), "the changed policy does not load on this instance; the policy in use stays and its files are not rewritten");
+                return;
+            }
+        };
+        let factory_policy = &self.consumer.context().factory.policy;
+        policy.allowed_lateness = factory_policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allowed_lateness;
+        // Built once first: the partitions' engines and the factory's cannot then fail on it.
         if let Err(errors) = Engine::new(&sync.rules, policy.clone()) {
-            tracing::error!(errors = %errors.join("; "), "the changed policy does not apply; the policy in use stays");
+            tracing::error!(revision, errors = %errors.join("; "), "the changed policy does not apply; the policy in use stays");
             return;
+        }
+        for (path, text) in &rendered {
+            if let Err(e) = crate::policy_store::write_if_changed(path, text) {
+                tracing::error!(error = %e, path = %path.display(), "the API's policy file could not be written (the policy is applied; the file follows at the next change)");
+            }
         }
         for part in parts.values_mut() {
             if let Err(errors) = part.engine.set_policy(&sync.rules, policy.clone()) {
-                tracing::error!(errors = %errors.join("; "), "the changed policy does not apply; the policy in use stays");
-                return;
+                tracing::error!(errors = %errors.join("; "), "the changed policy does not apply to a partition");
             }
         }
         let (allowlist, hidden) = (policy.allowlist.len(), policy.hidden_keys.len());
-        *self
-            .consumer
-            .context()
-            .factory
-            .policy
+        *factory_policy
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+        sync.swapped = true;
         tracing::info!(
             revision,
             allowlist,
@@ -788,8 +858,10 @@ impl Detect<'_> {
                     );
                     return Some(PartInventory {
                         epoch: c.epoch,
+                        written: c.counted.clone(),
                         counted: c.counted,
                         batch: crate::inventory::Batch::default(),
+                        pending: Vec::new(),
                     });
                 }
                 Err(e) => {
@@ -816,9 +888,10 @@ impl Detect<'_> {
         }
     }
 
-    /// Batches whose write failed go back into their partition (same owner epoch), to be
-    /// written with the next one — unless that makes it larger than the cap, when they are
-    /// dropped and their events counted as uncounted.
+    /// What the write task handed back: failed writes go back to their partition (same owner
+    /// epoch) to be tried again first — unless they hold more than the cap, when the partition's
+    /// counting starts over from a new claim (its events since the store's positions are
+    /// counted as uncounted); a partition whose positions diverged is claimed again.
     fn take_returned(
         &self,
         parts: &mut BTreeMap<i32, Part>,
@@ -827,54 +900,80 @@ impl Detect<'_> {
     ) {
         let Some(inv) = &self.inventory else { return };
         let back = std::mem::take(&mut *lock(returned));
-        for (r, epoch, batch) in back {
-            if r == LOOSE {
-                loose.absorb_older(batch);
-                continue;
-            }
-            match parts
-                .get_mut(&r)
-                .and_then(|p| p.inv.as_mut().map(|i| (&mut p.dirty, i)))
-            {
-                Some((dirty, pi)) if pi.epoch == epoch => {
-                    if pi.batch.len() + batch.len() > inv.max_pending_rows {
-                        self.metrics.inventory_uncounted.inc_by(batch.events);
+        for b in back {
+            match b {
+                Back::Loose(batch) => loose.absorb_older(*batch),
+                Back::Retry(r, epoch, counts) => {
+                    let Some(part) = parts.get_mut(&r) else {
+                        continue;
+                    };
+                    let Some(pi) = part.inv.as_mut().filter(|pi| pi.epoch == epoch) else {
+                        // Given away or claimed again since: the next owner counts from the store.
+                        continue;
+                    };
+                    let rows: usize = counts.iter().map(|(b, _)| b.len()).sum::<usize>()
+                        + pi.pending.iter().map(|(b, _)| b.len()).sum::<usize>()
+                        + pi.batch.len();
+                    if rows > inv.max_pending_rows {
+                        let events: u64 = counts.iter().map(|(b, _)| b.events).sum::<u64>()
+                            + pi.pending.iter().map(|(b, _)| b.events).sum::<u64>()
+                            + pi.batch.events;
+                        self.metrics.inventory_uncounted.inc_by(events);
                         tracing::error!(
                             partition = r,
-                            rows = batch.len(),
-                            events = batch.events,
-                            "inventory: the store has failed for too long; a batch is dropped (max_pending_rows)"
+                            rows,
+                            events,
+                            "inventory: the store has failed for too long (max_pending_rows): the partition's counts since its last write are dropped and it is claimed again"
                         );
+                        part.inv = None;
                     } else {
-                        pi.batch.absorb_older(batch);
-                        *dirty = true;
+                        let mut counts = counts;
+                        counts.append(&mut pi.pending);
+                        pi.pending = counts;
+                        part.dirty = true;
                     }
                 }
-                // Given away or claimed again since: the next owner counts from the store.
-                _ => {}
+                Back::Reclaim(r, epoch) => {
+                    if let Some(part) = parts.get_mut(&r)
+                        && part.inv.as_ref().is_some_and(|pi| pi.epoch == epoch)
+                    {
+                        part.inv = None;
+                    }
+                }
             }
         }
     }
 
     /// Takes a snapshot of every changed partition (pointers, on this task) with its counts,
-    /// and writes them on a task of their own: each partition's counts to the store, then —
-    /// only when they were written — its state to the changelog.
+    /// and writes them on a task of their own: each partition's counts to the store (earlier
+    /// failed writes first, in order), then — only when they were all written — its state to the
+    /// changelog. A partition not counted yet (its claim failed) writes no state either: the
+    /// changelog is never ahead of the store.
     fn start_snapshots(
         &self,
         parts: &mut BTreeMap<i32, Part>,
         loose: &mut crate::inventory::Batch,
         returned: &Returned,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let snapshots: Vec<(i32, PartSnapshot, Option<Counts>)> = parts
+        let counting = self.inventory.is_some();
+        let snapshots: Vec<RoundItem> = parts
             .iter_mut()
-            .filter(|(_, p)| p.dirty && !p.restore_failed)
+            .filter(|(_, p)| {
+                (p.dirty || p.inv.as_ref().is_some_and(|pi| !pi.pending.is_empty()))
+                    && !(counting && p.inv.is_none())
+            })
             .map(|(r, p)| {
                 p.dirty = false;
                 let counts = match (&self.inventory, p.inv.as_mut()) {
-                    (Some(inv), Some(pi)) => Some(take_counts(inv, *r, pi, &p.applied)),
+                    (Some(inv), Some(pi)) => {
+                        let mut list = std::mem::take(&mut pi.pending);
+                        list.push(take_counts(inv, *r, pi, &p.applied));
+                        Some((pi.epoch, list))
+                    }
                     _ => None,
                 };
-                (*r, p.snapshot(), counts)
+                let snapshot = (!p.restore_failed).then(|| p.snapshot());
+                (*r, snapshot, counts)
             })
             .collect();
         let loose = std::mem::take(loose);
@@ -885,55 +984,33 @@ impl Detect<'_> {
         let metrics = (
             self.metrics.changelog_errors.clone(),
             self.metrics.changelog_snapshot_bytes.clone(),
-            self.metrics.inventory_writes.clone(),
-            self.metrics.inventory_events.clone(),
-            self.metrics.inventory_errors.clone(),
-            self.metrics.inventory_write_seconds.clone(),
         );
+        let inv_metrics = InvMetrics::of(self.metrics);
         let store = self.inventory.as_ref().map(|i| i.store.clone());
         let returned = returned.clone();
         static ROUND: AtomicU64 = AtomicU64::new(0);
         let write_changelog =
             crate::isolate::changelog_round_allowed(ROUND.fetch_add(1, Ordering::Relaxed));
         Some(tokio::spawn(async move {
-            let (errors, bytes, writes, counted, inv_errors, write_seconds) = metrics;
+            let (errors, bytes) = metrics;
             if let Some(store) = &store
                 && !loose.is_empty()
                 && let Err(e) = store.apply_fenced(&loose, None).await
             {
-                inv_errors.inc();
+                inv_metrics.errors.inc();
                 tracing::warn!(error = %format!("{e:#}"), "inventory: alarms not written (kept for the next write)");
-                lock(&returned).push((LOOSE, 0, loose));
+                lock(&returned).push(Back::Loose(Box::new(loose)));
             }
             for (r, s, counts) in snapshots {
-                if let (Some(store), Some((batch, fence))) = (&store, counts) {
-                    let events = batch.events;
-                    let started = Instant::now();
-                    // A failure hands the batch back.
-                    match store.apply_fenced(&batch, Some(&fence)).await {
-                        Ok(()) => {
-                            writes.inc();
-                            counted.inc_by(events);
-                            write_seconds.observe(started.elapsed().as_secs_f64());
-                        }
-                        Err(e) if e.is::<crate::inventory::Fenced>() => {
-                            tracing::info!(
-                                partition = r,
-                                "inventory: {e}; its state is not written either"
-                            );
-                            continue;
-                        }
-                        Err(e) => {
-                            inv_errors.inc();
-                            tracing::warn!(partition = r, error = %format!("{e:#}"), "inventory: counts not written (kept for the next write); the partition's state is not written either");
-                            lock(&returned).push((r, fence.epoch, batch));
-                            continue;
-                        }
-                    }
-                }
-                if !write_changelog {
+                if let (Some(store), Some((epoch, list))) = (&store, counts)
+                    && let Err(back) = write_counts(store, r, epoch, list, &inv_metrics).await
+                {
+                    lock(&returned).push(back);
                     continue;
                 }
+                let Some(s) = s.filter(|_| write_changelog) else {
+                    continue;
+                };
                 match writer.write(r, &s).await {
                     Ok(n) => bytes.inc_by(n),
                     Err(e) => {
@@ -946,6 +1023,76 @@ impl Detect<'_> {
     }
 }
 
+/// The inventory's write metrics, for the write task.
+#[derive(Clone)]
+struct InvMetrics {
+    writes: prometheus::IntCounter,
+    events: prometheus::IntCounter,
+    errors: prometheus::IntCounter,
+    seconds: prometheus::Histogram,
+}
+
+impl InvMetrics {
+    fn of(m: &Metrics) -> InvMetrics {
+        InvMetrics {
+            writes: m.inventory_writes.clone(),
+            events: m.inventory_events.clone(),
+            errors: m.inventory_errors.clone(),
+            seconds: m.inventory_write_seconds.clone(),
+        }
+    }
+}
+
+/// Writes a partition's counts in order (each a compare-and-set on the store's positions). On
+/// a failure, what to hand back: the writes not done (to try again), or a claim to make again
+/// (taken over, or positions moved).
+async fn write_counts(
+    store: &crate::inventory::Store,
+    r: i32,
+    epoch: i64,
+    mut list: Vec<Counts>,
+    m: &InvMetrics,
+) -> Result<(), Back> {
+    while !list.is_empty() {
+        let (batch, fence) = &list[0];
+        let started = Instant::now();
+        match store.apply_fenced(batch, Some(fence)).await {
+            Ok(written) => {
+                if written == crate::inventory::Written::Applied {
+                    m.writes.inc();
+                    m.events.inc_by(batch.events);
+                    m.seconds.observe(started.elapsed().as_secs_f64());
+                } else {
+                    tracing::info!(
+                        partition = r,
+                        "inventory: a write whose acknowledgement was lost had committed; not written again"
+                    );
+                }
+                list.remove(0);
+            }
+            Err(e)
+                if e.is::<crate::inventory::Fenced>() || e.is::<crate::inventory::Diverged>() =>
+            {
+                tracing::info!(
+                    partition = r,
+                    "inventory: {e}; its state is not written either"
+                );
+                return Err(Back::Reclaim(r, epoch));
+            }
+            Err(e) => {
+                m.errors.inc();
+                tracing::warn!(partition = r, error = %format!("{e:#}"), "inventory: counts not written (tried again with the next); the partition's state is not written either");
+                return Err(Back::Retry(r, epoch, list));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One partition's share of a write round: its state (none when its restore failed), and its
+/// counts to write under its epoch.
+type RoundItem = (i32, Option<PartSnapshot>, Option<(i64, Vec<Counts>)>);
+
 /// A partition's counts to write, and the fence they are written under.
 type Counts = (crate::inventory::Batch, crate::inventory::Fence);
 
@@ -957,18 +1104,22 @@ fn take_counts(
     pi: &mut PartInventory,
     applied: &HashMap<Tp, (i64, u32)>,
 ) -> Counts {
-    let mut positions: HashMap<Tp, (i64, u32)> = pi.counted.clone();
+    let sorted = |m: &HashMap<Tp, (i64, u32)>| {
+        let mut v: Vec<(Tp, (i64, u32))> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        v.sort();
+        v
+    };
+    let expected = sorted(&pi.written);
     for (tp, at) in applied {
-        let p = positions.entry(tp.clone()).or_insert(*at);
+        let p = pi.written.entry(tp.clone()).or_insert(*at);
         *p = (*p).max(*at);
     }
-    let mut positions: Vec<(Tp, (i64, u32))> = positions.into_iter().collect();
-    positions.sort();
     let fence = crate::inventory::Fence {
         group: inv.group.clone(),
         part: r,
         epoch: pi.epoch,
-        positions,
+        expected,
+        positions: sorted(&pi.written),
     };
     (std::mem::take(&mut pi.batch), fence)
 }

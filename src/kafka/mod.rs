@@ -135,6 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                             write_dir,
                             rules: rules.clone(),
                             revision: *revision,
+                            swapped: false,
                         }),
                         _ => None,
                     },
@@ -413,11 +414,13 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
 }
 
 /// The policy directory the API's files go to: `inventory.api.policies_dir`, else the first
-/// policy directory.
+/// policy directory — on every instance with an inventory, whether it serves the API or not
+/// (each renders the store's entries into its own directory and applies them).
 fn api_policy_dir(config: &Config) -> Option<std::path::PathBuf> {
-    let api = config.inventory.as_ref()?.api.as_ref()?;
-    api.policies_dir
-        .clone()
+    let inv = config.inventory.as_ref()?;
+    inv.api
+        .as_ref()
+        .and_then(|a| a.policies_dir.clone())
         .or_else(|| config.pipeline_options().policies.first().cloned())
 }
 

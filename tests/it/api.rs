@@ -738,25 +738,47 @@ async fn fenced_writes(url: String) {
     s.inventory = Some(Batch::default());
     let mut summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap();
     let batch = summary.inventory.take().unwrap();
-    let fence = |epoch, offset| akwatch::inventory::Fence {
+    let at = |offset: i64| vec![(("topic".to_owned(), 2), (offset, 1u32))];
+    let fence = |epoch, from: Option<i64>, offset| akwatch::inventory::Fence {
         group: "g".into(),
         part: 0,
         epoch,
-        positions: vec![(("topic".to_owned(), 2), (offset, 1))],
+        expected: from.map(at).unwrap_or_default(),
+        positions: at(offset),
     };
-    store
-        .apply_fenced(&batch, Some(&fence(first.epoch, 10)))
-        .await
-        .unwrap();
+    use akwatch::inventory::Written;
+    assert_eq!(
+        store
+            .apply_fenced(&batch, Some(&fence(first.epoch, None, 10)))
+            .await
+            .unwrap(),
+        Written::Applied
+    );
     let calls = store.total_calls().await.unwrap();
     assert!(calls > 0);
+    // The same write again (its acknowledgement lost, tried again): not applied twice.
+    assert_eq!(
+        store
+            .apply_fenced(&batch, Some(&fence(first.epoch, None, 10)))
+            .await
+            .unwrap(),
+        Written::AlreadyApplied
+    );
+    assert_eq!(store.total_calls().await.unwrap(), calls);
+    // A write that expects other positions than the store's: refused.
+    let err = store
+        .apply_fenced(&batch, Some(&fence(first.epoch, Some(7), 12)))
+        .await
+        .unwrap_err();
+    assert!(err.is::<akwatch::inventory::Diverged>(), "{err:#}");
+    assert_eq!(store.total_calls().await.unwrap(), calls);
     // Another instance takes the partition over: it sees the positions written.
     let second = store.claim("g", 0, "b").await.unwrap();
     assert!(second.epoch > first.epoch);
     assert_eq!(second.counted.get(&("topic".to_owned(), 2)), Some(&(10, 1)));
     // The old owner's next write is refused whole.
     let err = store
-        .apply_fenced(&batch, Some(&fence(first.epoch, 20)))
+        .apply_fenced(&batch, Some(&fence(first.epoch, Some(10), 20)))
         .await
         .unwrap_err();
     assert!(err.is::<akwatch::inventory::Fenced>(), "{err:#}");
