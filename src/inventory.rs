@@ -16,6 +16,19 @@ use crate::alarm::Alarm;
 use crate::enrich::Enrichment;
 use crate::event::{Cloud, Event, Outcome};
 
+/// A region or user agent as the inventory keeps it: at most 512 bytes (cut on a character
+/// boundary).
+fn cut_attr(s: &str) -> String {
+    if s.len() <= 512 {
+        return s.to_owned();
+    }
+    let mut end = 512;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 /// The most source IPs and APIs the store keeps per key ([`Store::cap_per_key`]).
 pub const MAX_PER_KEY: i64 = 1000;
 
@@ -84,6 +97,8 @@ pub struct Batch {
     ips: HashMap<String, IpDelta>,
     accounts: HashMap<(Cloud, String), Seen>,
     hourly: HashMap<(Cloud, String, String, String, i64), Seen>,
+    /// A key's regions and user agents (kind `region` / `user_agent`).
+    key_attrs: HashMap<(Cloud, String, &'static str, String), Seen>,
     /// The latest notification of each alarm.
     alarms: HashMap<String, Alarm>,
     /// The whole current set of configuration risks, when it changed (the newest wins).
@@ -103,6 +118,7 @@ impl Batch {
             + self.ips.len()
             + self.accounts.len()
             + self.hourly.len()
+            + self.key_attrs.len()
             + self.alarms.len()
             + self.risks.as_ref().map_or(0, Vec::len)
             + self.principals.as_ref().map_or(0, Vec::len)
@@ -166,6 +182,18 @@ impl Batch {
             .entry((e.cloud, key.clone(), api.clone()))
             .or_default()
             .add(t, failed);
+        if let Some(region) = e.region.as_deref().filter(|r| !r.is_empty()) {
+            self.key_attrs
+                .entry((e.cloud, key.clone(), "region", cut_attr(region)))
+                .or_default()
+                .add(t, failed);
+        }
+        if let Some(ua) = e.user_agent.as_deref().filter(|u| !u.is_empty()) {
+            self.key_attrs
+                .entry((e.cloud, key.clone(), "user_agent", cut_attr(ua)))
+                .or_default()
+                .add(t, failed);
+        }
         self.hourly
             .entry((e.cloud, key, ip, api, t.div_euclid(3600) * 3600))
             .or_default()
@@ -203,6 +231,7 @@ impl Batch {
         seen(&mut self.key_apis, older.key_apis);
         seen(&mut self.accounts, older.accounts);
         seen(&mut self.hourly, older.hourly);
+        seen(&mut self.key_attrs, older.key_attrs);
         for (id, a) in older.alarms {
             match self.alarms.get(&id) {
                 Some(new) if new.count >= a.count => {}
@@ -350,7 +379,7 @@ async fn migrate_on(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
 }
 
 /// The versioned migrations, embedded (the binary needs no file beside it).
-const MIGRATIONS: [(i64, &str); 7] = [
+const MIGRATIONS: [(i64, &str); 8] = [
     (1, include_str!("../migrations/0001_inventory.sql")),
     (2, include_str!("../migrations/0002_lookup_indexes.sql")),
     (3, include_str!("../migrations/0003_audit_target.sql")),
@@ -358,6 +387,7 @@ const MIGRATIONS: [(i64, &str); 7] = [
     (5, include_str!("../migrations/0005_risks.sql")),
     (6, include_str!("../migrations/0006_policies.sql")),
     (7, include_str!("../migrations/0007_principals.sql")),
+    (8, include_str!("../migrations/0008_key_attributes.sql")),
 ];
 
 /// A principal of the newest credential reports, as the inventory keeps it.
@@ -816,6 +846,31 @@ impl Store {
         )
         .await?;
         let rows = batch
+            .key_attrs
+            .iter()
+            .map(|((c, key, kind, value), s)| {
+                vec![
+                    t(cloud(*c)),
+                    t(key),
+                    t(kind),
+                    t(value),
+                    Int(i(s.calls)),
+                    Int(s.last),
+                ]
+            })
+            .collect();
+        upsert(
+            &mut tx,
+            self.sqlite,
+            "INSERT INTO inv_key_attrs (cloud, key_id, kind, value, calls, last_seen)",
+            &format!(
+                "ON CONFLICT (cloud, key_id, kind, value) DO UPDATE SET calls = inv_key_attrs.calls + excluded.calls, last_seen = {}",
+                latest("last_seen", "inv_key_attrs")
+            ),
+            rows,
+        )
+        .await?;
+        let rows = batch
             .ips
             .iter()
             .map(|(ip, d)| {
@@ -1028,12 +1083,16 @@ impl Store {
             .await
     }
 
-    /// Keeps at most `max` source IPs and `max` APIs per key (the most called, then the most
-    /// recent): a key called from a flood of addresses cannot grow the store without bound. How
+    /// Keeps at most `max` source IPs, `max` APIs and `max` regions and user agents per key
+    /// (the most called, then the most recent): a key called from a flood of addresses cannot grow the store without bound. How
     /// many rows were removed (their calls stay in the key's totals and the hourly rollups).
     pub async fn cap_per_key(&self, max: i64) -> anyhow::Result<u64> {
         let mut removed = 0;
-        for (table, col) in [("inv_key_ips", "ip"), ("inv_key_apis", "api")] {
+        for (table, col) in [
+            ("inv_key_ips", "ip"),
+            ("inv_key_apis", "api"),
+            ("inv_key_attrs", "kind, value"),
+        ] {
             let sql = format!(
                 "DELETE FROM {table} WHERE (cloud, key_id, {col}) IN (SELECT cloud, key_id, {col} FROM \
                  (SELECT cloud, key_id, {col}, ROW_NUMBER() OVER (PARTITION BY cloud, key_id ORDER BY calls DESC, last_seen DESC, {col} ASC) AS rn \

@@ -117,6 +117,11 @@ pub struct AllowEntry {
 }
 
 impl AllowEntry {
+    /// Whether the entry names this key.
+    pub fn names_key(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
+
     pub fn covers(&self, rule_id: &str, e: &Event) -> bool {
         if !self.rules.is_empty() && !self.rules.iter().any(|r| r == rule_id) {
             return false;

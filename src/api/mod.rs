@@ -491,6 +491,12 @@ async fn key(
     .bind(field("principal"))
     .fetch_all(pool)
     .await?;
+    let attrs = sqlx::query(
+        "SELECT kind, value, calls, last_seen FROM inv_key_attrs WHERE key_id = $1 ORDER BY calls DESC, value ASC LIMIT 200",
+    )
+    .bind(key.as_str())
+    .fetch_all(pool)
+    .await?;
     let principal = sqlx::query(
         "SELECT body, source FROM inv_principals WHERE cloud = $1 AND principal = $2 AND (account = $3 OR account = '') ORDER BY account DESC LIMIT 1",
     )
@@ -525,6 +531,24 @@ async fn key(
         let (report, status) = report_facts(&principal, &key);
         o.insert("report".into(), report);
         o.insert("status".into(), json!(status));
+        for (kind, name) in [("region", "regions"), ("user_agent", "user_agents")] {
+            let rows: Vec<&sqlx::any::AnyRow> = attrs
+                .iter()
+                .filter(|r| r.try_get::<String, _>("kind").is_ok_and(|k| k == kind))
+                .collect();
+            let list: Vec<Value> = rows
+                .iter()
+                .map(|r| {
+                    json!({
+                        "value": r.try_get::<String, _>("value").unwrap_or_default(),
+                        "calls": r.try_get::<i64, _>("calls").unwrap_or_default(),
+                        "last_seen": r.try_get::<i64, _>("last_seen").unwrap_or_default(),
+                    })
+                })
+                .collect();
+            o.insert(name.into(), json!(list));
+        }
+        o.insert("policies".into(), json!(policies_naming(&s, &key)));
         o.insert("advice".into(), json!(advice(&alarms, &risks)));
         o.insert("alarms".into(), json!(alarms));
         o.insert("risks".into(), json!(risks));
@@ -558,6 +582,32 @@ fn report_facts(row: &Option<sqlx::any::AnyRow>, key: &str) -> (Value, &'static 
         o.insert("report".into(), json!(source));
     }
     (p, status)
+}
+
+/// The policy entries that name a key (allowlist entries listing it, IP hiding), from the
+/// policy directories the API knows; empty without them.
+fn policies_naming(s: &ApiState, key: &str) -> Vec<Value> {
+    let Some(files) = &s.policies else {
+        return Vec::new();
+    };
+    let Ok(policy) = crate::policy::Policy::load_dirs(&files.dirs, &files.rules) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Value> = policy
+        .allowlist
+        .iter()
+        .filter(|a| a.names_key(key))
+        .map(|a| {
+            json!({
+                "kind": "allowlist", "id": a.id, "rules": a.rules,
+                "expires": a.expires.map(|t| t.to_rfc3339()), "owner": a.owner, "comment": a.comment,
+            })
+        })
+        .collect();
+    if policy.hidden_keys.contains(key) {
+        out.push(json!({"kind": "ip-hiding"}));
+    }
+    out
 }
 
 /// The distinct advice of an item's alarms and risks, most severe first.
@@ -1385,6 +1435,32 @@ async fn openapi_json(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Api
     Ok(Json(openapi::document()))
 }
 
+/// How long a request may take (its queries are cancelled past it).
+pub const REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Before any handler: a request without a valid token is refused before its body is read
+/// (handlers still check the role), and every request is bounded by [`REQUEST_TIME`].
+async fn gate(
+    State(s): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(e) = authorize(&s, req.headers(), Role::Viewer) {
+        return e.into_response();
+    }
+    match tokio::time::timeout(REQUEST_TIME, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took longer than {} s and was stopped",
+                REQUEST_TIME.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -1418,6 +1494,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/audit", get(audit_log))
         .route("/openapi.json", get(openapi_json))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
     Router::new().nest("/api/v1", api)

@@ -1086,6 +1086,34 @@ async fn policies_case(f: Fixture) {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
+    // A key's page names the entries that name it.
+    let (status, v) = call(
+        &f.app,
+        "PUT",
+        "/api/v1/policies/allowlist/leaked-key-ci",
+        Some(admin),
+        Some(json!({"keys": ["AKIASIM0000000000000"], "rules": ["ak.new_source_ip"], "comment": "test"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let page = get(&f.app, "/api/v1/keys/AKIASIM0000000000000").await;
+    assert!(
+        page["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "allowlist" && p["id"] == "leaked-key-ci"),
+        "{page}"
+    );
+    // No token: refused before the body is read (a malformed body is not looked at).
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/policies/allowlist")
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
+    let res = f.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     let loaded = akwatch::policy::Policy::load(&f.policy_dir, &rules).unwrap();
     assert!(loaded.hidden_keys.contains("AKIAPARTNER000000001"));
     assert_eq!(
@@ -1242,6 +1270,18 @@ async fn report_facts_case(f: Fixture) {
     // AWS lists slots: the leaked key's principal has an active one.
     let leaked = get(&f.app, "/api/v1/keys/AKIASIM0000000000000").await;
     assert_eq!(leaked["status"], "active", "{leaked}");
+    // Its regions and user agents, with counts.
+    assert!(
+        !leaked["regions"].as_array().unwrap().is_empty(),
+        "{leaked}"
+    );
+    assert!(
+        leaked["user_agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["calls"].as_i64().unwrap() > 0)
+    );
     assert_eq!(leaked["report"]["name"], "app-00000");
     assert!(
         !leaked["advice"].as_array().unwrap().is_empty(),

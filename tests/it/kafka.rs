@@ -1643,6 +1643,7 @@ fn inventory_tables(store: &akwatch::inventory::Store) -> BTreeSet<String> {
         "SELECT 'ip' AS t, ip || '|' || country || '|' || CAST(asn AS TEXT) || '|' || CAST(calls AS TEXT) || '|' || CAST(first_seen AS TEXT) AS r FROM inv_ips",
         "SELECT 'account' AS t, cloud || '|' || account || '|' || CAST(calls AS TEXT) AS r FROM inv_accounts",
         "SELECT 'hourly' AS t, cloud || '|' || key_id || '|' || ip || '|' || api || '|' || CAST(hour AS TEXT) || '|' || CAST(calls AS TEXT) || '|' || CAST(failures AS TEXT) AS r FROM inv_calls_hourly",
+        "SELECT 'key_attr' AS t, cloud || '|' || key_id || '|' || kind || '|' || value || '|' || CAST(calls AS TEXT) || '|' || CAST(last_seen AS TEXT) AS r FROM inv_key_attrs",
         "SELECT 'alarm' AS t, alarm_id AS r FROM inv_alarms",
     ];
     tokio::runtime::Builder::new_current_thread()
