@@ -1801,6 +1801,48 @@ fn inventory_exactly_once(tag: &str, store_url: &str, two: bool) {
     assert!(body.contains("AKIA"), "{body}");
     let (status, _) = http_get_with_token(&api, "/api/v1/keys", "wrong-token");
     assert_eq!(status, 401);
+    // Every read endpoint of the OpenAPI document answers from the running service.
+    let body_of = |r: &str| -> serde_json::Value {
+        serde_json::from_str(r.split_once("\r\n\r\n").map_or("", |x| x.1)).unwrap_or_default()
+    };
+    let first = |path: &str, field: &str| -> String {
+        let (status, r) = http_get_with_token(&api, path, token);
+        assert_eq!(status, 200, "{path}: {r}");
+        body_of(&r)["items"][0][field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: no {field} in {r}"))
+            .to_owned()
+    };
+    let (ip, alarm, risk) = (
+        first("/api/v1/ips", "ip"),
+        first("/api/v1/alarms", "alarm_id"),
+        first("/api/v1/risks", "id"),
+    );
+    let (status, r) = http_get_with_token(&api, "/api/v1/openapi.json", token);
+    assert_eq!(status, 200, "{r}");
+    let doc = body_of(&r);
+    let mut answered = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if ops.get("get").is_none() || path.contains("{kind}/{id}") {
+            continue;
+        }
+        let id = if path.starts_with("/risks") {
+            &risk
+        } else {
+            &alarm
+        };
+        let concrete = path
+            .replace("{key}", "AKIASIM0000000000000")
+            .replace("{ip}", &ip)
+            .replace("{cloud}", "aws")
+            .replace("{account}", "210987654321")
+            .replace("{kind}", "allowlist")
+            .replace("{id}", id);
+        let (status, r) = http_get_with_token(&api, &format!("/api/v1{concrete}"), token);
+        assert_eq!(status, 200, "GET {concrete} from the running service: {r}");
+        answered += 1;
+    }
+    assert!(answered >= 14, "{answered} endpoints");
     let log_b = b.as_mut().map(|b| Harness::signal(b, "-TERM"));
     let log_a = Harness::signal(&mut a, "-TERM");
     let got_tables = inventory_tables(&store);
