@@ -40,6 +40,15 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
+    /// The top-level member of a policy file holding entries of this kind.
+    pub fn yaml_key(self) -> &'static str {
+        match self {
+            Kind::Allowlist => "allowlist",
+            Kind::IpHiding => "ip_hiding",
+            Kind::Alarm => "alarm_policy",
+        }
+    }
+
     /// The policy file the API's entries of this kind are rendered to.
     pub fn file(self) -> &'static str {
         match self {
@@ -62,11 +71,7 @@ pub fn render(kind: Kind, entries: &[(String, Value)]) -> String {
     );
     match kind {
         Kind::Allowlist | Kind::IpHiding => {
-            let key = if kind == Kind::Allowlist {
-                "allowlist"
-            } else {
-                "ip_hiding"
-            };
+            let key = kind.yaml_key();
             if entries.is_empty() {
                 text.push_str(&format!("{key}: []\n"));
             } else {

@@ -1029,42 +1029,75 @@ async fn alarm_status(
     Path(id): Path<String>,
     Json(body): Json<StatusBody>,
 ) -> ApiResult {
-    let caller = authorize(&s, &headers, Role::Operator)?;
-    check_status(&body)?;
+    let before = set_status(&s, &headers, Triaged::Alarm, &id, &body).await?;
+    Ok(Json(
+        json!({"alarm_id": id, "status": body.status, "was": before}),
+    ))
+}
+
+/// What triage sets the status of: its table, id column and name.
+#[derive(Clone, Copy)]
+enum Triaged {
+    Alarm,
+    Risk,
+}
+
+impl Triaged {
+    /// (table, id column, what it is called, audit action); fixed strings only.
+    fn parts(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Triaged::Alarm => ("inv_alarms", "alarm_id", "alarm", "alarm.status"),
+            Triaged::Risk => ("inv_risks", "risk_uid", "risk", "risk.status"),
+        }
+    }
+}
+
+/// Triage (operator): sets an alarm's or a risk's status, audited with the comment; returns
+/// the status before.
+async fn set_status(
+    s: &ApiState,
+    headers: &HeaderMap,
+    what: Triaged,
+    id: &str,
+    body: &StatusBody,
+) -> Result<String, ApiError> {
+    let caller = authorize(s, headers, Role::Operator)?;
+    check_status(body)?;
+    let (table, col, name, action) = what.parts();
     let mut tx = s.store.pool().begin().await?;
     // A write first: SQLite takes its write lock now (waiting for a running replay's batch)
     // rather than failing to upgrade a read later.
-    sqlx::query("UPDATE inv_alarms SET status = status WHERE alarm_id = $1")
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(&format!(
+        "UPDATE {table} SET status = status WHERE {col} = $1"
+    ))
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     let before: Option<String> =
-        sqlx::query_scalar("SELECT status FROM inv_alarms WHERE alarm_id = $1")
-            .bind(id.as_str())
+        sqlx::query_scalar(&format!("SELECT status FROM {table} WHERE {col} = $1"))
+            .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
     let Some(before) = before else {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no alarm {id}")));
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no {name} {id}")));
     };
-    sqlx::query("UPDATE inv_alarms SET status = $1 WHERE alarm_id = $2")
+    sqlx::query(&format!("UPDATE {table} SET status = $1 WHERE {col} = $2"))
         .bind(body.status.as_str())
-        .bind(id.as_str())
+        .bind(id)
         .execute(&mut *tx)
         .await?;
     audit(
         &mut tx,
         &caller,
-        "alarm.status",
-        &id,
+        action,
+        id,
         &before,
         &body.status,
         &body.comment,
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({"alarm_id": id, "status": body.status, "was": before}),
-    ))
+    Ok(before)
 }
 
 /// Risk rows: the risk as the reports gave it, with its id, triage status, whether the newest
@@ -1175,39 +1208,7 @@ async fn risk_status(
     Path(id): Path<String>,
     Json(body): Json<StatusBody>,
 ) -> ApiResult {
-    let caller = authorize(&s, &headers, Role::Operator)?;
-    check_status(&body)?;
-    let mut tx = s.store.pool().begin().await?;
-    // A write first: SQLite takes its write lock now (waiting for a running replay's batch)
-    // rather than failing to upgrade a read later.
-    sqlx::query("UPDATE inv_risks SET status = status WHERE risk_uid = $1")
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
-    let before: Option<String> =
-        sqlx::query_scalar("SELECT status FROM inv_risks WHERE risk_uid = $1")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(before) = before else {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no risk {id}")));
-    };
-    sqlx::query("UPDATE inv_risks SET status = $1 WHERE risk_uid = $2")
-        .bind(body.status.as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
-    audit(
-        &mut tx,
-        &caller,
-        "risk.status",
-        &id,
-        &before,
-        &body.status,
-        &body.comment,
-    )
-    .await?;
-    tx.commit().await?;
+    let before = set_status(&s, &headers, Triaged::Risk, &id, &body).await?;
     Ok(Json(
         json!({"id": id, "status": body.status, "was": before}),
     ))

@@ -83,11 +83,7 @@ fn file_entries(files: &PolicyFiles, kind: Kind) -> Vec<Value> {
             };
             match kind {
                 Kind::Allowlist | Kind::IpHiding => {
-                    let key = if kind == Kind::Allowlist {
-                        "allowlist"
-                    } else {
-                        "ip_hiding"
-                    };
+                    let key = kind.yaml_key();
                     for (i, e) in doc[key].as_array().into_iter().flatten().enumerate() {
                         let id = e["id"]
                             .as_str()
@@ -96,7 +92,7 @@ fn file_entries(files: &PolicyFiles, kind: Kind) -> Vec<Value> {
                     }
                 }
                 Kind::Alarm => {
-                    if let Some(rules) = doc["alarm_policy"]["rules"].as_object() {
+                    if let Some(rules) = doc[kind.yaml_key()]["rules"].as_object() {
                         for (id, e) in rules {
                             push(id.clone(), e.clone());
                         }
