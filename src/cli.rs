@@ -61,8 +61,26 @@ pub enum Command {
     /// Run the whole pipeline over files and print alarms (JSON lines on stdout, a summary
     /// table on stderr). With no paths: the bundled example scenario under examples/.
     Replay(ReplayArgs),
+    /// Replay logs into an inventory store and serve the console (the CSC views in a browser)
+    /// and the API on 127.0.0.1: with no paths, the bundled example scenario into a fresh store.
+    /// Prints the address and one-time sign-in tokens (admin and viewer) unless --tokens is given.
+    ///
+    /// Example: akwatch console   (then open http://127.0.0.1:8080/)
+    Console {
+        #[command(flatten)]
+        replay: ReplayArgs,
+        /// Where to serve. Without --tokens only a loopback address is allowed.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// YAML: `tokens: [{name, role: viewer|operator|admin, sha256: <hex of the token>}]`.
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
+        /// Serve the store (--store) as it is, without replaying into it first.
+        #[arg(long, requires = "store")]
+        no_replay: bool,
+    },
     /// Serve the inventory API (`/api/v1`: keys, source IPs, accounts, alarms and their triage,
-    /// audit log) over a store that `replay --store` filled.
+    /// audit log) and the console (`/`) over a store that `replay --store` filled.
     ///
     /// Example: akwatch replay --store akwatch.db && akwatch serve --store akwatch.db
     Serve {
@@ -233,6 +251,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reports(args) => reports(args),
         Command::CheckRules { dir } => check_rules(&dir),
         Command::Replay(args) => replay(args),
+        Command::Console {
+            replay,
+            listen,
+            tokens,
+            no_replay,
+        } => console(replay, listen, tokens.as_deref(), no_replay),
         Command::Serve {
             store,
             listen,
@@ -585,6 +609,15 @@ fn repo_path(rel: &str) -> PathBuf {
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let stdout = io::stdout();
+    replay_to(args, Box::new(stdout.lock())).map(|(code, _)| code)
+}
+
+/// `replay`, its alarms written to `alarms_out`; also returns the policy directories it loaded.
+fn replay_to(
+    args: ReplayArgs,
+    alarms_out: Box<dyn Write + '_>,
+) -> anyhow::Result<(ExitCode, Vec<PathBuf>)> {
     use crate::replay::{ReplayOptions, run, setup};
     let rules = if args.rules == std::path::Path::new("rules") {
         repo_path("rules")
@@ -662,8 +695,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     let mut dlq = open_rejects(args.dlq.as_deref(), args.dlq_max_bytes)?;
     let format = args.format;
-    let stdout = io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
+    let mut out = BufWriter::new(alarms_out);
     let mut write_error: Option<io::Error> = None;
     let mut summary = run(
         &mut s,
@@ -736,8 +768,114 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
             Err(anyhow::anyhow!("cannot write to stdout: {e}"))
         }
-        _ => Ok(ExitCode::SUCCESS),
+        _ => Ok((ExitCode::SUCCESS, options.policies.clone())),
     }
+}
+
+/// `akwatch console`: replay into a store (the bundled scenario by default, into a fresh store
+/// under the system's temporary directory), then serve the console and the API on `listen`.
+fn console(
+    mut args: ReplayArgs,
+    listen: std::net::SocketAddr,
+    tokens: Option<&std::path::Path>,
+    no_replay: bool,
+) -> anyhow::Result<ExitCode> {
+    let work = std::env::temp_dir().join(format!("akwatch-console-{}", std::process::id()));
+    let store = match &args.store {
+        Some(s) => s.clone(),
+        None => {
+            std::fs::create_dir_all(&work)
+                .with_context(|| format!("cannot create {}", work.display()))?;
+            work.join("akwatch.db").display().to_string()
+        }
+    };
+    args.store = Some(store.clone());
+    let rules_dir = if args.rules == std::path::Path::new("rules") {
+        repo_path("rules")
+    } else {
+        args.rules.clone()
+    };
+    // Without a tokens file: one-time admin and viewer tokens, printed once the console is up.
+    let mut printed = String::new();
+    let tokens = match tokens {
+        Some(path) => crate::api::load_tokens(Some(path), listen)?,
+        None => {
+            if !listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "{listen} is not a loopback address: give --tokens to serve the console beyond this machine"
+                );
+            }
+            let mut out = Vec::new();
+            for (name, role) in [
+                ("one-time admin", crate::api::Role::Admin),
+                ("one-time viewer", crate::api::Role::Viewer),
+            ] {
+                let secret: String = (0..32)
+                    .map(|_| format!("{:02x}", rand::random::<u8>()))
+                    .collect();
+                printed.push_str(&format!("  {name} token: {secret}\n"));
+                out.push(crate::api::TokenSpec {
+                    name: name.into(),
+                    role,
+                    sha256: crate::api::token_hash(&secret),
+                });
+            }
+            out
+        }
+    };
+    let policy_dirs = if no_replay {
+        if args.policies.is_empty() {
+            vec![rules_dir.join("policies")]
+        } else {
+            args.policies.clone()
+        }
+    } else {
+        let (code, dirs) = replay_to(args, Box::new(io::sink()))?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+        dirs
+    };
+    let api_dir = work.join("policies");
+    let rules = crate::rule::RuleSet::load(&rules_dir).map_err(|e| {
+        anyhow::anyhow!("the rules in {}: {}", rules_dir.display(), e.join("; "))
+    })?;
+    let files = crate::api::PolicyFiles::open_among(api_dir.clone(), policy_dirs.clone(), rules)?;
+    let again: Vec<String> = policy_dirs
+        .iter()
+        .chain(std::iter::once(&api_dir))
+        .map(|d| format!("--policies {}", d.display()))
+        .collect();
+    eprintln!(
+        "\nstore: {}\npolicy entries made in the console are written to {} (replay with {} to apply them)",
+        crate::inventory::redact(&store),
+        api_dir.display(),
+        again.join(" ")
+    );
+    if printed.is_empty() {
+        eprintln!("\nakwatch console: open http://{listen}/ and sign in with an API token. Ctrl-C stops it.");
+    } else {
+        eprintln!(
+            "\nakwatch console: open http://{listen}/ and sign in with a token (valid for this run only):\n{printed}Ctrl-C stops it."
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let store = crate::inventory::Store::open(&store).await?;
+        crate::policy_store::write_files(&store, &files.dir).await?;
+        let state = std::sync::Arc::new(crate::api::ApiState {
+            store,
+            tokens,
+            policies: Some(files),
+        });
+        crate::api::serve(state, listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The readable summary a replay prints on stderr.

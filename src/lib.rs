@@ -12,6 +12,7 @@ pub mod api;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod enrich;
 pub mod event;

@@ -122,6 +122,44 @@ impl AllowEntry {
         self.keys.contains(key)
     }
 
+    /// Whether the entry covers a call of `key` from `ip` to `api` as far as the inventory's
+    /// hourly rollups can tell: keys, IPs and APIs are judged; the members the rollups do not
+    /// keep ([`AllowEntry::unjudged_members`]) are taken as matching.
+    pub fn covers_call(&self, key: &str, ip: Option<IpAddr>, api: &str) -> bool {
+        (self.keys.is_empty() || self.keys.contains(key))
+            && self
+                .ips
+                .as_ref()
+                .is_none_or(|set| ip.is_some_and(|ip| set.contains(ip)))
+            && self.apis.as_ref().is_none_or(|g| g.matches(api))
+    }
+
+    /// The members given that hourly rollups cannot judge (a preview over them ignores these).
+    pub fn unjudged_members(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.console.is_some() {
+            out.push("method");
+        }
+        if self.user_agent.is_some() {
+            out.push("user_agent");
+        }
+        if !self.key_class.is_empty() {
+            out.push("key_class");
+        }
+        if self.outcome.is_some() {
+            out.push("outcome");
+        }
+        if !self.rules.is_empty() {
+            out.push("rules");
+        }
+        out
+    }
+
+    /// The keys the entry names (empty: any key).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(String::as_str)
+    }
+
     pub fn covers(&self, rule_id: &str, e: &Event) -> bool {
         if !self.rules.is_empty() && !self.rules.iter().any(|r| r == rule_id) {
             return false;

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub inventory_uncounted: IntCounter,
     pub inventory_already_counted: IntCounter,
     pub inventory_capped: IntCounter,
+    /// Console sessions dropped past the session cap (least recently used first).
+    pub console_sessions_evicted: IntCounter,
     pub inventory_write_seconds: Histogram,
     pub report_accounts: IntGauge,
     pub report_updates: IntCounter,
@@ -269,6 +271,10 @@ impl Metrics {
             inventory_capped: counter(
                 "akwatch_inventory_capped_rows_total",
                 "Source IP and API rows of keys past the per-key cap removed from the inventory (the most called are kept)",
+            )?,
+            console_sessions_evicted: counter(
+                "akwatch_console_sessions_evicted_total",
+                "Console sessions dropped because the session cap was reached (the least recently used first)",
             )?,
             inventory_write_seconds: latency(
                 "akwatch_inventory_write_seconds",

@@ -56,7 +56,7 @@ pub fn token_hash(secret: &str) -> String {
 }
 
 /// Byte strings equal, in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -165,8 +165,12 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("serving the inventory API on http://{listen}/api/v1");
-    axum::serve(listener, router(state))
+    eprintln!("serving the inventory API on http://{listen}/api/v1 and the console on http://{listen}/");
+    let evicted = prometheus::IntCounter::new(
+        "akwatch_console_sessions_evicted_total",
+        "Console sessions dropped past the cap",
+    )?;
+    axum::serve(listener, crate::console::app(state, evicted))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
@@ -210,18 +214,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap, need: Role) -> Result<Caller
                 "a bearer token is required".into(),
             )
         })?;
-    let hash = token_hash(secret.trim());
-    // Every configured hash is compared (no early exit), each in constant time.
-    let found = state
-        .tokens
-        .iter()
-        .fold(None, |hit, t| {
-            if constant_time_eq(t.sha256.to_ascii_lowercase().as_bytes(), hash.as_bytes()) {
-                Some(t)
-            } else {
-                hit
-            }
-        })
+    let found = token_owner(state, secret)
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()))?;
     if found.role < need {
         return Err(ApiError(
@@ -236,6 +229,19 @@ fn authorize(state: &ApiState, headers: &HeaderMap, need: Role) -> Result<Caller
     Ok(Caller {
         name: found.name.clone(),
         role: found.role,
+    })
+}
+
+/// The configured token whose secret this is (the console's sign-in uses it too).
+pub fn token_owner<'a>(state: &'a ApiState, secret: &str) -> Option<&'a TokenSpec> {
+    let hash = token_hash(secret.trim());
+    // Every configured hash is compared (no early exit), each in constant time.
+    state.tokens.iter().fold(None, |hit, t| {
+        if constant_time_eq(t.sha256.to_ascii_lowercase().as_bytes(), hash.as_bytes()) {
+            Some(t)
+        } else {
+            hit
+        }
     })
 }
 
@@ -260,6 +266,8 @@ pub struct ListQuery {
     until: Option<i64>,
     /// Risks: 1 for those the newest reports still show, 0 for fixed ones.
     present: Option<i64>,
+    /// Keys: 1 for those with pending alarms, 0 for those without.
+    has_alarms: Option<i64>,
 }
 
 enum Param {
@@ -289,6 +297,11 @@ impl Filter {
             self.clauses
                 .push(fragment.replace('?', &format!("${}", self.params.len())));
         }
+    }
+
+    /// A clause of fixed text, no parameter.
+    fn fixed(&mut self, clause: &str) {
+        self.clauses.push(clause.to_owned());
     }
 
     fn sql(&self) -> String {
@@ -399,6 +412,17 @@ const KEY_INTS: [&str; 6] = [
     "pending_alarms",
 ];
 
+/// The most keys a list filtered by report status judges (the status comes from each key's
+/// principal in the reports, so such a filter reads every key the other filters leave).
+pub const MAX_STATUS_SCAN: usize = 200_000;
+
+/// The principal's report body beside each key row (for its status).
+const KEY_PRINCIPAL: &str = ", (SELECT p.body FROM inv_principals p WHERE p.cloud = k.cloud AND p.principal = k.principal \
+     AND (p.account = k.account OR p.account = '') ORDER BY p.account DESC LIMIT 1) AS principal_body";
+
+/// The report statuses a key can have (see [`key_status`]).
+pub const KEY_STATUSES: [&str; 5] = ["active", "inactive", "at_risk", "not_in_report", "unknown"];
+
 async fn keys(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -410,6 +434,31 @@ async fn keys(
     f.text("k.cloud = ?", &q.cloud);
     f.text("k.account = ?", &q.account);
     f.text("k.kind = ?", &q.kind);
+    f.int("k.last_seen >= ?", q.since);
+    f.int("k.last_seen <= ?", q.until);
+    match q.has_alarms {
+        None => {}
+        Some(1) => f.fixed(
+            "EXISTS (SELECT 1 FROM inv_alarms a WHERE a.key_id = k.key_id AND a.status = 'pending')",
+        ),
+        Some(0) => f.fixed(
+            "NOT EXISTS (SELECT 1 FROM inv_alarms a WHERE a.key_id = k.key_id AND a.status = 'pending')",
+        ),
+        Some(_) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "has_alarms must be 0 or 1".into(),
+            ));
+        }
+    }
+    if let Some(st) = &q.status
+        && !KEY_STATUSES.contains(&st.as_str())
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("status must be one of {}", KEY_STATUSES.join(", ")),
+        ));
+    }
     let order = order_by(
         &q,
         &[
@@ -421,19 +470,53 @@ async fn keys(
         ],
         "key_id",
     )?;
-    let total = count(
-        &s.store,
-        &format!("SELECT COUNT(*) FROM inv_keys k{}", f.sql()),
-        &f,
-    )
-    .await?;
-    let sql = format!(
-        "{KEY_SELECT}{}{order} LIMIT {limit} OFFSET {offset}",
-        f.sql()
-    );
-    let rows = f.bind(sqlx::query(&sql)).fetch_all(s.store.pool()).await?;
+    let select = KEY_SELECT.replacen(" FROM inv_keys k", &format!("{KEY_PRINCIPAL} FROM inv_keys k"), 1);
+    let with_status = |rows: &[sqlx::any::AnyRow]| -> Vec<Value> {
+        rows.iter()
+            .zip(rows_json(rows, &KEY_TEXT, &KEY_INTS))
+            .map(|(r, mut v)| {
+                let body: Option<String> = r.try_get("principal_body").ok().flatten();
+                let key = v["key_id"].as_str().unwrap_or_default().to_owned();
+                v["status"] = json!(key_status(body.as_deref(), &key));
+                v
+            })
+            .collect()
+    };
+    let (items, total) = match &q.status {
+        None => {
+            let total = count(
+                &s.store,
+                &format!("SELECT COUNT(*) FROM inv_keys k{}", f.sql()),
+                &f,
+            )
+            .await?;
+            let sql = format!("{select}{}{order} LIMIT {limit} OFFSET {offset}", f.sql());
+            let rows = f.bind(sqlx::query(&sql)).fetch_all(s.store.pool()).await?;
+            (with_status(&rows), total)
+        }
+        Some(want) => {
+            let sql = format!("{select}{}{order} LIMIT {}", f.sql(), MAX_STATUS_SCAN + 1);
+            let rows = f.bind(sqlx::query(&sql)).fetch_all(s.store.pool()).await?;
+            if rows.len() > MAX_STATUS_SCAN {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "more than {MAX_STATUS_SCAN} keys to judge by status: narrow the list by cloud, account or kind first"
+                    ),
+                ));
+            }
+            let all: Vec<Value> = with_status(&rows)
+                .into_iter()
+                .filter(|v| v["status"] == json!(want))
+                .collect();
+            let total = i64::try_from(all.len()).unwrap_or(i64::MAX);
+            let from = usize::try_from(offset).unwrap_or(usize::MAX);
+            let n = usize::try_from(limit).unwrap_or(0);
+            (all.into_iter().skip(from).take(n).collect(), total)
+        }
+    };
     Ok(Json(
-        json!({"items": rows_json(&rows, &KEY_TEXT, &KEY_INTS), "total": total, "limit": limit, "offset": offset}),
+        json!({"items": items, "total": total, "limit": limit, "offset": offset}),
     ))
 }
 
@@ -565,23 +648,43 @@ fn report_facts(row: &Option<sqlx::any::AnyRow>, key: &str) -> (Value, &'static 
     };
     let body: String = row.try_get("body").unwrap_or_default();
     let source: String = row.try_get("source").unwrap_or_default();
+    let status = key_status(Some(&body), key);
     let mut p: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    if let Some(o) = p.as_object_mut() {
+        o.insert("report".into(), json!(source));
+    }
+    (p, status)
+}
+
+/// A key's status from its principal's report entry (`body`, none: no report names it).
+fn key_status(body: Option<&str>, key: &str) -> &'static str {
+    let Some(body) = body else {
+        return "unknown";
+    };
+    let p: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let keys = p["keys"].as_array().cloned().unwrap_or_default();
     // Reports that name keys (Tencent) say which; the others (AWS, Alibaba) list slots: a
     // principal with an active slot has the key active, one with none has it inactive.
     let named = keys.iter().find(|k| k["id"].as_str() == Some(key));
-    let status = match named {
+    match named {
         Some(k) if k["at_risk"] == json!(true) => "at_risk",
         Some(k) if k["active"] == json!(true) => "active",
         Some(_) => "inactive",
         None if keys.is_empty() || keys.iter().all(|k| k["id"].is_string()) => "not_in_report",
         None if keys.iter().any(|k| k["active"] == json!(true)) => "active",
         None => "inactive",
-    };
-    if let Some(o) = p.as_object_mut() {
-        o.insert("report".into(), json!(source));
     }
-    (p, status)
+}
+
+/// The severity of a stored rank (`inv_alarms.severity_rank`).
+fn severity_name(rank: i64) -> &'static str {
+    match rank {
+        i64::MIN..=0 => "info",
+        1 => "low",
+        2 => "medium",
+        3 => "high",
+        _ => "critical",
+    }
 }
 
 /// The policy entries that name a key (allowlist entries listing it, IP hiding), from the
@@ -698,7 +801,16 @@ async fn ip(
     .bind(ip.as_str())
     .fetch_all(pool)
     .await?;
+    // The alarms naming this IP among their sources (the alarm body's `"ip":"…"`; the path
+    // matched a stored IP, so it holds no LIKE wildcard).
+    let alarms = sqlx::query(
+        "SELECT body, status FROM inv_alarms WHERE body LIKE $1 ORDER BY severity_rank DESC, last_seen DESC LIMIT 200",
+    )
+    .bind(format!("%\"ip\":\"{ip}\"%"))
+    .fetch_all(pool)
+    .await?;
     if let Some(o) = info.as_object_mut() {
+        o.insert("alarms".into(), json!(alarm_rows(&alarms)));
         o.insert(
             "keys_used".into(),
             json!(rows_json(
@@ -1257,7 +1369,48 @@ async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResu
         sqlx::query("SELECT ip, calls AS n FROM inv_ips ORDER BY calls DESC, ip ASC LIMIT 10")
             .fetch_all(pool)
             .await?;
+    // Keys by report status (each key's principal judged; bounded like a status-filtered list).
+    let statuses = sqlx::query(&format!(
+        "SELECT k.key_id{KEY_PRINCIPAL} FROM inv_keys k LIMIT {}",
+        MAX_STATUS_SCAN
+    ))
+    .fetch_all(pool)
+    .await?;
+    let mut by_status: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for r in &statuses {
+        let key: String = r.try_get("key_id").unwrap_or_default();
+        let body: Option<String> = r.try_get("principal_body").ok().flatten();
+        *by_status.entry(key_status(body.as_deref(), &key)).or_default() += 1;
+    }
+    // Keys needing attention: pending alarms, the most severe first.
+    let attention = sqlx::query(
+        "SELECT key_id, MAX(severity_rank) AS rank, COUNT(*) AS n, MAX(last_seen) AS last_seen FROM inv_alarms \
+         WHERE status = 'pending' AND key_id <> '' GROUP BY key_id ORDER BY rank DESC, n DESC, key_id ASC LIMIT 10",
+    )
+    .fetch_all(pool)
+    .await?;
+    let attention: Vec<Value> = attention
+        .iter()
+        .map(|r| {
+            let rank = r.try_get::<i64, _>("rank").unwrap_or_default();
+            json!({
+                "key_id": r.try_get::<String, _>("key_id").unwrap_or_default(),
+                "severity": severity_name(rank),
+                "n": r.try_get::<i64, _>("n").unwrap_or_default(),
+                "last_seen": r.try_get::<i64, _>("last_seen").unwrap_or_default(),
+            })
+        })
+        .collect();
+    let recent = sqlx::query(
+        "SELECT actor, action, target, comment, at FROM inv_audit ORDER BY at DESC, id ASC LIMIT 8",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(Json(json!({
+        "keys_total": statuses.len(),
+        "keys_by_status": by_status,
+        "keys_needing_attention": attention,
+        "recent_changes": rows_json(&recent, &["actor", "action", "target", "comment"], &["at"]),
         "keys_by_kind": rows_json(&kinds, &["kind"], &["n"]),
         "pending_alarms_by_severity": rows_json(&pending, &["severity"], &["n"]),
         "pending_risks_by_severity": rows_json(&pending_risks, &["severity"], &["n"]),
@@ -1298,6 +1451,8 @@ struct AllowBody {
     /// What besides the key and the rule the entry is scoped to: `ip` (the alarm's source IPs),
     /// `api` (its APIs).
     scope: Vec<String>,
+    /// Check the entry and preview what it would have matched; store nothing.
+    dry_run: bool,
 }
 
 /// `POST /alarms/{id}/allowlist`: an allowlist entry scoped from the alarm (its key and rule,
@@ -1401,7 +1556,7 @@ async fn alarm_allowlist(
     // Stored and checked like any policy change (the loader's messages), the alarm marked in
     // the same transaction.
     let mut tx = s.store.pool().begin().await?;
-    let (_, text) = policies::change_in(
+    let (_, text, policy) = policies::change_in(
         &mut tx,
         files,
         &caller,
@@ -1410,6 +1565,20 @@ async fn alarm_allowlist(
         policies::Op::Create(entry.clone()),
     )
     .await?;
+    if body.dry_run {
+        drop(tx);
+        let matched = policies::preview(
+            &s.store,
+            crate::policy_store::Kind::Allowlist,
+            &policy,
+            &entry_id,
+            &entry,
+        )
+        .await?;
+        return Ok(Json(json!({
+            "alarm_id": id, "entry": entry, "dry_run": true, "file_text": text, "preview": matched,
+        })));
+    }
     sqlx::query("UPDATE inv_alarms SET status = 'allowlisted' WHERE alarm_id = $1")
         .bind(id.as_str())
         .execute(&mut *tx)

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
@@ -191,7 +191,7 @@ pub(super) async fn change_in(
     kind: Kind,
     id: &str,
     op: Op,
-) -> Result<(Option<Value>, String), ApiError> {
+) -> Result<(Option<Value>, String, crate::policy::Policy), ApiError> {
     check_id(id)?;
     sqlx::query("UPDATE inv_policy_rev SET rev = rev + 1 WHERE singleton = 1")
         .execute(&mut **tx)
@@ -239,8 +239,12 @@ pub(super) async fn change_in(
     }
     let text = policy_store::render(kind, &list);
     let path = files.dir.join(kind.file());
-    crate::policy::Policy::load_dirs_replacing(&files.dirs, &files.rules, &[(path, text.clone())])
-        .map_err(|errors| ApiError(StatusCode::BAD_REQUEST, errors.join("\n")))?;
+    let policy = crate::policy::Policy::load_dirs_replacing(
+        &files.dirs,
+        &files.rules,
+        &[(path, text.clone())],
+    )
+    .map_err(|errors| ApiError(StatusCode::BAD_REQUEST, errors.join("\n")))?;
     match &new {
         Some(v) => {
             sqlx::query(
@@ -263,7 +267,7 @@ pub(super) async fn change_in(
                 .await?;
         }
     }
-    Ok((before, text))
+    Ok((before, text, policy))
 }
 
 /// Writes a kind's file after its change committed (a failure is reported; the store has the
@@ -284,12 +288,20 @@ pub(super) fn write_file(files: &PolicyFiles, kind: Kind, text: &str) -> Result<
     Ok(path.display().to_string())
 }
 
+/// `?dry_run=true`: check the change and preview it, store nothing.
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct DryRun {
+    dry_run: bool,
+}
+
 async fn apply(
     s: &ApiState,
     headers: &HeaderMap,
     k: &str,
     id: Option<String>,
     op: Op,
+    dry_run: bool,
 ) -> ApiResult {
     let caller = authorize(s, headers, Role::Admin)?;
     let kind = kind(k)?;
@@ -309,12 +321,21 @@ async fn apply(
     };
     let _guard = files.lock.lock().await;
     let mut tx = s.store.pool().begin().await?;
-    let (before, text) = change_in(&mut tx, files, &caller, kind, &id, op).await?;
+    let (before, text, policy) = change_in(&mut tx, files, &caller, kind, &id, op).await?;
     let after: Value = policy_store::entries(&mut *tx, kind)
         .await
         .ok()
         .and_then(|l| l.into_iter().find(|(i, _)| *i == id).map(|(_, v)| v))
         .unwrap_or(Value::Null);
+    if dry_run {
+        // Dropping the transaction rolls the change back.
+        drop(tx);
+        let matched = preview(&s.store, kind, &policy, &id, &after).await?;
+        return Ok(Json(json!({
+            "kind": kind.as_str(), "id": id, "entry": after, "before": before,
+            "dry_run": true, "file_text": text, "preview": matched,
+        })));
+    }
     let comment = after["comment"].as_str().unwrap_or_default().to_owned();
     audit(
         &mut tx,
@@ -341,18 +362,20 @@ pub(super) async fn create(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(k): Path<String>,
+    Query(d): Query<DryRun>,
     Json(body): Json<Value>,
 ) -> ApiResult {
-    apply(&s, &headers, &k, None, Op::Create(body)).await
+    apply(&s, &headers, &k, None, Op::Create(body), d.dry_run).await
 }
 
 pub(super) async fn put(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((k, id)): Path<(String, String)>,
+    Query(d): Query<DryRun>,
     Json(body): Json<Value>,
 ) -> ApiResult {
-    apply(&s, &headers, &k, Some(id), Op::Put(body)).await
+    apply(&s, &headers, &k, Some(id), Op::Put(body), d.dry_run).await
 }
 
 pub(super) async fn delete(
@@ -360,5 +383,204 @@ pub(super) async fn delete(
     headers: HeaderMap,
     Path((k, id)): Path<(String, String)>,
 ) -> ApiResult {
-    apply(&s, &headers, &k, Some(id), Op::Delete).await
+    apply(&s, &headers, &k, Some(id), Op::Delete, false).await
+}
+
+/// The days a preview looks back from the newest hourly rollup.
+pub const PREVIEW_DAYS: i64 = 7;
+/// The most rollup rows (key, IP, API) and alarms a preview judges.
+pub const PREVIEW_ROWS: usize = 200_000;
+const PREVIEW_ALARMS: usize = 5_000;
+
+/// What an entry, as `policy` loaded it, would have matched in the last [`PREVIEW_DAYS`] of the
+/// inventory: calls (by key, IP and API, from the hourly rollups) and stored alarms.
+pub(super) async fn preview(
+    store: &crate::inventory::Store,
+    kind: Kind,
+    policy: &crate::policy::Policy,
+    id: &str,
+    entry: &Value,
+) -> Result<Value, ApiError> {
+    use sqlx::Row as _;
+    use std::collections::BTreeMap;
+    let pool = store.pool();
+    let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(hour) FROM inv_calls_hourly")
+        .fetch_one(pool)
+        .await?;
+    let Some(newest) = newest else {
+        return Ok(json!({"days": PREVIEW_DAYS, "calls": 0, "note": "no invocation records in the inventory yet"}));
+    };
+    let until = newest.saturating_add(3600);
+    let since = until.saturating_sub(PREVIEW_DAYS * 86_400);
+    let mut calls = 0i64;
+    let mut keys: BTreeMap<String, i64> = BTreeMap::new();
+    let mut ips: BTreeMap<String, i64> = BTreeMap::new();
+    let mut apis: BTreeMap<String, i64> = BTreeMap::new();
+    let mut rows_read = 0usize;
+    let mut truncated = false;
+    let mut count_row = |r: &sqlx::any::AnyRow, keys: &mut BTreeMap<String, i64>| {
+        let n = r.try_get::<i64, _>("calls").unwrap_or_default();
+        calls = calls.saturating_add(n);
+        for (map, col) in [(&mut *keys, "key_id"), (&mut ips, "ip"), (&mut apis, "api")] {
+            let v = r.try_get::<String, _>(col).unwrap_or_default();
+            let slot = map.entry(v).or_default();
+            *slot = slot.saturating_add(n);
+        }
+    };
+    let group = "SELECT key_id, ip, api, CAST(SUM(calls) AS BIGINT) AS calls FROM inv_calls_hourly";
+    let by_key = format!(
+        "{group} WHERE key_id = $1 AND hour >= $2 GROUP BY key_id, ip, api LIMIT {}",
+        PREVIEW_ROWS + 1
+    );
+    let rows_of_key = |key: String| {
+        sqlx::query(&by_key)
+            .bind(key)
+            .bind(since)
+            .fetch_all(pool)
+    };
+    let mut unjudged: Vec<&str> = Vec::new();
+    let mut alarms_matched = 0usize;
+    let mut alarm_samples: Vec<Value> = Vec::new();
+    match kind {
+        Kind::Allowlist => {
+            let Some(a) = policy.allowlist.iter().find(|a| a.id == id) else {
+                return Ok(json!({"days": PREVIEW_DAYS, "calls": 0}));
+            };
+            unjudged = a.unjudged_members();
+            let named: Vec<String> = a.keys().map(str::to_owned).collect();
+            let rows = if named.is_empty() {
+                sqlx::query(&format!(
+                    "{group} WHERE hour >= $1 GROUP BY key_id, ip, api LIMIT {}",
+                    PREVIEW_ROWS + 1
+                ))
+                .bind(since)
+                .fetch_all(pool)
+                .await?
+            } else {
+                let mut all = Vec::new();
+                for k in named.into_iter().take(1000) {
+                    all.extend(rows_of_key(k).await?);
+                }
+                all
+            };
+            for r in &rows {
+                rows_read += 1;
+                if rows_read > PREVIEW_ROWS {
+                    truncated = true;
+                    break;
+                }
+                let key = r.try_get::<String, _>("key_id").unwrap_or_default();
+                let ip = r
+                    .try_get::<String, _>("ip")
+                    .ok()
+                    .and_then(|i| i.parse().ok());
+                let api = r.try_get::<String, _>("api").unwrap_or_default();
+                if a.covers_call(&key, ip, &api) {
+                    count_row(r, &mut keys);
+                }
+            }
+            // Stored alarms of the window the entry would have suppressed (judged on their
+            // key, rule, source IPs and APIs).
+            let stored = sqlx::query(&format!(
+                "SELECT body, status FROM inv_alarms WHERE last_seen >= $1 ORDER BY last_seen DESC LIMIT {PREVIEW_ALARMS}"
+            ))
+            .bind(since)
+            .fetch_all(pool)
+            .await?;
+            for r in &stored {
+                let Ok(body) = r.try_get::<String, _>("body") else {
+                    continue;
+                };
+                let Ok(alarm) = serde_json::from_str::<crate::alarm::Alarm>(&body) else {
+                    continue;
+                };
+                let Some(key) = &alarm.access_key_id else {
+                    continue;
+                };
+                if !a.rules.is_empty() && !a.rules.contains(&alarm.rule_id) {
+                    continue;
+                }
+                let ips: Vec<Option<std::net::IpAddr>> = if alarm.source_ips.is_empty() {
+                    vec![None]
+                } else {
+                    alarm.source_ips.iter().map(|i| i.ip.parse().ok()).collect()
+                };
+                let apis: Vec<&str> = if alarm.apis.is_empty() {
+                    vec![""]
+                } else {
+                    alarm.apis.iter().map(String::as_str).collect()
+                };
+                let hit = ips
+                    .iter()
+                    .all(|ip| apis.iter().all(|api| a.covers_call(key.as_str(), *ip, api)));
+                if hit {
+                    alarms_matched += 1;
+                    if alarm_samples.len() < 20 {
+                        alarm_samples.push(json!({
+                            "alarm_id": alarm.alarm_id, "rule_id": alarm.rule_id,
+                            "severity": alarm.severity, "key": key.as_str(),
+                            "status": r.try_get::<String, _>("status").unwrap_or_default(),
+                        }));
+                    }
+                }
+            }
+        }
+        Kind::IpHiding => {
+            let named: Vec<String> = entry["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect();
+            for k in named.into_iter().take(1000) {
+                for r in &rows_of_key(k).await? {
+                    count_row(r, &mut keys);
+                }
+            }
+        }
+        Kind::Alarm => {
+            let stored = sqlx::query(
+                "SELECT alarm_id, severity, status, key_id FROM inv_alarms WHERE rule_id = $1 AND last_seen >= $2 ORDER BY last_seen DESC LIMIT 5000",
+            )
+            .bind(id)
+            .bind(since)
+            .fetch_all(pool)
+            .await?;
+            alarms_matched = stored.len();
+            for r in stored.iter().take(20) {
+                alarm_samples.push(json!({
+                    "alarm_id": r.try_get::<String, _>("alarm_id").unwrap_or_default(),
+                    "rule_id": id,
+                    "severity": r.try_get::<String, _>("severity").unwrap_or_default(),
+                    "key": r.try_get::<String, _>("key_id").unwrap_or_default(),
+                    "status": r.try_get::<String, _>("status").unwrap_or_default(),
+                }));
+            }
+        }
+    }
+    let top = |m: BTreeMap<String, i64>| -> Vec<Value> {
+        let mut v: Vec<(String, i64)> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.into_iter()
+            .take(20)
+            .map(|(value, calls)| json!({"value": value, "calls": calls}))
+            .collect()
+    };
+    let distinct = [keys.len(), ips.len(), apis.len()];
+    Ok(json!({
+        "days": PREVIEW_DAYS,
+        "since": since,
+        "until": until,
+        "calls": calls,
+        "distinct_keys": distinct[0],
+        "distinct_ips": distinct[1],
+        "distinct_apis": distinct[2],
+        "top_keys": top(keys),
+        "top_ips": top(ips),
+        "top_apis": top(apis),
+        "alarms": alarms_matched,
+        "alarm_samples": alarm_samples,
+        "not_judged": unjudged,
+        "truncated": truncated,
+    }))
 }

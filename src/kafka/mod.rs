@@ -475,8 +475,9 @@ async fn serve_inventory(
             .with_context(|| format!("cannot listen on {} (inventory.api.listen)", api.listen))?;
         tracing::info!(listen = %api.listen, "serving the inventory API");
         let stopping = stop.clone();
+        let app = crate::console::app(state, metrics.console_sessions_evicted.clone());
         tokio::spawn(async move {
-            let served = axum::serve(listener, crate::api::router(state))
+            let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stopping.signalled().await })
                 .await;
             if let Err(e) = served {
