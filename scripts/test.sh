@@ -33,6 +33,9 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "console in a real browser (headless Chromium; screenshots under target/console-screenshots)"
+timeout 1500 bash scripts/browser-test.sh
+
 step "fuzz (short: every target 10 s; the long runs are in fuzz/README.md)"
 # Installs cargo-afl and AFL++ under target/ when missing; fails on a crash or a hang.
 # A hang in a 10 s run on a shared machine is more likely load than a bug: reported, not fatal

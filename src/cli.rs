@@ -837,9 +837,8 @@ fn console(
         dirs
     };
     let api_dir = work.join("policies");
-    let rules = crate::rule::RuleSet::load(&rules_dir).map_err(|e| {
-        anyhow::anyhow!("the rules in {}: {}", rules_dir.display(), e.join("; "))
-    })?;
+    let rules = crate::rule::RuleSet::load(&rules_dir)
+        .map_err(|e| anyhow::anyhow!("the rules in {}: {}", rules_dir.display(), e.join("; ")))?;
     let files = crate::api::PolicyFiles::open_among(api_dir.clone(), policy_dirs.clone(), rules)?;
     let again: Vec<String> = policy_dirs
         .iter()
@@ -853,7 +852,9 @@ fn console(
         again.join(" ")
     );
     if printed.is_empty() {
-        eprintln!("\nakwatch console: open http://{listen}/ and sign in with an API token. Ctrl-C stops it.");
+        eprintln!(
+            "\nakwatch console: open http://{listen}/ and sign in with an API token. Ctrl-C stops it."
+        );
     } else {
         eprintln!(
             "\nakwatch console: open http://{listen}/ and sign in with a token (valid for this run only):\n{printed}Ctrl-C stops it."

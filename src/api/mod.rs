@@ -165,7 +165,9 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("serving the inventory API on http://{listen}/api/v1 and the console on http://{listen}/");
+    eprintln!(
+        "serving the inventory API on http://{listen}/api/v1 and the console on http://{listen}/"
+    );
     let evicted = prometheus::IntCounter::new(
         "akwatch_console_sessions_evicted_total",
         "Console sessions dropped past the cap",
@@ -470,7 +472,11 @@ async fn keys(
         ],
         "key_id",
     )?;
-    let select = KEY_SELECT.replacen(" FROM inv_keys k", &format!("{KEY_PRINCIPAL} FROM inv_keys k"), 1);
+    let select = KEY_SELECT.replacen(
+        " FROM inv_keys k",
+        &format!("{KEY_PRINCIPAL} FROM inv_keys k"),
+        1,
+    );
     let with_status = |rows: &[sqlx::any::AnyRow]| -> Vec<Value> {
         rows.iter()
             .zip(rows_json(rows, &KEY_TEXT, &KEY_INTS))
@@ -1380,7 +1386,9 @@ async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResu
     for r in &statuses {
         let key: String = r.try_get("key_id").unwrap_or_default();
         let body: Option<String> = r.try_get("principal_body").ok().flatten();
-        *by_status.entry(key_status(body.as_deref(), &key)).or_default() += 1;
+        *by_status
+            .entry(key_status(body.as_deref(), &key))
+            .or_default() += 1;
     }
     // Keys needing attention: pending alarms, the most severe first.
     let attention = sqlx::query(

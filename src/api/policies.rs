@@ -408,7 +408,9 @@ pub(super) async fn preview(
         .fetch_one(pool)
         .await?;
     let Some(newest) = newest else {
-        return Ok(json!({"days": PREVIEW_DAYS, "calls": 0, "note": "no invocation records in the inventory yet"}));
+        return Ok(
+            json!({"days": PREVIEW_DAYS, "calls": 0, "note": "no invocation records in the inventory yet"}),
+        );
     };
     let until = newest.saturating_add(3600);
     let since = until.saturating_sub(PREVIEW_DAYS * 86_400);
@@ -432,12 +434,7 @@ pub(super) async fn preview(
         "{group} WHERE key_id = $1 AND hour >= $2 GROUP BY key_id, ip, api LIMIT {}",
         PREVIEW_ROWS + 1
     );
-    let rows_of_key = |key: String| {
-        sqlx::query(&by_key)
-            .bind(key)
-            .bind(since)
-            .fetch_all(pool)
-    };
+    let rows_of_key = |key: String| sqlx::query(&by_key).bind(key).bind(since).fetch_all(pool);
     let mut unjudged: Vec<&str> = Vec::new();
     let mut alarms_matched = 0usize;
     let mut alarm_samples: Vec<Value> = Vec::new();

@@ -11,7 +11,11 @@ pub(crate) fn per_day(days: &[(i64, i64)], label: &str) -> String {
         let _ = root.present();
     }
     // plotters writes a fixed-size SVG; a viewBox lets the stylesheet scale it to the page.
-    svg.replacen("<svg ", "<svg viewBox=\"0 0 640 220\" preserveAspectRatio=\"xMinYMin meet\" ", 1)
+    svg.replacen(
+        "<svg ",
+        "<svg viewBox=\"0 0 640 220\" preserveAspectRatio=\"xMinYMin meet\" ",
+        1,
+    )
 }
 
 fn draw<DB: DrawingBackend>(

@@ -198,10 +198,11 @@ fn behind_tls(headers: &HeaderMap) -> bool {
 }
 
 /// The signed-in user of a page request, or a redirect to the sign-in page.
-pub(crate) fn require(c: &Console, headers: &HeaderMap, path: &str) -> Result<Sess, Response> {
+/// (The refusal is boxed: a response is large, and the success is the common path.)
+pub(crate) fn require(c: &Console, headers: &HeaderMap, path: &str) -> Result<Sess, Box<Response>> {
     c.session(headers).ok_or_else(|| {
         let next: String = serde_urlencoded::to_string([("next", path)]).unwrap_or_default();
-        Redirect::to(&format!("/login?{next}")).into_response()
+        Box::new(Redirect::to(&format!("/login?{next}")).into_response())
     })
 }
 
@@ -210,13 +211,13 @@ pub(crate) fn require_post(
     c: &Console,
     headers: &HeaderMap,
     form: &[(String, String)],
-) -> Result<Sess, Response> {
-    let refuse = |msg: &str| (StatusCode::FORBIDDEN, msg.to_owned()).into_response();
+) -> Result<Sess, Box<Response>> {
+    let refuse = |msg: &str| Box::new((StatusCode::FORBIDDEN, msg.to_owned()).into_response());
     if !same_origin(headers) {
         return Err(refuse("refused: the form was not sent from this console"));
     }
     let Some(s) = c.session(headers) else {
-        return Err(Redirect::to("/login").into_response());
+        return Err(Box::new(Redirect::to("/login").into_response()));
     };
     let sent = field(form, "csrf").unwrap_or_default();
     if !crate::api::constant_time_eq(sent.as_bytes(), s.csrf.as_bytes()) {
@@ -253,7 +254,10 @@ async fn login(
     let Some(owner) = crate::api::token_owner(&c.api_state, &secret) else {
         return (
             StatusCode::UNAUTHORIZED,
-            view::login(Some(next), Some("That token is not valid for this console.")),
+            view::login(
+                Some(next),
+                Some("That token is not valid for this console."),
+            ),
         )
             .into_response();
     };
@@ -288,7 +292,7 @@ async fn logout(
     axum::Form(form): axum::Form<Vec<(String, String)>>,
 ) -> Response {
     if let Err(r) = require_post(&c, &headers, &form) {
-        return r;
+        return *r;
     }
     if let (Some(id), Ok(mut map)) = (cookie(&headers, COOKIE), c.sessions.lock()) {
         map.remove(&id);
@@ -378,7 +382,10 @@ pub fn app(state: Arc<ApiState>, evicted: prometheus::IntCounter) -> Router {
         .route("/risks", get(pages::risks))
         .route("/risks/{id}", get(pages::risk))
         .route("/risks/{id}/status", post(pages::risk_status))
-        .route("/policies", get(|| async { Redirect::to("/policies/allowlist") }))
+        .route(
+            "/policies",
+            get(|| async { Redirect::to("/policies/allowlist") }),
+        )
         .route(
             "/policies/{kind}",
             get(pages::policies).post(pages::policy_new),

@@ -49,7 +49,9 @@ fn done_message(code: &str) -> Option<&'static str> {
         "ignored" => "Marked ignored.",
         "pending" => "Marked pending again.",
         "triaged" => "The selected alarms are updated.",
-        "allowlisted" => "Allowlisted: the entry is saved to the policy files and applies to new events.",
+        "allowlisted" => {
+            "Allowlisted: the entry is saved to the policy files and applies to new events."
+        }
         "note" => "Note saved.",
         "saved" => "Policy entry saved; it applies to new events.",
         "deleted" => "Policy entry deleted.",
@@ -127,7 +129,9 @@ fn account_link(cloud: &str, account: &str) -> Markup {
 
 fn alarm_link(a: &Value) -> Markup {
     let id = text(&a["alarm_id"]);
-    let name = a["rule_name"].as_str().unwrap_or(a["rule_id"].as_str().unwrap_or(""));
+    let name = a["rule_name"]
+        .as_str()
+        .unwrap_or(a["rule_id"].as_str().unwrap_or(""));
     html! { a href={ "/alarms/" (seg(&id)) } { (name) } }
 }
 
@@ -223,7 +227,7 @@ pub(super) async fn overview(
 ) -> Response {
     let s = match require(&c, &headers, "/") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let o = match c.call(&s, Method::GET, "/overview", None).await {
         Ok(v) => v,
@@ -239,12 +243,15 @@ pub(super) async fn overview(
         .collect();
     let last = per_day.last().map_or(0, |d| d.0);
     let series = chart::fill_days(&per_day, last - (days - 1) * 86_400, last);
-    let rows: Vec<(String, i64)> = series
-        .iter()
-        .map(|(d, n)| (day(*d), *n))
-        .collect();
+    let rows: Vec<(String, i64)> = series.iter().map(|(d, n)| (day(*d), *n)).collect();
     let total = int(&o["keys_total"]);
-    let sum = |k: &str| -> i64 { o[k].as_array().into_iter().flatten().map(|r| int(&r["n"])).sum() };
+    let sum = |k: &str| -> i64 {
+        o[k].as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| int(&r["n"]))
+            .sum()
+    };
     let content = html! {
         (done(&params))
         @if total == 0 {
@@ -358,7 +365,7 @@ pub(super) async fn keys(
 ) -> Response {
     let s = match require(&c, &headers, "/keys") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     // "Last used on or after" is a date; the API takes Unix seconds.
     let since_day = params
@@ -373,7 +380,18 @@ pub(super) async fn keys(
     }
     let q = api_query(
         &params,
-        &["cloud", "account", "kind", "status", "has_alarms", "since", "sort", "order", "offset", "limit"],
+        &[
+            "cloud",
+            "account",
+            "kind",
+            "status",
+            "has_alarms",
+            "since",
+            "sort",
+            "order",
+            "offset",
+            "limit",
+        ],
     );
     let v = match c.call(&s, Method::GET, &format!("/keys?{q}"), None).await {
         Ok(v) => v,
@@ -437,7 +455,7 @@ pub(super) async fn key(
     let path = format!("/keys/{}", seg(&key));
     let s = match require(&c, &headers, &path) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let k = match c.call(&s, Method::GET, &path, None).await {
         Ok(v) => v,
@@ -551,7 +569,12 @@ pub(super) async fn key(
             } } }
         }
     };
-    page(&s, &format!("Access key {}", text(&k["key_id"])), "/keys", content)
+    page(
+        &s,
+        &format!("Access key {}", text(&k["key_id"])),
+        "/keys",
+        content,
+    )
 }
 
 fn report_key_field(report: &Value, key: &str, name: &str) -> String {
@@ -582,15 +605,25 @@ pub(super) async fn hide_key(
 ) -> Response {
     let s = match require_post(&c, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let id: String = format!("hide-{key}")
         .chars()
-        .map(|ch| if ch.is_ascii_alphanumeric() || "._:-@".contains(ch) { ch } else { '-' })
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || "._:-@".contains(ch) {
+                ch
+            } else {
+                '-'
+            }
+        })
         .take(128)
         .collect();
-    let entry = json!({"id": id, "keys": [key], "comment": field(&form, "comment").unwrap_or_default()});
-    match c.call(&s, Method::POST, "/policies/ip-hiding", Some(&entry)).await {
+    let entry =
+        json!({"id": id, "keys": [key], "comment": field(&form, "comment").unwrap_or_default()});
+    match c
+        .call(&s, Method::POST, "/policies/ip-hiding", Some(&entry))
+        .await
+    {
         Ok(_) => Redirect::to(&format!("/keys/{}?done=hidden", seg(&key))).into_response(),
         Err(f) => failed(&s, "Hide a key's IPs", "/keys", &f),
     }
@@ -606,7 +639,7 @@ pub(super) async fn ips(
 ) -> Response {
     let s = match require(&c, &headers, "/ips") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = api_query(&params, &["sort", "order", "offset", "limit"]);
     let v = match c.call(&s, Method::GET, &format!("/ips?{q}"), None).await {
@@ -686,7 +719,7 @@ pub(super) async fn ip(
     let path = format!("/ips/{}", seg(&ip));
     let s = match require(&c, &headers, &path) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let r = match c.call(&s, Method::GET, &path, None).await {
         Ok(v) => v,
@@ -697,7 +730,13 @@ pub(super) async fn ip(
     ip_page(&s, &r, &params, internal, None)
 }
 
-fn ip_page(s: &Sess, r: &Value, params: &[(String, String)], internal: bool, error: Option<&str>) -> Response {
+fn ip_page(
+    s: &Sess,
+    r: &Value,
+    params: &[(String, String)],
+    internal: bool,
+    error: Option<&str>,
+) -> Response {
     let ip = text(&r["ip"]);
     let content = html! {
         (done(params))
@@ -751,11 +790,16 @@ pub(super) async fn ip_note(
 ) -> Response {
     let s = match require_post(&c, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = json!({"note": field(&form, "note").unwrap_or_default()});
     match c
-        .call(&s, Method::PUT, &format!("/ips/{}/note", seg(&ip)), Some(&body))
+        .call(
+            &s,
+            Method::PUT,
+            &format!("/ips/{}/note", seg(&ip)),
+            Some(&body),
+        )
         .await
     {
         Ok(_) => Redirect::to(&format!("/ips/{}?done=note#note", seg(&ip))).into_response(),
@@ -773,10 +817,13 @@ pub(super) async fn accounts(
 ) -> Response {
     let s = match require(&c, &headers, "/accounts") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = api_query(&params, &["cloud", "sort", "order", "offset", "limit"]);
-    let v = match c.call(&s, Method::GET, &format!("/accounts?{q}"), None).await {
+    let v = match c
+        .call(&s, Method::GET, &format!("/accounts?{q}"), None)
+        .await
+    {
         Ok(v) => v,
         Err(f) => return failed(&s, "Accounts", "/accounts", &f),
     };
@@ -820,7 +867,7 @@ pub(super) async fn account(
     let path = format!("/accounts/{}/{}", seg(&cloud), seg(&account));
     let s = match require(&c, &headers, &path) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let a = match c.call(&s, Method::GET, &path, None).await {
         Ok(v) => v,
@@ -830,7 +877,15 @@ pub(super) async fn account(
         .call(
             &s,
             Method::GET,
-            &format!("/alarms?{}", view::query(&[("cloud", &cloud), ("account", &account), ("limit", "100"), ("sort", "severity_rank")])),
+            &format!(
+                "/alarms?{}",
+                view::query(&[
+                    ("cloud", &cloud),
+                    ("account", &account),
+                    ("limit", "100"),
+                    ("sort", "severity_rank")
+                ])
+            ),
             None,
         )
         .await
@@ -884,7 +939,12 @@ pub(super) async fn account(
             @if list.is_empty() { (empty("No configuration risk.")) } @else { (risk_table(&list)) }
         }
     };
-    page(&s, &format!("Account {account} ({cloud})"), "/accounts", content)
+    page(
+        &s,
+        &format!("Account {account} ({cloud})"),
+        "/accounts",
+        content,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -897,15 +957,23 @@ pub(super) async fn alarms(
 ) -> Response {
     let s = match require(&c, &headers, "/alarms") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     alarms_page(&c, &s, &params, None).await
 }
 
-async fn alarms_page(c: &Console, s: &Sess, params: &[(String, String)], error: Option<&str>) -> Response {
+async fn alarms_page(
+    c: &Console,
+    s: &Sess,
+    params: &[(String, String)],
+    error: Option<&str>,
+) -> Response {
     let q = api_query(
         params,
-        &["status", "severity", "rule", "cloud", "account", "key", "sort", "order", "offset", "limit"],
+        &[
+            "status", "severity", "rule", "cloud", "account", "key", "sort", "order", "offset",
+            "limit",
+        ],
     );
     let v = match c.call(s, Method::GET, &format!("/alarms?{q}"), None).await {
         Ok(v) => v,
@@ -973,16 +1041,28 @@ pub(super) async fn alarms_triage(
 ) -> Response {
     let s = match require_post(&c, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let back = field(&form, "back").filter(|b| b.starts_with("/alarms")).unwrap_or("/alarms");
+    let back = field(&form, "back")
+        .filter(|b| b.starts_with("/alarms"))
+        .unwrap_or("/alarms");
     let back_params: Vec<(String, String)> = back
         .split_once('?')
         .and_then(|(_, q)| serde_urlencoded::from_str(q).ok())
         .unwrap_or_default();
-    let ids: Vec<&str> = form.iter().filter(|(k, _)| k == "id").map(|(_, v)| v.as_str()).collect();
+    let ids: Vec<&str> = form
+        .iter()
+        .filter(|(k, _)| k == "id")
+        .map(|(_, v)| v.as_str())
+        .collect();
     if ids.is_empty() {
-        return alarms_page(&c, &s, &back_params, Some("Select at least one alarm first.")).await;
+        return alarms_page(
+            &c,
+            &s,
+            &back_params,
+            Some("Select at least one alarm first."),
+        )
+        .await;
     }
     let body = json!({
         "status": field(&form, "status").unwrap_or("handled"),
@@ -990,10 +1070,21 @@ pub(super) async fn alarms_triage(
     });
     for id in &ids {
         if let Err(f) = c
-            .call(&s, Method::POST, &format!("/alarms/{}/status", seg(id)), Some(&body))
+            .call(
+                &s,
+                Method::POST,
+                &format!("/alarms/{}/status", seg(id)),
+                Some(&body),
+            )
             .await
         {
-            return alarms_page(&c, &s, &back_params, Some(&format!("Alarm {id}: {}", f.message))).await;
+            return alarms_page(
+                &c,
+                &s,
+                &back_params,
+                Some(&format!("Alarm {id}: {}", f.message)),
+            )
+            .await;
         }
     }
     let sep = if back.contains('?') { '&' } else { '?' };
@@ -1009,7 +1100,7 @@ pub(super) async fn alarm(
     let path = format!("/alarms/{}", seg(&id));
     let s = match require(&c, &headers, &path) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let a = match c.call(&s, Method::GET, &path, None).await {
         Ok(v) => v,
@@ -1125,12 +1216,15 @@ pub(super) async fn alarm_status(
 ) -> Response {
     let s = match require_post(&c, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let st = field(&form, "status").unwrap_or_default().to_owned();
     let body = json!({"status": st, "comment": field(&form, "comment").unwrap_or_default()});
     let path = format!("/alarms/{}", seg(&id));
-    match c.call(&s, Method::POST, &format!("{path}/status"), Some(&body)).await {
+    match c
+        .call(&s, Method::POST, &format!("{path}/status"), Some(&body))
+        .await
+    {
         Ok(_) => Redirect::to(&format!("{path}?done={}", seg(&st))).into_response(),
         Err(f) => match c.call(&s, Method::GET, &path, None).await {
             Ok(a) => alarm_page(&s, &a, &[], Some(&f.message)),
@@ -1147,7 +1241,7 @@ pub(super) async fn alarm_allowlist_form(
     let path = format!("/alarms/{}", seg(&id));
     let s = match require(&c, &headers, &format!("{path}/allowlist")) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let a = match c.call(&s, Method::GET, &path, None).await {
         Ok(v) => v,
@@ -1252,7 +1346,7 @@ pub(super) async fn alarm_allowlist(
 ) -> Response {
     let s = match require_post(&c, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let path = format!("/alarms/{}", seg(&id));
     let a = match c.call(&s, Method::GET, &path, None).await {
@@ -1261,8 +1355,15 @@ pub(super) async fn alarm_allowlist(
     };
     let preview = field(&form, "action") == Some("preview");
     let mut body = serde_json::Map::new();
-    body.insert("comment".into(), json!(field(&form, "comment").unwrap_or_default()));
-    let scope: Vec<&str> = form.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()).collect();
+    body.insert(
+        "comment".into(),
+        json!(field(&form, "comment").unwrap_or_default()),
+    );
+    let scope: Vec<&str> = form
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.as_str())
+        .collect();
     body.insert("scope".into(), json!(scope));
     for name in ["owner", "expires"] {
         if let Some(v) = field(&form, name).filter(|v| !v.trim().is_empty()) {
@@ -1271,7 +1372,12 @@ pub(super) async fn alarm_allowlist(
     }
     body.insert("dry_run".into(), json!(preview));
     match c
-        .call(&s, Method::POST, &format!("{path}/allowlist"), Some(&Value::Object(body)))
+        .call(
+            &s,
+            Method::POST,
+            &format!("{path}/allowlist"),
+            Some(&Value::Object(body)),
+        )
         .await
     {
         Ok(p) if preview => allowlist_page(&s, &a, &form, Some(&p), None),
@@ -1294,11 +1400,14 @@ pub(super) async fn risks(
 ) -> Response {
     let s = match require(&c, &headers, "/risks") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = api_query(
         &params,
-        &["status", "severity", "rule", "cloud", "account", "key", "present", "sort", "order", "offset", "limit"],
+        &[
+            "status", "severity", "rule", "cloud", "account", "key", "present", "sort", "order",
+            "offset", "limit",
+        ],
     );
     let v = match c.call(&s, Method::GET, &format!("/risks?{q}"), None).await {
         Ok(v) => v,
@@ -1331,7 +1440,7 @@ pub(super) async fn risk(
     let path = format!("/risks/{}", seg(&id));
     let s = match require(&c, &headers, &path) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let r = match c.call(&s, Method::GET, &path, None).await {
         Ok(v) => v,
@@ -1342,7 +1451,17 @@ pub(super) async fn risk(
 
 fn risk_page(s: &Sess, r: &Value, params: &[(String, String)], error: Option<&str>) -> Response {
     let id = text(&r["id"]);
-    let skip = ["id", "name", "severity", "advice", "triage_status", "present", "first_seen", "last_seen", "history"];
+    let skip = [
+        "id",
+        "name",
+        "severity",
+        "advice",
+        "triage_status",
+        "present",
+        "first_seen",
+        "last_seen",
+        "history",
+    ];
     let content = html! {
         (done(params))
         @if let Some(e) = error { (flash("error", e)) }
@@ -1390,12 +1509,15 @@ pub(super) async fn risk_status(
 ) -> Response {
     let s = match require_post(&c, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let st = field(&form, "status").unwrap_or_default().to_owned();
     let body = json!({"status": st, "comment": field(&form, "comment").unwrap_or_default()});
     let path = format!("/risks/{}", seg(&id));
-    match c.call(&s, Method::POST, &format!("{path}/status"), Some(&body)).await {
+    match c
+        .call(&s, Method::POST, &format!("{path}/status"), Some(&body))
+        .await
+    {
         Ok(_) => Redirect::to(&format!("{path}?done={}", seg(&st))).into_response(),
         Err(f) => match c.call(&s, Method::GET, &path, None).await {
             Ok(r) => risk_page(&s, &r, &[], Some(&f.message)),
@@ -1483,7 +1605,11 @@ fn form_from_entry(id: &str, e: &Value) -> Vec<(String, String)> {
     for (k, v) in e.as_object().into_iter().flatten() {
         let s = match v {
             Value::Array(l) => l.iter().map(text).collect::<Vec<_>>().join("\n"),
-            Value::Object(m) => m.iter().map(|(a, b)| format!("{a}={}", text(b))).collect::<Vec<_>>().join("\n"),
+            Value::Object(m) => m
+                .iter()
+                .map(|(a, b)| format!("{a}={}", text(b)))
+                .collect::<Vec<_>>()
+                .join("\n"),
             other => text(other),
         };
         out.push((k.clone(), s));
@@ -1551,7 +1677,10 @@ async fn policies_page(
     preview: Option<&Value>,
     error: Option<&str>,
 ) -> Response {
-    let v = match c.call(s, Method::GET, &format!("/policies/{kind}"), None).await {
+    let v = match c
+        .call(s, Method::GET, &format!("/policies/{kind}"), None)
+        .await
+    {
         Ok(v) => v,
         Err(f) => return failed(s, "Policies", "/policies", &f),
     };
@@ -1598,7 +1727,7 @@ pub(super) async fn policies(
 ) -> Response {
     let s = match require(&c, &headers, &format!("/policies/{}", seg(&kind))) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !kind_ok(&kind) {
         return not_found_page(&s);
@@ -1620,14 +1749,17 @@ pub(super) async fn policy_new(
 ) -> Response {
     let s = match require_post(&c, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !kind_ok(&kind) {
         return not_found_page(&s);
     }
     let entry = entry_from_form(&kind, &form);
     let preview = field(&form, "action") == Some("preview");
-    let uri = format!("/policies/{kind}{}", if preview { "?dry_run=true" } else { "" });
+    let uri = format!(
+        "/policies/{kind}{}",
+        if preview { "?dry_run=true" } else { "" }
+    );
     match c.call(&s, Method::POST, &uri, Some(&entry)).await {
         Ok(p) if preview => policies_page(&c, &s, &kind, &form, &[], Some(&p), None).await,
         Ok(_) => Redirect::to(&format!("/policies/{kind}?done=saved")).into_response(),
@@ -1648,13 +1780,21 @@ pub(super) async fn policy_edit(
     let path = format!("/policies/{}/{}", seg(&kind), seg(&id));
     let s = match require(&c, &headers, &path) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let e = match c.call(&s, Method::GET, &path, None).await {
         Ok(v) => v,
         Err(f) => return failed(&s, "Policy entry", "/policies", &f),
     };
-    policy_page(&s, &kind, &e, &form_from_entry(&id, &e["entry"]), &params, None, None)
+    policy_page(
+        &s,
+        &kind,
+        &e,
+        &form_from_entry(&id, &e["entry"]),
+        &params,
+        None,
+        None,
+    )
 }
 
 fn policy_page(
@@ -1695,7 +1835,7 @@ pub(super) async fn policy_save(
 ) -> Response {
     let s = match require_post(&c, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let path = format!("/policies/{}/{}", seg(&kind), seg(&id));
     let action = field(&form, "action").unwrap_or("save");
@@ -1703,12 +1843,18 @@ pub(super) async fn policy_save(
         "delete" => c.call(&s, Method::DELETE, &path, None).await,
         _ => {
             let entry = entry_from_form(&kind, &form);
-            let uri = if action == "preview" { format!("{path}?dry_run=true") } else { path.clone() };
+            let uri = if action == "preview" {
+                format!("{path}?dry_run=true")
+            } else {
+                path.clone()
+            };
             c.call(&s, Method::PUT, &uri, Some(&entry)).await
         }
     };
     match (action, result) {
-        ("delete", Ok(_)) => Redirect::to(&format!("/policies/{}?done=deleted", seg(&kind))).into_response(),
+        ("delete", Ok(_)) => {
+            Redirect::to(&format!("/policies/{}?done=deleted", seg(&kind))).into_response()
+        }
         ("preview", Ok(p)) => match c.call(&s, Method::GET, &path, None).await {
             Ok(e) => policy_page(&s, &kind, &e, &form, &[], Some(&p), None),
             Err(f) => failed(&s, "Policy entry", "/policies", &f),
@@ -1780,7 +1926,7 @@ pub(super) async fn audit(
 ) -> Response {
     let s = match require(&c, &headers, "/audit") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = api_query(&params, &["offset", "limit"]);
     let v = match c.call(&s, Method::GET, &format!("/audit?{q}"), None).await {
@@ -1806,9 +1952,13 @@ fn not_found_page(s: &Sess) -> Response {
     )
 }
 
-pub(super) async fn not_found(State(c): State<Arc<Console>>, headers: HeaderMap, uri: Uri) -> Response {
+pub(super) async fn not_found(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     match require(&c, &headers, uri.path()) {
         Ok(s) => not_found_page(&s),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }

@@ -188,7 +188,11 @@ pub(crate) fn seg(s: &str) -> String {
 
 /// A URL query from pairs (empty values left out).
 pub(crate) fn query(pairs: &[(&str, &str)]) -> String {
-    let kept: Vec<(&str, &str)> = pairs.iter().filter(|(_, v)| !v.is_empty()).copied().collect();
+    let kept: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .copied()
+        .collect();
     serde_urlencoded::to_string(kept).unwrap_or_default()
 }
 

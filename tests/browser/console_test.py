@@ -37,6 +37,8 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("AKWATCH_BIN", os.path.join(ROOT, "target", "release", "akwatch"))
@@ -109,8 +111,13 @@ class Console:
         self.d.get(self.base + path)
 
     def shot(self, name):
+        """The whole page (the window stretched to the page's height, at most 4,000 px)."""
         os.makedirs(SHOTS, exist_ok=True)
+        size = self.d.get_window_size()
+        height = self.d.execute_script("return document.documentElement.scrollHeight")
+        self.d.set_window_size(size["width"], max(size["height"], min(int(height) + 140, 4000)))
         self.d.save_screenshot(os.path.join(SHOTS, name + ".png"))
+        self.d.set_window_size(size["width"], size["height"])
 
     def console_errors(self):
         return [e for e in self.d.get_log("browser") if e.get("level") == "SEVERE"]
@@ -121,15 +128,23 @@ class Console:
     def text(self):
         return self.d.find_element(By.TAG_NAME, "body").text
 
+    def submit(self, element):
+        """Clicks a link or a form's button and waits for the next page to load."""
+        old = self.d.find_element(By.TAG_NAME, "html")
+        element.click()
+        WebDriverWait(self.d, 30).until(staleness_of(old))
+        WebDriverWait(self.d, 30).until(
+            lambda d: d.execute_script("return document.readyState") == "complete")
+
     def sign_in(self, token):
         self.go("/login")
         box = self.d.find_element(By.ID, "token")
         box.clear()
         box.send_keys(token)
-        self.d.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        self.submit(self.d.find_element(By.CSS_SELECTOR, "form button[type=submit]"))
 
     def sign_out(self):
-        self.d.find_element(By.CSS_SELECTOR, "header form[action='/logout'] button").click()
+        self.submit(self.d.find_element(By.CSS_SELECTOR, "header form[action='/logout'] button"))
 
     def forms(self):
         return [f.get_attribute("action") for f in self.d.find_elements(By.TAG_NAME, "form")
@@ -185,7 +200,13 @@ def main():
         d = browser()
         drivers.append(d)
         c = Console(d, base)
-        run_console_checks(c, toks, base, api_dir, store)
+        try:
+            run_console_checks(c, toks, base, api_dir, store)
+        except Exception:
+            # Where it stopped, for the log: the page, its text, a screenshot.
+            print(f"stopped on {d.current_url}:\n{c.text()[:2000]}")
+            c.shot("failure")
+            raise
         # A narrow window.
         n = browser(420, 900)
         drivers.append(n)
@@ -313,7 +334,7 @@ def run_console_checks(c, toks, base, api_dir, store):
     c.go("/")
     clicks = 0
     link = d.find_element(By.CSS_SELECTOR, f"#attention ~ div a[href='/keys/{leaked}']")
-    link.click()
+    c.submit(link)
     clicks += 1
     check(leaked in c.h1() and clicks <= 3, f"one click from 'Keys needing attention' opens {leaked}")
     body = c.text()
@@ -330,7 +351,7 @@ def run_console_checks(c, toks, base, api_dir, store):
     c.sign_in(toks["operator"])
     c.go(f"/alarms/{handle['alarm_id']}")
     d.find_element(By.ID, "triage-comment").send_keys("key disabled, new one issued")
-    d.find_element(By.CSS_SELECTOR, "button[name=status][value=handled]").click()
+    c.submit(d.find_element(By.CSS_SELECTOR, "button[name=status][value=handled]"))
     check("Marked handled." in c.flash(), "handling shows a confirmation")
     check("handled" in d.find_element(By.CSS_SELECTOR, "dl.facts").text, "the alarm's status is handled")
     check("alarm.status" in d.find_element(By.ID, "history").find_element(By.XPATH, "..").text,
@@ -345,10 +366,10 @@ def run_console_checks(c, toks, base, api_dir, store):
     allow = next(a for a in pending if a["rule_id"] in ("ak.new_source_ip", "ak.sensitive_api", "ak.key_probe")
                  and a.get("access_key_id") and a["source_ips"] and a["alarm_id"] != handle["alarm_id"])
     c.go(f"/alarms/{allow['alarm_id']}")
-    d.find_element(By.LINK_TEXT, "Allowlist…").click()
+    c.submit(d.find_element(By.LINK_TEXT, "Allowlist…"))
     d.find_element(By.ID, "scope-ip").click()
     d.find_element(By.ID, "f-comment").send_keys("known office egress")
-    d.find_element(By.CSS_SELECTOR, "button[name=action][value=preview]").click()
+    c.submit(d.find_element(By.CSS_SELECTOR, "button[name=action][value=preview]"))
     entry = d.find_element(By.CSS_SELECTOR, "pre.entry").text
     check(allow["access_key_id"] in entry and allow["rule_id"] in entry and allow["source_ips"][0]["ip"] in entry,
           "the preview shows the entry (key, rule, IP) before it is saved")
@@ -357,7 +378,7 @@ def run_console_checks(c, toks, base, api_dir, store):
     check(api(base, toks["admin"], f"/alarms/{allow['alarm_id']}")["triage_status"] == "pending",
           "a preview saves nothing")
     c.shot("alarm-allowlist-preview")
-    d.find_element(By.CSS_SELECTOR, "button[name=action][value=save]").click()
+    c.submit(d.find_element(By.CSS_SELECTOR, "button[name=action][value=save]"))
     check("Allowlisted" in c.flash(), "saving shows a confirmation")
     check("allowlisted" in d.find_element(By.CSS_SELECTOR, "dl.facts").text, "the alarm's status is allowlisted")
     c.go("/audit")
@@ -386,10 +407,9 @@ def run_console_checks(c, toks, base, api_dir, store):
     picked = [b.get_attribute("value") for b in boxes[:2]]
     for b in boxes[:2]:
         b.click()
-    from selenium.webdriver.support.ui import Select
     Select(d.find_element(By.ID, "bulk-status")).select_by_value("ignored")
     d.find_element(By.ID, "bulk-comment").send_keys("expected travel")
-    d.find_element(By.CSS_SELECTOR, "fieldset.bulk button").click()
+    c.submit(d.find_element(By.CSS_SELECTOR, "fieldset.bulk button"))
     check("updated" in c.flash(), "bulk triage shows a confirmation")
     check(len(picked) == 2 and all(api(base, toks["admin"], f"/alarms/{i}")["triage_status"] == "ignored" for i in picked),
           "both selected alarms are ignored")
@@ -404,7 +424,7 @@ def run_console_checks(c, toks, base, api_dir, store):
     box = d.find_element(By.ID, "note-text")
     box.clear()
     box.send_keys(nasty)
-    d.find_element(By.CSS_SELECTOR, "form.note button").click()
+    c.submit(d.find_element(By.CSS_SELECTOR, "form.note button"))
     check("Note saved." in c.flash(), "the note is saved")
     check(d.find_element(By.ID, "note-text").get_attribute("value") == nasty, "the note reads back unchanged")
     check(d.execute_script("return window.__xss === undefined"), "the note's script did not run")
@@ -423,7 +443,7 @@ def run_console_checks(c, toks, base, api_dir, store):
     d.find_element(By.ID, "p-id").send_keys("office-egress")
     d.find_element(By.ID, "p-ips").send_keys("203.0.113.300")
     d.find_element(By.ID, "p-comment").send_keys("office")
-    d.find_element(By.CSS_SELECTOR, "#editor button[value=save]").click()
+    c.submit(d.find_element(By.CSS_SELECTOR, "#editor button[value=save]"))
     msg = c.flash()
     check("api-allowlist.yaml:" in msg and "not an IP or CIDR" in msg,
           f"a bad entry gets the policy loader's own message with file and line ({msg!r})")
@@ -431,15 +451,15 @@ def run_console_checks(c, toks, base, api_dir, store):
     ips = d.find_element(By.ID, "p-ips")
     ips.clear()
     ips.send_keys("203.0.113.0/24")
-    d.find_element(By.CSS_SELECTOR, "#editor button[value=preview]").click()
+    c.submit(d.find_element(By.CSS_SELECTOR, "#editor button[value=preview]"))
     check("What it would have matched" in c.text(), "the editor previews the entry's matches")
-    d.find_element(By.CSS_SELECTOR, "#editor button[value=save]").click()
+    c.submit(d.find_element(By.CSS_SELECTOR, "#editor button[value=save]"))
     check("saved" in c.flash().lower(), "a good entry is saved")
     c.go("/policies/allowlist/office-egress")
     check("office-egress" in c.h1() and d.find_elements(By.CSS_SELECTOR, "#editor button[value=delete]"),
           "the saved entry opens in the editor")
     c.shot("policy-edit")
-    d.find_element(By.CSS_SELECTOR, "#editor button[value=delete]").click()
+    c.submit(d.find_element(By.CSS_SELECTOR, "#editor button[value=delete]"))
     check("deleted" in c.flash().lower(), "the entry is deleted")
     c.sign_out()
 
