@@ -1149,7 +1149,9 @@ fn alarm_page(s: &Sess, a: &Value, params: &[(String, String)], error: Option<&s
                     button type="submit" name="status" value="ignored" { "Ignore" }
                     @if text(&a["triage_status"]) != "pending" { button type="submit" name="status" value="pending" { "Back to pending" } }
                 }
-                @if !a["access_key_id"].is_null() {
+                @if a["rule_id"] == json!(crate::alarm::ATTACK_SEQUENCE) {
+                    p.muted { "An attack sequence is built from its member alarms: allowlist those, and it is not raised." }
+                } @else if !a["access_key_id"].is_null() {
                     a.button href={ "/alarms/" (seg(&id)) "/allowlist" } { "Allowlist…" }
                 }
             }

@@ -16,15 +16,15 @@ use akwatch::simulate::GroundTruth;
 
 use crate::repo;
 
-const VIEWER: &str = "viewer-secret";
-const ADMIN: &str = "admin-secret";
-const OPERATOR: &str = "operator-secret";
+pub(crate) const VIEWER: &str = "viewer-secret";
+pub(crate) const ADMIN: &str = "admin-secret";
+pub(crate) const OPERATOR: &str = "operator-secret";
 
-struct Fixture {
+pub(crate) struct Fixture {
     /// Where the API writes allowlist entries made from alarms.
-    policy_dir: std::path::PathBuf,
+    pub(crate) policy_dir: std::path::PathBuf,
     _dir: tempfile::TempDir,
-    app: axum::Router,
+    pub(crate) app: axum::Router,
     store: Store,
     /// Events with an access key, and all events, in the scenario.
     keyed_events: i64,
@@ -74,7 +74,7 @@ pub(crate) async fn fresh_database(url: &str) -> String {
 }
 
 #[derive(Clone, Copy)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -96,7 +96,7 @@ macro_rules! on_both {
     };
 }
 
-async fn fixture(backend: Backend) -> Fixture {
+pub(crate) async fn fixture(backend: Backend) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
     let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
@@ -142,16 +142,20 @@ async fn fixture(backend: Backend) -> Fixture {
     ];
     let policy_dir = dir.path().join("policies");
     std::fs::create_dir_all(&policy_dir).unwrap();
-    let app = router(Arc::new(ApiState {
-        store: store.clone(),
-        tokens,
-        policies: Some(akwatch::api::PolicyFiles {
-            dir: policy_dir.clone(),
-            dirs: vec![policy_dir.clone()],
-            rules: akwatch::rule::RuleSet::load(&repo().join("rules")).unwrap(),
-            lock: tokio::sync::Mutex::new(()),
+    // The API as served: inside the console's app (same router, plus the pages).
+    let app = akwatch::console::app(
+        Arc::new(ApiState {
+            store: store.clone(),
+            tokens,
+            policies: Some(akwatch::api::PolicyFiles {
+                dir: policy_dir.clone(),
+                dirs: vec![policy_dir.clone()],
+                rules: akwatch::rule::RuleSet::load(&repo().join("rules")).unwrap(),
+                lock: tokio::sync::Mutex::new(()),
+            }),
         }),
-    }));
+        prometheus::IntCounter::new("t", "t").unwrap(),
+    );
     Fixture {
         policy_dir,
         _dir: dir,
@@ -162,7 +166,7 @@ async fn fixture(backend: Backend) -> Fixture {
     }
 }
 
-async fn call(
+pub(crate) async fn call(
     app: &axum::Router,
     method: &str,
     path: &str,
@@ -191,7 +195,7 @@ async fn call(
     )
 }
 
-async fn get(app: &axum::Router, path: &str) -> Value {
+pub(crate) async fn get(app: &axum::Router, path: &str) -> Value {
     let (status, v) = call(app, "GET", path, Some(VIEWER), None).await;
     assert_eq!(status, StatusCode::OK, "{path}: {v}");
     v

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod compose;
+mod console;
 mod corpus;
 mod detect;
 mod golden;

@@ -1,0 +1,448 @@
+//! The console as a browser meets it, in process (the headless-Chromium run is
+//! tests/browser/console_test.py): sign-in and its cookie, the CSP, CSRF and origin checks,
+//! escaping, what a viewer sees, and the API's filters and dry runs the pages use.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::json;
+use tower::ServiceExt as _;
+
+use crate::api::{ADMIN, Backend, OPERATOR, VIEWER, call, fixture, get};
+
+const LEAKED: &str = "AKIASIM0000000000000";
+
+struct Page {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+async fn send(app: &axum::Router, req: Request<Body>) -> Page {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    Page {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn page(app: &axum::Router, path: &str, cookie: &str) -> Page {
+    let req = Request::get(path)
+        .header("cookie", cookie)
+        .header("host", "console.test")
+        .body(Body::empty())
+        .unwrap();
+    send(app, req).await
+}
+
+async fn post(app: &axum::Router, path: &str, cookie: &str, form: &[(&str, &str)]) -> Page {
+    let req = Request::post(path)
+        .header("cookie", cookie)
+        .header("host", "console.test")
+        .header("origin", "http://console.test")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(serde_urlencoded::to_string(form).unwrap()))
+        .unwrap();
+    send(app, req).await
+}
+
+/// Signs in with `token`: the session cookie (`name=value`) and the Set-Cookie line.
+async fn sign_in(app: &axum::Router, token: &str, tls: bool) -> (String, String) {
+    let mut req = Request::post("/login")
+        .header("host", "console.test")
+        .header("origin", "http://console.test")
+        .header("content-type", "application/x-www-form-urlencoded");
+    if tls {
+        req = req.header("x-forwarded-proto", "https");
+    }
+    let body = serde_urlencoded::to_string([("token", token), ("next", "/alarms")]).unwrap();
+    let p = send(app, req.body(Body::from(body)).unwrap()).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(p.headers["location"], "/alarms");
+    let set = p.headers["set-cookie"].to_str().unwrap().to_owned();
+    (set.split(';').next().unwrap().to_owned(), set)
+}
+
+/// The CSRF token of the first form of a page.
+fn csrf(body: &str) -> String {
+    let at = body
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF field")
+        + 19;
+    body[at..at + 64].to_owned()
+}
+
+fn post_forms(body: &str) -> Vec<String> {
+    body.match_indices("<form method=\"post\" action=\"")
+        .map(|(i, m)| {
+            let rest = &body[i + m.len()..];
+            rest[..rest.find('"').unwrap()].to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sign_in_sessions_csp_and_csrf() {
+    let f = fixture(Backend::Sqlite).await;
+    // No session: every page sends to the sign-in page, with the CSP on.
+    let p = page(&f.app, "/keys?kind=permanent", "").await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(p.headers["location"], "/login?next=%2Fkeys");
+    let csp = p.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    // A wrong token: refused, no cookie.
+    let body = serde_urlencoded::to_string([("token", "nope")]).unwrap();
+    let p = send(
+        &f.app,
+        Request::post("/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+    assert!(p.headers.get("set-cookie").is_none());
+    // The cookie: HttpOnly, SameSite=Strict; Secure behind TLS.
+    let (_, set) = sign_in(&f.app, VIEWER, false).await;
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && !set.contains("Secure"),
+        "{set}"
+    );
+    let (_, set) = sign_in(&f.app, VIEWER, true).await;
+    assert!(set.contains("; Secure"), "{set}");
+    // Sign-in never follows a link off this console.
+    let body =
+        serde_urlencoded::to_string([("token", VIEWER), ("next", "//evil.example/")]).unwrap();
+    let p = send(
+        &f.app,
+        Request::post("/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.headers["location"], "/");
+
+    // An operator's form without the CSRF token, or from another origin, changes nothing.
+    let (cookie, _) = sign_in(&f.app, OPERATOR, false).await;
+    let ip = get(&f.app, "/api/v1/ips?sort=calls").await["items"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/ips/{ip}/note");
+    let p = post(&f.app, &path, &cookie, &[("note", "forged")]).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let token = csrf(&page(&f.app, &format!("/ips/{ip}"), &cookie).await.body);
+    let req = Request::post(&path)
+        .header("cookie", &cookie)
+        .header("host", "console.test")
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(
+            serde_urlencoded::to_string([("note", "forged"), ("csrf", token.as_str())]).unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(send(&f.app, req).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(get(&f.app, &format!("/api/v1/ips/{ip}")).await["note"], "");
+
+    // With the token: saved, audited, and shown as text.
+    let nasty = "<script>alert(1)</script> & \"x\"";
+    let p = post(&f.app, &path, &cookie, &[("note", nasty), ("csrf", &token)]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(
+        get(&f.app, &format!("/api/v1/ips/{ip}")).await["note"],
+        nasty
+    );
+    let shown = page(&f.app, &format!("/ips/{ip}"), &cookie).await.body;
+    assert!(
+        shown.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;x&quot;"),
+        "{shown}"
+    );
+    assert!(!shown.contains("<script>alert"), "the note is escaped");
+    assert!(!shown.contains("<script>") || !shown.contains("<script>a"));
+    let list = page(&f.app, "/ips?sort=calls", &cookie).await.body;
+    assert!(list.contains("&lt;script&gt;alert(1)") && !list.contains("<script>alert"));
+
+    // Signing out ends the session.
+    let logout_token = csrf(&page(&f.app, "/", &cookie).await.body);
+    let p = post(&f.app, "/logout", &cookie, &[("csrf", &logout_token)]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        page(&f.app, "/", &cookie).await.status,
+        StatusCode::SEE_OTHER
+    );
+}
+
+#[tokio::test]
+async fn every_page_renders_and_a_viewer_sees_no_write_action() {
+    let f = fixture(Backend::Sqlite).await;
+    let alarm = get(&f.app, &format!("/api/v1/alarms?key={LEAKED}")).await["items"][0]["alarm_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let risk = get(&f.app, "/api/v1/risks").await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acct = get(&f.app, "/api/v1/accounts").await["items"][0].clone();
+    let ip = get(&f.app, "/api/v1/ips").await["items"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pages = [
+        "/".to_owned(),
+        "/?days=30".into(),
+        "/keys".into(),
+        "/keys?status=active&has_alarms=1&sort=calls&order=asc".into(),
+        format!("/keys/{LEAKED}"),
+        "/ips".into(),
+        format!("/ips/{ip}"),
+        "/accounts".into(),
+        format!(
+            "/accounts/{}/{}",
+            acct["cloud"].as_str().unwrap(),
+            acct["account"].as_str().unwrap()
+        ),
+        "/alarms?status=pending&severity=critical".into(),
+        format!("/alarms/{alarm}"),
+        format!("/alarms/{alarm}/allowlist"),
+        "/risks".into(),
+        format!("/risks/{risk}"),
+        "/policies/allowlist".into(),
+        "/policies/ip-hiding".into(),
+        "/policies/alarm".into(),
+        "/audit".into(),
+    ];
+    let (viewer, _) = sign_in(&f.app, VIEWER, false).await;
+    let (admin, _) = sign_in(&f.app, ADMIN, false).await;
+    for path in &pages {
+        let p = page(&f.app, path, &viewer).await;
+        assert_eq!(p.status, StatusCode::OK, "{path}: {}", p.body);
+        assert!(p.body.contains("<h1>"), "{path}");
+        assert!(
+            !p.body.contains("style="),
+            "{path}: an inline style (the CSP refuses it)"
+        );
+        assert!(!p.body.contains("<script>"), "{path}: an inline script");
+        assert_eq!(
+            post_forms(&p.body),
+            vec!["/logout"],
+            "{path}: a viewer sees a write form"
+        );
+        assert!(
+            !p.body.contains("class=\"button\""),
+            "{path}: a viewer sees an action"
+        );
+        let a = page(&f.app, path, &admin).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+    }
+    // The admin does see the actions.
+    let a = page(&f.app, &format!("/alarms/{alarm}"), &admin).await.body;
+    assert!(post_forms(&a).contains(&format!("/alarms/{alarm}/status")));
+    let k = page(&f.app, &format!("/keys/{LEAKED}"), &admin).await.body;
+    assert!(k.contains(&format!("/policies/allowlist?keys={LEAKED}")));
+    assert!(post_forms(&k).contains(&format!("/keys/{LEAKED}/hide")));
+    // The key's page: its leak alarm, advice, and the calls-per-day chart drawn by plotters.
+    assert!(k.contains("ak.leaked_key_use") || k.contains(&alarm));
+    assert!(k.contains("<svg") && k.contains("<rect"));
+    // An unknown page: 404 inside the console.
+    assert_eq!(
+        page(&f.app, "/nope", &viewer).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        page(&f.app, "/keys/NOPE", &viewer).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn triage_and_allowlist_through_the_forms() {
+    let f = fixture(Backend::Sqlite).await;
+    let (op, _) = sign_in(&f.app, OPERATOR, false).await;
+    let pending = get(&f.app, "/api/v1/alarms?status=pending&limit=500").await;
+    let items = pending["items"].as_array().unwrap();
+    let ids: Vec<&str> = items
+        .iter()
+        .take(3)
+        .map(|a| a["alarm_id"].as_str().unwrap())
+        .collect();
+    // Bulk triage.
+    let token = csrf(&page(&f.app, "/alarms?status=pending", &op).await.body);
+    let mut form = vec![
+        ("csrf", token.as_str()),
+        ("status", "ignored"),
+        ("comment", "bulk"),
+        ("back", "/alarms?status=pending"),
+    ];
+    form.extend(ids[..2].iter().map(|i| ("id", *i)));
+    let p = post(&f.app, "/alarms/triage", &op, &form).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(p.headers["location"], "/alarms?status=pending&done=triaged");
+    for id in &ids[..2] {
+        assert_eq!(
+            get(&f.app, &format!("/api/v1/alarms/{id}")).await["triage_status"],
+            "ignored"
+        );
+    }
+    assert_eq!(
+        get(&f.app, &format!("/api/v1/alarms/{}", ids[2])).await["triage_status"],
+        "pending"
+    );
+    // A bad status: the API's message, in the page.
+    let p = post(
+        &f.app,
+        &format!("/alarms/{}/status", ids[2]),
+        &op,
+        &[("csrf", &token), ("status", "deleted")],
+    )
+    .await;
+    assert!(p.body.contains("status must be"), "{}", p.body);
+    // Allowlist from an alarm: a preview stores nothing and shows the entry.
+    let allow = items
+        .iter()
+        .skip(3)
+        .filter(|a| a["rule_id"] != "ak.attack_sequence")
+        .find(|a| a["access_key_id"].is_string() && !a["source_ips"].as_array().unwrap().is_empty())
+        .unwrap();
+    let id = allow["alarm_id"].as_str().unwrap();
+    let path = format!("/alarms/{id}/allowlist");
+    let form = [
+        ("csrf", token.as_str()),
+        ("scope", "ip"),
+        ("comment", "office"),
+        ("action", "preview"),
+    ];
+    let p = post(&f.app, &path, &op, &form).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(
+        p.body.contains("What it would have matched")
+            && p.body.contains(allow["access_key_id"].as_str().unwrap())
+    );
+    assert_eq!(
+        get(&f.app, &format!("/api/v1/alarms/{id}")).await["triage_status"],
+        "pending"
+    );
+    assert!(!f.policy_dir.join("api-allowlist.yaml").exists());
+    // Without a comment: refused with the API's message.
+    let p = post(&f.app, &path, &op, &[("csrf", &token), ("action", "save")]).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.body.contains("a comment"), "{}", p.body);
+    // Saved.
+    let form = [
+        ("csrf", token.as_str()),
+        ("scope", "ip"),
+        ("comment", "office"),
+        ("action", "save"),
+    ];
+    let p = post(&f.app, &path, &op, &form).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(
+        get(&f.app, &format!("/api/v1/alarms/{id}")).await["triage_status"],
+        "allowlisted"
+    );
+    let file = std::fs::read_to_string(f.policy_dir.join("api-allowlist.yaml")).unwrap();
+    assert!(file.contains(&format!("alarm-{id}")), "{file}");
+    let audit = page(&f.app, "/audit", &op).await.body;
+    assert!(audit.contains("alarm.allowlist") && audit.contains("ignored"));
+}
+
+#[tokio::test]
+async fn key_filters_and_policy_dry_runs() {
+    let f = fixture(Backend::Sqlite).await;
+    let all = get(&f.app, "/api/v1/keys?limit=500").await;
+    let total = all["total"].as_i64().unwrap();
+    // Report status per key, and the filter by it, add up.
+    let mut sum = 0;
+    for st in akwatch::api::KEY_STATUSES {
+        let v = get(&f.app, &format!("/api/v1/keys?status={st}&limit=500")).await;
+        for k in v["items"].as_array().unwrap() {
+            assert_eq!(k["status"], st);
+        }
+        sum += v["total"].as_i64().unwrap();
+    }
+    assert_eq!(sum, total);
+    let with = get(&f.app, "/api/v1/keys?has_alarms=1&limit=500").await;
+    let without = get(&f.app, "/api/v1/keys?has_alarms=0&limit=1").await;
+    assert_eq!(
+        with["total"].as_i64().unwrap() + without["total"].as_i64().unwrap(),
+        total
+    );
+    assert!(
+        with["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["pending_alarms"].as_i64().unwrap() > 0)
+    );
+    let (s, _) = call(
+        &f.app,
+        "GET",
+        "/api/v1/keys?status=bogus",
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A policy dry run: checked, previewed, not stored.
+    let entry = json!({"id": "office", "keys": [LEAKED], "comment": "x"});
+    let (s, v) = call(
+        &f.app,
+        "POST",
+        "/api/v1/policies/allowlist?dry_run=true",
+        Some(ADMIN),
+        Some(entry.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["dry_run"], true);
+    assert!(v["preview"]["calls"].as_i64().unwrap() > 0, "{v}");
+    assert!(v["preview"]["alarms"].as_i64().unwrap() > 0, "{v}");
+    assert_eq!(v["preview"]["top_keys"][0]["value"], LEAKED);
+    let (s, _) = call(
+        &f.app,
+        "GET",
+        "/api/v1/policies/allowlist/office",
+        Some(VIEWER),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a dry run stores nothing");
+    let bad = json!({"id": "office", "ips": ["1.2.3.999"], "comment": "x"});
+    let (s, v) = call(
+        &f.app,
+        "POST",
+        "/api/v1/policies/allowlist?dry_run=true",
+        Some(ADMIN),
+        Some(bad),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"].as_str().unwrap().contains("api-allowlist.yaml:"),
+        "{v}"
+    );
+    // An IP's page lists the alarms naming it.
+    let alarm = get(&f.app, &format!("/api/v1/alarms?key={LEAKED}&limit=100")).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| !a["source_ips"].as_array().unwrap().is_empty())
+        .cloned()
+        .unwrap();
+    let ip = alarm["source_ips"][0]["ip"].as_str().unwrap();
+    let v = get(&f.app, &format!("/api/v1/ips/{ip}")).await;
+    assert!(
+        v["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["alarm_id"] == alarm["alarm_id"])
+    );
+}
