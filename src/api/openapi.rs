@@ -27,11 +27,29 @@ const PAGE: [(&str, &str, &str); 4] = [
     ("order", "string", "asc or desc (default desc)."),
 ];
 
-const KEY_FILTERS: [(&str, &str, &str); 3] = [
+const KEY_FILTERS: [(&str, &str, &str); 7] = [
     ("cloud", "string", "aws, alibaba or tencent."),
     ("account", "string", "Account id."),
     ("kind", "string", "permanent, temporary or root."),
+    (
+        "status",
+        "string",
+        "The key's status by the credential reports: active, inactive, at_risk, not_in_report or unknown (each item carries it too).",
+    ),
+    (
+        "has_alarms",
+        "integer",
+        "1: keys with pending alarms; 0: keys without.",
+    ),
+    ("since", "integer", "Last used at or after (Unix seconds)."),
+    ("until", "integer", "Last used at or before (Unix seconds)."),
 ];
+
+const DRY_RUN: [(&str, &str, &str); 1] = [(
+    "dry_run",
+    "boolean",
+    "true: check the entry and preview what it would have matched in the last 7 days of invocation records and stored alarms; store nothing.",
+)];
 
 const ALARM_FILTERS: [(&str, &str, &str); 8] = [
     (
@@ -66,6 +84,13 @@ const RISK_FILTERS: [(&str, &str, &str); 7] = [
     ),
 ];
 
+impl Op {
+    fn with_query(mut self, query: &'static [(&'static str, &'static str, &'static str)]) -> Op {
+        self.query = query;
+        self
+    }
+}
+
 fn ops() -> Vec<Op> {
     let list = |path, summary, query: &'static [(&'static str, &'static str, &'static str)]| Op {
         method: "get",
@@ -97,12 +122,12 @@ fn ops() -> Vec<Op> {
     vec![
         read(
             "/overview",
-            "Counts for the dashboard: keys by kind, pending alarms and risks by severity, alarms per day (30 days), top keys and IPs.",
+            "Counts for the dashboard: keys by kind and by report status, keys needing attention, pending alarms and risks by severity, alarms per day (30 days), top keys and IPs, recent changes.",
             "Object",
         ),
         list(
             "/keys",
-            "Access keys seen in the logs (filters: cloud, account, kind; sort: last_seen, calls, first_seen, key_id, pending_alarms).",
+            "Access keys seen in the logs, each with its report status (filters: cloud, account, kind, status, has_alarms, since, until; sort: last_seen, calls, first_seen, key_id, pending_alarms).",
             &KEY_FILTERS,
         ),
         read(
@@ -190,20 +215,22 @@ fn ops() -> Vec<Op> {
         write(
             "post",
             "/policies/{kind}",
-            "Creates an entry (its id in the body): checked by the policy loader (its file:line messages on refusal), stored, written to the kind's api-*.yaml file, applied live.",
+            "Creates an entry (its id in the body): checked by the policy loader (its file:line messages on refusal), stored, written to the kind's api-*.yaml file, applied live. With dry_run: checked and previewed only.",
             "admin",
             "PolicyEntry",
             "Object",
-        ),
+        )
+        .with_query(&DRY_RUN),
         read("/policies/{kind}/{id}", "One policy entry.", "Object"),
         write(
             "put",
             "/policies/{kind}/{id}",
-            "Creates or replaces an entry (checked, stored, written, applied live).",
+            "Creates or replaces an entry (checked, stored, written, applied live). With dry_run: checked and previewed only.",
             "admin",
             "PolicyEntry",
             "Object",
-        ),
+        )
+        .with_query(&DRY_RUN),
         Op {
             method: "delete",
             path: "/policies/{kind}/{id}",
@@ -257,6 +284,7 @@ fn schemas() -> Value {
                 "comment": {"type": "string", "minLength": 1, "maxLength": 4096},
                 "owner": {"type": "string"},
                 "expires": {"type": "string", "description": "2026-12-31 or an RFC 3339 time."},
+                "dry_run": {"type": "boolean", "description": "Check the entry and preview what it would have matched (the last 7 days); store nothing."},
                 "scope": {"type": "array", "items": {"enum": ["ip", "api"]}}
             }
         },
