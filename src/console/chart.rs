@@ -38,7 +38,11 @@ fn draw<DB: DrawingBackend>(
         .margin(8)
         .x_label_area_size(28)
         .y_label_area_size(44)
-        .build_cartesian_2d((0u32..n).into_segmented(), 0i64..max + max / 10 + 1)?;
+        // (A segmented range a..b has a segment per value a..=b: n days are 0..n-1.)
+        .build_cartesian_2d(
+            (0u32..n.saturating_sub(1).max(1)).into_segmented(),
+            0i64..max + max / 10 + 1,
+        )?;
     chart
         .configure_mesh()
         .disable_x_mesh()

@@ -486,12 +486,30 @@ pub(super) async fn key(
                 ("Principal", html! { (text(&k["principal"])) " " span.muted { "(" (text(&k["principal_type"])) ")" } }),
                 ("Kind", html! { (text(&k["kind"])) }),
                 ("Report status", status(&text(&k["status"]))),
-                ("Created", if report.is_null() { html! { span.muted { "not in any report" } } } else { html! { (report_key_field(report, &text(&k["key_id"]), "created")) } }),
                 ("Calls", html! { (int(&k["calls"])) " (" (int(&k["failures"])) " failed)" }),
                 ("First seen", time(int(&k["first_seen"]))),
                 ("Last used", time(int(&k["last_seen"]))),
                 ("IP hiding", html! { @if hidden { "on: its source IPs are not kept" } @else { "off" } }),
             ]))
+        }
+        section aria-labelledby="report" {
+            h2 #report { "From the credential report" }
+            @if report.is_null() {
+                (empty("No credential report names this key's principal: give the cloud's report (--reports, or reports: in the service's configuration)."))
+            } @else {
+                @let key_id = text(&k["key_id"]);
+                @let slot = |name: &str| report_key_field(report, &key_id, name);
+                (facts(&[
+                    ("Report", html! { span.muted { (text(&report["report"])) } }),
+                    ("Principal created", html! { (text(&report["created"])) }),
+                    ("Root", html! { @if report["root"] == json!(true) { "yes" } @else { "no" } }),
+                    ("MFA", html! { @match &report["mfa_active"] { Value::Bool(true) => "on", Value::Bool(false) => "off", _ => "unknown" } }),
+                    ("Console password", html! { (text(&report["password"]["enabled"])) @if report["password"]["last_used"].is_string() { ", last used " (text(&report["password"]["last_used"])) } }),
+                    ("Key created", html! { (slot("created")) }),
+                    ("Key last rotated", html! { (slot("last_rotated")) }),
+                    ("Key last used (report)", html! { (slot("last_used")) " " span.muted { (slot("last_used_region")) " " (slot("last_used_service")) } }),
+                ]))
+            }
         }
         section aria-labelledby="advice" {
             h2 #advice { "Security advice" }
