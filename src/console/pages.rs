@@ -1159,14 +1159,7 @@ fn alarm_page(s: &Sess, a: &Value, params: &[(String, String)], error: Option<&s
         @if s.role >= Role::Operator {
             section.actions aria-labelledby="actions" {
                 h2 #actions { "Actions" }
-                form method="post" action={ "/alarms/" (seg(&id)) "/status" } {
-                    (csrf(s))
-                    label for="triage-comment" { "Comment" }
-                    input #triage-comment type="text" name="comment" placeholder="what was done";
-                    button type="submit" name="status" value="handled" { "Mark handled" }
-                    button type="submit" name="status" value="ignored" { "Ignore" }
-                    @if text(&a["triage_status"]) != "pending" { button type="submit" name="status" value="pending" { "Back to pending" } }
-                }
+                (triage_form(s, &format!("/alarms/{}/status", seg(&id)), &text(&a["triage_status"])))
                 @if a["rule_id"] == json!(crate::alarm::ATTACK_SEQUENCE) {
                     p.muted { "An attack sequence is built from its member alarms: allowlist those, and it is not raised." }
                 } @else if !a["access_key_id"].is_null() {
@@ -1219,11 +1212,7 @@ fn alarm_page(s: &Sess, a: &Value, params: &[(String, String)], error: Option<&s
                 @else { ul { @for x in &list { li.mono { (text(x)) } } } }
             }
         }
-        section aria-labelledby="history" {
-            h2 #history { "History" }
-            @let list = a["history"].as_array().cloned().unwrap_or_default();
-            @if list.is_empty() { (empty("No change yet.")) } @else { (audit_table(&list)) }
-        }
+        (history(&a["history"]))
     };
     page(s, &text(&a["rule_name"]), "/alarms", content)
 }
@@ -1234,22 +1223,80 @@ pub(super) async fn alarm_status(
     Path(id): Path<String>,
     axum::Form(form): Form,
 ) -> Response {
-    let s = match require_post(&c, &headers, &form) {
+    triage(&c, &headers, &ALARM, &id, &form).await
+}
+
+/// A page of one item: the user, the item, the request's parameters, an error to show.
+type ItemPage = fn(&Sess, &Value, &[(String, String)], Option<&str>) -> Response;
+
+/// What is triaged: an alarm or a risk (its pages' base path, title, and page).
+struct Triaged {
+    base: &'static str,
+    title: &'static str,
+    render: ItemPage,
+}
+
+const ALARM: Triaged = Triaged {
+    base: "/alarms",
+    title: "Alarm",
+    render: alarm_page,
+};
+const RISK: Triaged = Triaged {
+    base: "/risks",
+    title: "Configuration risk",
+    render: risk_page,
+};
+
+/// A triage form's POST: the API's status change, then the item's page (with the API's
+/// refusal in it when refused).
+async fn triage(
+    c: &Console,
+    headers: &HeaderMap,
+    t: &Triaged,
+    id: &str,
+    form: &[(String, String)],
+) -> Response {
+    let s = match require_post(c, headers, form) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let st = field(&form, "status").unwrap_or_default().to_owned();
-    let body = json!({"status": st, "comment": field(&form, "comment").unwrap_or_default()});
-    let path = format!("/alarms/{}", seg(&id));
+    let st = field(form, "status").unwrap_or_default().to_owned();
+    let body = json!({"status": st, "comment": field(form, "comment").unwrap_or_default()});
+    let path = format!("{}/{}", t.base, seg(id));
     match c
         .call(&s, Method::POST, &format!("{path}/status"), Some(&body))
         .await
     {
         Ok(_) => Redirect::to(&format!("{path}?done={}", seg(&st))).into_response(),
         Err(f) => match c.call(&s, Method::GET, &path, None).await {
-            Ok(a) => alarm_page(&s, &a, &[], Some(&f.message)),
-            Err(_) => failed(&s, "Alarm", "/alarms", &f),
+            Ok(v) => (t.render)(&s, &v, &[], Some(&f.message)),
+            Err(_) => failed(&s, t.title, t.base, &f),
         },
+    }
+}
+
+/// The triage buttons of an alarm's or a risk's page.
+fn triage_form(s: &Sess, action: &str, current: &str) -> Markup {
+    html! {
+        form method="post" action=(action) {
+            (csrf(s))
+            label for="triage-comment" { "Comment" }
+            input #triage-comment type="text" name="comment" placeholder="what was done";
+            button type="submit" name="status" value="handled" { "Mark handled" }
+            button type="submit" name="status" value="ignored" { "Ignore" }
+            @if current != "pending" { button type="submit" name="status" value="pending" { "Back to pending" } }
+        }
+    }
+}
+
+/// The history section of an alarm's or a risk's page (its audit entries).
+fn history(list: &Value) -> Markup {
+    let list = list.as_array().cloned().unwrap_or_default();
+    html! {
+        section aria-labelledby="history" {
+            h2 #history { "History" }
+            @if list.is_empty() { (empty("No change yet.")) } @else { (audit_table(&list)) }
+        }
     }
 }
 
@@ -1502,21 +1549,10 @@ fn risk_page(s: &Sess, r: &Value, params: &[(String, String)], error: Option<&st
         @if s.role >= Role::Operator {
             section.actions aria-labelledby="actions" {
                 h2 #actions { "Triage" }
-                form method="post" action={ "/risks/" (seg(&id)) "/status" } {
-                    (csrf(s))
-                    label for="risk-comment" { "Comment" }
-                    input #risk-comment type="text" name="comment" placeholder="what was done";
-                    button type="submit" name="status" value="handled" { "Mark handled" }
-                    button type="submit" name="status" value="ignored" { "Ignore" }
-                    @if text(&r["triage_status"]) != "pending" { button type="submit" name="status" value="pending" { "Back to pending" } }
-                }
+                (triage_form(s, &format!("/risks/{}/status", seg(&id)), &text(&r["triage_status"])))
             }
         }
-        section aria-labelledby="history" {
-            h2 #history { "History" }
-            @let list = r["history"].as_array().cloned().unwrap_or_default();
-            @if list.is_empty() { (empty("No change yet.")) } @else { (audit_table(&list)) }
-        }
+        (history(&r["history"]))
     };
     page(s, &text(&r["name"]), "/risks", content)
 }
@@ -1527,23 +1563,7 @@ pub(super) async fn risk_status(
     Path(id): Path<String>,
     axum::Form(form): Form,
 ) -> Response {
-    let s = match require_post(&c, &headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let st = field(&form, "status").unwrap_or_default().to_owned();
-    let body = json!({"status": st, "comment": field(&form, "comment").unwrap_or_default()});
-    let path = format!("/risks/{}", seg(&id));
-    match c
-        .call(&s, Method::POST, &format!("{path}/status"), Some(&body))
-        .await
-    {
-        Ok(_) => Redirect::to(&format!("{path}?done={}", seg(&st))).into_response(),
-        Err(f) => match c.call(&s, Method::GET, &path, None).await {
-            Ok(r) => risk_page(&s, &r, &[], Some(&f.message)),
-            Err(_) => failed(&s, "Configuration risk", "/risks", &f),
-        },
-    }
+    triage(&c, &headers, &RISK, &id, &form).await
 }
 
 // ---------------------------------------------------------------------------------------------
