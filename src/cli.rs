@@ -775,20 +775,49 @@ fn replay_to(
 /// `akwatch console`: replay into a store (the bundled scenario by default, into a fresh store
 /// under the system's temporary directory), then serve the console and the API on `listen`.
 fn console(
+    args: ReplayArgs,
+    listen: std::net::SocketAddr,
+    tokens: Option<&std::path::Path>,
+    no_replay: bool,
+) -> anyhow::Result<ExitCode> {
+    // A directory of this run's own (a fresh random name, created here, readable by this user
+    // only; removed when the console stops): the store unless --store, and the policy entries.
+    let work = std::env::temp_dir().join(format!(
+        "akwatch-console-{}",
+        (0..8)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect::<String>()
+    ));
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&work)
+            .with_context(|| format!("cannot create {}", work.display()))?;
+    }
+    let result = console_in(&work, args, listen, tokens, no_replay);
+    if let Err(e) = std::fs::remove_dir_all(&work) {
+        eprintln!("warning: cannot remove {}: {e}", work.display());
+    }
+    result
+}
+
+fn console_in(
+    work: &std::path::Path,
     mut args: ReplayArgs,
     listen: std::net::SocketAddr,
     tokens: Option<&std::path::Path>,
     no_replay: bool,
 ) -> anyhow::Result<ExitCode> {
-    let work = std::env::temp_dir().join(format!("akwatch-console-{}", std::process::id()));
     let store = match &args.store {
         Some(s) => s.clone(),
-        None => {
-            std::fs::create_dir_all(&work)
-                .with_context(|| format!("cannot create {}", work.display()))?;
-            work.join("akwatch.db").display().to_string()
-        }
+        None => work.join("akwatch.db").display().to_string(),
     };
+    let args_store_file = args
+        .store
+        .as_ref()
+        .filter(|s| !s.contains("://"))
+        .map(PathBuf::from);
     args.store = Some(store.clone());
     let rules_dir = if args.rules == std::path::Path::new("rules") {
         repo_path("rules")
@@ -836,7 +865,13 @@ fn console(
         }
         dirs
     };
-    let api_dir = work.join("policies");
+    // The console's policy entries: beside a store file the user gave (kept), else in the
+    // run's own directory (removed at exit, like its store).
+    let kept = args_store_file.is_some();
+    let api_dir = match &args_store_file {
+        Some(file) => file.with_extension("policies"),
+        None => work.join("policies"),
+    };
     let rules = crate::rule::RuleSet::load(&rules_dir)
         .map_err(|e| anyhow::anyhow!("the rules in {}: {}", rules_dir.display(), e.join("; ")))?;
     let files = crate::api::PolicyFiles::open_among(api_dir.clone(), policy_dirs.clone(), rules)?;
@@ -851,6 +886,11 @@ fn console(
         api_dir.display(),
         again.join(" ")
     );
+    if !kept {
+        eprintln!(
+            "(both are removed when the console stops: give --store FILE to keep the store, and its policy entries beside it)"
+        );
+    }
     if printed.is_empty() {
         eprintln!(
             "\nakwatch console: open http://{listen}/ and sign in with an API token. Ctrl-C stops it."

@@ -1349,7 +1349,7 @@ async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResu
     .fetch_all(pool)
     .await?;
     let keys_with_pending: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT key_id) FROM inv_alarms WHERE status = 'pending' AND key_id <> ''",
+        "SELECT COUNT(*) FROM inv_keys k WHERE EXISTS (SELECT 1 FROM inv_alarms a WHERE a.key_id = k.key_id AND a.status = 'pending')",
     )
     .fetch_one(pool)
     .await?;
@@ -1375,7 +1375,8 @@ async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResu
         sqlx::query("SELECT ip, calls AS n FROM inv_ips ORDER BY calls DESC, ip ASC LIMIT 10")
             .fetch_all(pool)
             .await?;
-    // Keys by report status (each key's principal judged; bounded like a status-filtered list).
+    // Keys by report status (each key's principal judged; at most MAX_STATUS_SCAN keys, the
+    // rest not counted by status).
     let statuses = sqlx::query(&format!(
         "SELECT k.key_id{KEY_PRINCIPAL} FROM inv_keys k LIMIT {}",
         MAX_STATUS_SCAN
@@ -1414,8 +1415,11 @@ async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResu
     )
     .fetch_all(pool)
     .await?;
+    let keys_total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inv_keys")
+        .fetch_one(pool)
+        .await?;
     Ok(Json(json!({
-        "keys_total": statuses.len(),
+        "keys_total": keys_total,
         "keys_by_status": by_status,
         "keys_needing_attention": attention,
         "recent_changes": rows_json(&recent, &["actor", "action", "target", "comment"], &["at"]),
@@ -1560,7 +1564,7 @@ async fn alarm_allowlist(
     entry.insert("comment".into(), json!(body.comment));
     let entry = Value::Object(entry);
     let entry_id = format!("alarm-{}", alarm.alarm_id);
-    let _guard = files.lock.lock().await;
+    let guard = files.lock.lock().await;
     // Stored and checked like any policy change (the loader's messages), the alarm marked in
     // the same transaction.
     let mut tx = s.store.pool().begin().await?;
@@ -1574,7 +1578,9 @@ async fn alarm_allowlist(
     )
     .await?;
     if body.dry_run {
+        // Rolled back; the preview below holds no lock.
         drop(tx);
+        drop(guard);
         let matched = policies::preview(
             &s.store,
             crate::policy_store::Kind::Allowlist,

@@ -319,7 +319,7 @@ async fn apply(
         Op::Put(_) => "update",
         Op::Delete => "delete",
     };
-    let _guard = files.lock.lock().await;
+    let guard = files.lock.lock().await;
     let mut tx = s.store.pool().begin().await?;
     let (before, text, policy) = change_in(&mut tx, files, &caller, kind, &id, op).await?;
     let after: Value = policy_store::entries(&mut *tx, kind)
@@ -328,8 +328,9 @@ async fn apply(
         .and_then(|l| l.into_iter().find(|(i, _)| *i == id).map(|(_, v)| v))
         .unwrap_or(Value::Null);
     if dry_run {
-        // Dropping the transaction rolls the change back.
+        // Dropping the transaction rolls the change back; the preview holds no lock.
         drop(tx);
+        drop(guard);
         let matched = preview(&s.store, kind, &policy, &id, &after).await?;
         return Ok(Json(json!({
             "kind": kind.as_str(), "id": id, "entry": after, "before": before,
@@ -391,6 +392,8 @@ pub const PREVIEW_DAYS: i64 = 7;
 /// The most rollup rows (key, IP, API) and alarms a preview judges.
 pub const PREVIEW_ROWS: usize = 200_000;
 const PREVIEW_ALARMS: usize = 5_000;
+/// The most named keys a preview reads.
+const PREVIEW_KEYS: usize = 1_000;
 
 /// What an entry, as `policy` loaded it, would have matched in the last [`PREVIEW_DAYS`] of the
 /// inventory: calls (by key, IP and API, from the hourly rollups) and stored alarms.
@@ -425,6 +428,10 @@ pub(super) async fn preview(
         calls = calls.saturating_add(n);
         for (map, col) in [(&mut *keys, "key_id"), (&mut ips, "ip"), (&mut apis, "api")] {
             let v = r.try_get::<String, _>(col).unwrap_or_default();
+            // (An IP-hidden key's calls have no IP: counted in calls, not as an IP.)
+            if v.is_empty() || v == "hidden" {
+                continue;
+            }
             let slot = map.entry(v).or_default();
             *slot = slot.saturating_add(n);
         }
@@ -454,8 +461,14 @@ pub(super) async fn preview(
                 .fetch_all(pool)
                 .await?
             } else {
+                if named.len() > PREVIEW_KEYS {
+                    truncated = true;
+                }
                 let mut all = Vec::new();
-                for k in named.into_iter().take(1000) {
+                for k in named.into_iter().take(PREVIEW_KEYS) {
+                    if all.len() > PREVIEW_ROWS {
+                        break;
+                    }
                     all.extend(rows_of_key(k).await?);
                 }
                 all
@@ -484,6 +497,9 @@ pub(super) async fn preview(
             .bind(since)
             .fetch_all(pool)
             .await?;
+            if stored.len() >= PREVIEW_ALARMS {
+                truncated = true;
+            }
             for r in &stored {
                 let Ok(body) = r.try_get::<String, _>("body") else {
                     continue;
@@ -529,21 +545,32 @@ pub(super) async fn preview(
                 .flatten()
                 .filter_map(|k| k.as_str().map(str::to_owned))
                 .collect();
-            for k in named.into_iter().take(1000) {
+            if named.len() > PREVIEW_KEYS {
+                truncated = true;
+            }
+            'keys: for k in named.into_iter().take(PREVIEW_KEYS) {
                 for r in &rows_of_key(k).await? {
+                    rows_read += 1;
+                    if rows_read > PREVIEW_ROWS {
+                        truncated = true;
+                        break 'keys;
+                    }
                     count_row(r, &mut keys);
                 }
             }
         }
         Kind::Alarm => {
-            let stored = sqlx::query(
-                "SELECT alarm_id, severity, status, key_id FROM inv_alarms WHERE rule_id = $1 AND last_seen >= $2 ORDER BY last_seen DESC LIMIT 5000",
-            )
+            let stored = sqlx::query(&format!(
+                "SELECT alarm_id, severity, status, key_id FROM inv_alarms WHERE rule_id = $1 AND last_seen >= $2 ORDER BY last_seen DESC LIMIT {PREVIEW_ALARMS}"
+            ))
             .bind(id)
             .bind(since)
             .fetch_all(pool)
             .await?;
             alarms_matched = stored.len();
+            if stored.len() >= PREVIEW_ALARMS {
+                truncated = true;
+            }
             for r in stored.iter().take(20) {
                 alarm_samples.push(json!({
                     "alarm_id": r.try_get::<String, _>("alarm_id").unwrap_or_default(),

@@ -65,20 +65,27 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
+/// The most days a chart draws.
+pub(crate) const MAX_DAYS: usize = 400;
+
 /// `points` (day start, count) spread over every day from `from` to `to` (inclusive), zeros
 /// where a day has none.
 pub(crate) fn fill_days(points: &[(i64, i64)], from: i64, to: i64) -> Vec<(i64, i64)> {
+    // At most MAX_DAYS, the newest kept.
+    let first = from - from.rem_euclid(86_400);
+    let last = to - to.rem_euclid(86_400);
     let mut out = Vec::new();
-    let mut d = from - from.rem_euclid(86_400);
-    while d <= to && out.len() < 400 {
+    let mut d = last;
+    while d >= first && out.len() < MAX_DAYS {
         let n = points
             .iter()
             .filter(|(t, _)| *t == d)
             .map(|(_, n)| *n)
             .sum();
         out.push((d, n));
-        d += 86_400;
+        d -= 86_400;
     }
+    out.reverse();
     out
 }
 
@@ -88,6 +95,14 @@ mod tests {
     fn draws_an_svg_without_style_attributes() {
         let days = super::fill_days(&[(86_400 * 3, 5), (86_400 * 5, 2)], 86_400, 86_400 * 7);
         assert_eq!(days.len(), 7);
+        assert_eq!(days[2], (86_400 * 3, 5));
+        let long = super::fill_days(&[(86_400 * 999, 1)], 0, 86_400 * 999);
+        assert_eq!(long.len(), super::MAX_DAYS);
+        assert_eq!(
+            long.last(),
+            Some(&(86_400 * 999, 1)),
+            "the newest days are kept"
+        );
         let svg = super::per_day(&days, "alarms");
         assert!(svg.starts_with("<svg viewBox"), "{svg}");
         assert!(svg.contains("<rect"), "{svg}");

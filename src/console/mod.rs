@@ -34,6 +34,8 @@ pub const COOKIE: &str = "akwatch_session";
 pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
 /// The most sessions kept; past it the least recently used is dropped (and counted).
 pub const MAX_SESSIONS: usize = 10_000;
+/// The most sessions of one token.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 100;
 
 /// The Content-Security-Policy of every response: this origin's script and style only, no
 /// inline script or style, no frames, forms posting here only.
@@ -95,9 +97,19 @@ impl Console {
         };
         let now = Instant::now();
         map.retain(|_, e| now.duration_since(e.last) <= SESSION_IDLE);
-        while map.len() >= MAX_SESSIONS {
+        loop {
+            // One token's sessions are capped too, so signing in again and again with one
+            // token drops that token's oldest sessions, not everyone else's.
+            let own = map
+                .values()
+                .filter(|e| e.sess.secret == sess.secret)
+                .count();
+            if map.len() < MAX_SESSIONS && own < MAX_SESSIONS_PER_TOKEN {
+                break;
+            }
             let oldest = map
                 .iter()
+                .filter(|(_, e)| own < MAX_SESSIONS_PER_TOKEN || e.sess.secret == sess.secret)
                 .min_by_key(|(_, e)| e.last)
                 .map(|(k, _)| k.clone());
             match oldest {
@@ -178,8 +190,10 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
+    // Behind a proxy that rewrites Host, the host the browser used is X-Forwarded-Host.
     let host = headers
-        .get(header::HOST)
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST))
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let bare = origin
@@ -235,10 +249,55 @@ pub(crate) fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a 
         .map(|(_, v)| v.as_str())
 }
 
+/// The sign-in form's CSRF cookie (double submit: the form's hidden field must equal it).
+pub const LOGIN_COOKIE: &str = "akwatch_login";
+
+/// The page to return to after sign-in: a path of this console only — visible ASCII, starting
+/// with one `/` (no `//host`, no `/\host`, no tab or newline a browser would drop).
+fn safe_next(next: &str) -> &str {
+    let b = next.as_bytes();
+    let ok = b.first() == Some(&b'/')
+        && !matches!(b.get(1), Some(b'/' | b'\\'))
+        && b.iter().all(u8::is_ascii_graphic);
+    if ok { next } else { "/" }
+}
+
+fn cookie_header(
+    name: &str,
+    value: &str,
+    headers: &HeaderMap,
+    max_age: Option<u64>,
+) -> HeaderValue {
+    let secure = if behind_tls(headers) { "; Secure" } else { "" };
+    let age = max_age.map_or(String::new(), |a| format!("; Max-Age={a}"));
+    HeaderValue::from_str(&format!(
+        "{name}={value}; HttpOnly; SameSite=Strict; Path=/{age}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The sign-in page with a fresh CSRF value, in its form and in a short-lived cookie.
+fn login_response(
+    status: StatusCode,
+    headers: &HeaderMap,
+    next: &str,
+    error: Option<&str>,
+) -> Response {
+    let token = random_hex(32);
+    let mut resp = (status, view::login(safe_next(next), &token, error)).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie_header(LOGIN_COOKIE, &token, headers, Some(3600)),
+    );
+    resp
+}
+
 async fn login_page(
+    headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    view::login(q.get("next").map(String::as_str), None).into_response()
+    let next = q.get("next").map_or("/", String::as_str);
+    login_response(StatusCode::OK, &headers, next, None)
 }
 
 async fn login(
@@ -246,20 +305,28 @@ async fn login(
     headers: HeaderMap,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return (StatusCode::FORBIDDEN, "refused: not sent from this console").into_response();
+    let next = safe_next(field(&form, "next").unwrap_or("/"));
+    let sent = field(&form, "csrf").unwrap_or_default();
+    let kept = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if !same_origin(&headers)
+        || sent.is_empty()
+        || !crate::api::constant_time_eq(sent.as_bytes(), kept.as_bytes())
+    {
+        return login_response(
+            StatusCode::FORBIDDEN,
+            &headers,
+            next,
+            Some("The sign-in form was stale or not sent from this console: try again."),
+        );
     }
-    let next = field(&form, "next").unwrap_or("/");
     let secret = field(&form, "token").unwrap_or_default().trim().to_owned();
     let Some(owner) = crate::api::token_owner(&c.api_state, &secret) else {
-        return (
+        return login_response(
             StatusCode::UNAUTHORIZED,
-            view::login(
-                Some(next),
-                Some("That token is not valid for this console."),
-            ),
-        )
-            .into_response();
+            &headers,
+            next,
+            Some("That token is not valid for this console."),
+        );
     };
     let sess = Sess {
         secret,
@@ -268,21 +335,16 @@ async fn login(
         csrf: random_hex(32),
     };
     let id = c.open_session(sess);
-    let secure = if behind_tls(&headers) { "; Secure" } else { "" };
-    let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
-        SESSION_IDLE.as_secs()
+    let mut resp = Redirect::to(next).into_response();
+    // A browser-session cookie: the server ends the session after SESSION_IDLE without use.
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        cookie_header(COOKIE, &id, &headers, None),
     );
-    // Only a path of this console (no `//host` or scheme) is followed.
-    let target = if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
-        next
-    } else {
-        "/"
-    };
-    let mut resp = Redirect::to(target).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        cookie_header(LOGIN_COOKIE, "", &headers, Some(0)),
+    );
     resp
 }
 
@@ -300,7 +362,7 @@ async fn logout(
     let mut resp = Redirect::to("/login").into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("akwatch_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        cookie_header(COOKIE, "", &headers, Some(0)),
     );
     resp
 }

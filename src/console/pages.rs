@@ -42,6 +42,12 @@ const TRIAGE: [(&str, &str); 5] = [
     ("allowlisted", "Allowlisted"),
 ];
 
+/// The page asked for, path and query (where sign-in returns to).
+fn target(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned())
+}
+
 /// The fixed messages a redirect after a change may show (`?done=`).
 fn done_message(code: &str) -> Option<&'static str> {
     Some(match code {
@@ -73,6 +79,10 @@ fn done(params: &[(String, String)]) -> Markup {
 
 /// A page that could not be read from the API.
 fn failed(s: &Sess, title: &str, active: &str, f: &Failed) -> Response {
+    if f.status == StatusCode::UNAUTHORIZED {
+        // The token was removed from the configuration: sign in again.
+        return Redirect::to("/login").into_response();
+    }
     page_with(
         f.status,
         s,
@@ -95,6 +105,11 @@ fn api_query(params: &[(String, String)], names: &[&str]) -> String {
 fn list_state<'a>(path: &'a str, params: &[(String, String)]) -> ListState<'a> {
     ListState {
         path,
+        default_sort: match path {
+            "/keys" | "/ips" | "/accounts" | "/alarms" => "last_seen",
+            "/risks" => "severity_rank",
+            _ => "",
+        },
         params: params
             .iter()
             .filter(|(k, v)| k != "done" && !v.is_empty())
@@ -223,9 +238,10 @@ fn facts(rows: &[(&str, Markup)]) -> Markup {
 pub(super) async fn overview(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Query(params): Params,
 ) -> Response {
-    let s = match require(&c, &headers, "/") {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -361,9 +377,10 @@ fn day(t: i64) -> String {
 pub(super) async fn keys(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Query(mut params): Params,
 ) -> Response {
-    let s = match require(&c, &headers, "/keys") {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -373,13 +390,16 @@ pub(super) async fn keys(
         .find(|(k, _)| k == "used_since")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+    // The page's own links carry the date only; the API gets the time (never both, never twice).
+    params.retain(|(k, _)| k != "since" && k != "until");
+    let mut api_params = params.clone();
     if let Ok(d) = chrono::NaiveDate::parse_from_str(&since_day, "%Y-%m-%d")
         && let Some(t) = d.and_hms_opt(0, 0, 0)
     {
-        params.push(("since".into(), t.and_utc().timestamp().to_string()));
+        api_params.push(("since".into(), t.and_utc().timestamp().to_string()));
     }
     let q = api_query(
-        &params,
+        &api_params,
         &[
             "cloud",
             "account",
@@ -449,11 +469,12 @@ pub(super) async fn keys(
 pub(super) async fn key(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Path(key): Path<String>,
     Query(params): Params,
 ) -> Response {
     let path = format!("/keys/{}", seg(&key));
-    let s = match require(&c, &headers, &path) {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -474,7 +495,11 @@ pub(super) async fn key(
     };
     let rows: Vec<(String, i64)> = series.iter().map(|(d, n)| (day(*d), *n)).collect();
     let report = &k["report"];
-    let hidden = int(&k["ip_hidden"]) != 0;
+    // Hidden by the store's flag (events counted since), or by an IP-hiding entry just made.
+    let hidden = int(&k["ip_hidden"]) != 0
+        || k["policies"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["kind"] == "ip-hiding"));
     let content = html! {
         (done(&params))
         section aria-labelledby="basic" {
@@ -532,7 +557,10 @@ pub(super) async fn key(
         section aria-labelledby="alarms" {
             h2 #alarms { "Alarms" }
             @let list = k["alarms"].as_array().cloned().unwrap_or_default();
-            @if list.is_empty() { (empty("No alarms for this key.")) } @else { (alarm_table(&list, None)) }
+            @if list.is_empty() { (empty("No alarms for this key.")) } @else {
+                (alarm_table(&list, None))
+                p { a href={ "/alarms?key=" (seg(&text(&k["key_id"]))) } { "This key's alarms in the alarm list (filters, paging, bulk triage)" } }
+            }
         }
         section aria-labelledby="risks" {
             h2 #risks { "Configuration risks" }
@@ -595,12 +623,15 @@ pub(super) async fn key(
     )
 }
 
+/// A field of the key's slot in its principal's report entry: the slot naming the key, else
+/// the only active slot (AWS and Alibaba reports do not name keys); empty when it is ambiguous.
 fn report_key_field(report: &Value, key: &str, name: &str) -> String {
     let keys = report["keys"].as_array().cloned().unwrap_or_default();
+    let active: Vec<&Value> = keys.iter().filter(|k| k["active"] == json!(true)).collect();
     let k = keys
         .iter()
         .find(|k| k["id"].as_str() == Some(key))
-        .or_else(|| keys.iter().find(|k| k["active"] == json!(true)));
+        .or_else(|| (active.len() == 1).then(|| active[0]));
     k.map(|k| text(&k[name])).unwrap_or_default()
 }
 
@@ -653,9 +684,10 @@ pub(super) async fn hide_key(
 pub(super) async fn ips(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Query(params): Params,
 ) -> Response {
-    let s = match require(&c, &headers, "/ips") {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -731,11 +763,12 @@ fn classes(v: &Value) -> Markup {
 pub(super) async fn ip(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Path(ip): Path<String>,
     Query(params): Params,
 ) -> Response {
     let path = format!("/ips/{}", seg(&ip));
-    let s = match require(&c, &headers, &path) {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -831,9 +864,10 @@ pub(super) async fn ip_note(
 pub(super) async fn accounts(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Query(params): Params,
 ) -> Response {
-    let s = match require(&c, &headers, "/accounts") {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -880,10 +914,11 @@ pub(super) async fn accounts(
 pub(super) async fn account(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Path((cloud, account)): Path<(String, String)>,
 ) -> Response {
     let path = format!("/accounts/{}/{}", seg(&cloud), seg(&account));
-    let s = match require(&c, &headers, &path) {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -949,7 +984,11 @@ pub(super) async fn account(
         }
         section aria-labelledby="alarms" {
             h2 #alarms { "Alarms" }
-            @if items(&alarms).is_empty() { (empty("No alarms in this account.")) } @else { (alarm_table(items(&alarms), None)) }
+            @if items(&alarms).is_empty() { (empty("No alarms in this account.")) } @else {
+                (alarm_table(items(&alarms), None))
+                p { "The " (items(&alarms).len()) " most severe of " (int(&alarms["total"])) ". "
+                    a href={ "/alarms?" (view::query(&[("cloud", &cloud), ("account", &account)])) } { "All of this account's alarms" } }
+            }
         }
         section aria-labelledby="risks" {
             h2 #risks { "Configuration risks" }
@@ -971,9 +1010,10 @@ pub(super) async fn account(
 pub(super) async fn alarms(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Query(params): Params,
 ) -> Response {
-    let s = match require(&c, &headers, "/alarms") {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -1112,11 +1152,12 @@ pub(super) async fn alarms_triage(
 pub(super) async fn alarm(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Response {
     let path = format!("/alarms/{}", seg(&id));
-    let s = match require(&c, &headers, &path) {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -1303,10 +1344,11 @@ fn history(list: &Value) -> Markup {
 pub(super) async fn alarm_allowlist_form(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Path(id): Path<String>,
 ) -> Response {
     let path = format!("/alarms/{}", seg(&id));
-    let s = match require(&c, &headers, &format!("{path}/allowlist")) {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -1463,9 +1505,10 @@ pub(super) async fn alarm_allowlist(
 pub(super) async fn risks(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Query(params): Params,
 ) -> Response {
-    let s = match require(&c, &headers, "/risks") {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -1501,11 +1544,12 @@ pub(super) async fn risks(
 pub(super) async fn risk(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Response {
     let path = format!("/risks/{}", seg(&id));
-    let s = match require(&c, &headers, &path) {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -1762,10 +1806,11 @@ async fn policies_page(
 pub(super) async fn policies(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Path(kind): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let s = match require(&c, &headers, &format!("/policies/{}", seg(&kind))) {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -1814,11 +1859,12 @@ pub(super) async fn policy_new(
 pub(super) async fn policy_edit(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Path((kind, id)): Path<(String, String)>,
     Query(params): Params,
 ) -> Response {
     let path = format!("/policies/{}/{}", seg(&kind), seg(&id));
-    let s = match require(&c, &headers, &path) {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -1962,9 +2008,10 @@ fn audit_target(action: &str, target: &str) -> Markup {
 pub(super) async fn audit(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: Uri,
     Query(params): Params,
 ) -> Response {
-    let s = match require(&c, &headers, "/audit") {
+    let s = match require(&c, &headers, &target(&uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -1997,7 +2044,7 @@ pub(super) async fn not_found(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    match require(&c, &headers, uri.path()) {
+    match require(&c, &headers, &target(&uri)) {
         Ok(s) => not_found_page(&s),
         Err(r) => *r,
     }

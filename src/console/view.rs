@@ -94,7 +94,7 @@ pub(crate) fn role_name(r: Role) -> &'static str {
 }
 
 /// The sign-in page.
-pub(crate) fn login(next: Option<&str>, error: Option<&str>) -> Html<String> {
+pub(crate) fn login(next: &str, csrf: &str, error: Option<&str>) -> Html<String> {
     let doc = html! {
         (DOCTYPE)
         html lang="en" {
@@ -105,7 +105,8 @@ pub(crate) fn login(next: Option<&str>, error: Option<&str>) -> Html<String> {
                     p { "Access-key anomaly detection for AWS, Alibaba Cloud and Tencent Cloud." }
                     @if let Some(e) = error { p.error role="alert" { (e) } }
                     form method="post" action="/login" {
-                        input type="hidden" name="next" value=(next.unwrap_or("/"));
+                        input type="hidden" name="next" value=(next);
+                        input type="hidden" name="csrf" value=(csrf);
                         label for="token" { "API token" }
                         input #token type="password" name="token" autocomplete="current-password" required autofocus;
                         button type="submit" { "Sign in" }
@@ -175,6 +176,10 @@ pub(crate) fn int(v: &Value) -> i64 {
 
 /// A link-safe path segment.
 pub(crate) fn seg(s: &str) -> String {
+    if s.bytes().all(|b| b == b'.') {
+        // `.` and `..` would be resolved away by the browser.
+        return "%2E".repeat(s.len());
+    }
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
@@ -199,6 +204,8 @@ pub(crate) fn query(pairs: &[(&str, &str)]) -> String {
 /// The list state of a page: its filters (by name) and sort, offset and limit.
 pub(crate) struct ListState<'a> {
     pub path: &'a str,
+    /// The column the API sorts by when none is asked for.
+    pub default_sort: &'a str,
     pub params: Vec<(String, String)>,
 }
 
@@ -234,7 +241,8 @@ impl ListState<'_> {
 
     /// A column header that sorts the list by `col` (descending first).
     pub fn sort_header(&self, col: &str, label: &str) -> Markup {
-        let current = self.get("sort") == col;
+        let current =
+            self.get("sort") == col || (self.get("sort").is_empty() && col == self.default_sort);
         let desc = self.get("order") != "asc";
         let next = if current && desc { "asc" } else { "desc" };
         let aria = match (current, desc) {
@@ -259,7 +267,11 @@ impl ListState<'_> {
         let next = offset.saturating_add(limit).to_string();
         html! {
             nav.pager aria-label="Pages" {
-                span { @if total == 0 { "none" } @else { (offset + 1) "–" (end) " of " (total) } }
+                span {
+                    @if total == 0 { "none" }
+                    @else if offset >= total { "none here — " a href=(self.with(&[("offset", "")])) { "the first page" } " (" (total) " in all)" }
+                    @else { (offset + 1) "–" (end) " of " (total) }
+                }
                 @if offset > 0 { a href=(self.with(&[("offset", prev.as_str())])) rel="prev" { "← Previous" } }
                 @if end < total { a href=(self.with(&[("offset", next.as_str())])) rel="next" { "Next →" } }
             }

@@ -138,6 +138,10 @@ class Console:
 
     def sign_in(self, token):
         self.go("/login")
+        self.sign_in_here(token)
+
+    def sign_in_here(self, token):
+        """Signs in on the sign-in page the browser is on (after a redirect to it)."""
         box = self.d.find_element(By.ID, "token")
         box.clear()
         box.send_keys(token)
@@ -266,8 +270,11 @@ def run_console_checks(c, toks, base, api_dir, store):
     # A form POST without the CSRF token, with a valid session, is refused.
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    form = opener.open(base + "/login").read().decode()
+    login_csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', form).group(1)
     opener.open(urllib.request.Request(base + "/login", data=urllib.parse.urlencode(
-        {"token": toks["admin"], "next": "/"}).encode()))
+        {"token": toks["admin"], "next": "/", "csrf": login_csrf}).encode()))
+    check(any(ck.name == "akwatch_session" for ck in jar), "a script-less client signs in with the form's CSRF value")
     alarm_ids = api(base, toks["admin"], "/alarms?status=pending&limit=500")["items"]
     target = alarm_ids[-1]["alarm_id"]
     try:
@@ -277,6 +284,21 @@ def run_console_checks(c, toks, base, api_dir, store):
     except urllib.error.HTTPError as e:
         refused = e.code == 403
     check(refused, "a form POST without the CSRF token is refused (403)")
+    try:
+        urllib.request.urlopen(urllib.request.Request(base + "/login", data=urllib.parse.urlencode(
+            {"token": toks["admin"], "next": "/"}).encode()))
+        refused = False
+    except urllib.error.HTTPError as e:
+        refused = e.code == 403
+    check(refused, "a sign-in form without its CSRF value (a forged login) is refused (403)")
+    # A deep link keeps its filters through sign-in.
+    d.delete_all_cookies()
+    c.go("/alarms?status=pending&severity=critical")
+    c.sign_in_here(toks["viewer"])
+    check(d.current_url == base + "/alarms?status=pending&severity=critical",
+          f"a deep link with filters survives sign-in ({d.current_url})")
+    d.delete_all_cookies()
+    c.sign_in(toks["admin"])
     check(api(base, toks["admin"], f"/alarms/{target}")["triage_status"] == "pending",
           "the refused POST changed nothing")
 

@@ -51,20 +51,52 @@ async fn post(app: &axum::Router, path: &str, cookie: &str, form: &[(&str, &str)
     send(app, req).await
 }
 
-/// Signs in with `token`: the session cookie (`name=value`) and the Set-Cookie line.
-async fn sign_in(app: &axum::Router, token: &str, tls: bool) -> (String, String) {
+/// Posts the sign-in form as a browser does: the form's CSRF value and cookie from the sign-in
+/// page, then `token` and `next`.
+async fn login(app: &axum::Router, token: &str, next: &str, tls: bool) -> Page {
+    let form = page(
+        app,
+        &format!(
+            "/login?{}",
+            serde_urlencoded::to_string([("next", next)]).unwrap()
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(form.status, StatusCode::OK);
+    let set = form.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        set.starts_with("akwatch_login=") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let field = csrf(&form.body);
     let mut req = Request::post("/login")
         .header("host", "console.test")
         .header("origin", "http://console.test")
+        .header("cookie", cookie)
         .header("content-type", "application/x-www-form-urlencoded");
     if tls {
         req = req.header("x-forwarded-proto", "https");
     }
-    let body = serde_urlencoded::to_string([("token", token), ("next", "/alarms")]).unwrap();
-    let p = send(app, req.body(Body::from(body)).unwrap()).await;
+    let body =
+        serde_urlencoded::to_string([("token", token), ("next", next), ("csrf", field.as_str())])
+            .unwrap();
+    send(app, req.body(Body::from(body)).unwrap()).await
+}
+
+/// Signs in with `token`: the session cookie (`name=value`) and its Set-Cookie line.
+async fn sign_in(app: &axum::Router, token: &str, tls: bool) -> (String, String) {
+    let p = login(app, token, "/alarms?status=pending", tls).await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
-    assert_eq!(p.headers["location"], "/alarms");
-    let set = p.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert_eq!(p.headers["location"], "/alarms?status=pending");
+    let set = p
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with("akwatch_session="))
+        .unwrap();
     (set.split(';').next().unwrap().to_owned(), set)
 }
 
@@ -92,12 +124,25 @@ async fn sign_in_sessions_csp_and_csrf() {
     // No session: every page sends to the sign-in page, with the CSP on.
     let p = page(&f.app, "/keys?kind=permanent", "").await;
     assert_eq!(p.status, StatusCode::SEE_OTHER);
-    assert_eq!(p.headers["location"], "/login?next=%2Fkeys");
+    assert_eq!(
+        p.headers["location"], "/login?next=%2Fkeys%3Fkind%3Dpermanent",
+        "the filters survive sign-in"
+    );
     let csp = p.headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
     assert!(!csp.contains("unsafe-inline"), "{csp}");
-    // A wrong token: refused, no cookie.
-    let body = serde_urlencoded::to_string([("token", "nope")]).unwrap();
+    // A wrong token: refused, no session.
+    let p = login(&f.app, "nope", "/", false).await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+    assert!(p.body.contains("not valid"));
+    assert!(
+        !p.headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("akwatch_session="))
+    );
+    // The sign-in form without its CSRF value (a login forged from another page): refused.
+    let body = serde_urlencoded::to_string([("token", VIEWER)]).unwrap();
     let p = send(
         &f.app,
         Request::post("/login")
@@ -106,8 +151,7 @@ async fn sign_in_sessions_csp_and_csrf() {
             .unwrap(),
     )
     .await;
-    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
-    assert!(p.headers.get("set-cookie").is_none());
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
     // The cookie: HttpOnly, SameSite=Strict; Secure behind TLS.
     let (_, set) = sign_in(&f.app, VIEWER, false).await;
     assert!(
@@ -116,18 +160,19 @@ async fn sign_in_sessions_csp_and_csrf() {
     );
     let (_, set) = sign_in(&f.app, VIEWER, true).await;
     assert!(set.contains("; Secure"), "{set}");
-    // Sign-in never follows a link off this console.
-    let body =
-        serde_urlencoded::to_string([("token", VIEWER), ("next", "//evil.example/")]).unwrap();
-    let p = send(
-        &f.app,
-        Request::post("/login")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(p.headers["location"], "/");
+    // Sign-in never follows a link off this console (a tab is dropped by browsers: `/\t/x`
+    // would be `//x`).
+    for next in [
+        "//evil.example/",
+        "/\t/evil.example",
+        "/\\evil.example",
+        "https://evil.example/",
+        "/ok\nLocation: x",
+    ] {
+        let p = login(&f.app, VIEWER, next, false).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{next:?}");
+        assert_eq!(p.headers["location"], "/", "{next:?}");
+    }
 
     // An operator's form without the CSRF token, or from another origin, changes nothing.
     let (cookie, _) = sign_in(&f.app, OPERATOR, false).await;
@@ -368,6 +413,23 @@ async fn key_filters_and_policy_dry_runs() {
         sum += v["total"].as_i64().unwrap();
     }
     assert_eq!(sum, total);
+    // The key list filtered by last use keeps working through its sort and pager links.
+    let (viewer, _) = sign_in(&f.app, VIEWER, false).await;
+    let p = page(&f.app, "/keys?used_since=2025-06-01", &viewer).await;
+    assert_eq!(p.status, StatusCode::OK);
+    let link = p
+        .body
+        .split("href=\"")
+        .map(|x| &x[..x.find('"').unwrap_or(0)])
+        .find(|h| h.starts_with("/keys?") && h.contains("sort=calls"))
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(
+        link.contains("used_since=2025-06-01") && !link.contains("since=17"),
+        "{link}"
+    );
+    let p = page(&f.app, &link, &viewer).await;
+    assert_eq!(p.status, StatusCode::OK, "{link}: {}", p.body);
     let with = get(&f.app, "/api/v1/keys?has_alarms=1&limit=500").await;
     let without = get(&f.app, "/api/v1/keys?has_alarms=0&limit=1").await;
     assert_eq!(
@@ -390,6 +452,31 @@ async fn key_filters_and_policy_dry_runs() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // "Hide its IPs" from a key's page (admin): an IP-hiding entry, the page says so at once
+    // and offers it no more.
+    let (admin, _) = sign_in(&f.app, ADMIN, false).await;
+    let key_page = format!("/keys/{LEAKED}");
+    let body = page(&f.app, &key_page, &admin).await.body;
+    assert!(post_forms(&body).contains(&format!("{key_page}/hide")));
+    let p = post(
+        &f.app,
+        &format!("{key_page}/hide"),
+        &admin,
+        &[("csrf", &csrf(&body)), ("comment", "partner")],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    let body = page(&f.app, &key_page, &admin).await.body;
+    assert!(body.contains("on: its source IPs are not kept"));
+    assert!(!post_forms(&body).contains(&format!("{key_page}/hide")));
+    let hidden = get(&f.app, "/api/v1/policies/ip-hiding").await;
+    assert!(
+        hidden["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["entry"]["keys"][0] == LEAKED)
+    );
     // A policy dry run: checked, previewed, not stored.
     let entry = json!({"id": "office", "keys": [LEAKED], "comment": "x"});
     let (s, v) = call(
