@@ -143,9 +143,75 @@ fn decode(c: &mut Criterion) {
     }
 }
 
+/// The framer over JSON lines and a CloudTrail `{"Records":[...]}` file (about 8 MB each, the
+/// bench's AWS records), with the fast path and byte by byte, beside a bare `memchr` line split
+/// of the same bytes (the floor), in bytes per second.
+fn framing(c: &mut Criterion) {
+    use akwatch::source::framing::{FrameOptions, frame_bytes, frame_bytes_bytewise};
+    let aws = corpus_sets().into_iter().next().unwrap().1;
+    let mut lines = Vec::new();
+    while lines.len() < 8 << 20 {
+        for r in &aws {
+            lines.extend_from_slice(r);
+            lines.push(b'\n');
+        }
+    }
+    let mut records = b"{\"Records\":[".to_vec();
+    for (i, line) in lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        if i > 0 {
+            records.push(b',');
+        }
+        records.extend_from_slice(line);
+    }
+    records.extend_from_slice(b"]}");
+    let expect = lines.iter().filter(|b| **b == b'\n').count() as u64;
+    for (name, data, lines_mode) in [
+        ("json_lines", &lines, true),
+        ("records_file", &records, false),
+    ] {
+        let options = FrameOptions::default();
+        assert_eq!(
+            frame_bytes(data, lines_mode, options, |f| {
+                black_box(f.bytes);
+            }),
+            expect
+        );
+        assert_eq!(
+            frame_bytes_bytewise(data, lines_mode, options, |f| {
+                black_box(f.bytes);
+            }),
+            expect
+        );
+        let mut group = c.benchmark_group(format!("framing/{name}"));
+        group.throughput(Throughput::Bytes(data.len() as u64));
+        group.bench_function("fast_path", |b| {
+            b.iter(|| {
+                frame_bytes(black_box(data), lines_mode, options, |f| {
+                    black_box(f.bytes);
+                })
+            })
+        });
+        group.bench_function("byte_by_byte", |b| {
+            b.iter(|| {
+                frame_bytes_bytewise(black_box(data), lines_mode, options, |f| {
+                    black_box(f.bytes);
+                })
+            })
+        });
+        group.bench_function("memchr_lines_floor", |b| {
+            b.iter(|| memchr::memchr_iter(b'\n', black_box(data)).count())
+        });
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(4)).warm_up_time(std::time::Duration::from_secs(1));
-    targets = decode
+    targets = decode, framing
 }
 criterion_main!(benches);

@@ -81,9 +81,7 @@ pub fn frame_records<R: Read>(
                 ));
             }
         };
-        for &b in &chunk[..n] {
-            scanner.step(b, &mut emit);
-        }
+        scanner.feed(&chunk[..n], &mut emit);
     }
     scanner.finish(&mut emit);
     Ok(ScanEnd {
@@ -91,6 +89,40 @@ pub fn frame_records<R: Read>(
         records: scanner.index,
         lines_mode,
     })
+}
+
+/// [`frame_records`] over bytes in memory, stepping one byte at a time without the fast path:
+/// the reference the benchmark compares the fast path with (`benches/decode.rs`, `framing`).
+#[doc(hidden)]
+pub fn frame_bytes_bytewise(
+    data: &[u8],
+    lines_mode: bool,
+    options: FrameOptions,
+    mut emit: impl FnMut(Frame<'_>),
+) -> u64 {
+    let mut scanner = Scanner::new(lines_mode, options.max_record_bytes);
+    for &b in data {
+        scanner.step(b, &mut emit);
+    }
+    scanner.finish(&mut emit);
+    scanner.index
+}
+
+/// [`frame_records`] over bytes in memory, in the chunks the reader would give, with the fast
+/// path.
+#[doc(hidden)]
+pub fn frame_bytes(
+    data: &[u8],
+    lines_mode: bool,
+    options: FrameOptions,
+    mut emit: impl FnMut(Frame<'_>),
+) -> u64 {
+    let mut scanner = Scanner::new(lines_mode, options.max_record_bytes);
+    for part in data.chunks(CHUNK_BYTES) {
+        scanner.feed(part, &mut emit);
+    }
+    scanner.finish(&mut emit);
+    scanner.index
 }
 
 /// What the scan saw, for logs and tests.
@@ -221,6 +253,51 @@ impl Scanner {
         if b == b'\n' {
             self.line += 1;
         }
+    }
+
+    /// Steps through `data`. Runs of bytes that cannot change the scanner's state are copied
+    /// whole (found with `memchr`, or a table outside strings) instead of stepped one by one:
+    /// inside a string only `"`, `\\` and a newline matter; inside a record outside strings only
+    /// brackets, quotes and newlines; a top-level scalar runs to its newline. The result is the
+    /// byte-by-byte scan's (`tests::fast_path_equals_the_byte_scan`).
+    fn feed(&mut self, data: &[u8], emit: &mut impl FnMut(Frame<'_>)) {
+        let mut i = 0;
+        while i < data.len() {
+            if self.in_record {
+                let rest = &data[i..];
+                let run = if self.scalar && self.unwrap.is_none() {
+                    memchr::memchr(b'\n', rest).unwrap_or(rest.len())
+                } else if self.in_str {
+                    if self.esc {
+                        0
+                    } else {
+                        memchr::memchr3(b'"', b'\\', b'\n', rest).unwrap_or(rest.len())
+                    }
+                } else if self.scalar {
+                    0
+                } else {
+                    rest.iter()
+                        .position(|&b| STRUCTURAL[usize::from(b)])
+                        .unwrap_or(rest.len())
+                };
+                if run > 0 {
+                    self.push_run(&rest[..run]);
+                    i += run;
+                    continue;
+                }
+            }
+            self.step(data[i], emit);
+            i += 1;
+        }
+    }
+
+    /// [`Scanner::push`] for a run of bytes.
+    fn push_run(&mut self, run: &[u8]) {
+        let room = self.max.saturating_sub(self.buf.len());
+        if run.len() > room {
+            self.oversize = true;
+        }
+        self.buf.extend_from_slice(&run[..run.len().min(room)]);
     }
 
     fn push(&mut self, b: u8) {
@@ -477,6 +554,18 @@ impl Scanner {
     }
 }
 
+/// The bytes that change the scanner's state inside a record, outside strings.
+const STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t[b'\n' as usize] = true;
+    t
+};
+
 /// `{"Records":` with any whitespace, followed (in the caller) by `[`.
 fn is_records_prefix(buf: &[u8]) -> bool {
     const WANT: &[u8] = b"{\"Records\":[";
@@ -635,5 +724,76 @@ mod tests {
         assert!(frames("  \n\n ").is_empty());
         assert!(frames("[]").is_empty());
         assert!(frames("{\"Records\":[]}").is_empty());
+    }
+
+    type Out = Vec<(Vec<u8>, u64, u64, Option<(Broken, String)>)>;
+
+    /// The scan one byte at a time (the reference the fast path must equal), or fed in chunks of
+    /// `chunk` bytes through the fast path.
+    fn scan(input: &[u8], lines_mode: bool, max: usize, chunk: Option<usize>) -> (Out, u64) {
+        let mut out: Out = Vec::new();
+        let mut emit = |f: Frame<'_>| out.push((f.bytes.to_vec(), f.line, f.index, f.broken));
+        let mut sc = Scanner::new(lines_mode, max);
+        match chunk {
+            None => {
+                for &b in input {
+                    sc.step(b, &mut emit);
+                }
+            }
+            Some(n) => {
+                for part in input.chunks(n.max(1)) {
+                    sc.feed(part, &mut emit);
+                }
+            }
+        }
+        sc.finish(&mut emit);
+        let lines = sc.line;
+        (out, lines)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn fast_path_equals_the_byte_scan(
+            input in proptest::collection::vec(proptest::sample::select(b"{}[]\\\",: \n\tab1R".to_vec()), 0..300),
+            lines_mode: bool,
+            max in proptest::prop_oneof![1usize..40, proptest::strategy::Just(1usize << 20)],
+            chunk in 1usize..70,
+        ) {
+            proptest::prop_assert_eq!(scan(&input, lines_mode, max, None), scan(&input, lines_mode, max, Some(chunk)));
+        }
+    }
+
+    #[test]
+    fn fast_path_equals_the_byte_scan_on_the_bundled_logs() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/logs");
+        let mut seen = 0;
+        for entry in walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_map(Result::ok)
+        {
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            let mut reader =
+                crate::source::open(&crate::source::Input::File(entry.path().to_path_buf()))
+                    .unwrap();
+            std::io::Read::read_to_end(&mut reader, &mut bytes).unwrap();
+            let lines_mode = detect_lines_mode(&bytes[..bytes.len().min(PEEK_BYTES)]);
+            for max in [DEFAULT_MAX_RECORD_BYTES, 700] {
+                let want = scan(&bytes, lines_mode, max, None);
+                for chunk in [1, 13, 4096, CHUNK_BYTES] {
+                    assert_eq!(
+                        want,
+                        scan(&bytes, lines_mode, max, Some(chunk)),
+                        "{} chunk {chunk}",
+                        entry.path().display()
+                    );
+                }
+            }
+            seen += 1;
+        }
+        assert!(seen > 0);
     }
 }
