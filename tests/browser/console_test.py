@@ -37,7 +37,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -132,7 +132,18 @@ class Console:
         """Clicks a link or a form's button and waits for the next page to load."""
         old = self.d.find_element(By.TAG_NAME, "html")
         element.click()
-        WebDriverWait(self.d, 30).until(staleness_of(old))
+
+        def gone(_):
+            # The old page's root is gone once the next page replaced it. chromedriver says so
+            # with a stale-element error, or, at times, with "Node with given id does not belong
+            # to the document": either means the navigation happened.
+            try:
+                old.tag_name
+                return False
+            except WebDriverException:
+                return True
+
+        WebDriverWait(self.d, 30).until(gone)
         WebDriverWait(self.d, 30).until(
             lambda d: d.execute_script("return document.readyState") == "complete")
 
