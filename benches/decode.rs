@@ -147,7 +147,7 @@ fn decode(c: &mut Criterion) {
 /// bench's AWS records), with the fast path and byte by byte, beside a bare `memchr` line split
 /// of the same bytes (the floor), in bytes per second.
 fn framing(c: &mut Criterion) {
-    use akwatch::source::framing::{FrameOptions, frame_bytes, frame_bytes_bytewise};
+    use akwatch::source::framing::{FrameOptions, frame_bytes};
     let aws = corpus_sets().into_iter().next().unwrap().1;
     let mut lines = Vec::new();
     while lines.len() < 8 << 20 {
@@ -175,13 +175,13 @@ fn framing(c: &mut Criterion) {
     ] {
         let options = FrameOptions::default();
         assert_eq!(
-            frame_bytes(data, lines_mode, options, |f| {
+            frame_bytes(data, lines_mode, options, true, |f| {
                 black_box(f.bytes);
             }),
             expect
         );
         assert_eq!(
-            frame_bytes_bytewise(data, lines_mode, options, |f| {
+            frame_bytes(data, lines_mode, options, false, |f| {
                 black_box(f.bytes);
             }),
             expect
@@ -190,14 +190,14 @@ fn framing(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(data.len() as u64));
         group.bench_function("fast_path", |b| {
             b.iter(|| {
-                frame_bytes(black_box(data), lines_mode, options, |f| {
+                frame_bytes(black_box(data), lines_mode, options, true, |f| {
                     black_box(f.bytes);
                 })
             })
         });
         group.bench_function("byte_by_byte", |b| {
             b.iter(|| {
-                frame_bytes_bytewise(black_box(data), lines_mode, options, |f| {
+                frame_bytes(black_box(data), lines_mode, options, false, |f| {
                     black_box(f.bytes);
                 })
             })

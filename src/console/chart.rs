@@ -83,7 +83,10 @@ pub(crate) fn fill_days(points: &[(i64, i64)], from: i64, to: i64) -> Vec<(i64, 
             .map(|(_, n)| *n)
             .sum();
         out.push((d, n));
-        d -= 86_400;
+        match d.checked_sub(86_400) {
+            Some(prev) => d = prev,
+            None => break,
+        }
     }
     out.reverse();
     out

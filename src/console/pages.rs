@@ -258,7 +258,7 @@ pub(super) async fn overview(
         .map(|r| (int(&r["day"]), int(&r["n"])))
         .collect();
     let last = per_day.last().map_or(0, |d| d.0);
-    let series = chart::fill_days(&per_day, last - (days - 1) * 86_400, last);
+    let series = chart::fill_days(&per_day, last.saturating_sub((days - 1) * 86_400), last);
     let rows: Vec<(String, i64)> = series.iter().map(|(d, n)| (day(*d), *n)).collect();
     let total = int(&o["keys_total"]);
     let sum = |k: &str| -> i64 {
@@ -1156,16 +1156,29 @@ pub(super) async fn alarm(
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let path = format!("/alarms/{}", seg(&id));
-    let s = match require(&c, &headers, &target(&uri)) {
+    show(&c, &headers, &uri, &ALARM, &id, &params).await
+}
+
+/// An alarm's or a risk's page, read from the API.
+async fn show(
+    c: &Console,
+    headers: &HeaderMap,
+    uri: &Uri,
+    t: &Triaged,
+    id: &str,
+    params: &[(String, String)],
+) -> Response {
+    let s = match require(c, headers, &target(uri)) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let a = match c.call(&s, Method::GET, &path, None).await {
-        Ok(v) => v,
-        Err(f) => return failed(&s, "Alarm", "/alarms", &f),
-    };
-    alarm_page(&s, &a, &params, None)
+    match c
+        .call(&s, Method::GET, &format!("{}/{}", t.base, seg(id)), None)
+        .await
+    {
+        Ok(v) => (t.render)(&s, &v, params, None),
+        Err(f) => failed(&s, t.title, t.base, &f),
+    }
 }
 
 fn alarm_page(s: &Sess, a: &Value, params: &[(String, String)], error: Option<&str>) -> Response {
@@ -1548,16 +1561,7 @@ pub(super) async fn risk(
     Path(id): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let path = format!("/risks/{}", seg(&id));
-    let s = match require(&c, &headers, &target(&uri)) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let r = match c.call(&s, Method::GET, &path, None).await {
-        Ok(v) => v,
-        Err(f) => return failed(&s, "Configuration risk", "/risks", &f),
-    };
-    risk_page(&s, &r, &params, None)
+    show(&c, &headers, &uri, &RISK, &id, &params).await
 }
 
 fn risk_page(s: &Sess, r: &Value, params: &[(String, String)], error: Option<&str>) -> Response {

@@ -91,35 +91,26 @@ pub fn frame_records<R: Read>(
     })
 }
 
-/// [`frame_records`] over bytes in memory, stepping one byte at a time without the fast path:
-/// the reference the benchmark compares the fast path with (`benches/decode.rs`, `framing`).
-#[doc(hidden)]
-pub fn frame_bytes_bytewise(
-    data: &[u8],
-    lines_mode: bool,
-    options: FrameOptions,
-    mut emit: impl FnMut(Frame<'_>),
-) -> u64 {
-    let mut scanner = Scanner::new(lines_mode, options.max_record_bytes);
-    for &b in data {
-        scanner.step(b, &mut emit);
-    }
-    scanner.finish(&mut emit);
-    scanner.index
-}
-
-/// [`frame_records`] over bytes in memory, in the chunks the reader would give, with the fast
-/// path.
+/// [`frame_records`] over bytes in memory, in the chunks the reader would give: with the fast
+/// path, or (`fast: false`) one byte at a time — the reference the benchmark compares it with
+/// (`benches/decode.rs`, `framing`). Returns the number of records.
 #[doc(hidden)]
 pub fn frame_bytes(
     data: &[u8],
     lines_mode: bool,
     options: FrameOptions,
+    fast: bool,
     mut emit: impl FnMut(Frame<'_>),
 ) -> u64 {
     let mut scanner = Scanner::new(lines_mode, options.max_record_bytes);
     for part in data.chunks(CHUNK_BYTES) {
-        scanner.feed(part, &mut emit);
+        if fast {
+            scanner.feed(part, &mut emit);
+        } else {
+            for &b in part {
+                scanner.step(b, &mut emit);
+            }
+        }
     }
     scanner.finish(&mut emit);
     scanner.index
