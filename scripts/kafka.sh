@@ -45,12 +45,29 @@ ready() {
     java_cmd org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" --list >/dev/null 2>&1
 }
 
+# Something (not this script's broker) accepts connections on the port.
+taken() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+refuse_taken_ports() {
+    local p
+    for p in "$port" "$cport"; do
+        if taken "$p"; then
+            echo "127.0.0.1:$p is already in use by another process (not the broker under $root);" \
+                "stop it, or set KAFKA_PORT to a free port" >&2
+            exit 1
+        fi
+    done
+}
+
 start() {
     fetch
     if running; then
         echo "127.0.0.1:$port"
         return
     fi
+    refuse_taken_ports
     rm -rf "$data"
     mkdir -p "$data"
     mkdir -p "$root"
@@ -69,7 +86,9 @@ offsets.topic.replication.factor=1
 offsets.topic.num.partitions=3
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
-group.initial.rebalance.delay.ms=0
+# Kafka's shipped default: the first members of a new group are assigned together, as in
+# production (two instances started on a backlog both get partitions).
+group.initial.rebalance.delay.ms=3000
 auto.create.topics.enable=true
 PROPS
     local id
@@ -104,6 +123,7 @@ resume() {
         return
     fi
     [ -f "$props" ] || { echo "no broker to resume in $root" >&2; exit 1; }
+    refuse_taken_ports
     launch
 }
 
