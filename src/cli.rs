@@ -227,6 +227,10 @@ pub struct ReplayArgs {
     /// counted back from the newest call).
     #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=3650))]
     pub retention_days: i64,
+    /// Threads to decode, enrich and detect on (default: one per core). The output is the
+    /// same for any number: the same alarms, with the same ids, in the same order.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
     /// Log files, directories or `-`; none: the bundled examples/.
     pub paths: Vec<String>,
 }
@@ -650,6 +654,10 @@ fn replay_to(
         options.policies = args.policies;
     }
     options.provider = args.provider;
+    options.threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        usize::from,
+    );
     // (Both at most 100,000,000: they fit.)
     options.limits.max_alarms = usize::try_from(args.max_alarms).unwrap_or(usize::MAX);
     options.limits.max_alarms_per_key =

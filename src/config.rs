@@ -649,6 +649,8 @@ impl Config {
             permissions: self.permissions.clone(),
             provider: None,
             limits: self.limits,
+            // The service's engines are per repartition partition (`kafka::run`).
+            threads: 1,
         }
     }
 }

@@ -904,6 +904,23 @@ pub struct MarksFor {
     pub everyone: bool,
 }
 
+/// Where an event goes among `n` engines: its subject's engine, which processes it, and the
+/// other engines it leaves cross-key marks in (a created key's, every one for a quarantine).
+pub fn route(event: &Event, n: u32) -> (u32, Vec<u32>) {
+    let owner = subject_partition(event, n);
+    let marks = Engine::leaves_marks(event);
+    let mut others: Vec<u32> = Vec::new();
+    if marks.everyone {
+        others.extend((0..n.max(1)).filter(|p| *p != owner));
+    } else if let Some(k) = &marks.created_key {
+        let p = key_partition(k.as_str(), n);
+        if p != owner {
+            others.push(p);
+        }
+    }
+    (owner, others)
+}
+
 /// The partition of `n` an event's subject (its access key, else its principal) belongs to:
 /// every event of one subject goes to one engine.
 pub fn subject_partition(event: &Event, n: u32) -> u32 {

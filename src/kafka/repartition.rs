@@ -26,7 +26,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, key_partition, subject_partition};
+use crate::engine::route;
 use crate::event::Event;
 
 /// Where an event came from: input topic, partition, offset and its index in the record.
@@ -265,17 +265,7 @@ impl<T> Writer<T> {
                 offset,
                 index,
             };
-            let owner = subject_partition(&event, self.partitions);
-            let marks = Engine::leaves_marks(&event);
-            let mut others: Vec<u32> = Vec::new();
-            if marks.everyone {
-                others.extend((0..self.partitions).filter(|p| *p != owner));
-            } else if let Some(k) = &marks.created_key {
-                let p = key_partition(k.as_str(), self.partitions);
-                if p != owner {
-                    others.push(p);
-                }
-            }
+            let (owner, others) = route(&event, self.partitions);
             let event = Box::new(event);
             let marks_payload = if others.is_empty() {
                 None

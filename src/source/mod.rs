@@ -268,7 +268,7 @@ pub fn read_records(paths: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(records)
 }
 
-fn file_origin(name: &str, index: u64, line: u64) -> Origin {
+pub(crate) fn file_origin(name: &str, index: u64, line: u64) -> Origin {
     Origin {
         file: Some(name.to_owned()),
         record: Some(index),

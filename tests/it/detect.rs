@@ -205,6 +205,93 @@ fn replays_are_deterministic() {
     assert_eq!(ids(&a), ids(&b));
 }
 
+/// `replay --threads N`: decoded on N threads and detected on N engine shards, the output is
+/// one engine's: the same notifications (bytes, order, the end-of-run updates), the same dead
+/// letters in the same order, the same final alarms. On a generated scenario of more than
+/// 50,000 events (past the engine's expiry pass, so the shards expire at other moments than one
+/// engine) with broken records among them.
+#[test]
+fn sharded_replays_give_the_single_threaded_output() {
+    let tmp = temp_dir("sharded");
+    generate(&SimOptions {
+        seed: 7,
+        keys: 500,
+        days: 10,
+        out: tmp.clone(),
+        ..SimOptions::default()
+    })
+    .unwrap();
+    // Bad records between good ones: broken JSON, a record that is not an event, a truncated
+    // tail.
+    std::fs::write(
+        tmp.join("logs/zz-damaged.jsonl"),
+        "{\"eventVersion\":\"1.08\",\"eventTime\":\"not a time\"}\n[1,2\n{\"a\":1}\n{\"Records\":[{\"eventTime\":",
+    )
+    .unwrap();
+    let run_with = |threads: usize| {
+        let mut options = scenario_options(&tmp);
+        options.threads = threads;
+        let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
+        let (mut notified, mut rejects) = (Vec::new(), Vec::new());
+        let summary = run(
+            &mut s,
+            &options.inputs,
+            None,
+            &mut |a| notified.push(serde_json::to_string(a).unwrap()),
+            &mut |r| rejects.push(format!("{} {}", r.reject, String::from_utf8_lossy(r.raw))),
+        )
+        .unwrap();
+        let finals: Vec<String> = summary
+            .alarms
+            .iter()
+            .map(|a| serde_json::to_string(a).unwrap())
+            .collect();
+        (summary.events, summary.rejected, notified, rejects, finals)
+    };
+    let one = run_with(1);
+    assert!(one.0 > 50_000, "{} events", one.0);
+    assert!(one.1 >= 3 && one.3.len() >= 3, "{:?}", one.3);
+    assert!(one.2.len() > 50, "{} notifications", one.2.len());
+    for threads in [2, 4] {
+        let many = run_with(threads);
+        assert_eq!(
+            (many.0, many.1),
+            (one.0, one.1),
+            "{threads} threads: counts"
+        );
+        assert_eq!(many.3, one.3, "{threads} threads: dead letters");
+        assert_eq!(
+            many.2.len(),
+            one.2.len(),
+            "{threads} threads: notifications"
+        );
+        for (i, (a, b)) in many.2.iter().zip(&one.2).enumerate() {
+            assert_eq!(a, b, "{threads} threads: notification {i}");
+        }
+        assert_eq!(many.4, one.4, "{threads} threads: final alarms");
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+    // The command line: `--threads` (and its default, every core) writes what one thread does.
+    let replay_cli = |threads: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_akwatch"));
+        cmd.arg("replay");
+        if let Some(t) = threads {
+            cmd.args(["--threads", t]);
+        }
+        let out = cmd.current_dir(repo()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let single = replay_cli(Some("1"));
+    assert!(single.len() > 10_000);
+    assert_eq!(replay_cli(Some("3")), single, "--threads 3");
+    assert_eq!(replay_cli(None), single, "the default threads");
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "akwatch-{tag}-{}-{}",

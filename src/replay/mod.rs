@@ -1,6 +1,9 @@
 //! The whole pipeline over files: decode → enrich → policy → detect → aggregate. Used by
 //! `akwatch replay` (the embedded default) and by the tests; the Kafka service builds its
-//! stages with the same `setup`.
+//! stages with the same `setup`. With more than one thread, [`parallel`] runs the same
+//! stages on every core, with the same output.
+
+pub mod parallel;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,8 @@ pub struct ReplayOptions {
     pub provider: Option<Cloud>,
     /// The engine's caps on state and tracked alarms.
     pub limits: crate::engine::Limits,
+    /// Threads to decode and detect on (0 or 1: the caller's thread only).
+    pub threads: usize,
 }
 
 impl ReplayOptions {
@@ -55,6 +60,7 @@ impl ReplayOptions {
             permissions: Vec::new(),
             provider: None,
             limits: crate::engine::Limits::default(),
+            threads: 1,
         }
     }
 }
@@ -77,6 +83,8 @@ pub struct Setup {
     pub inventory_sink: Option<Box<dyn FnMut(crate::inventory::Batch) -> Result<(), String>>>,
     /// The rows at which a batch goes to the sink (default [`INVENTORY_BATCH_ROWS`]).
     pub inventory_batch_rows: usize,
+    /// Threads to decode and detect on ([`ReplayOptions::threads`]).
+    pub threads: usize,
 }
 
 /// The most rows an inventory batch holds before it is handed to the sink.
@@ -180,6 +188,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             inventory: None,
             inventory_sink: None,
             inventory_batch_rows: INVENTORY_BATCH_ROWS,
+            threads: o.threads.max(1),
         }),
         _ => Err(errors),
     }
@@ -420,6 +429,24 @@ pub fn run(
             Output::Risk(risk) => summary.risks.push(*risk),
         }
     }
+    if setup.threads > 1 && pipeline.inventory.is_none() {
+        let result = run_parallel(
+            setup,
+            &pipeline,
+            &expanded.inputs,
+            &decoder,
+            on_alarm,
+            on_reject,
+        );
+        setup.enricher = pipeline.enricher;
+        let counts = result?;
+        summary.events = counts.events;
+        summary.rejected = counts.rejected;
+        summary.notifications += counts.notifications;
+        summary.alarms.extend(counts.alarms);
+        setup.engine.stats.add(&counts.stats);
+        return Ok(summary);
+    }
     let engine = &mut setup.engine;
     let mut sink = setup.inventory_sink.take();
     let mut sink_error: Option<String> = None;
@@ -475,4 +502,35 @@ pub fn run(
     }
     setup.enricher = pipeline.enricher;
     Ok(summary)
+}
+
+/// [`run`] on `setup.threads` threads: as many engine shards, built like `setup.engine` (its
+/// rules and policy, its caps divided among them).
+fn run_parallel(
+    setup: &Setup,
+    pipeline: &Pipeline,
+    inputs: &[crate::source::Input],
+    decoder: &Decoder,
+    on_alarm: &mut dyn FnMut(&Alarm),
+    on_reject: &mut dyn FnMut(Rejected<'_>),
+) -> Result<parallel::Counts, String> {
+    let n = u32::try_from(setup.threads).unwrap_or(u32::MAX);
+    let limits = setup.engine.limits().per_partition(n);
+    let mut engines = Vec::new();
+    for _ in 0..n {
+        let mut engine =
+            Engine::new(&setup.rules, setup.engine.policy.clone()).map_err(|e| e.join("; "))?;
+        engine.set_limits(limits);
+        engine.set_geo(pipeline.enricher.geo.clone());
+        engines.push(engine);
+    }
+    parallel::run(
+        inputs,
+        decoder,
+        &pipeline.enricher,
+        engines,
+        setup.threads,
+        on_alarm,
+        on_reject,
+    )
 }
