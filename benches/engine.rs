@@ -10,6 +10,10 @@ use akwatch::provider::Decoder;
 use akwatch::replay::{ReplayOptions, setup};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+/// The allocator the `akwatch` binary ships with (src/main.rs), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn pipeline(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let examples = root.join("examples");

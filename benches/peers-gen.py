@@ -2,7 +2,7 @@
 """Writes a CloudTrail JSON-lines file for `benches/peers.sh`: N records made from the real
 public CloudTrail examples in ../shared/corpus/aws (TrailDiscover's single events and the
 stratus-red-team detonation logs), re-keyed to K access keys of one account, each key calling
-from its own home addresses in one cloud range (52.94.0.0/16) with an everyday SDK or CLI
+from 1-3 home addresses in its own /24 of one cloud range (52.94.0.0/16) with an everyday SDK or CLI
 user agent, times increasing over the days given. Background traffic, as most of a real trail
 is: 99 % of the records are the samples' successful read-only calls (one sample per API),
 1 % any sample (writes, errors, the odd attack step). Deterministic for a seed.
@@ -70,7 +70,8 @@ def main():
     keys = []
     for k in range(a.keys):
         key = "AKIA" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
-        home = [f"52.94.{rng.randrange(256)}.{rng.randrange(1, 255)}" for _ in range(rng.randint(1, 3))]
+        net = rng.randrange(256)
+        home = [f"52.94.{net}.{rng.randrange(1, 255)}" for _ in range(rng.randint(1, 3))]
         keys.append((key, f"user{k:05d}", home))
     start = datetime(2026, 11, 1, tzinfo=timezone.utc)
     span = a.days * 86400
