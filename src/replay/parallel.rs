@@ -41,7 +41,7 @@ const BATCH_RECORDS: usize = 256;
 /// Bytes of records per batch.
 const BATCH_BYTES: usize = 512 * 1024;
 /// Batches anywhere in the pipeline at once.
-const IN_FLIGHT: usize = 32;
+const IN_FLIGHT: usize = 16;
 
 /// One record as framed: its bytes in the batch's buffer, or a reject of the whole record.
 struct Framed {
@@ -62,6 +62,8 @@ enum Slot {
     /// An event: its index in the batch's events.
     Event(u32),
     Reject(Reject),
+    /// An event whose enrichment failed (a panic, isolated): why.
+    Failed(String),
 }
 
 struct Record {
@@ -77,23 +79,27 @@ struct Decoded {
     seq: u64,
     data: Vec<u8>,
     records: Vec<Record>,
-    /// The events, or why enriching one failed (a panic, isolated).
-    events: Vec<Result<(Event, Enrichment), String>>,
+    events: Vec<(Event, Enrichment)>,
 }
 
 /// The records of a batch, for the merger (its events gone to the shards).
 struct Meta {
     data: Vec<u8>,
     records: Vec<Record>,
-    /// Events whose enrichment failed, by index.
-    failed: Vec<(u32, String)>,
 }
 
-enum Work {
+/// What a shard does with the events of a batch (shared by all shards, read only: no event is
+/// copied or moved on its way).
+struct Work {
+    events: Arc<Vec<(Event, Enrichment)>>,
+    tasks: Vec<Task>,
+}
+
+enum Task {
     /// Process the event (its index in the batch).
-    Event(u32, Box<(Event, Enrichment)>),
+    Process(u32),
     /// Only the cross-key marks of an event another shard owns.
-    Marks(Arc<(Event, Enrichment)>),
+    Marks(u32),
 }
 
 /// A shard's results for one batch: alarms (or why processing failed) per event index.
@@ -144,7 +150,7 @@ pub fn run(
     let mut out_txs = Vec::new();
     let mut out_rxs = Vec::new();
     for _ in 0..shards {
-        let (tx, rx) = sync_channel::<Vec<Work>>(IN_FLIGHT);
+        let (tx, rx) = sync_channel::<Work>(IN_FLIGHT);
         work_txs.push(tx);
         work_rxs.push(rx);
         let (tx, rx) = sync_channel::<Result<Results, Box<Finished>>>(IN_FLIGHT + 1);
@@ -347,11 +353,15 @@ fn decode(
                         for result in results.drain(..) {
                             match result {
                                 Ok(event) => {
-                                    let index = u32::try_from(events.len()).unwrap_or(u32::MAX);
-                                    record.slots.push(Slot::Event(index));
-                                    let enriched =
-                                        crate::isolate::guard(|| enricher.enrich(&event));
-                                    events.push(enriched.map(|e| (event, e)));
+                                    match crate::isolate::guard(|| enricher.enrich(&event)) {
+                                        Ok(e) => {
+                                            let index =
+                                                u32::try_from(events.len()).unwrap_or(u32::MAX);
+                                            record.slots.push(Slot::Event(index));
+                                            events.push((event, e));
+                                        }
+                                        Err(reason) => record.slots.push(Slot::Failed(reason)),
+                                    }
                                 }
                                 Err(reject) => record.slots.push(Slot::Reject(reject)),
                             }
@@ -377,7 +387,7 @@ fn decode(
 fn dispatch(
     input: &Receiver<Decoded>,
     meta: &SyncSender<Meta>,
-    work: &[SyncSender<Vec<Work>>],
+    work: &[SyncSender<Work>],
     shards: u32,
 ) {
     let mut next = 0u64;
@@ -386,36 +396,31 @@ fn dispatch(
         waiting.insert(batch.seq, batch);
         while let Some(batch) = waiting.remove(&next) {
             next += 1;
-            let mut per_shard: Vec<Vec<Work>> = (0..shards).map(|_| Vec::new()).collect();
-            let mut failed = Vec::new();
-            for (index, event) in batch.events.into_iter().enumerate() {
+            let mut per_shard: Vec<Vec<Task>> = (0..shards).map(|_| Vec::new()).collect();
+            for (index, (event, _)) in batch.events.iter().enumerate() {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
-                match event {
-                    Err(reason) => failed.push((index, reason)),
-                    Ok(pair) => {
-                        let (owner, others) = route(&pair.0, shards);
-                        if !others.is_empty() {
-                            let copy = Arc::new(pair.clone());
-                            for o in others {
-                                if let Some(w) = per_shard.get_mut(o as usize) {
-                                    w.push(Work::Marks(Arc::clone(&copy)));
-                                }
-                            }
-                        }
-                        if let Some(w) = per_shard.get_mut(owner as usize) {
-                            w.push(Work::Event(index, Box::new(pair)));
-                        }
+                let (owner, others) = route(event, shards);
+                for o in others {
+                    if let Some(w) = per_shard.get_mut(o as usize) {
+                        w.push(Task::Marks(index));
                     }
+                }
+                if let Some(w) = per_shard.get_mut(owner as usize) {
+                    w.push(Task::Process(index));
                 }
             }
             let sent = meta
                 .send(Meta {
                     data: batch.data,
                     records: batch.records,
-                    failed,
                 })
                 .is_ok();
-            for (tx, w) in work.iter().zip(per_shard) {
+            let events = Arc::new(batch.events);
+            for (tx, tasks) in work.iter().zip(per_shard) {
+                let w = Work {
+                    events: Arc::clone(&events),
+                    tasks,
+                };
                 if tx.send(w).is_err() {
                     return;
                 }
@@ -430,15 +435,17 @@ fn dispatch(
 /// An engine shard: its keys' events and marks, in order.
 fn shard(
     mut engine: Engine,
-    input: &Receiver<Vec<Work>>,
+    input: &Receiver<Work>,
     out: &SyncSender<Result<Results, Box<Finished>>>,
 ) {
     while let Ok(work) = input.recv() {
-        let mut results = Vec::new();
-        for w in work {
-            match w {
-                Work::Event(index, pair) => {
-                    let (event, enrichment) = &*pair;
+        let mut results = Vec::with_capacity(work.tasks.len());
+        for task in work.tasks {
+            match task {
+                Task::Process(index) => {
+                    let Some((event, enrichment)) = work.events.get(index as usize) else {
+                        continue;
+                    };
                     let result = crate::isolate::guard(|| {
                         crate::isolate::fault_point(&event.event_id);
                         engine.process(event, enrichment)
@@ -446,9 +453,11 @@ fn shard(
                     .inspect_err(|_| engine.reset_subject(event));
                     results.push((index, result));
                 }
-                Work::Marks(pair) => {
-                    // As in the service: a failure here loses only these marks.
-                    let _ = crate::isolate::guard(|| engine.apply_marks(&pair.0, &pair.1));
+                Task::Marks(index) => {
+                    if let Some((event, enrichment)) = work.events.get(index as usize) {
+                        // As in the service: a failure here loses only these marks.
+                        let _ = crate::isolate::guard(|| engine.apply_marks(event, enrichment));
+                    }
                 }
             }
         }
@@ -477,9 +486,6 @@ fn merge(
     let mut results: Vec<Option<Result<Vec<Alarm>, String>>> = Vec::new();
     while let Ok(batch) = meta.recv() {
         results.clear();
-        for (index, reason) in batch.failed {
-            put(&mut results, index, Err(reason));
-        }
         for rx in shards {
             match rx.recv() {
                 Ok(Ok(r)) => {
@@ -502,6 +508,11 @@ fn merge(
             for slot in record.slots {
                 match slot {
                     Slot::Reject(r) => rejects.add(r),
+                    Slot::Failed(reason) => rejects.add(Reject::new(
+                        RejectKind::InternalError,
+                        reason,
+                        record.origin.clone(),
+                    )),
                     Slot::Event(index) => {
                         match results.get_mut(index as usize).and_then(Option::take) {
                             Some(Ok(alarms)) => {
