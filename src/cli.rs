@@ -486,11 +486,14 @@ fn reports(args: ReportsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let stdout = io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    serde_json::to_writer_pretty(&mut out, &snapshots)?;
-    writeln!(out)?;
-    out.flush()?;
+    // Nothing read (every file unreadable): no empty list on stdout, only the errors.
+    if !snapshots.is_empty() || failed_files == 0 {
+        let stdout = io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        serde_json::to_writer_pretty(&mut out, &snapshots)?;
+        writeln!(out)?;
+        out.flush()?;
+    }
     let principals: usize = snapshots.iter().map(|s| s.principals.len()).sum();
     let keys: usize = snapshots
         .iter()

@@ -12,9 +12,10 @@ fn main() -> ExitCode {
     let cli = akwatch::cli::Cli::parse();
     match akwatch::cli::run(cli) {
         Ok(code) => code,
+        // A runtime failure exits 1; clap exits 2 on a usage error before we get here.
         Err(e) => {
             eprintln!("akwatch: {e:#}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }

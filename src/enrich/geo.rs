@@ -91,7 +91,9 @@ impl GeoDb {
         let mut readers = Vec::new();
         for p in paths {
             let p = p.as_ref();
-            let reader = maxminddb::Reader::open_readfile(p)
+            let bytes =
+                std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+            let reader = maxminddb::Reader::from_source(bytes)
                 .map_err(|e| format!("{}: not a MaxMind DB file: {e}", p.display()))?;
             readers.push((p.display().to_string(), reader));
         }

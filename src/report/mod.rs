@@ -160,7 +160,12 @@ pub struct ReportError {
 
 impl fmt::Display for ReportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)?;
+        // Line 0: the file as a whole (it cannot be read, it is no report).
+        if self.line == 0 {
+            write!(f, "{}", self.file)?;
+        } else {
+            write!(f, "{}:{}", self.file, self.line)?;
+        }
         if let Some(c) = &self.column {
             write!(f, ": column {c}")?;
         }

@@ -32,13 +32,13 @@ impl Input {
     }
 }
 
-/// A command-line path that cannot be read.
+/// A command-line path that cannot be read. (Its message carries the OS error; it is not a
+/// `source` too, so an error chain prints it once.)
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {path}: {source}")]
+#[error("cannot read {path}: {error}")]
 pub struct InputError {
     pub path: String,
-    #[source]
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 /// The inputs named on the command line, with directories expanded.
@@ -61,9 +61,9 @@ pub fn expand(args: &[String]) -> Result<Inputs, InputError> {
             continue;
         }
         let path = Path::new(arg);
-        let meta = std::fs::metadata(path).map_err(|source| InputError {
+        let meta = std::fs::metadata(path).map_err(|error| InputError {
             path: arg.clone(),
-            source,
+            error,
         })?;
         if meta.is_dir() {
             let mut files = Vec::new();
@@ -75,7 +75,7 @@ pub fn expand(args: &[String]) -> Result<Inputs, InputError> {
                     path: e
                         .path()
                         .map_or_else(|| arg.clone(), |p| p.display().to_string()),
-                    source: e
+                    error: e
                         .into_io_error()
                         .unwrap_or_else(|| io::Error::other("directory loop")),
                 })?;
@@ -90,9 +90,9 @@ pub fn expand(args: &[String]) -> Result<Inputs, InputError> {
             }
             out.inputs.extend(files);
         } else {
-            File::open(path).map_err(|source| InputError {
+            File::open(path).map_err(|error| InputError {
                 path: arg.clone(),
-                source,
+                error,
             })?;
             out.inputs.push(Input::File(path.to_path_buf()));
         }

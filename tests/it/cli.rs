@@ -113,17 +113,68 @@ fn normalize_reads_stdin() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"file\":\"-\""));
 }
 
+/// Exit codes: 0 success, 1 a runtime failure, 2 a usage error (clap's). Each failure is one
+/// message naming the path and the cause, once.
 #[test]
 fn unreadable_paths_and_bad_flags_fail_clearly() {
-    let o = akwatch(&["normalize", "/no/such/file.json"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cannot read /no/such/file.json"), "{err}");
+    let missing = "No such file or directory";
+    let runtime = |args: &[&str], expect: &str| {
+        let o = akwatch(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert_eq!(
+            err.matches(missing).count(),
+            1,
+            "{args:?}: the cause once: {err}"
+        );
+        (String::from_utf8_lossy(&o.stdout).into_owned(), err)
+    };
+    runtime(
+        &["normalize", "/no/such/file.json"],
+        "akwatch: cannot read /no/such/file.json: No such file or directory",
+    );
+    runtime(
+        &["replay", "/no/such/file.json"],
+        "cannot read /no/such/file.json: No such file or directory",
+    );
+    // A file that cannot be read is named without a line number.
+    let (_, err) = runtime(
+        &["replay", "--reports", "/no/such.csv", "/dev/null"],
+        "error: /no/such.csv: cannot read: No such file or directory",
+    );
+    assert!(!err.contains("/no/such.csv:0"), "{err}");
+    let (_, err) = runtime(
+        &["replay", "--geoip", "/no/such.mmdb", "/dev/null"],
+        "error: /no/such.mmdb: cannot read: No such file or directory",
+    );
+    assert!(!err.contains("not a MaxMind DB"), "{err}");
+    // Nothing read: no empty list on stdout.
+    let (out, _) = runtime(
+        &["reports", "/no/such.csv"],
+        "error: /no/such.csv: cannot read: No such file or directory",
+    );
+    assert_eq!(out, "");
+    runtime(
+        &["risks", "/no/such.csv"],
+        "error: /no/such.csv: cannot read: No such file or directory",
+    );
+    runtime(
+        &["run", "--config", "/no/such.yaml"],
+        "/no/such.yaml: cannot read: No such file or directory",
+    );
+    // A file that is not a MaxMind database is told apart from one that cannot be read.
+    let o = akwatch(&["replay", "--geoip", "/dev/null", "/dev/null"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/dev/null: not a MaxMind DB file"));
+    // Usage errors: clap's code 2.
     let o = akwatch(&["normalize", "--provider", "azure", "x"]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown provider"));
+    let o = akwatch(&["replay", "--threads", "0"]);
+    assert_eq!(o.status.code(), Some(2));
     let o = akwatch(&["normalize"]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2));
 }
 
 #[test]
