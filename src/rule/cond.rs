@@ -127,7 +127,16 @@ pub struct Globs {
     general: Vec<Matcher>,
     /// `*text*` patterns, matched in one pass, case-insensitively (hacker-tool signatures).
     contains: Option<aho_corasick::AhoCorasick>,
+    /// The answers of `contains` for long values, by value: user agents repeat, and the scan
+    /// costs more than a lookup. Shared by the clones of one compiled set; emptied when full.
+    contains_seen: std::sync::Arc<dashmap::DashMap<Box<str>, bool, rustc_hash::FxBuildHasher>>,
 }
+
+/// Values of this many bytes have their `contains` answer cached (shorter ones scan faster
+/// than a lookup; longer ones, rare and attacker-sized, are not kept).
+const CACHE_LEN: std::ops::RangeInclusive<usize> = 24..=512;
+/// Distinct values a glob set's cache holds before it is emptied (at most ~2 MiB).
+const CACHE_MAX: usize = 4_096;
 
 impl Globs {
     pub fn compile(patterns: &[String], catalogs: &Catalogs) -> Result<Self, String> {
@@ -172,9 +181,25 @@ impl Globs {
         Ok(g)
     }
 
+    /// Whether a `*text*` pattern matches `s` (cached per value when it is long).
+    fn contains_match(&self, ac: &aho_corasick::AhoCorasick, s: &str) -> bool {
+        if !CACHE_LEN.contains(&s.len()) {
+            return ac.is_match(s);
+        }
+        if let Some(hit) = self.contains_seen.get(s) {
+            return *hit;
+        }
+        let hit = ac.is_match(s);
+        if self.contains_seen.len() >= CACHE_MAX {
+            self.contains_seen.clear();
+        }
+        self.contains_seen.insert(s.into(), hit);
+        hit
+    }
+
     pub fn matches(&self, s: &str) -> bool {
         if let Some(ac) = &self.contains
-            && ac.is_match(s)
+            && self.contains_match(ac, s)
         {
             return true;
         }
@@ -194,7 +219,7 @@ impl Globs {
             return true;
         }
         if let Some(ac) = &self.contains
-            && ac.is_match(lower)
+            && self.contains_match(ac, lower)
         {
             return true;
         }
@@ -479,4 +504,38 @@ pub fn is_same_user(target: &str, e: &Event) -> bool {
         || e.principal.id.as_deref() == Some(target)
         || name.split('@').next() == Some(target)
         || target.split('@').next() == Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache of `*text*` answers gives the scan's answers, case-insensitively, and stays
+    /// within its cap however many distinct values come.
+    #[test]
+    fn contains_answers_are_cached_within_a_cap() {
+        let g = Globs::compile(
+            &["*sqlmap*".to_owned(), "*pacu*".to_owned()],
+            &Catalogs::default(),
+        )
+        .unwrap();
+        let tool = "Mozilla/5.0 (compatible; SQLMap/1.8; +https://sqlmap.org)";
+        let sdk = "aws-sdk-go-v2/1.26.1 os/linux lang/go#1.22.1 md/GOOS#linux";
+        for _ in 0..3 {
+            assert!(g.matches(tool));
+            assert!(!g.matches(sdk));
+            assert!(g.matches_lower(&tool.to_ascii_lowercase(), tool));
+        }
+        assert!(g.clone().matches(tool), "a clone shares the answers");
+        for i in 0..CACHE_MAX * 2 {
+            let ua = format!("aws-cli/2.{i} Python/3.11 Linux/6.1 exe/x86_64");
+            assert!(!g.matches(&ua));
+            assert!(g.matches(&format!("{ua} pacu/1.6")));
+        }
+        assert!(g.contains_seen.len() <= CACHE_MAX);
+        // Past the cached lengths: scanned every time, never kept.
+        let long = format!("{} sqlmap", "x".repeat(4_000));
+        assert!(g.matches(&long));
+        assert!(!g.contains_seen.contains_key(long.as_str()));
+    }
 }
