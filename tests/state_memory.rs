@@ -97,5 +97,7 @@ fn a_key_with_ten_ips_costs_under_a_kibibyte() {
         alarms, 0,
         "the traffic is benign and within the learning period"
     );
-    assert!(per_key < 1024, "{per_key} bytes per key");
+    // The design's bound is 1 KiB; 731 bytes measured (2026-12-03). The assertion keeps the
+    // gains of benches/README.md ("State memory") from slipping back unnoticed.
+    assert!(per_key < 800, "{per_key} bytes per key");
 }

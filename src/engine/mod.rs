@@ -1344,10 +1344,17 @@ fn run_detector(
                     worst = Some((km, speed, *other));
                 }
             }
+            // The newest MAX_LOCATIONS, in a vector that never grows past them (inserting
+            // before dropping the oldest would double its capacity: 128 bytes a key).
             let pos = ks.locations.partition_point(|l| l.time <= here.time);
-            ks.locations.insert(pos, here);
-            if ks.locations.len() > MAX_LOCATIONS {
+            if ks.locations.len() < MAX_LOCATIONS {
+                if ks.locations.capacity() == 0 {
+                    ks.locations.reserve_exact(MAX_LOCATIONS);
+                }
+                ks.locations.insert(pos, here);
+            } else if pos > 0 {
                 ks.locations.remove(0);
+                ks.locations.insert(pos - 1, here);
             }
             let (km, speed, other) = worst?;
             f.insert("distance_km".into(), json!(km.round()));

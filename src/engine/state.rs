@@ -472,9 +472,10 @@ impl KeyState {
                     return;
                 }
                 if self.seen.len() == self.seen.capacity() {
-                    // Grow by a few entries, not double: most keys hold a handful of values.
+                    // Grow one entry at a time, not double: most keys hold a handful of values,
+                    // and a new value is rare next to the calls (a realloc then is cheap).
                     self.seen
-                        .reserve_exact(if self.seen.len() < 32 { 2 } else { 8 });
+                        .reserve_exact(if self.seen.len() < 32 { 1 } else { 8 });
                 }
                 self.seen.insert(
                     i,
@@ -551,9 +552,9 @@ impl KeyState {
             }
             Err(i) => {
                 if self.sightings.len() == self.sightings.capacity() {
-                    // A few at a time for the usual handful; a quarter more for a big one.
+                    // One at a time for the usual handful; a quarter more for a big one.
                     let more = if self.sightings.len() < 32 {
-                        2
+                        1
                     } else {
                         self.sightings.len() / 4
                     };
