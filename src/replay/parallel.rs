@@ -142,7 +142,9 @@ pub fn run(
         let _ = tickets_tx.send(());
     }
     let (raw_tx, raw_rx) = sync_channel::<RawBatch>(IN_FLIGHT);
-    let raw_rx = Mutex::new(raw_rx);
+    // Shared by the decode workers; gone with the last of them, so the reader cannot wait on
+    // it forever.
+    let raw_rx = Arc::new(Mutex::new(raw_rx));
     let (decoded_tx, decoded_rx) = sync_channel::<Decoded>(IN_FLIGHT);
     let (meta_tx, meta_rx) = sync_channel::<Meta>(IN_FLIGHT);
     let mut work_txs = Vec::new();
@@ -157,24 +159,28 @@ pub fn run(
         out_txs.push(tx);
         out_rxs.push(rx);
     }
-    std::thread::scope(|scope| {
+    // Every channel end is owned by one thread, or by this closure: if it returns early (a
+    // thread that cannot start), its ends are dropped before the scope joins the threads, so
+    // none of them waits forever.
+    std::thread::scope(move |scope| {
         let reader = std::thread::Builder::new()
             .name("replay-read".into())
             .spawn_scoped(scope, move || read(inputs, &tickets_rx, &raw_tx))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         let mut workers = Vec::new();
         for i in 0..decoders {
-            let (raw_rx, decoded_tx) = (&raw_rx, decoded_tx.clone());
+            let (raw_rx, decoded_tx) = (Arc::clone(&raw_rx), decoded_tx.clone());
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("replay-decode-{i}"))
                     .spawn_scoped(scope, move || {
-                        decode(raw_rx, &decoded_tx, decoder, enricher)
+                        decode(&raw_rx, &decoded_tx, decoder, enricher)
                     })
                     .map_err(|e| format!("cannot start a thread: {e}"))?,
             );
         }
         drop(decoded_tx);
+        drop(raw_rx);
         let dispatcher = std::thread::Builder::new()
             .name("replay-dispatch".into())
             .spawn_scoped(scope, move || {
@@ -194,7 +200,7 @@ pub fn run(
                     .map_err(|e| format!("cannot start a thread: {e}"))?,
             );
         }
-        let merged = merge(&meta_rx, &out_rxs, &tickets_tx, on_alarm, on_reject);
+        let merged = merge(&meta_rx, &out_rxs, tickets_tx, on_alarm, on_reject);
         // Every stage ends when its input does; a stage that panicked (a bug: records are
         // isolated inside them) is the run's error, not a hang or a lost record.
         drop(meta_rx);
@@ -398,6 +404,9 @@ fn dispatch(
             next += 1;
             let mut per_shard: Vec<Vec<Task>> = (0..shards).map(|_| Vec::new()).collect();
             for (index, (event, _)) in batch.events.iter().enumerate() {
+                // (Test hook, debug builds: a stage that fails outside any record's isolation.)
+                #[cfg(debug_assertions)]
+                crate::isolate::fault_point(&format!("replay-dispatch:{}", event.event_id));
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
                 let (owner, others) = route(event, shards);
                 for o in others {
@@ -477,7 +486,7 @@ fn shard(
 fn merge(
     meta: &Receiver<Meta>,
     shards: &[Receiver<Result<Results, Box<Finished>>>],
-    tickets: &SyncSender<()>,
+    tickets: SyncSender<()>,
     on_alarm: &mut dyn FnMut(&Alarm),
     on_reject: &mut dyn FnMut(Rejected<'_>),
 ) -> Result<Counts, String> {

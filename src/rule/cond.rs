@@ -129,8 +129,17 @@ pub struct Globs {
     contains: Option<aho_corasick::AhoCorasick>,
     /// The answers of `contains` for long values, by value: user agents repeat, and the scan
     /// costs more than a lookup. Shared by the clones of one compiled set; emptied when full.
-    contains_seen: std::sync::Arc<dashmap::DashMap<Box<str>, bool, rustc_hash::FxBuildHasher>>,
+    contains_seen: ContainsCache,
 }
+
+/// The cache of `contains` answers, by value.
+#[derive(Debug, Clone, Default)]
+struct ContainsCache(std::sync::Arc<dashmap::DashMap<Box<str>, bool, rustc_hash::FxBuildHasher>>);
+
+// Unwind-safe to share (a rule set crosses `catch_unwind`): an entry is a pure function of the
+// patterns and the value, inserted whole or not at all, so a panic cannot leave a wrong answer.
+impl std::panic::RefUnwindSafe for ContainsCache {}
+impl std::panic::UnwindSafe for ContainsCache {}
 
 /// Values of this many bytes have their `contains` answer cached (shorter ones scan faster
 /// than a lookup; longer ones, rare and attacker-sized, are not kept).
@@ -186,14 +195,15 @@ impl Globs {
         if !CACHE_LEN.contains(&s.len()) {
             return ac.is_match(s);
         }
-        if let Some(hit) = self.contains_seen.get(s) {
+        let cache = &self.contains_seen.0;
+        if let Some(hit) = cache.get(s) {
             return *hit;
         }
         let hit = ac.is_match(s);
-        if self.contains_seen.len() >= CACHE_MAX {
-            self.contains_seen.clear();
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
         }
-        self.contains_seen.insert(s.into(), hit);
+        cache.insert(s.into(), hit);
         hit
     }
 
@@ -532,10 +542,10 @@ mod tests {
             assert!(!g.matches(&ua));
             assert!(g.matches(&format!("{ua} pacu/1.6")));
         }
-        assert!(g.contains_seen.len() <= CACHE_MAX);
+        assert!(g.contains_seen.0.len() <= CACHE_MAX);
         // Past the cached lengths: scanned every time, never kept.
         let long = format!("{} sqlmap", "x".repeat(4_000));
         assert!(g.matches(&long));
-        assert!(!g.contains_seen.contains_key(long.as_str()));
+        assert!(!g.contains_seen.0.contains_key(long.as_str()));
     }
 }

@@ -292,6 +292,49 @@ fn sharded_replays_give_the_single_threaded_output() {
     assert_eq!(replay_cli(None), single, "the default threads");
 }
 
+/// A panic while one event is detected on a shard is isolated as on one thread: the same dead
+/// letter (`internal_error`, naming the record) and the same alarms from everything else. A
+/// stage that fails outside any record (a bug) ends the run with an error, exit 1: no hang, no
+/// partial output passed off as complete.
+#[test]
+fn sharded_replay_isolates_a_panicking_event_and_fails_on_a_failed_stage() {
+    let run = |threads: &str, panic_on: &str| {
+        let dir = temp_dir("shard-panic");
+        let dlq = dir.join("dlq.jsonl");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_akwatch"))
+            .args([
+                "replay",
+                "--threads",
+                threads,
+                "--dlq",
+                dlq.to_str().unwrap(),
+            ])
+            .env("AKWATCH_TEST_PANIC_ON", panic_on)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let dead = std::fs::read_to_string(&dlq).unwrap_or_default();
+        std::fs::remove_dir_all(&dir).ok();
+        (out, dead)
+    };
+    let event = "00000635-27b2-4199-884d-19984d4d98d1";
+    let (one, dead_one) = run("1", event);
+    let (two, dead_two) = run("2", event);
+    assert!(one.status.success() && two.status.success());
+    assert_eq!(dead_one.lines().count(), 1, "{dead_one}");
+    assert!(dead_one.contains("internal_error"), "{dead_one}");
+    assert!(dead_one.contains("injected fault"), "{dead_one}");
+    assert_eq!(dead_two, dead_one);
+    assert_eq!(two.stdout, one.stdout);
+    // The dispatcher itself fails (outside every record's guard).
+    let started = std::time::Instant::now();
+    let (failed, _) = run("2", &format!("replay-dispatch:{event}"));
+    assert_eq!(failed.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("a replay thread stopped"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "akwatch-{tag}-{}-{}",
