@@ -384,6 +384,8 @@ pub struct Summary {
     pub notifications: u64,
     /// The inventory batch the run filled, when the setup asked for one.
     pub inventory: Option<crate::inventory::Batch>,
+    /// Engine shards the run detected on (1: the caller's thread only).
+    pub shards: usize,
 }
 
 /// Runs the pipeline over the inputs. `on_alarm` gets every notification (created and
@@ -399,6 +401,7 @@ pub fn run(
     let decoder = Decoder::pinned(provider);
     let mut summary = Summary {
         files: expanded.inputs.len(),
+        shards: 1,
         ..Summary::default()
     };
     // The pipeline after decode; what the reports and leak feeds raise before any call.
@@ -440,6 +443,7 @@ pub fn run(
         );
         setup.enricher = pipeline.enricher;
         let counts = result?;
+        summary.shards = setup.threads;
         summary.events = counts.events;
         summary.rejected = counts.rejected;
         summary.notifications += counts.notifications;

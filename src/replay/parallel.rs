@@ -33,7 +33,7 @@ use crate::engine::{Engine, Stats, route};
 use crate::enrich::{Enricher, Enrichment};
 use crate::event::{Event, Origin};
 use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
-use crate::source::framing::{Broken, FrameOptions, frame_records};
+use crate::source::framing::{FrameOptions, frame_records};
 use crate::source::{Input, Rejected, open};
 
 /// Records per batch (a batch also closes at [`BATCH_BYTES`]).
@@ -279,11 +279,7 @@ fn read(inputs: &[Input], tickets: &Receiver<()>, out: &SyncSender<RawBatch>) {
                 let start = batch.data.len();
                 batch.data.extend_from_slice(frame.bytes);
                 let broken = frame.broken.map(|(kind, reason)| {
-                    let kind = match kind {
-                        Broken::Truncated => RejectKind::Truncated,
-                        Broken::TooLarge => RejectKind::TooLarge,
-                    };
-                    Reject::new(kind, reason, origin.clone())
+                    crate::source::broken_reject(kind, reason, origin.clone())
                 });
                 batch.records.push(Framed {
                     range: start..batch.data.len(),

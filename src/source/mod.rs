@@ -192,13 +192,9 @@ pub fn read_input(
             counts.records += 1;
             let origin = file_origin(&name, frame.index, frame.line);
             if let Some((kind, reason)) = frame.broken {
-                let kind = match kind {
-                    Broken::Truncated => RejectKind::Truncated,
-                    Broken::TooLarge => RejectKind::TooLarge,
-                };
                 counts.rejected += 1;
                 on_reject(Rejected {
-                    reject: Reject::new(kind, reason, origin),
+                    reject: broken_reject(kind, reason, origin),
                     raw: frame.bytes,
                 });
                 return;
@@ -266,6 +262,15 @@ pub fn read_records(paths: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
         })?;
     }
     Ok(records)
+}
+
+/// The reject of a frame the framer could not complete.
+pub(crate) fn broken_reject(kind: Broken, reason: String, origin: Origin) -> Reject {
+    let kind = match kind {
+        Broken::Truncated => RejectKind::Truncated,
+        Broken::TooLarge => RejectKind::TooLarge,
+    };
+    Reject::new(kind, reason, origin)
 }
 
 pub(crate) fn file_origin(name: &str, index: u64, line: u64) -> Origin {

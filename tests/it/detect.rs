@@ -246,6 +246,8 @@ fn sharded_replays_give_the_single_threaded_output() {
             .iter()
             .map(|a| serde_json::to_string(a).unwrap())
             .collect();
+        // The run took the path asked for (equal outputs from one path would prove nothing).
+        assert_eq!(summary.shards, threads);
         (summary.events, summary.rejected, notified, rejects, finals)
     };
     let one = run_with(1);
