@@ -4,7 +4,7 @@
 # lines, one message a line.
 set -eu
 produce() {
-    /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server kafka:9092 --topic "$1" \
+    /opt/kafka/bin/kafka-console-producer.sh --bootstrap-server kafka:19092 --topic "$1" \
         --producer-property max.request.size=16777216
 }
 for f in /examples/logs/aws/*.gz; do zcat "$f"; done | produce cloudtrail
