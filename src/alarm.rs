@@ -239,8 +239,11 @@ impl JsonSchema for SchemaVersion {
     }
 }
 
-/// An alarm, as written to the alarm topic / stdout.
+/// An alarm, as written to the alarm topic / stdout. Its first field is `"kind": "alarm"`
+/// (a configuration risk's is `"kind": "risk"`), so a stream holding both tells them apart;
+/// read back, the field may be absent (alarms written before it existed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename = "alarm")]
 pub struct Alarm {
     /// The version of this alarm form ([`ALARM_SCHEMA_VERSION`]).
     #[serde(default)]

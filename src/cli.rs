@@ -21,27 +21,75 @@ use crate::source::{Rejected, expand, read_input};
     about = "Access-key anomaly detection for AWS, Alibaba Cloud and Tencent Cloud logs"
 )]
 pub struct Cli {
+    /// More detail in the service's log (-v: debug, -vv: trace). RUST_LOG, when set, wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr: no summary, no progress, no warnings (the service logs errors
+    /// only).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How much goes to stderr: -q (0), default (1), -v (2), -vv (3).
+static VERBOSITY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+
+fn verbosity() -> u8 {
+    VERBOSITY.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Decode call logs of any of the three clouds into normalized events (JSON lines on stdout).
+    ///
+    /// Example: akwatch normalize --dlq rejects.jsonl examples/logs/aws
     Normalize(NormalizeArgs),
     /// Parse credential reports (AWS IAM, Alibaba RAM, Tencent CAM) and print them as JSON.
+    ///
+    /// Example: akwatch reports --account 123456789012 examples/reports/aws-iam-credential-report.csv
     Reports(ReportsArgs),
     /// The service: consume call logs from Kafka, produce alarms and dead letters (Ctrl-C /
     /// SIGTERM stops it cleanly).
+    ///
+    /// Example: akwatch run --config akwatch.yaml
     Run {
+        /// The service configuration (YAML; akwatch.example.yaml documents every field).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Check a service configuration as `run` would at start: the file, then the rules,
+    /// policies, lists, GeoIP databases, reports and leak feeds it names. Every problem is
+    /// listed (file and line), and the exit code is 1 when there is any.
+    ///
+    /// Example: akwatch check-config akwatch.yaml
+    CheckConfig {
+        /// The service configuration (YAML).
+        #[arg(value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Exit 0 when an HTTP URL answers 2xx, else 1 with the reason: the container's
+    /// HEALTHCHECK, without curl in the image. Plain http:// only.
+    ///
+    /// Example: akwatch probe http://127.0.0.1:9464/readyz
+    Probe {
+        /// The URL to GET.
+        #[arg(default_value = "http://127.0.0.1:9464/healthz")]
+        url: String,
+        /// Give up after this many seconds (connect, send, answer).
+        #[arg(long, value_name = "SECONDS", default_value_t = 3,
+              value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout: u64,
+    },
     /// Load generator: produce the records of log files to a Kafka topic at a fixed rate (for
     /// the end-to-end load run; see benches/README.md).
+    ///
+    /// Example: akwatch load --brokers 127.0.0.1:9092 --topic cloudtrail --rate 1000 examples/logs/aws
     Load {
-        #[arg(long)]
+        /// Kafka bootstrap servers (host:port[,host:port...]).
+        #[arg(long, value_name = "HOST:PORT")]
         brokers: String,
+        /// The topic to produce to (created by the broker if it allows auto-creation).
         #[arg(long)]
         topic: String,
         /// Records per second (0: as fast as possible).
@@ -55,11 +103,17 @@ pub enum Command {
         /// (its principal when it has none).
         #[arg(long, value_enum, default_value_t = crate::kafka::KeyBy::None)]
         key: crate::kafka::KeyBy,
-        #[arg(required = true)]
+        /// Log files or directories (read recursively; `.gz` read transparently) or `-`.
+        #[arg(required = true, value_name = "PATH|-")]
         paths: Vec<String>,
     },
     /// Run the whole pipeline over files and print alarms (JSON lines on stdout, a summary
     /// table on stderr). With no paths: the bundled example scenario under examples/.
+    ///
+    /// Examples:
+    ///   akwatch replay
+    ///   akwatch replay --scenario scenario          (a `simulate` output, whole)
+    ///   akwatch replay --reports reports/ --geoip GeoLite2-City.mmdb logs/
     Replay(ReplayArgs),
     /// Replay logs into an inventory store and serve the console (the CSC views in a browser)
     /// and the API on 127.0.0.1: with no paths, the bundled example scenario into a fresh store.
@@ -103,6 +157,8 @@ pub enum Command {
     },
     /// Write a realistic multi-cloud scenario: native logs, reports, GeoIP, lists, leak feed,
     /// policies and the ground truth of the attacks it injected.
+    ///
+    /// Example: akwatch simulate --keys 200 --days 3 --out scenario && akwatch replay --scenario scenario
     Simulate {
         /// Seed of the random generator: the same seed writes the same scenario.
         #[arg(long, default_value_t = 1)]
@@ -119,24 +175,34 @@ pub enum Command {
         /// Median calls per key per day (0.1 to 100,000).
         #[arg(long, default_value_t = 12.0, value_parser = parse_rate)]
         calls_per_day: f64,
-        #[arg(long, default_value = "scenario")]
+        /// The directory to write the scenario to (created; files in it are replaced).
+        #[arg(long, value_name = "DIR", default_value = "scenario")]
         out: PathBuf,
     },
     /// Configuration risks in credential reports (JSON lines).
+    ///
+    /// Example: akwatch risks examples/reports/aws-iam-credential-report.csv
     Risks {
         /// Judge as of this time (RFC 3339); default: when each report was generated.
         #[arg(long)]
         as_of: Option<String>,
-        #[arg(required = true)]
+        /// Credential report files (CSV, or the JSON of `aws iam get-credential-report`).
+        #[arg(required = true, value_name = "FILE")]
         reports: Vec<PathBuf>,
     },
     /// Validate the rules (and policies) under DIR and run every rule's own test events.
+    ///
+    /// Example: akwatch check-rules rules
     CheckRules {
+        /// The rules directory (catalogs under catalogs/, policies under policies/).
         #[arg(default_value = "rules")]
         dir: PathBuf,
     },
     /// Print the JSON Schema of a normalized type.
+    ///
+    /// Example: akwatch schema alarm > alarm.schema.json
     Schema {
+        /// Which document.
         #[arg(value_enum)]
         which: SchemaKind,
     },
@@ -144,8 +210,9 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct NormalizeArgs {
-    /// Treat every record as coming from this cloud instead of detecting it.
-    #[arg(long, value_parser = parse_cloud)]
+    /// Treat every record as coming from this cloud (aws, alibaba, tencent) instead of
+    /// detecting it.
+    #[arg(long, value_parser = parse_cloud, value_name = "aws|alibaba|tencent")]
     pub provider: Option<Cloud>,
     /// Write rejected records here (JSON lines: kind, reason, origin, raw record) instead of
     /// listing them on stderr.
@@ -196,7 +263,9 @@ pub struct ReplayArgs {
     /// configuration risks.
     #[arg(long)]
     pub permissions: Vec<PathBuf>,
-    #[arg(long, value_parser = parse_cloud)]
+    /// Treat every record as coming from this cloud (aws, alibaba, tencent) instead of
+    /// detecting it.
+    #[arg(long, value_parser = parse_cloud, value_name = "aws|alibaba|tencent")]
     pub provider: Option<Cloud>,
     /// Write rejected records here (JSON lines) instead of listing them on stderr.
     #[arg(long, value_name = "FILE")]
@@ -250,7 +319,17 @@ fn parse_cloud(s: &str) -> Result<Cloud, String> {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::isolate::install_panic_hook();
+    VERBOSITY.store(
+        if cli.quiet {
+            0
+        } else {
+            cli.verbose.saturating_add(1)
+        },
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Probe { url, timeout } => probe(&url, std::time::Duration::from_secs(timeout)),
         Command::Normalize(args) => normalize(args),
         Command::Reports(args) => reports(args),
         Command::CheckRules { dir } => check_rules(&dir),
@@ -701,8 +780,10 @@ fn replay_to(
                 .map_err(|e| format!("{e:#}"))
         }));
     }
-    for w in &s.warnings {
-        eprintln!("warning: {w}");
+    if verbosity() > 0 {
+        for w in &s.warnings {
+            eprintln!("warning: {w}");
+        }
     }
     let mut dlq = open_rejects(args.dlq.as_deref(), args.dlq_max_bytes)?;
     let format = args.format;
@@ -774,7 +855,9 @@ fn replay_to(
             started.elapsed().as_secs_f64()
         );
     }
-    eprint!("{}", summary_table(&s.engine.stats, &summary));
+    if verbosity() > 0 {
+        eprint!("{}", summary_table(&s.engine.stats, &summary));
+    }
     match write_error {
         Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
             Err(anyhow::anyhow!("cannot write to stdout: {e}"))
@@ -930,6 +1013,114 @@ fn console_in(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `akwatch check-config`: the configuration file, then everything it names, as `run` loads
+/// them at start. Every problem is printed; any makes the exit code 1.
+fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match crate::config::Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            anyhow::bail!("{} problem(s) in {}", errors.len(), path.display());
+        }
+    };
+    let options = config.pipeline_options();
+    match crate::replay::setup(&options) {
+        Ok(s) => {
+            if verbosity() > 0 {
+                for w in &s.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            println!(
+                "{}: ok ({} input topic(s), {} rule(s), brokers {})",
+                path.display(),
+                config.inputs.len(),
+                s.rules.rules.len(),
+                config.brokers
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            anyhow::bail!(
+                "{} problem(s) in what {} names",
+                errors.len(),
+                path.display()
+            );
+        }
+    }
+}
+
+/// `akwatch probe`: one HTTP/1.1 GET over plain TCP; 2xx is success.
+fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("{url}: only http:// URLs can be probed"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let target = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let addr = target
+        .to_socket_addrs()
+        .with_context(|| format!("{url}: cannot resolve {target}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{url}: {target} resolves to no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("{url}: cannot connect to {addr}"))?;
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(std::time::Duration::from_millis(1))
+    };
+    stream.set_write_timeout(Some(left()))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: akwatch-probe\r\nConnection: close\r\n\r\n"
+    )
+    .with_context(|| format!("{url}: cannot send the request"))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    // The status line is all that is needed; at most 4 KiB are read.
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        stream.set_read_timeout(Some(left()))?;
+        let n = stream
+            .read(&mut buf)
+            .with_context(|| format!("{url}: no answer"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or_default().trim().to_owned();
+    let status: Option<u16> = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok());
+    match status {
+        Some(code) if (200..300).contains(&code) => {
+            if verbosity() > 0 {
+                println!("{url}: {line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(_) => anyhow::bail!("{url}: {line}"),
+        None => anyhow::bail!("{url}: not an HTTP answer: {line:?}"),
+    }
+}
+
 /// The readable summary a replay prints on stderr.
 pub fn summary_table(stats: &crate::engine::Stats, summary: &crate::replay::Summary) -> String {
     use std::collections::BTreeMap;
@@ -967,7 +1158,12 @@ pub fn summary_table(stats: &crate::engine::Stats, summary: &crate::replay::Summ
             ids.push(id);
         }
     }
-    ids.sort_unstable();
+    // Most severe first, then by rule id; the severity of a rule without alarms (allowlisted
+    // only) sorts last.
+    ids.sort_unstable_by(|a, b| {
+        let sev = |id: &str| by_rule.get(id).map(|e| parse_sev(&e.0));
+        sev(b).cmp(&sev(a)).then(a.cmp(b))
+    });
     for id in ids {
         let (sev, alarms, hits) = by_rule.get(id).cloned().unwrap_or_default();
         let allowed = stats.allowlisted.get(id).copied().unwrap_or(0);
@@ -1040,8 +1236,14 @@ fn risks(as_of: Option<&str>, reports: &[PathBuf]) -> anyhow::Result<ExitCode> {
 /// `tracing` to stderr: text, or JSON with `AKWATCH_LOG_FORMAT=json`; level from `RUST_LOG`
 /// (default `info`).
 fn init_logging() {
+    let level = match verbosity() {
+        0 => "error",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)

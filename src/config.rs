@@ -1,6 +1,9 @@
 //! The service configuration (`akwatch run --config FILE`): a raw serde struct that rejects
 //! unknown keys, validated into what the service needs, every problem reported at once with the
-//! file and line. `${NAME}` in a Kafka option is taken from the environment (secrets).
+//! file and line. `${NAME}` (or `${NAME:-default}`) in any string value is taken from the
+//! environment (secrets, addresses). Every duration accepts a number in the unit its key names
+//! (`commit_interval_seconds: 5`) or a duration in the rules' and policies' syntax (`5s`, `15m`,
+//! `6h`, `1d`, `2w`; `ms` for the millisecond keys).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +26,7 @@ struct RawConfig {
     geoip: Vec<PathBuf>,
     #[serde(default)]
     reports: Vec<PathBuf>,
-    #[serde(default = "default_rescan")]
+    #[serde(default = "default_rescan", deserialize_with = "span::secs")]
     reports_rescan_seconds: u64,
     #[serde(default)]
     leaks: Vec<PathBuf>,
@@ -32,7 +35,7 @@ struct RawConfig {
     permissions: Vec<PathBuf>,
     #[serde(default)]
     state_dir: Option<PathBuf>,
-    #[serde(default = "default_commit_interval")]
+    #[serde(default = "default_commit_interval", deserialize_with = "span::secs")]
     commit_interval_seconds: u64,
     #[serde(default = "default_max_keys")]
     state_max_keys: usize,
@@ -48,15 +51,15 @@ struct RawConfig {
     state_max_created_keys: usize,
     #[serde(default = "default_tracked")]
     state_max_quarantined: usize,
-    #[serde(default = "default_grace")]
+    #[serde(default = "default_grace", deserialize_with = "span::secs")]
     shutdown_grace_seconds: u64,
-    #[serde(default = "default_skew")]
+    #[serde(default = "default_skew", deserialize_with = "span::secs")]
     max_event_skew_seconds: u64,
-    #[serde(default = "default_idle_ms")]
+    #[serde(default = "default_idle_ms", deserialize_with = "span::millis")]
     partition_idle_timeout_ms: u64,
     #[serde(default = "default_merge_queue")]
     merge_queue_records: usize,
-    #[serde(default = "default_source_idle_ms")]
+    #[serde(default = "default_source_idle_ms", deserialize_with = "span::millis")]
     source_idle_timeout_ms: u64,
     #[serde(default = "default_detect_queue")]
     detect_queue_events: usize,
@@ -186,8 +189,9 @@ struct RawKafka {
     /// Configuration risks of the reports in use, at start and when they change.
     #[serde(default)]
     risk_topic: Option<String>,
-    /// librdkafka options, passed through (TLS, SASL, tuning).
-    #[serde(default)]
+    /// librdkafka options, passed through (TLS, SASL, tuning); numbers and booleans are taken
+    /// as librdkafka reads them, as text (`linger.ms: 5`).
+    #[serde(default, deserialize_with = "scalar_map")]
     options: BTreeMap<String, String>,
     /// Re-key decoded events by access key through `<group_id>-repartition`, with state per
     /// partition in `<group_id>-changelog` (false: one instance only, state in `state_dir`).
@@ -198,7 +202,7 @@ struct RawKafka {
     /// -1: the broker's default.
     #[serde(default = "default_internal_replication")]
     internal_replication: i32,
-    #[serde(default = "default_retention_hours")]
+    #[serde(default = "default_retention_hours", deserialize_with = "span::hours")]
     repartition_retention_hours: u64,
 }
 
@@ -311,18 +315,55 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<String>> {
-        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
-            vec![format!(
-                "{name}: {}",
-                crate::rule::first_line(&e.to_string())
-            )]
-        })?;
         let line_of = |needle: &str| {
             text.lines()
                 .position(|l| l.contains(needle))
                 .map_or(1, |i| i + 1)
         };
+        let mut tree: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
+            vec![format!(
+                "{name}: {}",
+                crate::rule::first_line(&e.to_string())
+            )]
+        })?;
+        // `${NAME}` in every string value, before the values are read.
         let mut errors = Vec::new();
+        expand_tree(&mut tree, &mut String::new(), env, &mut |path, var| {
+            errors.push(format!(
+                "{name}:{}: {path}: environment variable {var} is not set",
+                line_of(&format!("${{{var}"))
+            ));
+        });
+        let raw: RawConfig = match serde_path_to_error::deserialize(tree) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                // The line of the key in error: the unknown one, else the path's last key.
+                let key = inner
+                    .split('`')
+                    .nth(1)
+                    .filter(|_| inner.starts_with("unknown field"))
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        path.rsplit('.')
+                            .find(|k| !k.is_empty() && !k.starts_with('['))
+                            .map(|k| k.split('[').next().unwrap_or(k).to_owned())
+                    })
+                    .filter(|k| !k.is_empty() && k != "?");
+                let line = key.map_or(1, |k| line_of(&format!("{k}:")));
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                };
+                errors.push(format!(
+                    "{name}:{line}: {at}{}",
+                    crate::rule::first_line(&inner)
+                ));
+                return Err(errors);
+            }
+        };
         let k = raw.kafka;
         for (field, value) in [
             ("brokers", &k.brokers),
@@ -421,15 +462,7 @@ impl Config {
         }
         let mut options = BTreeMap::new();
         for (key, value) in k.options {
-            match expand_env(&value, env) {
-                Ok(v) => {
-                    options.insert(key, v);
-                }
-                Err(var) => errors.push(format!(
-                    "{name}:{}: kafka.options.{key}: environment variable {var} is not set",
-                    line_of(&key)
-                )),
-            }
+            options.insert(key, value);
         }
         if !(1..=3600).contains(&raw.shutdown_grace_seconds) {
             errors.push(format!(
@@ -496,23 +529,13 @@ impl Config {
                         line_of("inventory")
                     ));
                 }
-                let store = match expand_env(&inv.store, env) {
-                    Ok(v) if !v.trim().is_empty() => v,
-                    Ok(_) => {
-                        errors.push(format!(
-                            "{name}:{}: inventory.store is empty",
-                            line_of("store")
-                        ));
-                        String::new()
-                    }
-                    Err(var) => {
-                        errors.push(format!(
-                            "{name}:{}: inventory.store: environment variable {var} is not set",
-                            line_of("store")
-                        ));
-                        String::new()
-                    }
-                };
+                let store = inv.store.clone();
+                if store.trim().is_empty() {
+                    errors.push(format!(
+                        "{name}:{}: inventory.store is empty",
+                        line_of("store")
+                    ));
+                }
                 if !(1..=3660).contains(&inv.retention_days) {
                     errors.push(format!(
                         "{name}:{}: inventory.retention_days: {} is out of range (1 to 3660)",
@@ -672,7 +695,8 @@ fn check_ops_addr(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Replaces `${NAME}` with the environment's value; the error is the missing name.
+/// Replaces `${NAME}` with the environment's value, and `${NAME:-default}` with it or, when it
+/// is unset or empty, the default; the error is the missing name.
 fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = value;
@@ -683,12 +707,138 @@ fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
             out.push_str(&rest[start..]);
             return Ok(out);
         };
-        let var = &after[..end];
-        out.push_str(&env(var).ok_or_else(|| var.to_owned())?);
+        let inner = &after[..end];
+        match inner.split_once(":-") {
+            Some((var, default)) => match env(var).filter(|v| !v.is_empty()) {
+                Some(v) => out.push_str(&v),
+                None => out.push_str(default),
+            },
+            None => out.push_str(&env(inner).ok_or_else(|| inner.to_owned())?),
+        }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// [`expand_env`] over every string value of the configuration (not the keys); `missing` gets
+/// the dotted path and the variable of each one that is not set (the value is left as it was).
+fn expand_tree(
+    value: &mut serde_json::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+    missing: &mut dyn FnMut(&str, &str),
+) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains("${") => match expand_env(s, env) {
+            Ok(v) => *s = v,
+            Err(var) => missing(path, &var),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_tree(item, path, env, missing);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                expand_tree(v, path, env, missing);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A map of scalars, each as text.
+fn scalar_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    use serde::de::Error;
+    let map = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    map.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k, s)),
+            serde_json::Value::Number(n) => Ok((k, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((k, b.to_string())),
+            other => Err(D::Error::custom(format!(
+                "{k}: expected a text, number or boolean value, not {other}"
+            ))),
+        })
+        .collect()
+}
+
+/// Durations of the configuration: a number in the key's unit, or a duration string (the
+/// rules' syntax: `30s`, `15m`, `6h`, `1d`, `2w`; and `ms` for the millisecond keys).
+mod span {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+
+    /// Milliseconds in a duration string.
+    fn parse_ms(text: &str) -> Result<u64, String> {
+        let t = text.trim();
+        if let Some(n) = t
+            .strip_suffix("ms")
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return n
+                .parse()
+                .map_err(|_| format!("duration {text:?} is longer than 10 years (3650d)"));
+        }
+        let secs = crate::rule::Dur::parse(t)?.secs();
+        u64::try_from(secs)
+            .ok()
+            .and_then(|s| s.checked_mul(1000))
+            .ok_or_else(|| format!("bad duration {text:?}"))
+    }
+
+    fn read<'de, D: Deserializer<'de>>(d: D, unit_ms: u64) -> Result<u64, D::Error> {
+        match Raw::deserialize(d).map_err(|_| {
+            D::Error::custom("expected a number or a duration such as 30s, 15m, 6h, 1d")
+        })? {
+            Raw::Number(n) => Ok(n),
+            Raw::Text(t) => {
+                let ms = parse_ms(&t).map_err(D::Error::custom)?;
+                if ms % unit_ms != 0 {
+                    return Err(D::Error::custom(format!(
+                        "duration {t:?} is not a whole number of {}",
+                        match unit_ms {
+                            1 => "milliseconds",
+                            1000 => "seconds",
+                            _ => "hours",
+                        }
+                    )));
+                }
+                Ok(ms / unit_ms)
+            }
+        }
+    }
+
+    pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        read(d, 1000)
+    }
+
+    pub fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        read(d, 1)
+    }
+
+    pub fn hours<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        read(d, 3_600_000)
+    }
 }
 
 #[cfg(test)]
@@ -700,6 +850,58 @@ mod tests {
     }
 
     #[test]
+    fn env_anywhere_with_defaults_and_durations_in_either_form() {
+        let text = "kafka:\n  brokers: ${BROKERS:-127.0.0.1:9092}\n  group_id: ${GROUP}\n  inputs:\n    - topic: in\n  alarm_topic: alarms\n  dlq_topic: dlq\n  options:\n    linger.ms: 5\n    enable.idempotence: true\n    sasl.password: ${KAFKA_PASSWORD}\n  repartition_retention_hours: 2d\ncommit_interval_seconds: 2m\nshutdown_grace_seconds: 30\npartition_idle_timeout_ms: 1500ms\nsource_idle_timeout_ms: 1m\nmax_event_skew_seconds: 1h\n";
+        let env = |k: &str| match k {
+            "GROUP" => Some("g1".to_owned()),
+            "KAFKA_PASSWORD" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let c = Config::parse("c.yaml", text, &env).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(c.brokers, "127.0.0.1:9092");
+        assert_eq!(c.group_id, "g1");
+        assert_eq!(c.options["linger.ms"], "5");
+        assert_eq!(c.options["enable.idempotence"], "true");
+        assert_eq!(c.options["sasl.password"], "s3cret");
+        assert_eq!(c.commit_interval, std::time::Duration::from_secs(120));
+        assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(30));
+        assert_eq!(c.max_event_skew_secs, 3600);
+        // Set and empty takes the default too; set and not empty wins.
+        let env2 = |k: &str| match k {
+            "BROKERS" => Some("kafka:19092".to_owned()),
+            "GROUP" => Some("g2".to_owned()),
+            "KAFKA_PASSWORD" => Some(String::new()),
+            _ => None,
+        };
+        let c = Config::parse("c.yaml", text, &env2).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(c.brokers, "kafka:19092");
+        // Bad durations and unset variables: each with its line.
+        let bad = text
+            .replace(
+                "commit_interval_seconds: 2m",
+                "commit_interval_seconds: 90ms",
+            )
+            .replace("max_event_skew_seconds: 1h", "max_event_skew_seconds: soon");
+        let all = Config::parse("c.yaml", &bad, &env).unwrap_err().join("\n");
+        assert!(
+            all.contains("c.yaml:13: commit_interval_seconds: duration \"90ms\" is not a whole number of seconds"),
+            "{all}"
+        );
+        let bad = text
+            .replace("${GROUP}", "${NOPE}")
+            .replace("source_idle_timeout_ms: 1m", "source_idle_timeout_ms: 3y");
+        let all = Config::parse("c.yaml", &bad, &env).unwrap_err().join("\n");
+        assert!(
+            all.contains("c.yaml:3: kafka.group_id: environment variable NOPE is not set"),
+            "{all}"
+        );
+        assert!(
+            all.contains("c.yaml:16: source_idle_timeout_ms: bad duration unit"),
+            "{all}"
+        );
+    }
+
+    #[test]
     fn the_commented_example_parses() {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/akwatch.example.yaml"))
@@ -708,10 +910,10 @@ mod tests {
             Config::parse("akwatch.example.yaml", &text, &env).unwrap_or_else(|e| panic!("{e:#?}"));
         assert_eq!(c.inputs.len(), 3);
         assert_eq!(c.inputs[0].provider, Some(Cloud::Aws));
-        assert_eq!(
-            c.options.get("sasl.password").map(String::as_str),
-            Some("s3cret")
-        );
+        // As shipped it needs no secret: it runs against the local broker.
+        assert_eq!(c.options.get("sasl.password"), None);
+        assert_eq!(c.brokers, "127.0.0.1:19092");
+        assert_eq!(c.commit_interval, std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -12,8 +12,10 @@ use crate::rule::Severity;
 
 const STALE_DAYS: i64 = 90;
 
-/// One configuration risk.
+/// One configuration risk. Its first field is `"kind": "risk"` (an alarm's is `"kind":
+/// "alarm"`).
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(tag = "kind", rename = "risk")]
 pub struct Risk {
     pub risk_id: &'static str,
     pub name: &'static str,

@@ -93,6 +93,12 @@ pub struct Metrics {
     pub ops_connections: IntGauge,
     /// 1 when the last broker probe succeeded.
     pub broker_up: IntGauge,
+    /// Consumer-group rebalances, by event (`assign`, `revoke`, `error`).
+    pub rebalances: IntCounterVec,
+    /// The configured cap on keys with detection state (`state_max_keys`).
+    pub state_max_keys: IntGauge,
+    /// 1 while an input topic does not exist on the cluster, by topic.
+    pub input_topic_missing: IntGaugeVec,
     /// Set once the consumer is subscribed (see [`Readiness`]).
     pub ready: AtomicBool,
     /// Milliseconds since `since` (+1, so 0 means never) of the consume loop's last iteration.
@@ -144,9 +150,9 @@ impl Metrics {
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "akwatch_consumer_lag_records",
-                "Records behind the end of each input topic",
+                "Records behind the end of each assigned input partition",
             ),
-            &["topic"],
+            &["topic", "partition"],
         )?;
         r.register(Box::new(consumer_lag.clone()))?;
         let checkpoint_age_seconds = Gauge::new(
@@ -159,7 +165,7 @@ impl Metrics {
             r.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        Ok(Arc::new(Metrics {
+        let metrics = Arc::new(Metrics {
             records_consumed: counter_vec(
                 &r,
                 "akwatch_records_consumed_total",
@@ -373,6 +379,27 @@ impl Metrics {
                 "akwatch_broker_up",
                 "1 when the last broker metadata probe succeeded, else 0",
             )?,
+            rebalances: counter_vec(
+                &r,
+                "akwatch_rebalances_total",
+                "Consumer-group rebalances seen by this instance, by event (assign, revoke, error)",
+                &["event"],
+            )?,
+            state_max_keys: gauge(
+                "akwatch_state_max_keys",
+                "The configured cap on keys with detection state (state_max_keys)",
+            )?,
+            input_topic_missing: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "akwatch_input_topic_missing",
+                        "1 while an input topic does not exist on the cluster",
+                    ),
+                    &["topic"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
             detect_heartbeat_ms: AtomicU64::new(0),
@@ -382,7 +409,43 @@ impl Metrics {
             broker_error: Mutex::new(None),
             since: Instant::now(),
             registry: r,
-        }))
+        });
+        metrics.describe_build_and_process()?;
+        // Series that exist from the start, at zero, so that rates and alerts over them work
+        // before the first occurrence.
+        for output in ["alarm", "dead_letter", "risk"] {
+            metrics.delivery_retries.with_label_values(&[output]);
+            for reason in ["permanent", "stopped"] {
+                metrics
+                    .delivery_failures
+                    .with_label_values(&[output, reason]);
+            }
+        }
+        for event in ["assign", "revoke", "error"] {
+            metrics.rebalances.with_label_values(&[event]);
+        }
+        Ok(metrics)
+    }
+
+    /// `akwatch_build_info` and the process collector (`process_cpu_seconds_total`,
+    /// `process_resident_memory_bytes`, `process_open_fds`, `process_start_time_seconds`, ...).
+    fn describe_build_and_process(&self) -> prometheus::Result<()> {
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "akwatch_build_info",
+                "Always 1; the labels say which build of akwatch runs",
+            ),
+            &["version", "revision"],
+        )?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("AKWATCH_REVISION")])
+            .set(1);
+        self.registry.register(Box::new(build))?;
+        #[cfg(target_os = "linux")]
+        self.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(())
     }
 
     pub fn render(&self) -> String {

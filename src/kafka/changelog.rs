@@ -65,7 +65,7 @@ fn chunk_key(r: i32, writer: &str, seq: u64, i: u32) -> String {
 /// Writes snapshots of the partitions this instance owns. Cheap to clone (one producer).
 #[derive(Clone)]
 pub struct ChangelogWriter {
-    producer: FutureProducer,
+    producer: FutureProducer<super::Logged>,
     topic: String,
     /// A random id of this process: chunk keys of two owners never collide.
     writer: String,
@@ -85,7 +85,7 @@ impl ChangelogWriter {
             .set("compression.type", "none")
             .set("message.max.bytes", (2 * CHUNK).to_string());
         Ok(ChangelogWriter {
-            producer: c.create()?,
+            producer: c.create_with_context(super::Logged)?,
             topic: super::repartition::changelog_topic(group),
             writer: format!(
                 "{:016x}",

@@ -165,7 +165,7 @@ fn too_large(e: &KafkaError) -> bool {
 /// `PRODUCE_TIMEOUT`; a message librdkafka gives up on (`message.timeout.ms`: broker down) is
 /// sent again.
 pub async fn deliver(
-    producer: &FutureProducer,
+    producer: &FutureProducer<super::Logged>,
     topic: &str,
     key: &str,
     payload: &[u8],
@@ -207,7 +207,7 @@ pub async fn deliver(
 
 /// Where alarms and dead letters go, and how large a record may be.
 pub struct Outputs<'a> {
-    pub producer: &'a FutureProducer,
+    pub producer: &'a FutureProducer<super::Logged>,
     pub alarm_topic: &'a str,
     /// The form alarms are written in (akwatch's own JSON, or OCSF).
     pub alarm_format: crate::ocsf::AlarmFormat,

@@ -230,7 +230,15 @@ impl DetectContext {
     }
 }
 
-impl ClientContext for DetectContext {}
+impl ClientContext for DetectContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::log_client_error(&error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::log_librdkafka(level, fac, log_message);
+    }
+}
 
 impl ConsumerContext for DetectContext {
     fn rebalance(
@@ -240,6 +248,10 @@ impl ConsumerContext for DetectContext {
         tpl: &mut TopicPartitionList,
     ) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .rebalances
+            .with_label_values(&[super::rebalance_event(err)])
+            .inc();
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let ids: Vec<i32> = tpl
@@ -749,7 +761,11 @@ impl Detect<'_> {
                         let origin = Origin::kafka(&source.topic, source.partition, source.offset)
                             .at_index(source.index as usize);
                         tracing::error!(%origin, %reason, "processing an event failed; its normalized event goes to the dead-letter topic (the record is at its origin)");
-                        let label = self.labels.get(&source.topic).copied().unwrap_or("auto");
+                        let label = self
+                            .labels
+                            .get(&source.topic)
+                            .copied()
+                            .unwrap_or(event.cloud.as_str());
                         self.metrics
                             .records_rejected
                             .with_label_values(&[label, RejectKind::InternalError.as_str()])

@@ -246,6 +246,7 @@ impl Progress {
 /// The consumer's context: the rebalance hooks.
 pub struct GroupContext {
     pub progress: Arc<Progress>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
     /// The group uses the cooperative protocol (`partition.assignment.strategy`
     /// `cooperative-sticky`): assignments are incremental.
     pub cooperative: bool,
@@ -253,17 +254,14 @@ pub struct GroupContext {
 
 impl ClientContext for GroupContext {
     /// librdkafka's errors; a partition's end is not one (it is an event the consume loop
-    /// reads: `enable.partition.eof`), and logging it at ERROR flooded the log.
+    /// reads: `enable.partition.eof`), and logging it at ERROR flooded the log. A missing input
+    /// topic is reported once, with a gauge, by the lag check ([`super::update_lag`]).
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-        if matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::trace!("librdkafka: {reason}");
-        } else {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
+        super::log_client_error(&error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::log_librdkafka(level, fac, log_message);
     }
 }
 
@@ -292,6 +290,10 @@ impl ConsumerContext for GroupContext {
         tpl: &mut TopicPartitionList,
     ) {
         self.progress.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .rebalances
+            .with_label_values(&[super::rebalance_event(err)])
+            .inc();
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.progress.assigned(tpl);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 
 use super::deliver::{Abandoned, Outputs, Stop};
@@ -54,14 +54,15 @@ pub(super) struct IngestSetup<'a> {
     pub engine: Engine,
     pub reports: Option<tokio::sync::mpsc::Receiver<ReportUpdate>>,
     pub risk_topic: Option<String>,
-    /// The metric label (provider) and the decoder of each input topic.
+    /// The metric label (provider) of each input topic of one configured cloud, and the decoder
+    /// of each input topic.
     pub labels: HashMap<String, &'static str>,
     pub decoders: HashMap<String, Decoder>,
     pub fallback: Decoder,
     pub merge: Merge<Pending>,
     /// Partition ends are asked on a connection of their own: on the consumer's, the request
     /// waits behind its long fetches.
-    pub watermarks: Arc<rdkafka::consumer::BaseConsumer>,
+    pub watermarks: Arc<rdkafka::consumer::BaseConsumer<super::Logged>>,
     pub commit_interval: Duration,
     /// Cleared when the detection task ends (scale-out): ingest then stops too.
     pub detect_alive: Arc<AtomicBool>,
@@ -264,7 +265,10 @@ impl<'a> Ingest<'a> {
                 .is_none_or(tokio::task::JoinHandle::is_finished)
             {
                 let (c, m) = (self.s.consumer.clone(), metrics.clone());
-                self.lag_task = Some(tokio::task::spawn_blocking(move || update_lag(&c, &m)));
+                let topics: Vec<String> = self.s.decoders.keys().cloned().collect();
+                self.lag_task = Some(tokio::task::spawn_blocking(move || {
+                    update_lag(&c, &m, &topics)
+                }));
             }
         }
         if let Next::Repartition(w) = &self.s.next {
@@ -287,6 +291,18 @@ impl<'a> Ingest<'a> {
                 // librdkafka names the partition, not the topic: which of the partitions with
                 // that number reached its end is checked off the consume task.
                 self.eof_wanted.insert(p);
+                return;
+            }
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    )
+                ) =>
+            {
+                // A missing input topic: reported once by the topic check, with a gauge.
+                tracing::debug!(error = %e, "consume error");
                 return;
             }
             Err(e) => {
@@ -319,17 +335,7 @@ impl<'a> Ingest<'a> {
     /// letter. Its time in the merge is its earliest event's (a record of rejects only leaves
     /// at once).
     fn decode(&self, message: &BorrowedMessage<'_>) -> (i64, Pending) {
-        let label = self
-            .s
-            .labels
-            .get(message.topic())
-            .copied()
-            .unwrap_or("auto");
-        self.s
-            .metrics
-            .records_consumed
-            .with_label_values(&[label])
-            .inc();
+        let configured = self.s.labels.get(message.topic()).copied();
         let origin = Origin::kafka(message.topic(), message.partition(), message.offset());
         let payload = message.payload().unwrap_or_default();
         let decoder = self
@@ -355,6 +361,14 @@ impl<'a> Ingest<'a> {
             .map(|e| e.event_time.timestamp())
             .min()
             .unwrap_or(i64::MIN);
+        // The provider label: the topic's configured cloud, else the one the record decoded as
+        // (`unknown` when it decoded to nothing), never `auto`.
+        let label = configured.unwrap_or_else(|| provider_label(&results));
+        self.s
+            .metrics
+            .records_consumed
+            .with_label_values(&[label])
+            .inc();
         let pending = Pending {
             offset: message.offset(),
             label,
@@ -585,6 +599,15 @@ async fn process(
 }
 
 /// Counts a rejected event of a record and keeps it for the record's one dead letter.
+/// The cloud a record of an auto-detected topic decoded as: its first event's, `unknown` when it
+/// has none.
+pub(crate) fn provider_label(results: &[Result<crate::event::Event, Reject>]) -> &'static str {
+    results
+        .iter()
+        .find_map(|r| r.as_ref().ok())
+        .map_or("unknown", |e| e.cloud.as_str())
+}
+
 fn add_reject(rejects: &mut RecordRejects, reject: Reject, label: &str, out: &Outputs<'_>) {
     out.metrics
         .records_rejected

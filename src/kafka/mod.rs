@@ -96,10 +96,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let labels: HashMap<String, &'static str> = config
         .inputs
         .iter()
-        .map(|i| {
-            let label = i.provider.map_or("auto", crate::event::Cloud::as_str);
-            (i.topic.clone(), label)
-        })
+        // Topics of one configured cloud; an auto-detected topic's records are labelled with the
+        // cloud they decode as.
+        .filter_map(|i| Some((i.topic.clone(), i.provider?.as_str())))
         .collect();
     // The pipeline after decode: on the ingest task (one instance), or on the detection task
     // (scale-out), which then also follows the reports.
@@ -199,7 +198,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.partition_idle_timeout,
             lateness,
         ),
-        watermarks: Arc::new(client_config(&config).create()?),
+        watermarks: Arc::new(client_config(&config).create_with_context(Logged)?),
         commit_interval: config.commit_interval,
         detect_alive,
     });
@@ -222,7 +221,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 struct Service {
     progress: Arc<Progress>,
     consumer: Arc<GroupConsumer>,
-    producer: FutureProducer,
+    producer: FutureProducer<Logged>,
     metrics: Arc<crate::telemetry::Metrics>,
     /// The configuration risks of the reports in use at start, and their principals.
     start_risks: Vec<crate::risk::Risk>,
@@ -263,6 +262,10 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     for w in &s.warnings {
         tracing::warn!("{w}");
     }
+    let metrics = crate::telemetry::Metrics::new()?;
+    metrics
+        .state_max_keys
+        .set(i64::try_from(config.state_max_keys).unwrap_or(i64::MAX));
     let progress = Arc::new(Progress::default());
     let consumer: Arc<GroupConsumer> = Arc::new(
         client_config(config)
@@ -274,6 +277,7 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
             .set("enable.partition.eof", "true")
             .create_with_context(GroupContext {
                 progress: progress.clone(),
+                metrics: metrics.clone(),
                 cooperative: config
                     .options
                     .get("partition.assignment.strategy")
@@ -282,14 +286,14 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     );
     // Each alarm's delivery is awaited before the next record: no lingering for a batch (the
     // user's options may still set it).
-    let producer: FutureProducer = client_config_over(config, &[("linger.ms", "0")])
+    let producer: FutureProducer<Logged> = client_config_over(config, &[("linger.ms", "0")])
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set(
             "message.timeout.ms",
             PRODUCE_TIMEOUT.as_millis().to_string(),
         )
-        .create()?;
+        .create_with_context(Logged)?;
     // Restore the last checkpoint: the engine's state, and the offsets it reflects. Messages
     // before those offsets (delivered again because the group's commit lagged the checkpoint, or
     // after a rebalance) are skipped: their effect is in the state already.
@@ -312,7 +316,6 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
             Err(e) => tracing::warn!("cannot read the checkpoint, starting with empty state: {e}"),
         }
     }
-    let metrics = crate::telemetry::Metrics::new()?;
     if let Some(addr) = &config.ops_addr {
         crate::telemetry::start(addr, metrics.clone()).await?;
     }
@@ -385,7 +388,9 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     // Scale-out: the internal topics, the detection consumer, the repartition and changelog
     // writers.
     let scale = if scale_out {
-        let scale = scale_out_setup(config, &s, &metrics).await?;
+        let Some(scale) = scale_out_setup(config, &s, &metrics, stop).await? else {
+            return Ok(None);
+        };
         let producer = scale.0.producer().clone();
         progress.set_flush(Box::new(move |limit| {
             use rdkafka::producer::Producer;
@@ -535,7 +540,7 @@ struct DetectParts {
 /// (exit 1) rather than go on reading input that nothing detects on.
 fn spawn_detect(
     config: &Config,
-    producer: FutureProducer,
+    producer: FutureProducer<Logged>,
     metrics: Arc<crate::telemetry::Metrics>,
     lateness: i64,
     parts: DetectParts,
@@ -711,15 +716,19 @@ async fn next_report(
 }
 
 /// The internal topics, the detection consumer (subscribed) and the two writers.
+/// `None`: stopped while waiting for the input topics.
 async fn scale_out_setup(
     config: &Config,
     s: &Setup,
     metrics: &Arc<crate::telemetry::Metrics>,
-) -> anyhow::Result<(
-    repartition::Writer<Written>,
-    detect::DetectConsumer,
-    changelog::ChangelogWriter,
-)> {
+    stop: &Stop,
+) -> anyhow::Result<
+    Option<(
+        repartition::Writer<Written>,
+        detect::DetectConsumer,
+        changelog::ChangelogWriter,
+    )>,
+> {
     let client = client_config(config);
     repartition::ensure_topics(
         &client,
@@ -730,9 +739,36 @@ async fn scale_out_setup(
     )
     .await?;
     let names: Vec<String> = config.inputs.iter().map(|i| i.topic.clone()).collect();
-    let sources = {
+    // The detection side waits for every input partition: the topics must exist first. A
+    // missing one is one warning and `akwatch_input_topic_missing` until it is created.
+    let sources = loop {
         let c = client.clone();
-        tokio::task::spawn_blocking(move || repartition::input_partitions(&c, &names)).await??
+        let wanted = names.clone();
+        let found = tokio::task::spawn_blocking(move || repartition::input_partitions(&c, &wanted))
+            .await??;
+        let mut missing = Vec::new();
+        for topic in &names {
+            let gauge = metrics
+                .input_topic_missing
+                .with_label_values(&[topic.as_str()]);
+            let absent = !found.iter().any(|(t, _)| t == topic);
+            if absent && gauge.get() == 0 {
+                tracing::warn!(%topic, "input topic does not exist (yet): the service starts when it is created; akwatch_input_topic_missing is 1 meanwhile");
+            } else if !absent && gauge.get() == 1 {
+                tracing::info!(%topic, "input topic exists now");
+            }
+            gauge.set(i64::from(absent));
+            if absent {
+                missing.push(topic.as_str());
+            }
+        }
+        if missing.is_empty() {
+            break found;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.signalled() => return Ok(None),
+        }
     };
     let n = config.internal_partitions as u32;
     let rules = s.rules.clone();
@@ -780,11 +816,11 @@ async fn scale_out_setup(
         changelog = %repartition::changelog_topic(&config.group_id),
         "scale-out: events re-keyed by access key, state per partition"
     );
-    Ok((
+    Ok(Some((
         repartition::Writer::new(&client, &config.group_id, n)?,
         consumer,
         changelog::ChangelogWriter::new(&client, &config.group_id)?,
-    ))
+    )))
 }
 
 /// Leaves a consumer group while polling, so the revocation runs like any other.
@@ -1064,31 +1100,195 @@ impl ExportedStats {
     }
 }
 
-/// Consumer lag per input topic: the end of each assigned partition minus our position.
-fn update_lag(consumer: &GroupConsumer, metrics: &crate::telemetry::Metrics) {
+/// Consumer lag per assigned input partition: its end minus our position. Partitions no longer
+/// assigned lose their series. Also whether each input topic exists: a missing one is one
+/// warning (and one line when it appears), and `akwatch_input_topic_missing` meanwhile.
+fn update_lag(consumer: &GroupConsumer, metrics: &crate::telemetry::Metrics, topics: &[String]) {
+    check_topics(consumer, metrics, topics);
     let Ok(positions) = consumer.position() else {
         return;
     };
-    let mut per_topic: HashMap<String, i64> = HashMap::new();
+    let mut lags: Vec<(String, String, i64)> = Vec::new();
     for e in positions.elements() {
-        let Ok((_, high)) =
+        let Ok((low, high)) =
             consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500))
         else {
             continue;
         };
+        // No position yet (nothing read from it): everything it holds is behind.
         let at = match e.offset() {
             rdkafka::Offset::Offset(o) => o,
-            _ => continue,
+            _ => low,
         };
-        *per_topic.entry(e.topic().to_owned()).or_default() += (high - at).max(0);
+        lags.push((
+            e.topic().to_owned(),
+            e.partition().to_string(),
+            high.saturating_sub(at).max(0),
+        ));
     }
-    for (topic, lag) in per_topic {
+    metrics.consumer_lag.reset();
+    for (topic, partition, lag) in lags {
         metrics
             .consumer_lag
-            .with_label_values(&[topic.as_str()])
+            .with_label_values(&[topic.as_str(), partition.as_str()])
             .set(lag);
     }
 }
+
+/// Sets `akwatch_input_topic_missing` for each input topic from the cluster's metadata (not
+/// when the broker cannot be asked: that is `akwatch_broker_up`'s business).
+fn check_topics(consumer: &GroupConsumer, metrics: &crate::telemetry::Metrics, topics: &[String]) {
+    for topic in topics {
+        let Ok(meta) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) else {
+            continue;
+        };
+        let missing = meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .is_none_or(|t| t.error().is_some() || t.partitions().is_empty());
+        let gauge = metrics
+            .input_topic_missing
+            .with_label_values(&[topic.as_str()]);
+        match (gauge.get() == 1, missing) {
+            (false, true) => tracing::warn!(
+                %topic,
+                "input topic does not exist (yet): nothing is read from it until it is created; akwatch_input_topic_missing is 1 meanwhile"
+            ),
+            (true, false) => tracing::info!(%topic, "input topic exists now"),
+            _ => {}
+        }
+        gauge.set(i64::from(missing));
+    }
+}
+
+/// The `event` label of `akwatch_rebalances_total`.
+pub(crate) fn rebalance_event(err: rdkafka::types::RDKafkaRespErr) -> &'static str {
+    use rdkafka::types::RDKafkaRespErr as E;
+    match err {
+        E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => "assign",
+        E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => "revoke",
+        _ => "error",
+    }
+}
+
+/// A librdkafka client error. A missing topic is reported by the topic check (once, with a
+/// gauge), so here it is debug; transport errors while the broker is away are the probe's
+/// (`akwatch_broker_up`, `/readyz`) and are warnings; the rest are errors.
+pub(crate) fn log_client_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+    let code = error.rdkafka_error_code();
+    if matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(C::PartitionEOF)
+    ) {
+        tracing::trace!(target: "librdkafka", "{reason}");
+    } else if matches!(
+        code,
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition)
+    ) {
+        tracing::debug!(target: "librdkafka", "{error}: {reason}");
+    } else if matches!(
+        code,
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::Resolve
+                | C::RequestTimedOut
+                | C::OperationTimedOut
+        )
+    ) {
+        // Every client reports an outage, several times a second: one line per 30 s per kind.
+        if let Some(held) = log_allowed(&format!("{code:?}")) {
+            tracing::warn!(target: "librdkafka", held_back = held, "{error}: {reason}");
+        }
+    } else {
+        tracing::error!(target: "librdkafka", "{error}: {reason}");
+    }
+}
+
+/// Whether a line of this kind may be written now: at most one per 30 s per kind (an outage
+/// makes every client repeat the same line several times a second). Returns the number of lines
+/// of the kind held back since the last one written. At most 256 kinds are tracked; past that
+/// every line is written.
+fn log_allowed(kind: &str) -> Option<u64> {
+    use std::collections::hash_map::Entry;
+    static SEEN: std::sync::Mutex<Option<HashMap<String, (Instant, u64)>>> =
+        std::sync::Mutex::new(None);
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let seen = seen.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    let len = seen.len();
+    match seen.entry(kind.to_owned()) {
+        Entry::Occupied(mut e) => {
+            let (at, held) = e.get_mut();
+            if now.duration_since(*at) >= Duration::from_secs(30) {
+                let n = *held;
+                *at = now;
+                *held = 0;
+                Some(n)
+            } else {
+                *held = held.saturating_add(1);
+                None
+            }
+        }
+        Entry::Vacant(e) => {
+            if len < 256 {
+                e.insert((now, 0));
+            }
+            Some(0)
+        }
+    }
+}
+
+/// librdkafka's log lines at the matching `tracing` level, under the target `librdkafka`.
+/// Lines an idle service writes by design are debug: request timeouts of idle connections
+/// (`REQTMOUT`) and idle disconnects; a client's own summary of a broker outage stays a warning.
+pub(crate) fn log_librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    let idle_noise = fac == "REQTMOUT"
+        || fac == "FAIL" && message.contains("Disconnected") && message.contains("idle")
+        || fac == "TIMEOUT" && message.contains("in-flight");
+    // A broker that cannot be reached: every client says so for every connection attempt. The
+    // outage is `akwatch_broker_up` and `/readyz`; the log gets a warning per 30 s.
+    let unreachable = fac == "FAIL"
+        && (message.contains("Connection refused")
+            || message.contains("Connect to")
+            || message.contains("Disconnected"));
+    match level {
+        _ if idle_noise => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        _ if unreachable => {
+            if let Some(held) = log_allowed(fac) {
+                tracing::warn!(target: "librdkafka", fac, held_back = held, "{message}");
+            }
+        }
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", fac, "{message}")
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// The client context of the service's other clients (producers, watermark and metadata
+/// clients): librdkafka's errors and logs mapped as the consumer's are.
+#[derive(Clone, Copy, Default)]
+pub struct Logged;
+
+impl rdkafka::ClientContext for Logged {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Logged {}
 
 /// The load generator: every record of the inputs (framed as the file source frames them),
 /// `repeat` times, to `topic` at `rate` records per second (0: unpaced). Each record is handed
@@ -1217,6 +1417,25 @@ mod tests {
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::mocking::MockCluster;
 
+    /// An outage's repeated lines: the first of a kind is written, the next ones within 30 s
+    /// are held back (and counted); another kind is not held back by it.
+    #[test]
+    fn repeated_outage_lines_are_held_back_per_kind() {
+        assert_eq!(log_allowed("test-kind-a"), Some(0));
+        for _ in 0..50 {
+            assert_eq!(log_allowed("test-kind-a"), None);
+        }
+        assert_eq!(log_allowed("test-kind-b"), Some(0));
+        assert_eq!(
+            rebalance_event(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS),
+            "assign"
+        );
+        assert_eq!(
+            rebalance_event(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS),
+            "revoke"
+        );
+    }
+
     /// librdkafka's in-process mock broker goes down before an alarm is produced and comes back
     /// 3 s later: the delivery is retried (librdkafka gives up on each attempt after 1 s here)
     /// and lands; nothing is dropped.
@@ -1224,13 +1443,13 @@ mod tests {
     async fn a_delivery_is_retried_through_a_broker_outage_and_lands() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("alarms", 1, 1).unwrap();
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: FutureProducer<Logged> = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "1000")
             .set("linger.ms", "0")
-            .create()
+            .create_with_context(Logged)
             .unwrap();
         cluster.broker_down(-1).unwrap();
         let started = Instant::now();

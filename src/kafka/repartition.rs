@@ -149,18 +149,25 @@ pub async fn ensure_topics(
     Ok(())
 }
 
-/// The partitions of the input topics (every source the detection side waits for).
+/// The partitions of the input topics (every source the detection side waits for); a topic
+/// that does not exist has none here.
 pub fn input_partitions(
     client: &ClientConfig,
     topics: &[String],
 ) -> anyhow::Result<Vec<(String, i32)>> {
-    let c: rdkafka::consumer::BaseConsumer = client.create()?;
+    use rdkafka::types::RDKafkaRespErr;
+    let c: rdkafka::consumer::BaseConsumer<super::Logged> =
+        client.create_with_context(super::Logged)?;
     let mut out = Vec::new();
     for t in topics {
         let md = c.fetch_metadata(Some(t), Duration::from_secs(10))?;
         for topic in md.topics() {
-            if let Some(e) = topic.error() {
-                anyhow::bail!("input topic {t}: {e:?}");
+            match topic.error() {
+                None => {}
+                Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+                    continue;
+                }
+                Some(e) => anyhow::bail!("input topic {t}: {e:?}"),
             }
             out.extend(topic.partitions().iter().map(|p| (t.clone(), p.id())));
         }
@@ -179,7 +186,7 @@ pub struct Inflight<T> {
 /// progress marks to every partition; deliveries are collected in input order, so an input
 /// record is done when all of its writes are acknowledged.
 pub struct Writer<T> {
-    producer: FutureProducer,
+    producer: FutureProducer<super::Logged>,
     topic: String,
     partitions: u32,
     inflight: VecDeque<Inflight<T>>,
@@ -216,7 +223,7 @@ impl<T> Writer<T> {
             (crate::source::framing::DEFAULT_MAX_RECORD_BYTES + (1 << 20)).to_string(),
         );
         Ok(Writer {
-            producer: c.create()?,
+            producer: c.create_with_context(super::Logged)?,
             topic: repartition_topic(group),
             partitions: partitions.max(1),
             inflight: VecDeque::new(),
@@ -224,7 +231,7 @@ impl<T> Writer<T> {
         })
     }
 
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &FutureProducer<super::Logged> {
         &self.producer
     }
 

@@ -31,7 +31,7 @@ const BOOTSTRAP_LIMIT: Duration = Duration::from_secs(60);
 
 /// The report topic, read with a manual assignment of all its partitions.
 struct TopicReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<super::Logged>,
     topic: String,
     /// partition → next offset to read.
     next: BTreeMap<i32, i64>,
@@ -39,7 +39,7 @@ struct TopicReader {
 
 impl TopicReader {
     fn new(config: ClientConfig, group: &str, topic: &str) -> anyhow::Result<TopicReader> {
-        let consumer: BaseConsumer = config
+        let consumer: BaseConsumer<super::Logged> = config
             .clone()
             // Required by librdkafka for a consumer; with a manual assignment and no commits the
             // group is never joined.
@@ -47,7 +47,7 @@ impl TopicReader {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .create()?;
+            .create_with_context(super::Logged)?;
         let mut reader = TopicReader {
             consumer,
             topic: topic.to_owned(),

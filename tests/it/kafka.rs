@@ -628,7 +628,12 @@ fn metrics_once_lag_is_zero(ops: &str) -> String {
             .lines()
             .filter(|l| l.starts_with("akwatch_consumer_lag_records{"))
             .collect();
-        if (lag.len() == 3 && lag.iter().all(|l| l.ends_with(" 0")))
+        // One series per assigned partition; every input topic must have reported.
+        let topics: std::collections::BTreeSet<&str> = lag
+            .iter()
+            .filter_map(|l| l.split("topic=\"").nth(1)?.split('"').next())
+            .collect();
+        if (topics.len() == 3 && lag.iter().all(|l| l.ends_with(" 0")))
             || start.elapsed() > Duration::from_secs(30)
         {
             return body;
