@@ -62,6 +62,9 @@ struct RawConfig {
     detect_queue_events: usize,
     #[serde(default)]
     inventory: Option<RawInventory>,
+    /// Notification sinks beside the alarm topic (webhook, Slack, DingTalk, WeCom, Feishu).
+    #[serde(default)]
+    notify: Vec<crate::notify::RawSink>,
 }
 
 /// `inventory:` — the CSC views' store and API (issue 11).
@@ -295,6 +298,8 @@ pub struct Config {
     pub detect_queue_events: usize,
     /// The CSC views' inventory and its API, when configured.
     pub inventory: Option<InventoryConfig>,
+    /// Notification sinks (`notify:`), in configuration order.
+    pub notify: Vec<crate::notify::SinkConfig>,
 }
 
 impl Config {
@@ -564,6 +569,7 @@ impl Config {
                 raw.max_event_skew_seconds
             ));
         }
+        let notify = crate::notify::config::validate(&raw.notify, name, text, env, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -611,6 +617,7 @@ impl Config {
             source_idle_timeout: std::time::Duration::from_millis(raw.source_idle_timeout_ms),
             detect_queue_events: raw.detect_queue_events,
             inventory,
+            notify,
         })
     }
 }
@@ -673,7 +680,7 @@ fn check_ops_addr(addr: &str) -> Result<(), String> {
 }
 
 /// Replaces `${NAME}` with the environment's value; the error is the missing name.
-fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = value;
     while let Some(start) = rest.find("${") {
