@@ -680,7 +680,10 @@ fn check_ops_addr(addr: &str) -> Result<(), String> {
 }
 
 /// Replaces `${NAME}` with the environment's value; the error is the missing name.
-pub(crate) fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn expand_env(
+    value: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = value;
     while let Some(start) = rest.find("${") {

@@ -76,7 +76,10 @@ impl SinkKind {
     }
 
     fn signs(self) -> bool {
-        matches!(self, SinkKind::Webhook | SinkKind::Dingtalk | SinkKind::Feishu)
+        matches!(
+            self,
+            SinkKind::Webhook | SinkKind::Dingtalk | SinkKind::Feishu
+        )
     }
 
     /// The vendors' documented limits: Slack about one message a second, DingTalk and WeCom
@@ -244,7 +247,10 @@ pub fn validate(
     let mut names = std::collections::HashSet::new();
     for (i, r) in raw.iter().enumerate() {
         let mut err = |needle: &str, msg: String| {
-            errors.push(format!("{file}:{}: notify[{i}].{msg}", lines.of(i, needle, text)));
+            errors.push(format!(
+                "{file}:{}: notify[{i}].{msg}",
+                lines.of(i, needle, text)
+            ));
         };
         let kind = SinkKind::ALL
             .into_iter()
@@ -295,7 +301,11 @@ pub fn validate(
                 }
             },
         };
-        let secret = match r.secret.as_deref().map(|s| crate::config::expand_env(s, env)) {
+        let secret = match r
+            .secret
+            .as_deref()
+            .map(|s| crate::config::expand_env(s, env))
+        {
             None => None,
             Some(Err(var)) => {
                 err(
@@ -308,8 +318,7 @@ pub fn validate(
             Some(Ok(s)) => Some(s),
         };
         if let Some(k) = kind {
-            if k.signs() && secret.is_none() && !matches!(&r.secret, Some(s) if s.contains("${"))
-            {
+            if k.signs() && secret.is_none() && !matches!(&r.secret, Some(s) if s.contains("${")) {
                 err(
                     "kind:",
                     format!("secret: a {} sink needs a secret to sign with", k.as_str()),

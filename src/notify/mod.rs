@@ -8,7 +8,7 @@
 //! Whatever does not pass is dropped and counted (`akwatch_notifications_dropped_total{sink,
 //! reason}`: `duplicate`, `rate_limited`, `queue_full`). One task per sink sends what is
 //! queued, one alarm at a time, each attempt bounded by the sink's `timeout`, retried with
-//! exponential backoff on 5xx / 429 / a vendor's rate-limit code / a timeout / no connection,
+//! exponential backoff on 5xx / 429 / a timeout / no connection,
 //! not on other answers, at most `max_attempts` times (then `gave_up`). A failing endpoint is
 //! counted (`akwatch_notification_failures_total{sink,reason}`) and logged at most once per
 //! [`LOG_EVERY`] per sink; it never holds a Kafka offset.
@@ -229,15 +229,15 @@ impl Notifier {
                 self.dropped(&sink.name, "duplicate");
                 continue;
             }
+            let Ok(tx) = sink.tx.lock() else { continue };
+            let Some(tx) = tx.as_ref() else {
+                continue; // draining: nothing new is taken
+            };
             if !gate.bucket.take(Instant::now()) {
                 drop(gate);
                 self.dropped(&sink.name, "rate_limited");
                 continue;
             }
-            let Ok(tx) = sink.tx.lock() else { continue };
-            let Some(tx) = tx.as_ref() else {
-                continue; // draining: nothing new is taken
-            };
             let item = shared
                 .get_or_insert_with(|| Arc::new(alarm.clone()))
                 .clone();
@@ -306,7 +306,15 @@ impl LogLimit {
         }
         self.last = Some(now);
         let suppressed = std::mem::take(&mut self.suppressed);
-        tracing::warn!(sink, alarm_id, attempt, reason, detail, suppressed, "notification failed");
+        tracing::warn!(
+            sink,
+            alarm_id,
+            attempt,
+            reason,
+            detail,
+            suppressed,
+            "notification failed"
+        );
     }
 }
 

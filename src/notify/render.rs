@@ -219,7 +219,10 @@ pub fn request(
             headers.push(("x-akwatch-alarm-id", alarm.alarm_id.clone()));
             if let Some(secret) = secret {
                 headers.push(("x-akwatch-timestamp", now_s.to_string()));
-                headers.push(("x-akwatch-signature", webhook_signature(secret, now_s, &body)));
+                headers.push((
+                    "x-akwatch-signature",
+                    webhook_signature(secret, now_s, &body),
+                ));
             }
             return Request { url, headers, body };
         }
@@ -261,32 +264,24 @@ pub fn request(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Sent,
-    /// Worth another attempt (5xx, 429, a vendor's rate-limit code, a timeout, no connection),
+    /// Worth another attempt (5xx, 429, a timeout, no connection),
     /// after at least `after` when the server said so (`Retry-After`).
     Retry {
         reason: &'static str,
         after: Option<Duration>,
         detail: String,
     },
-    /// Not worth another (other 4xx, a chat tool's refusal).
+    /// Not worth another (other 4xx, a chat tool's refusal: DingTalk throttles a robot for
+    /// 10 minutes past 20 messages a minute, so a quick retry would not help either).
     Fail {
         reason: &'static str,
         detail: String,
     },
 }
 
-/// Vendors' "too many messages" codes in a 200 answer: DingTalk 130101 (send too fast),
-/// WeCom 45009 (API frequency limit), Feishu 11232 (frequency limited).
-const RATE_CODES: [i64; 3] = [130101, 45009, 11232];
-
 /// Reads an answer: status first, then for the chat tools the JSON body's error code
 /// (`errcode` for DingTalk and WeCom, `code` — or the older `StatusCode` — for Feishu).
-pub fn outcome(
-    kind: SinkKind,
-    status: u16,
-    retry_after: Option<&str>,
-    body: &[u8],
-) -> Outcome {
+pub fn outcome(kind: SinkKind, status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome {
     let text = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
     if status == 429 || (500..=599).contains(&status) {
         let after = retry_after
@@ -315,17 +310,9 @@ pub fn outcome(
             detail: format!("not a JSON answer: {}", text()),
         };
     };
-    let code = field
-        .iter()
-        .find_map(|f| v.get(*f))
-        .and_then(Value::as_i64);
+    let code = field.iter().find_map(|f| v.get(*f)).and_then(Value::as_i64);
     match code {
         Some(0) => Outcome::Sent,
-        Some(c) if RATE_CODES.contains(&c) => Outcome::Retry {
-            reason: "rejected",
-            after: None,
-            detail: format!("code {c}: {}", text()),
-        },
         Some(c) => Outcome::Fail {
             reason: "rejected",
             detail: format!("code {c}: {}", text()),
@@ -350,10 +337,16 @@ mod tests {
         );
         // The webhook signs "<ts>.<body>".
         let expected = hex(&hmac_sha256(b"s", b"10.{}"));
-        assert_eq!(webhook_signature("s", 10, b"{}"), format!("sha256={expected}"));
+        assert_eq!(
+            webhook_signature("s", 10, b"{}"),
+            format!("sha256={expected}")
+        );
         // DingTalk: key = secret, message = "<ms>\n<secret>"; Feishu: key = "<s>\n<secret>",
         // message empty.
-        assert_eq!(dingtalk_sign("SEC1", 5), b64(&hmac_sha256(b"SEC1", b"5\nSEC1")));
+        assert_eq!(
+            dingtalk_sign("SEC1", 5),
+            b64(&hmac_sha256(b"SEC1", b"5\nSEC1"))
+        );
         assert_eq!(feishu_sign("k", 7), b64(&hmac_sha256(b"7\nk", b"")));
     }
 
@@ -361,15 +354,71 @@ mod tests {
     fn answers_are_read_per_vendor() {
         use SinkKind::*;
         assert_eq!(outcome(Slack, 200, None, b"ok"), Outcome::Sent);
-        assert!(matches!(outcome(Webhook, 503, Some("2"), b""), Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(2)));
-        assert!(matches!(outcome(Webhook, 429, None, b""), Outcome::Retry { .. }));
-        assert!(matches!(outcome(Webhook, 404, None, b""), Outcome::Fail { reason: "status", .. }));
-        assert_eq!(outcome(Dingtalk, 200, None, br#"{"errcode":0,"errmsg":"ok"}"#), Outcome::Sent);
-        assert!(matches!(outcome(Dingtalk, 200, None, br#"{"errcode":310000,"errmsg":"sign not match"}"#), Outcome::Fail { reason: "rejected", .. }));
-        assert!(matches!(outcome(Wecom, 200, None, br#"{"errcode":45009}"#), Outcome::Retry { reason: "rejected", .. }));
-        assert_eq!(outcome(Feishu, 200, None, br#"{"code":0,"msg":"success","data":{}}"#), Outcome::Sent);
-        assert_eq!(outcome(Feishu, 200, None, br#"{"StatusCode":0}"#), Outcome::Sent);
-        assert!(matches!(outcome(Feishu, 200, None, br#"{"code":19021,"msg":"sign match fail"}"#), Outcome::Fail { .. }));
-        assert!(matches!(outcome(Feishu, 200, None, b"<html>"), Outcome::Fail { reason: "rejected", .. }));
+        assert!(
+            matches!(outcome(Webhook, 503, Some("2"), b""), Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(2))
+        );
+        assert!(matches!(
+            outcome(Webhook, 429, None, b""),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            outcome(Webhook, 404, None, b""),
+            Outcome::Fail {
+                reason: "status",
+                ..
+            }
+        ));
+        assert_eq!(
+            outcome(Dingtalk, 200, None, br#"{"errcode":0,"errmsg":"ok"}"#),
+            Outcome::Sent
+        );
+        assert!(matches!(
+            outcome(
+                Dingtalk,
+                200,
+                None,
+                br#"{"errcode":310000,"errmsg":"sign not match"}"#
+            ),
+            Outcome::Fail {
+                reason: "rejected",
+                ..
+            }
+        ));
+        assert!(matches!(
+            outcome(Wecom, 200, None, br#"{"errcode":93000}"#),
+            Outcome::Fail {
+                reason: "rejected",
+                ..
+            }
+        ));
+        assert_eq!(
+            outcome(
+                Feishu,
+                200,
+                None,
+                br#"{"code":0,"msg":"success","data":{}}"#
+            ),
+            Outcome::Sent
+        );
+        assert_eq!(
+            outcome(Feishu, 200, None, br#"{"StatusCode":0}"#),
+            Outcome::Sent
+        );
+        assert!(matches!(
+            outcome(
+                Feishu,
+                200,
+                None,
+                br#"{"code":19021,"msg":"sign match fail"}"#
+            ),
+            Outcome::Fail { .. }
+        ));
+        assert!(matches!(
+            outcome(Feishu, 200, None, b"<html>"),
+            Outcome::Fail {
+                reason: "rejected",
+                ..
+            }
+        ));
     }
 }
