@@ -65,6 +65,9 @@ struct RawConfig {
     detect_queue_events: usize,
     #[serde(default)]
     inventory: Option<RawInventory>,
+    /// Notification sinks beside the alarm topic (webhook, Slack, DingTalk, WeCom, Feishu).
+    #[serde(default)]
+    notify: Vec<crate::notify::RawSink>,
 }
 
 /// `inventory:` — the CSC views' store and API (issue 11).
@@ -299,6 +302,8 @@ pub struct Config {
     pub detect_queue_events: usize,
     /// The CSC views' inventory and its API, when configured.
     pub inventory: Option<InventoryConfig>,
+    /// Notification sinks (`notify:`), in configuration order.
+    pub notify: Vec<crate::notify::SinkConfig>,
 }
 
 impl Config {
@@ -587,6 +592,7 @@ impl Config {
                 raw.max_event_skew_seconds
             ));
         }
+        let notify = crate::notify::config::validate(&raw.notify, name, text, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -634,6 +640,7 @@ impl Config {
             source_idle_timeout: std::time::Duration::from_millis(raw.source_idle_timeout_ms),
             detect_queue_events: raw.detect_queue_events,
             inventory,
+            notify,
         })
     }
 }

@@ -19,6 +19,7 @@ pub mod event;
 pub mod inventory;
 pub mod isolate;
 pub mod kafka;
+pub mod notify;
 pub mod ocsf;
 pub mod permissions;
 pub mod pipeline;

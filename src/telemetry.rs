@@ -87,6 +87,11 @@ pub struct Metrics {
     pub alarms_shrunk: IntCounter,
     /// Dead letters too large for the topic, delivered cut (header `akwatch-truncated`).
     pub dead_letters_truncated: IntCounter,
+    /// Notification sinks (`notify:`): alarms sent, failed attempts by reason, alarms dropped
+    /// by reason; `sink` is the sink's configured name or `<kind>-<index>`.
+    pub notifications_sent: IntCounterVec,
+    pub notification_failures: IntCounterVec,
+    pub notifications_dropped: IntCounterVec,
     /// Connections the ops server closed at once because it was at its connection limit.
     pub ops_connections_rejected: IntCounter,
     /// Connections the ops server holds open.
@@ -349,6 +354,24 @@ impl Metrics {
             ingest_to_done_seconds: latency(
                 "akwatch_ingest_to_done_seconds",
                 "From the record's Kafka timestamp until everything derived from it is acknowledged",
+            )?,
+            notifications_sent: counter_vec(
+                &r,
+                "akwatch_notifications_sent_total",
+                "Alarms a notification sink accepted, by sink",
+                &["sink"],
+            )?,
+            notification_failures: counter_vec(
+                &r,
+                "akwatch_notification_failures_total",
+                "Notification attempts that failed, by sink and reason (status, timeout, connect, rejected, request)",
+                &["sink", "reason"],
+            )?,
+            notifications_dropped: counter_vec(
+                &r,
+                "akwatch_notifications_dropped_total",
+                "Alarms not notified, by sink and reason (duplicate, rate_limited, queue_full, gave_up, shutdown)",
+                &["sink", "reason"],
             )?,
             delivery_retries: counter_vec(
                 &r,

@@ -216,6 +216,8 @@ pub struct Outputs<'a> {
     pub max_bytes: usize,
     pub stop: Stop,
     pub metrics: &'a Metrics,
+    /// Notification sinks, handed each alarm the alarm topic acknowledged (never waited on).
+    pub notify: Option<std::sync::Arc<crate::notify::Notifier>>,
 }
 
 impl Outputs<'_> {
@@ -359,7 +361,14 @@ impl Outputs<'_> {
             )
             .await
             {
-                Delivery::Acked(_) => return Ok(true),
+                Delivery::Acked(_) => {
+                    // Stored on the alarm topic: now (and only now) the notification sinks get
+                    // it, without waiting.
+                    if let Some(n) = &self.notify {
+                        n.notify(alarm);
+                    }
+                    return Ok(true);
+                }
                 Delivery::Abandoned => {
                     self.failed("alarm", "stopped");
                     return Err(Abandoned);

@@ -80,6 +80,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } = s;
     let lateness = engine.policy.allowed_lateness.secs();
     let (producer, metrics) = (svc.producer.clone(), svc.metrics.clone());
+    let notifier = match config.notify.is_empty() {
+        true => None,
+        false => Some(crate::notify::Notifier::start(
+            &config.notify,
+            crate::notify::NotifyMetrics::of(&metrics),
+        )?),
+    };
     let out = Outputs {
         producer: &producer,
         alarm_topic: &config.alarm_topic,
@@ -92,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or(deliver::DEFAULT_MAX_MESSAGE_BYTES),
         stop: stop.clone(),
         metrics: &metrics,
+        notify: notifier.clone(),
     };
     let labels: HashMap<String, &'static str> = config
         .inputs
@@ -126,6 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     labels: labels.clone(),
                     alive: AliveGuard(detect_alive.clone()),
                     max_bytes: out.max_bytes,
+                    notify: notifier.clone(),
                     stop: stop.clone(),
                     policy_sync: match (&svc.inventory, api_policy_dir(&config)) {
                         (Some((store, revision)), Some(write_dir)) => Some(detect::PolicySync {
@@ -214,6 +223,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .flatten(),
         None => None,
     };
+    if let Some(n) = &notifier {
+        // Queued notifications get a short grace period, within the stop's.
+        n.drain(stop.remaining(NOTIFY_DRAIN)).await;
+    }
     shutdown(&config, svc, ingest, detect_end, &stop).await
 }
 
@@ -529,6 +542,7 @@ struct DetectParts {
     labels: HashMap<String, &'static str>,
     alive: AliveGuard,
     max_bytes: usize,
+    notify: Option<Arc<crate::notify::Notifier>>,
     stop: Stop,
     inventory: Option<detect::Inventory>,
     policy_sync: Option<detect::PolicySync>,
@@ -560,6 +574,7 @@ fn spawn_detect(
             labels,
             alive,
             max_bytes,
+            notify,
             stop,
             inventory,
             policy_sync,
@@ -573,6 +588,7 @@ fn spawn_detect(
             max_bytes,
             stop: stop.clone(),
             metrics: &metrics,
+            notify,
         };
         let ended = detect::Detect {
             consumer: &consumer,
@@ -853,6 +869,9 @@ impl Drop for AliveGuard {
 
 /// Whether the state and offsets were saved at shutdown (for the exit code of a forced exit).
 static SAVED: AtomicBool = AtomicBool::new(false);
+
+/// The longest the notification sinks' queues are drained at a stop.
+const NOTIFY_DRAIN: Duration = Duration::from_secs(5);
 
 /// The part of the grace period deliveries may use; the rest is for saving state and closing.
 fn delivery_grace(grace: Duration) -> Duration {

@@ -18,7 +18,7 @@ use akwatch::replay::{ReplayOptions, run, setup};
 
 use crate::repo;
 
-fn brokers() -> Option<String> {
+pub(crate) fn brokers() -> Option<String> {
     match std::env::var("KAFKA_BROKERS") {
         Ok(b) if !b.is_empty() => Some(b),
         _ if std::env::var_os("AKWATCH_REQUIRE_KAFKA").is_some() => {
@@ -44,7 +44,7 @@ fn cloud_records(cloud: &str) -> Vec<Vec<u8>> {
 }
 
 /// The keys (alarm ids) of alarm-topic messages.
-fn alarm_keys(msgs: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
+pub(crate) fn alarm_keys(msgs: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
     msgs.iter()
         .filter_map(|m| m.key())
         .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -52,7 +52,7 @@ fn alarm_keys(msgs: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
 }
 
 /// Until every expected alarm id has been read.
-fn all_present(
+pub(crate) fn all_present(
     expected: &BTreeSet<String>,
 ) -> impl Fn(&[rdkafka::message::OwnedMessage]) -> bool + '_ {
     move |got| {
@@ -62,7 +62,7 @@ fn all_present(
 }
 
 /// The alarm ids `akwatch replay` creates for the bundled scenario.
-fn replay_alarm_ids() -> BTreeSet<String> {
+pub(crate) fn replay_alarm_ids() -> BTreeSet<String> {
     let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
     let mut s = setup(&options).unwrap();
     let summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap();
@@ -81,7 +81,7 @@ fn replay_risks() -> BTreeSet<String> {
         .collect()
 }
 
-fn consume_all(
+pub(crate) fn consume_all(
     brokers: &str,
     topic: &str,
     want: impl Fn(&[rdkafka::message::OwnedMessage]) -> bool,
@@ -174,19 +174,19 @@ fn ready_within(
 }
 
 /// One test's topics, group and service processes.
-struct Harness {
-    brokers: String,
+pub(crate) struct Harness {
+    pub(crate) brokers: String,
     prefix: String,
     rt: tokio::runtime::Runtime,
     admin: AdminClient<DefaultClientContext>,
     producer: FutureProducer,
     dir: std::path::PathBuf,
     /// The ops address to give the service, if any.
-    ops: Option<String>,
+    pub(crate) ops: Option<String>,
     /// Credential-report files and directories (default: the bundled reports).
     reports: Vec<std::path::PathBuf>,
     /// More top-level configuration lines.
-    extra: String,
+    pub(crate) extra: String,
     /// More lines of the `kafka:` section (two-space indented).
     kafka_extra: String,
     /// Read the test's report topic.
@@ -200,7 +200,7 @@ struct Harness {
 const CLOUDS: [&str; 3] = ["aws", "alibaba", "tencent"];
 
 impl Harness {
-    fn new(brokers: &str, tag: &str) -> Harness {
+    pub(crate) fn new(brokers: &str, tag: &str) -> Harness {
         Harness::with_partitions(brokers, tag, 1)
     }
 
@@ -259,12 +259,12 @@ impl Harness {
         h
     }
 
-    fn topic(&self, s: &str) -> String {
+    pub(crate) fn topic(&self, s: &str) -> String {
         format!("{}-{s}", self.prefix)
     }
 
     /// The bundled scenario's records, by cloud topic.
-    fn stream(&self) -> Vec<(String, Vec<Vec<u8>>)> {
+    pub(crate) fn stream(&self) -> Vec<(String, Vec<Vec<u8>>)> {
         CLOUDS
             .iter()
             .map(|c| (self.topic(c), cloud_records(c)))
@@ -272,7 +272,7 @@ impl Harness {
     }
 
     /// Produces, of each topic's records, the part between the fractions `from` and `to`.
-    fn produce_part(&self, stream: &[(String, Vec<Vec<u8>>)], from: f64, to: f64) {
+    pub(crate) fn produce_part(&self, stream: &[(String, Vec<Vec<u8>>)], from: f64, to: f64) {
         for (topic, records) in stream {
             let at = |f: f64| ((records.len() as f64) * f) as usize;
             self.produce(topic, &records[at(from)..at(to)]);
@@ -357,7 +357,7 @@ impl Harness {
         path
     }
 
-    fn spawn(&self, state: bool) -> std::process::Child {
+    pub(crate) fn spawn(&self, state: bool) -> std::process::Child {
         self.spawn_with(state.then_some("state"))
     }
 
@@ -389,7 +389,7 @@ impl Harness {
         child
     }
 
-    fn signal(child: &mut std::process::Child, signal: &str) -> String {
+    pub(crate) fn signal(child: &mut std::process::Child, signal: &str) -> String {
         assert!(
             Command::new("kill")
                 .args([signal, &child.id().to_string()])
@@ -437,7 +437,7 @@ impl Harness {
 impl Harness {
     /// Asserts that the service's group has committed the end of every partition of the input
     /// topics (`partitions` each; an empty partition may have no commit); returns the sum.
-    fn committed_at_end(&self, partitions: i32) -> usize {
+    pub(crate) fn committed_at_end(&self, partitions: i32) -> usize {
         let checker: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("{}-akwatch", self.prefix))
@@ -594,7 +594,7 @@ fn after_a_clean_restart_known_ips_are_not_new() {
 }
 
 /// A GET on the ops port (plain HTTP/1.1, no client library needed).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::Write;
     // Status 0: no answer (not listening yet, or the connection failed).
     let Ok(mut stream) = std::net::TcpStream::connect(addr) else {

@@ -10,6 +10,7 @@ mod detect;
 mod golden;
 mod kafka;
 mod limits;
+mod notify;
 mod ocsf;
 mod ops;
 mod poison;
