@@ -67,3 +67,8 @@ step "tests"
 # --all-targets also runs each criterion bench once, as a test. The bound keeps a hung test
 # from eating the CI budget.
 timeout 2700 cargo test --locked --all-targets
+
+step "operations kit: promtool (alert rules, their unit tests, metrics lint), the Grafana dashboard, against a live service"
+# The service on the test broker, fed the bundled examples; every metric the dashboard and the
+# alert rules use must be in its /metrics.
+timeout 600 bash scripts/ops-live-check.sh target/debug/akwatch

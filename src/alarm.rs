@@ -239,11 +239,36 @@ impl JsonSchema for SchemaVersion {
     }
 }
 
+/// `kind` in a schema: serde writes it from the container's tag, which schemars leaves out.
+pub fn kind_property<const ALARM: bool>(schema: &mut schemars::Schema) {
+    let value = if ALARM { "alarm" } else { "risk" };
+    if let Some(props) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        props.insert(
+            "kind".to_owned(),
+            serde_json::json!({
+                "description": "What this record is: `alarm` or `risk` (one stream may carry both).",
+                "const": value,
+                "type": "string"
+            }),
+        );
+    }
+    if let Some(required) = schema
+        .get_mut("required")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        required.insert(0, serde_json::Value::from("kind"));
+    }
+}
+
 /// An alarm, as written to the alarm topic / stdout. Its first field is `"kind": "alarm"`
 /// (a configuration risk's is `"kind": "risk"`), so a stream holding both tells them apart;
 /// read back, the field may be absent (alarms written before it existed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename = "alarm")]
+#[schemars(rename = "Alarm", transform = kind_property::<true>)]
 pub struct Alarm {
     /// The version of this alarm form ([`ALARM_SCHEMA_VERSION`]).
     #[serde(default)]

@@ -245,12 +245,25 @@ pub struct ReplayArgs {
     /// The rules directory (catalogs under catalogs/, policies under policies/).
     #[arg(long, default_value = "rules")]
     pub rules: PathBuf,
-    /// Policy directories, merged (default: RULES/policies).
-    #[arg(long)]
+    /// Policy directories, merged, added to the defaults: RULES/policies, and the scenario's
+    /// policies/ when replaying one (the bundled examples or --scenario).
+    #[arg(long, value_name = "DIR")]
     pub policies: Vec<PathBuf>,
-    /// IP / ASN list files or directories (default: RULES/lists).
+    /// Use only the --policies given, not the default policy directories.
     #[arg(long)]
+    pub no_default_policies: bool,
+    /// IP / ASN list files or directories, added to the defaults: RULES/lists, and the
+    /// scenario's lists/ when replaying one.
+    #[arg(long, value_name = "PATH")]
     pub lists: Vec<PathBuf>,
+    /// Use only the --lists given, not the default lists.
+    #[arg(long)]
+    pub no_default_lists: bool,
+    /// A scenario directory as `akwatch simulate` writes it (and as examples/ is laid out):
+    /// its logs/, reports/, leaks/, policies/, lists/ and geo.mmdb, all at once. Its
+    /// ground-truth.json is not read.
+    #[arg(long, value_name = "DIR", conflicts_with = "paths")]
+    pub scenario: Option<PathBuf>,
     /// MaxMind DB files (GeoLite2 / GeoIP2 City and ASN).
     #[arg(long)]
     pub geoip: Vec<PathBuf>,
@@ -332,7 +345,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Probe { url, timeout } => probe(&url, std::time::Duration::from_secs(timeout)),
         Command::Normalize(args) => normalize(args),
         Command::Reports(args) => reports(args),
-        Command::CheckRules { dir } => check_rules(&dir),
+        Command::CheckRules { dir } => check_rules(&or_bundled(dir)?),
         Command::Replay(args) => replay(args),
         Command::Console {
             replay,
@@ -346,7 +359,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokens,
             policies,
             rules,
-        } => serve(&store, listen, tokens.as_deref(), policies, &rules),
+        } => serve(
+            &store,
+            listen,
+            tokens.as_deref(),
+            policies,
+            &or_bundled(rules)?,
+        ),
         Command::Load {
             brokers,
             topic,
@@ -649,11 +668,7 @@ fn serve(
     let policies = match policies {
         None => None,
         Some(dir) => {
-            let rules_dir = if rules == std::path::Path::new("rules") {
-                repo_path("rules")
-            } else {
-                rules.to_path_buf()
-            };
+            let rules_dir = or_bundled(rules.to_path_buf())?;
             let rules = crate::rule::RuleSet::load(&rules_dir).map_err(|e| {
                 anyhow::anyhow!("the rules in {}: {}", rules_dir.display(), e.join("; "))
             })?;
@@ -685,13 +700,33 @@ fn serve(
 
 /// Where the repository's own directories are: the working directory, else the source tree
 /// the binary was built from (so `akwatch replay` works from anywhere on a developer machine).
-fn repo_path(rel: &str) -> PathBuf {
-    let here = PathBuf::from(rel);
-    if here.exists() {
-        return here;
+fn bundled_path(rel: &str) -> anyhow::Result<PathBuf> {
+    crate::bundled::path(rel)
+}
+
+/// The rules directory given, the bundled one when it is the default (`rules`).
+fn or_bundled(rules: PathBuf) -> anyhow::Result<PathBuf> {
+    if rules == Path::new("rules") {
+        bundled_path("rules")
+    } else {
+        Ok(rules)
     }
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
-    if built.exists() { built } else { here }
+}
+
+/// Whether a directory is laid out as a scenario (`simulate`'s output, examples/).
+fn looks_like_scenario(dir: &Path) -> bool {
+    dir.join("logs").is_dir() && dir.join("ground-truth.json").is_file()
+}
+
+/// Adds paths not already in the list (the same directory named twice loads once).
+fn add_dirs(list: &mut Vec<PathBuf>, more: Vec<PathBuf>) {
+    let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    for p in more {
+        let k = key(&p);
+        if !list.iter().any(|q| key(q) == k) {
+            list.push(p);
+        }
+    }
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -705,35 +740,62 @@ fn replay_to(
     alarms_out: Box<dyn Write + '_>,
 ) -> anyhow::Result<(ExitCode, Vec<PathBuf>)> {
     use crate::replay::{ReplayOptions, run, setup};
-    let rules = if args.rules == std::path::Path::new("rules") {
-        repo_path("rules")
-    } else {
-        args.rules.clone()
-    };
-    let bundled = args.paths.is_empty();
-    let mut options = if bundled {
-        let examples = repo_path("examples");
-        if !examples.join("logs").is_dir() {
-            anyhow::bail!(
-                "no paths given and the bundled examples/ directory was not found; give log paths"
-            );
+    let rules = or_bundled(args.rules.clone())?;
+    // A scenario: --scenario, the bundled one (no paths), or one directory that is laid out
+    // as one (a `simulate` output given as a path: its ground truth and leak feed are not logs).
+    let scenario = match (&args.scenario, args.paths.as_slice()) {
+        (Some(dir), _) => {
+            if !dir.join("logs").is_dir() {
+                anyhow::bail!(
+                    "--scenario {}: not a scenario directory (no logs/ in it; `akwatch simulate --out DIR` writes one)",
+                    dir.display()
+                );
+            }
+            Some(dir.clone())
         }
-        ReplayOptions::bundled(&examples, &rules)
-    } else {
-        ReplayOptions {
+        (None, []) => {
+            let examples = bundled_path("examples")?;
+            if !examples.join("logs").is_dir() {
+                anyhow::bail!(
+                    "no paths given and the bundled examples/ directory was not found; give log paths"
+                );
+            }
+            Some(examples)
+        }
+        (None, [one]) if looks_like_scenario(Path::new(one)) => {
+            if verbosity() > 0 {
+                eprintln!(
+                    "note: {one} is a scenario directory (logs/, ground-truth.json): replaying it whole, as --scenario {one} does"
+                );
+            }
+            Some(PathBuf::from(one))
+        }
+        _ => None,
+    };
+    let mut options = match &scenario {
+        Some(dir) => ReplayOptions::bundled(dir, &rules),
+        None => ReplayOptions {
             inputs: args.paths.clone(),
             rules: rules.clone(),
+            policies: vec![rules.join("policies")],
             lists: vec![rules.join("lists")],
             ..ReplayOptions::default()
-        }
+        },
     };
+    if args.no_default_policies {
+        options.policies.clear();
+    }
+    if args.no_default_lists {
+        options.lists.clear();
+    }
     options.reports.extend(args.reports);
     options.geoip.extend(args.geoip);
     options.leaks.extend(args.leaks);
     options.permissions.extend(args.permissions);
-    options.lists.extend(args.lists);
-    if !args.policies.is_empty() {
-        options.policies = args.policies;
+    add_dirs(&mut options.lists, args.lists);
+    add_dirs(&mut options.policies, args.policies);
+    if options.policies.is_empty() {
+        anyhow::bail!("--no-default-policies without --policies: no policy directory to load");
     }
     options.provider = args.provider;
     options.threads = args.threads.map_or_else(
@@ -913,11 +975,7 @@ fn console_in(
         .filter(|s| !s.contains("://"))
         .map(PathBuf::from);
     args.store = Some(store.clone());
-    let rules_dir = if args.rules == std::path::Path::new("rules") {
-        repo_path("rules")
-    } else {
-        args.rules.clone()
-    };
+    let rules_dir = or_bundled(args.rules.clone())?;
     // Without a tokens file: one-time admin and viewer tokens, printed once the console is up.
     let mut printed = String::new();
     let tokens = match tokens {
@@ -1085,11 +1143,12 @@ fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<ExitCode> {
             .max(std::time::Duration::from_millis(1))
     };
     stream.set_write_timeout(Some(left()))?;
-    write!(
-        stream,
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: akwatch-probe\r\nConnection: close\r\n\r\n"
-    )
-    .with_context(|| format!("{url}: cannot send the request"))?;
+    );
+    stream
+        .write_all(request.as_bytes())
+        .with_context(|| format!("{url}: cannot send the request"))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 512];
     // The status line is all that is needed; at most 4 KiB are read.

@@ -9,6 +9,7 @@
 
 pub mod alarm;
 pub mod api;
+pub mod bundled;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -16,6 +16,7 @@ const STALE_DAYS: i64 = 90;
 /// "alarm"`).
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename = "risk")]
+#[schemars(rename = "Risk", transform = crate::alarm::kind_property::<false>)]
 pub struct Risk {
     pub risk_id: &'static str,
     pub name: &'static str,

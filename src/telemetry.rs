@@ -447,7 +447,28 @@ impl Metrics {
         for event in ["assign", "revoke", "error"] {
             metrics.rebalances.with_label_values(&[event]);
         }
+        for cloud in crate::event::Cloud::ALL {
+            let provider = cloud.as_str();
+            metrics.records_consumed.with_label_values(&[provider]);
+            metrics.events_decoded.with_label_values(&[provider]);
+            for kind in crate::provider::RejectKind::ALL {
+                metrics
+                    .records_rejected
+                    .with_label_values(&[provider, kind.as_str()]);
+            }
+        }
         Ok(metrics)
+    }
+
+    /// The per-rule series, at zero from the start: alarms by rule (at the rule's severity),
+    /// allowlisted and superseded hits.
+    pub fn describe_rules(&self, rules: &crate::rule::RuleSet) {
+        for rule in &rules.rules {
+            self.alarms
+                .with_label_values(&[rule.id.as_str(), rule.severity.as_str()]);
+            self.allowlisted.with_label_values(&[rule.id.as_str()]);
+            self.superseded.with_label_values(&[rule.id.as_str()]);
+        }
     }
 
     /// `akwatch_build_info` and the process collector (`process_cpu_seconds_total`,

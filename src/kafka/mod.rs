@@ -279,6 +279,7 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     metrics
         .state_max_keys
         .set(i64::try_from(config.state_max_keys).unwrap_or(i64::MAX));
+    metrics.describe_rules(&s.rules);
     let progress = Arc::new(Progress::default());
     let consumer: Arc<GroupConsumer> = Arc::new(
         client_config(config)

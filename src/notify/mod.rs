@@ -194,6 +194,23 @@ impl Notifier {
                 pending,
             });
         }
+        // Each sink's series exist from the start, at zero (rates and alerts over them work
+        // before the first notification).
+        for s in &out {
+            metrics.sent.with_label_values(&[&s.name]);
+            for reason in ["status", "timeout", "connect", "request", "rejected"] {
+                metrics.failures.with_label_values(&[&s.name, reason]);
+            }
+            for reason in [
+                "queue_full",
+                "rate_limited",
+                "duplicate",
+                "gave_up",
+                "shutdown",
+            ] {
+                metrics.dropped.with_label_values(&[&s.name, reason]);
+            }
+        }
         Ok(Arc::new(Notifier {
             sinks: out,
             tasks: Mutex::new(tasks),

@@ -275,3 +275,262 @@ fn risks_lists_report_risks() {
         "{out}"
     );
 }
+
+/// A copied binary, run outside the repository: the bundled rules and scenario come from the
+/// copy embedded in it, unpacked once into the user's cache directory.
+#[test]
+fn a_binary_away_from_the_repository_runs_the_bundled_scenario_from_its_embedded_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_akwatch"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["replay", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("\"rule_id\":\"ak.leaked_key_use\""),
+        "{stdout}"
+    );
+    // -q: no summary on stderr.
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
+    let unpacked: Vec<_> = std::fs::read_dir(cache.join("akwatch"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    assert!(unpacked[0].starts_with("akwatch-bundled-"), "{unpacked:?}");
+    let copy = cache.join("akwatch").join(&unpacked[0]);
+    assert!(copy.join("rules/policies").is_dir());
+    assert!(copy.join("examples/geo.mmdb").is_file());
+    // The same alarms as from the repository (the paths inside them differ).
+    let here = Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        .args(["replay", "-q"])
+        .current_dir(crate::repo())
+        .output()
+        .unwrap();
+    let ids = |out: &[u8]| -> Vec<(String, String)> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                let id = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                (
+                    id("alarm_id") + &id("risk_id"),
+                    id("rule_id") + &id("key_id"),
+                )
+            })
+            .collect()
+    };
+    assert!(ids(&here.stdout).len() > 20);
+    assert_eq!(ids(&here.stdout), ids(&o.stdout));
+    // Reused, not unpacked again; check-rules finds the bundled rules too.
+    let o = run(&["check-rules"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_dir(cache.join("akwatch")).unwrap().count(), 1);
+}
+
+/// A `simulate` scenario replays whole with one flag, or given as the one path; its ground
+/// truth is not read as a log. Policies and lists given add to the defaults.
+#[test]
+fn a_simulated_scenario_replays_with_one_flag_and_list_flags_add_to_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scn");
+    let o = akwatch(&[
+        "simulate",
+        "--keys",
+        "30",
+        "--days",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let by_flag = akwatch(&[
+        "replay",
+        "--threads",
+        "1",
+        "--scenario",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        by_flag.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_flag.stderr)
+    );
+    let err = String::from_utf8_lossy(&by_flag.stderr);
+    assert!(
+        err.contains(" 0 rejected"),
+        "nothing read as a bad log: {err}"
+    );
+    let by_path = akwatch(&["replay", "--threads", "1", out.to_str().unwrap()]);
+    assert!(by_path.status.success());
+    assert_eq!(by_flag.stdout, by_path.stdout);
+    assert!(String::from_utf8_lossy(&by_path.stderr).contains("is a scenario directory"));
+    // The scenario's own allowlist applies: without the default policies it does not.
+    let allowlisted = |o: &Output| -> u64 {
+        let err = String::from_utf8_lossy(&o.stderr);
+        err.lines()
+            .filter(|l| l.starts_with("  ak."))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
+    };
+    let bare = akwatch(&[
+        "replay",
+        "--threads",
+        "1",
+        "--scenario",
+        out.to_str().unwrap(),
+        "--no-default-policies",
+        "--policies",
+        crate::repo().join("rules/policies").to_str().unwrap(),
+    ]);
+    assert!(
+        bare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bare.stderr)
+    );
+    assert!(
+        allowlisted(&by_flag) > allowlisted(&bare),
+        "{}",
+        String::from_utf8_lossy(&by_flag.stderr)
+    );
+    // Naming a default directory again changes nothing (it loads once).
+    let again = akwatch(&[
+        "replay",
+        "--threads",
+        "1",
+        "--scenario",
+        out.to_str().unwrap(),
+        "--policies",
+        out.join("policies").to_str().unwrap(),
+    ]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(again.stdout, by_flag.stdout);
+    let o = akwatch(&["replay", "--scenario", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a scenario directory"));
+}
+
+/// Alarms and risks in one stream carry `kind`; the summary lists the most severe rules first.
+#[test]
+fn alarms_and_risks_are_told_apart_and_the_summary_is_by_severity() {
+    let o = Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        .arg("replay")
+        .current_dir(crate::repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let (mut alarms, mut risks) = (0, 0);
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        match v["kind"].as_str() {
+            Some("alarm") => {
+                assert!(v.get("alarm_id").is_some(), "{line}");
+                alarms += 1;
+            }
+            Some("risk") => {
+                assert!(v.get("risk_id").is_some(), "{line}");
+                risks += 1;
+            }
+            other => panic!("kind {other:?}: {line}"),
+        }
+    }
+    assert!(alarms > 0 && risks > 0);
+    let rank = |s: &str| match s {
+        "critical" => 4,
+        "high" => 3,
+        "medium" => 2,
+        "low" => 1,
+        _ => 0,
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    let severities: Vec<i32> = err
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("rule "))
+        .skip(1)
+        .take_while(|l| l.starts_with("  ak."))
+        .map(|l| rank(l.split_whitespace().nth(1).unwrap_or("")))
+        .collect();
+    assert!(severities.len() > 5, "{err}");
+    assert!(severities.windows(2).all(|w| w[0] >= w[1]), "{err}");
+}
+
+/// `check-config` checks a service configuration and everything it names, every problem with
+/// its line; `probe` is the image's health check.
+#[test]
+fn check_config_and_probe() {
+    let example = crate::repo().join("akwatch.example.yaml");
+    let o = Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        .args(["check-config", example.to_str().unwrap()])
+        .current_dir(crate::repo())
+        .env_remove("KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ok (3 input topic(s)"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kafka:\n  brokers: ${NOPE_NOT_SET}\n  group_id: g\n  inputs:\n    - topic: in\n  alarm_topic: a\n  dlq_topic: d\nrules: /no/such/rules\ncommit_interval_seconds: 10s\n",
+    )
+    .unwrap();
+    let o = akwatch(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.yaml:2: kafka.brokers: environment variable NOPE_NOT_SET is not set"),
+        "{err}"
+    );
+    // The file is well formed once the variable is set; then what it names is checked.
+    let o = Command::new(env!("CARGO_BIN_EXE_akwatch"))
+        .args(["check-config", bad.to_str().unwrap()])
+        .env("NOPE_NOT_SET", "127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/no/such/rules"), "{err}");
+
+    // probe: 200 is healthy, 503 is not, nothing listening is not.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        for status in ["200 OK", "503 Service Unavailable"] {
+            let (mut s, _) = listener.accept().unwrap();
+            // The whole request, then the answer.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            assert!(got.starts_with(b"GET /healthz HTTP/1.1\r\n"));
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let url = format!("http://{addr}/healthz");
+    let o = akwatch(&["probe", &url]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = akwatch(&["probe", &url]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("503"));
+    server.join().unwrap();
+    let o = akwatch(&["probe", &format!("http://{addr}/healthz"), "--timeout", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot connect"));
+    let o = akwatch(&["probe", "https://example.com/"]);
+    assert_eq!(o.status.code(), Some(1));
+}
