@@ -369,6 +369,9 @@ async fn migrate_on(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("migration {version}: {}", body.trim()))?;
         }
+        backfill(version, &mut tx)
+            .await
+            .with_context(|| format!("migration {version}: filling it from the stored rows"))?;
         sqlx::query("INSERT INTO inv_migrations (version) VALUES ($1)")
             .bind(version)
             .execute(&mut *tx)
@@ -379,7 +382,7 @@ async fn migrate_on(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
 }
 
 /// The versioned migrations, embedded (the binary needs no file beside it).
-const MIGRATIONS: [(i64, &str); 8] = [
+const MIGRATIONS: [(i64, &str); 9] = [
     (1, include_str!("../migrations/0001_inventory.sql")),
     (2, include_str!("../migrations/0002_lookup_indexes.sql")),
     (3, include_str!("../migrations/0003_audit_target.sql")),
@@ -388,7 +391,40 @@ const MIGRATIONS: [(i64, &str); 8] = [
     (6, include_str!("../migrations/0006_policies.sql")),
     (7, include_str!("../migrations/0007_principals.sql")),
     (8, include_str!("../migrations/0008_key_attributes.sql")),
+    (9, include_str!("../migrations/0009_alarm_ips.sql")),
 ];
+
+/// Rows a migration fills from what is stored, in its transaction (after its SQL).
+async fn backfill(version: i64, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> anyhow::Result<()> {
+    if version != 9 {
+        return Ok(());
+    }
+    // The alarms stored before `inv_alarm_ips`: their source IPs, from their bodies.
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT alarm_id, body FROM inv_alarms")
+        .fetch_all(&mut **tx)
+        .await?;
+    for (id, body) in rows {
+        let Ok(alarm) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let ips: std::collections::BTreeSet<&str> = alarm["source_ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str())
+            .collect();
+        for ip in ips {
+            sqlx::query(
+                "INSERT INTO inv_alarm_ips (alarm_id, ip) VALUES ($1, $2) ON CONFLICT (alarm_id, ip) DO NOTHING",
+            )
+            .bind(id.as_str())
+            .bind(ip)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
 
 /// A principal of the newest credential reports, as the inventory keeps it.
 #[derive(Debug, Clone)]
@@ -966,6 +1002,20 @@ impl Store {
                 Text(serde_json::to_string(a)?),
             ]);
         }
+        // The IPs each alarm names (the IP list's filter and an IP's alarms read them).
+        let alarm_ips: std::collections::BTreeSet<(&str, &str)> = batch
+            .alarms
+            .values()
+            .flat_map(|a| {
+                a.source_ips
+                    .iter()
+                    .map(move |i| (a.alarm_id.as_str(), i.ip.as_str()))
+            })
+            .collect();
+        let alarm_ip_rows: Vec<Vec<Value>> = alarm_ips
+            .into_iter()
+            .map(|(a, ip)| vec![t(a), t(ip)])
+            .collect();
         // A handled alarm that fires again (a hit after the last one stored) is pending again, as
         // CSC re-raises;
         // ignored and allowlisted ones stay so.
@@ -984,6 +1034,14 @@ impl Store {
              body = CASE WHEN excluded.last_seen >= inv_alarms.last_seen THEN excluded.body ELSE inv_alarms.body END, \
              status = CASE WHEN inv_alarms.status = 'handled' AND excluded.last_seen > inv_alarms.last_seen THEN 'pending' ELSE inv_alarms.status END",
             rows,
+        )
+        .await?;
+        upsert(
+            &mut tx,
+            self.sqlite,
+            "INSERT INTO inv_alarm_ips (alarm_id, ip)",
+            "ON CONFLICT (alarm_id, ip) DO NOTHING",
+            alarm_ip_rows,
         )
         .await?;
         if let Some(risks) = &batch.risks {

@@ -15,12 +15,19 @@
 //!     comment: CI deploys from the runner pool
 //! ip_hiding:
 //!   - keys: [AKIA...]
+//!     expires: 2026-12-31            # optional, as in the allowlist
+//!     owner: partner-team
 //!     comment: partner integration, IPs are theirs
 //! alarm_policy:
 //!   defaults: {aggregation: 1d, renotify: 1h, allowed_lateness: 15m}
 //!   rules:
-//!     ak.new_source_ip: {enabled: true, severity: medium, thresholds: {history: 14d}}
+//!     ak.new_source_ip: {enabled: true, severity: medium, thresholds: {history: 14d},
+//!                        expires: 2026-12-31, owner: detection-team}
 //! ```
+//!
+//! `expires` ends an allowlist, IP-hiding or alarm-policy entry the same way: judged on each
+//! event's time, an event at or after it is treated as if the entry were not there (a date
+//! ends at 23:59:59 UTC).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -73,6 +80,8 @@ struct HideSpec {
     #[serde(default)]
     id: Option<String>,
     keys: Vec<String>,
+    expires: Option<String>,
+    owner: Option<String>,
     comment: Option<String>,
 }
 
@@ -96,6 +105,9 @@ struct RulePolicySpec {
     aggregation: Option<Dur>,
     renotify: Option<Dur>,
     allowed_lateness: Option<Dur>,
+    /// Per rule only: the entry no longer applies to events from then on.
+    expires: Option<String>,
+    owner: Option<String>,
 }
 
 /// Which calls an allowlist entry covers; every given member must match.
@@ -216,13 +228,19 @@ pub struct RulePolicy {
     pub thresholds: BTreeMap<String, String>,
     pub aggregation: Dur,
     pub renotify: Dur,
+    /// Events at or after this time get the rule as if the entry were not there
+    /// ([`Policy::default_rule`]).
+    pub expires: Option<DateTime<Utc>>,
+    pub owner: Option<String>,
 }
 
 /// All policies.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub allowlist: Vec<AllowEntry>,
-    pub hidden_keys: rustc_hash::FxHashSet<String>,
+    /// The keys whose IPs are hidden, each until when (events at or after it are not hidden;
+    /// `None`: no end). Several entries naming a key hide it while any of them applies.
+    pub hidden_keys: rustc_hash::FxHashMap<String, Option<DateTime<Utc>>>,
     pub rules: BTreeMap<String, RulePolicy>,
     pub default_aggregation: Dur,
     pub default_renotify: Dur,
@@ -245,19 +263,36 @@ impl Default for Policy {
 
 impl Policy {
     pub fn rule(&self, id: &str) -> RulePolicy {
-        self.rules.get(id).cloned().unwrap_or(RulePolicy {
+        self.rules
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| self.default_rule())
+    }
+
+    /// A rule's settings without an entry of its own (the defaults only).
+    pub fn default_rule(&self) -> RulePolicy {
+        RulePolicy {
             enabled: true,
             severity: None,
             thresholds: BTreeMap::new(),
             aggregation: self.default_aggregation,
             renotify: self.default_renotify,
-        })
+            expires: None,
+            owner: None,
+        }
     }
 
+    /// Whether the event's key has its IPs hidden at the event's time.
     pub fn is_hidden(&self, e: &Event) -> bool {
         e.access_key_id
             .as_ref()
-            .is_some_and(|k| self.hidden_keys.contains(k.as_str()))
+            .and_then(|k| self.hidden_keys.get(k.as_str()))
+            .is_some_and(|until| until.is_none_or(|x| e.event_time < x))
+    }
+
+    /// Whether an IP-hiding entry names the key (expired or not), and until when.
+    pub fn hiding(&self, key: &str) -> Option<Option<DateTime<Utc>>> {
+        self.hidden_keys.get(key).copied()
     }
 
     /// The allowlist entry covering this hit, if any.
@@ -449,21 +484,13 @@ impl Policy {
                     err(format!("unknown rule {r:?} in rules"));
                 }
             }
-            let expires = match a.expires.as_deref() {
+            let expires = match a.expires.as_deref().map(check_expiry) {
                 None => None,
-                Some(x) => match parse_expiry(x) {
-                    Some(t) if t.year() < MIN_EXPIRY_YEAR => {
-                        err(format!(
-                            "expires: {x:?} is before {MIN_EXPIRY_YEAR}: the entry would never apply"
-                        ));
-                        None
-                    }
-                    Some(t) => Some(t),
-                    None => {
-                        err(format!("expires: not a date or time: {x:?}"));
-                        None
-                    }
-                },
+                Some(Ok(t)) => Some(t),
+                Some(Err(m)) => {
+                    err(m);
+                    None
+                }
             };
             let empty = nets.is_empty()
                 && console.is_none()
@@ -490,15 +517,40 @@ impl Policy {
                 comment: a.comment,
             });
         }
-        for h in spec.ip_hiding {
+        for (i, h) in spec.ip_hiding.into_iter().enumerate() {
             if h.keys.is_empty() {
                 errors.push(format!(
                     "{name}:{}: ip_hiding entry without keys",
                     line_of("ip_hiding")
                 ));
             }
-            let _ = (h.id, h.comment);
-            self.hidden_keys.extend(h.keys);
+            // As the allowlist's: the entry's id (or its place) names it, on the id's line.
+            let id = h.id.clone().unwrap_or_else(|| format!("ip_hiding[{i}]"));
+            let expires = match h.expires.as_deref().map(|x| (x, check_expiry(x))) {
+                None => None,
+                Some((_, Ok(t))) => Some(t),
+                Some((x, Err(m))) => {
+                    // (An entry without an id: the line of its `expires`.)
+                    let line = match h.id.as_deref() {
+                        Some(id) => line_of(id),
+                        None => text
+                            .lines()
+                            .position(|l| l.contains("expires") && l.contains(x))
+                            .map_or_else(|| line_of("ip_hiding"), |i| i + 1),
+                    };
+                    errors.push(format!("{name}:{line}: ip_hiding entry {id}: {m}"));
+                    None
+                }
+            };
+            let _ = (h.owner, h.comment);
+            for k in h.keys {
+                let slot = self.hidden_keys.entry(k).or_insert(expires);
+                // Hidden while any entry applies: no end wins, else the latest end.
+                *slot = match (*slot, expires) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
         }
         // The first line from `from` (1-based, inclusive) holding `needle`, else `from`.
         let line_after = |from: usize, needle: &str| {
@@ -515,6 +567,12 @@ impl Policy {
                     errors.push(format!(
                         "{name}:{}: alarm_policy.defaults: {problem}",
                         line_after(from, what)
+                    ));
+                }
+                if d.expires.is_some() {
+                    errors.push(format!(
+                        "{name}:{}: alarm_policy.defaults: expires is set per rule, not in defaults",
+                        line_after(from, "expires")
                     ));
                 }
                 if let Some(a) = d.aggregation {
@@ -545,6 +603,17 @@ impl Policy {
                         line_after(from, what)
                     ));
                 }
+                let expires = match r.expires.as_deref().map(check_expiry) {
+                    None => None,
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(m)) => {
+                        errors.push(format!(
+                            "{name}:{}: alarm_policy.rules.{id}: {m}",
+                            line_after(from, "expires")
+                        ));
+                        None
+                    }
+                };
                 // Each detector parameter as the engine will apply it, one at a time so that
                 // each problem gets its own line.
                 for (param, value) in &r.thresholds {
@@ -564,6 +633,8 @@ impl Policy {
                         thresholds: r.thresholds,
                         aggregation: r.aggregation.unwrap_or(self.default_aggregation),
                         renotify: r.renotify.unwrap_or(self.default_renotify),
+                        expires,
+                        owner: r.owner,
                     },
                 );
             }
@@ -600,10 +671,22 @@ fn check_settings(r: &RulePolicySpec) -> Vec<(&'static str, String)> {
     bad
 }
 
-/// Allowlist expiry dates from 2000 on (an earlier one is a typo: the entry would never apply).
+/// Expiry dates from 2000 on (an earlier one is a typo: the entry would never apply).
 const MIN_EXPIRY_YEAR: i32 = 2000;
 
-fn parse_expiry(s: &str) -> Option<DateTime<Utc>> {
+/// An entry's `expires` checked, with the one message every policy kind gives.
+fn check_expiry(x: &str) -> Result<DateTime<Utc>, String> {
+    match parse_expiry(x) {
+        Some(t) if t.year() < MIN_EXPIRY_YEAR => Err(format!(
+            "expires: {x:?} is before {MIN_EXPIRY_YEAR}: the entry would never apply"
+        )),
+        Some(t) => Ok(t),
+        None => Err(format!("expires: not a date or time: {x:?}")),
+    }
+}
+
+/// An entry's `expires`: RFC 3339, or a date (the entry ends at its last second, UTC).
+pub fn parse_expiry(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }

@@ -268,8 +268,15 @@ pub struct ListQuery {
     until: Option<i64>,
     /// Risks: 1 for those the newest reports still show, 0 for fixed ones.
     present: Option<i64>,
-    /// Keys: 1 for those with pending alarms, 0 for those without.
+    /// Keys: 1 for those with pending alarms, 0 for those without. IPs: 1 for those an alarm
+    /// names among its sources, 0 for the others.
     has_alarms: Option<i64>,
+    /// IPs: one of their classes (`hosting`, `tor`, ...).
+    class: Option<String>,
+    /// IPs: the country (as the GeoIP database names it, e.g. `JP`).
+    country: Option<String>,
+    /// IPs: a part of the address or of the AS organisation's name (any case).
+    q: Option<String>,
 }
 
 enum Param {
@@ -713,8 +720,8 @@ fn policies_naming(s: &ApiState, key: &str) -> Vec<Value> {
             })
         })
         .collect();
-    if policy.hidden_keys.contains(key) {
-        out.push(json!({"kind": "ip-hiding"}));
+    if let Some(until) = policy.hiding(key) {
+        out.push(json!({"kind": "ip-hiding", "expires": until.map(|t| t.to_rfc3339())}));
     }
     out
 }
@@ -756,10 +763,35 @@ fn alarm_rows(rows: &[sqlx::any::AnyRow]) -> Vec<Value> {
 /// An IP row, as the list and the IP's page both read it (`i` is `inv_ips`).
 const IP_SELECT: &str = "SELECT i.ip, i.country, i.city, i.as_org, i.classes, i.note, i.asn, \
      i.first_seen, i.last_seen, i.calls, \
-     (SELECT COUNT(*) FROM inv_key_ips k WHERE k.ip = i.ip) AS keys FROM inv_ips i";
+     (SELECT COUNT(*) FROM inv_key_ips k WHERE k.ip = i.ip) AS keys, \
+     (SELECT COUNT(*) FROM inv_alarm_ips x WHERE x.ip = i.ip) AS alarm_count FROM inv_ips i";
 
 const IP_TEXT: [&str; 6] = ["ip", "country", "city", "as_org", "classes", "note"];
-const IP_INTS: [&str; 5] = ["asn", "first_seen", "last_seen", "calls", "keys"];
+const IP_INTS: [&str; 6] = [
+    "asn",
+    "first_seen",
+    "last_seen",
+    "calls",
+    "keys",
+    "alarm_count",
+];
+
+/// The longest text search of the IP list.
+const MAX_SEARCH: usize = 200;
+
+/// A `LIKE` pattern holding `s` anywhere, its wildcards escaped (with `ESCAPE '\'`).
+fn like_anywhere(s: &str) -> String {
+    let mut p = String::with_capacity(s.len() + 2);
+    p.push('%');
+    for ch in s.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(ch);
+    }
+    p.push('%');
+    p
+}
 
 async fn ips(
     State(s): State<Arc<ApiState>>,
@@ -768,15 +800,56 @@ async fn ips(
 ) -> ApiResult {
     authorize(&s, &headers, Role::Viewer)?;
     let (limit, offset) = page(&q)?;
-    let f = Filter::default();
+    let bad = |m: String| Err(ApiError(StatusCode::BAD_REQUEST, m));
+    let mut f = Filter::default();
+    if let Some(c) = &q.class {
+        if crate::enrich::IpClass::parse(c).is_none() {
+            let all: Vec<&str> = crate::enrich::IpClass::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .collect();
+            return bad(format!("class must be one of {}", all.join(", ")));
+        }
+        // `classes` is a JSON list of fixed names: the quoted name matches exactly one.
+        f.text("i.classes LIKE ?", &Some(format!("%\"{c}\"%")));
+    }
+    f.text("i.country = ?", &q.country);
+    match q.has_alarms {
+        None => {}
+        Some(1) => f.fixed("EXISTS (SELECT 1 FROM inv_alarm_ips x WHERE x.ip = i.ip)"),
+        Some(0) => f.fixed("NOT EXISTS (SELECT 1 FROM inv_alarm_ips x WHERE x.ip = i.ip)"),
+        Some(_) => return bad("has_alarms must be 0 or 1".into()),
+    }
+    if let Some(text) = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        if text.len() > MAX_SEARCH {
+            return bad(format!("q is at most {MAX_SEARCH} bytes"));
+        }
+        // One scan of the IP table: a part of the address, or of the AS organisation (any case).
+        let pattern = like_anywhere(&text.to_lowercase());
+        f.params.push(Param::Text(pattern.clone()));
+        f.params.push(Param::Text(pattern));
+        let n = f.params.len();
+        f.clauses.push(format!(
+            "(LOWER(i.ip) LIKE ${} ESCAPE '\\' OR LOWER(i.as_org) LIKE ${n} ESCAPE '\\')",
+            n - 1
+        ));
+    }
     let order = order_by(
         &q,
         &["last_seen", "calls", "first_seen", "ip", "keys"],
         "ip",
     )?;
-    let total = count(&s.store, "SELECT COUNT(*) FROM inv_ips", &f).await?;
-    let sql = format!("{IP_SELECT}{order} LIMIT {limit} OFFSET {offset}");
-    let rows = sqlx::query(&sql).fetch_all(s.store.pool()).await?;
+    let total = count(
+        &s.store,
+        &format!("SELECT COUNT(*) FROM inv_ips i{}", f.sql()),
+        &f,
+    )
+    .await?;
+    let sql = format!(
+        "{IP_SELECT}{}{order} LIMIT {limit} OFFSET {offset}",
+        f.sql()
+    );
+    let rows = f.bind(sqlx::query(&sql)).fetch_all(s.store.pool()).await?;
     Ok(Json(
         json!({"items": rows_json(&rows, &IP_TEXT, &IP_INTS), "total": total, "limit": limit, "offset": offset}),
     ))
@@ -807,12 +880,13 @@ async fn ip(
     .bind(ip.as_str())
     .fetch_all(pool)
     .await?;
-    // The alarms naming this IP among their sources (the alarm body's `"ip":"…"`; the path
-    // matched a stored IP, so it holds no LIKE wildcard).
+    // The alarms naming this IP among their sources (`inv_alarm_ips`, as the list's
+    // `has_alarms` filter reads them).
     let alarms = sqlx::query(
-        "SELECT body, status FROM inv_alarms WHERE body LIKE $1 ORDER BY severity_rank DESC, last_seen DESC LIMIT 200",
+        "SELECT a.body, a.status FROM inv_alarms a JOIN inv_alarm_ips x ON x.alarm_id = a.alarm_id \
+         WHERE x.ip = $1 ORDER BY a.severity_rank DESC, a.last_seen DESC LIMIT 200",
     )
-    .bind(format!("%\"ip\":\"{ip}\"%"))
+    .bind(ip.as_str())
     .fetch_all(pool)
     .await?;
     if let Some(o) = info.as_object_mut() {

@@ -45,6 +45,29 @@ const KEY_FILTERS: [(&str, &str, &str); 7] = [
     ("until", "integer", "Last used at or before (Unix seconds)."),
 ];
 
+const IP_FILTERS: [(&str, &str, &str); 4] = [
+    (
+        "class",
+        "string",
+        "One of the IP's classes: own, private, service, tor, threat, hosting, cloud, public or unknown.",
+    ),
+    (
+        "country",
+        "string",
+        "The country as the GeoIP database names it (e.g. JP).",
+    ),
+    (
+        "has_alarms",
+        "integer",
+        "1: IPs an alarm names among its sources; 0: the others.",
+    ),
+    (
+        "q",
+        "string",
+        "A part of the address or of the AS organisation's name (any case), at most 200 bytes.",
+    ),
+];
+
 const DRY_RUN: [(&str, &str, &str); 1] = [(
     "dry_run",
     "boolean",
@@ -137,8 +160,8 @@ fn ops() -> Vec<Op> {
         ),
         list(
             "/ips",
-            "Source IPs (IP-hidden keys' IPs never appear; sort: last_seen, calls, first_seen, ip, keys).",
-            &[],
+            "Source IPs, each with its count of keys and of alarms naming it (IP-hidden keys' IPs never appear; filters: class, country, has_alarms, q; sort: last_seen, calls, first_seen, ip, keys).",
+            &IP_FILTERS,
         ),
         read(
             "/ips/{ip}",

@@ -11,8 +11,8 @@ use maud::{Markup, html};
 use serde_json::{Value, json};
 
 use super::view::{
-    self, ListState, csrf, empty, flash, int, page, page_with, seg, select, severity, status, text,
-    time, time_text,
+    self, ListState, csrf, empty, expiry, flash, int, page, page_with, seg, select, severity,
+    status, text, time, time_or_text, time_text,
 };
 use super::{Console, Failed, Sess, chart, field, require, require_post};
 use crate::api::Role;
@@ -496,10 +496,16 @@ pub(super) async fn key(
     let rows: Vec<(String, i64)> = series.iter().map(|(d, n)| (day(*d), *n)).collect();
     let report = &k["report"];
     // Hidden by the store's flag (events counted since), or by an IP-hiding entry just made.
+    let now = chrono::Utc::now();
     let hidden = int(&k["ip_hidden"]) != 0
-        || k["policies"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|p| p["kind"] == "ip-hiding"));
+        || k["policies"].as_array().is_some_and(|l| {
+            l.iter().any(|p| {
+                p["kind"] == "ip-hiding"
+                    && p["expires"]
+                        .as_str()
+                        .is_none_or(|x| crate::policy::parse_expiry(x).is_none_or(|t| t > now))
+            })
+        });
     let content = html! {
         (done(&params))
         section aria-labelledby="basic" {
@@ -524,15 +530,16 @@ pub(super) async fn key(
             } @else {
                 @let key_id = text(&k["key_id"]);
                 @let slot = |name: &str| report_key_field(report, &key_id, name);
+                @let when = |name: &str| time_or_text(&Value::String(slot(name)));
                 (facts(&[
                     ("Report", html! { span.muted { (text(&report["report"])) } }),
-                    ("Principal created", html! { (text(&report["created"])) }),
+                    ("Principal created", time_or_text(&report["created"])),
                     ("Root", html! { @if report["root"] == json!(true) { "yes" } @else { "no" } }),
                     ("MFA", html! { @match &report["mfa_active"] { Value::Bool(true) => "on", Value::Bool(false) => "off", _ => "unknown" } }),
-                    ("Console password", html! { (text(&report["password"]["enabled"])) @if report["password"]["last_used"].is_string() { ", last used " (text(&report["password"]["last_used"])) } }),
-                    ("Key created", html! { (slot("created")) }),
-                    ("Key last rotated", html! { (slot("last_rotated")) }),
-                    ("Key last used (report)", html! { (slot("last_used")) " " span.muted { (slot("last_used_region")) " " (slot("last_used_service")) } }),
+                    ("Console password", html! { (text(&report["password"]["enabled"])) @if report["password"]["last_used"].is_string() { ", last used " (time_or_text(&report["password"]["last_used"])) } }),
+                    ("Key created", when("created")),
+                    ("Key last rotated", when("last_rotated")),
+                    ("Key last used (report)", html! { (when("last_used")) " " span.muted { (slot("last_used_region")) " " (slot("last_used_service")) } }),
                 ]))
             }
         }
@@ -610,6 +617,8 @@ pub(super) async fn key(
                 li {
                     (text(&p["kind"]))
                     @if !p["id"].is_null() { " " a href={ "/policies/" (seg(&text(&p["kind"]))) "/" (seg(&text(&p["id"]))) } { (text(&p["id"])) } }
+                    @if p["owner"].is_string() { " (owner " (text(&p["owner"])) ")" }
+                    @if p["expires"].is_string() { ", expires " (expiry(&p["expires"])) }
                     @if !p["comment"].is_null() { " — " (text(&p["comment"])) }
                 }
             } } }
@@ -691,14 +700,47 @@ pub(super) async fn ips(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let q = api_query(&params, &["sort", "order", "offset", "limit"]);
+    let q = api_query(
+        &params,
+        &[
+            "class",
+            "country",
+            "has_alarms",
+            "q",
+            "sort",
+            "order",
+            "offset",
+            "limit",
+        ],
+    );
     let v = match c.call(&s, Method::GET, &format!("/ips?{q}"), None).await {
         Ok(v) => v,
         Err(f) => return failed(&s, "Source IPs", "/ips", &f),
     };
     let ls = list_state("/ips", &params);
+    let filtered = ["class", "country", "has_alarms", "q"]
+        .iter()
+        .any(|n| !ls.get(n).is_empty());
+    let mut class_options = vec![("", "Any class")];
+    class_options.extend(
+        crate::enrich::IpClass::ALL
+            .iter()
+            .map(|c| (c.as_str(), c.as_str())),
+    );
     let content = html! {
-        @if items(&v).is_empty() {
+        form.filters method="get" action="/ips" aria-label="Filter source IPs" {
+            (view::input("q", "Search", ls.get("q"), "part of the IP or AS organisation"))
+            (select("class", "Class", ls.get("class"), &class_options))
+            (view::input("country", "Country", ls.get("country"), "e.g. JP"))
+            (select("has_alarms", "Alarms", ls.get("has_alarms"), &[("", "Any"), ("1", "Named by alarms"), ("0", "Named by none")]))
+            @if !ls.get("sort").is_empty() { input type="hidden" name="sort" value=(ls.get("sort")); }
+            @if !ls.get("order").is_empty() { input type="hidden" name="order" value=(ls.get("order")); }
+            button type="submit" { "Filter" }
+            a href="/ips" { "Clear" }
+        }
+        @if items(&v).is_empty() && filtered {
+            (empty("No source IP matches. Clear the filters to see them all."))
+        } @else if items(&v).is_empty() {
             (empty("No source IPs yet: they appear as calls are counted (keys with IP hiding keep none)."))
         } @else {
             div.table-wrap { table {
@@ -706,6 +748,7 @@ pub(super) async fn ips(
                     (ls.sort_header("ip", "IP"))
                     th scope="col" { "Location" } th scope="col" { "ASN / organisation" } th scope="col" { "Class" }
                     (ls.sort_header("keys", "Keys"))
+                    th scope="col" { "Alarms" }
                     (ls.sort_header("calls", "Calls"))
                     (ls.sort_header("last_seen", "Last seen"))
                     th scope="col" { "Note" }
@@ -716,6 +759,7 @@ pub(super) async fn ips(
                     td { (asn(r)) }
                     td { (classes(&r["classes"])) }
                     td.num { (int(&r["keys"])) }
+                    td.num { (int(&r["alarm_count"])) }
                     td.num { (int(&r["calls"])) }
                     td { (time(int(&r["last_seen"]))) }
                     td.wrap { (text(&r["note"])) }
@@ -1253,8 +1297,9 @@ fn alarm_page(s: &Sess, a: &Value, params: &[(String, String)], error: Option<&s
                     thead { tr { th scope="col" { "IP" } th scope="col" { "Location" } th scope="col" { "ASN / organisation" } th scope="col" { "Class" } } }
                     tbody { @for i in &list { tr {
                         td { (ip_link(&text(&i["ip"]))) }
-                        td { (location(&i["geo"])) }
-                        td { (asn(&i["geo"])) }
+                        // The alarm's source IP carries its place flattened (city, country, asn, as_org).
+                        td { (location(i)) }
+                        td { (asn(i)) }
                         td { (classes(&i["classes"])) }
                     } } }
                 } } }
@@ -1381,9 +1426,10 @@ fn allowlist_page(
 ) -> Response {
     let id = text(&a["alarm_id"]);
     let has = |scope: &str| form.iter().any(|(k, v)| k == "scope" && v == scope);
+    let value = |name: &str| field(form, name).unwrap_or("").to_owned();
     let content = html! {
         p.lead { (text(&a["summary"])) }
-        p { "An allowlist entry made from this alarm covers its key (" span.mono { (text(&a["access_key_id"])) } ") and its rule (" span.mono { (text(&a["rule_id"])) } "), and — when chosen — only its source IPs or its APIs. It is checked like the policy files, saved to the API's policy file, and the alarm is marked allowlisted." }
+        p { "An allowlist entry made from this alarm covers its key (" span.mono { (text(&a["access_key_id"])) } ") and its rule (" span.mono { (text(&a["rule_id"])) } "), and — when chosen — only its source IPs or its APIs. Preview it first: the preview shows the entry as it would be saved and what it would have matched, and saves it from there (checked like the policy files, written to the API's policy file, the alarm marked allowlisted)." }
         @if let Some(e) = error { (flash("error", e)) }
         @if s.role < Role::Operator {
             (flash("info", "Viewers cannot allowlist: sign in with an operator or admin token."))
@@ -1395,19 +1441,39 @@ fn allowlist_page(
                     div.check { input #scope-ip type="checkbox" name="scope" value="ip" checked[has("ip")]; label for="scope-ip" { "the alarm's source IPs" } }
                     div.check { input #scope-api type="checkbox" name="scope" value="api" checked[has("api")]; label for="scope-api" { "the alarm's APIs" } }
                 }
-                div.field { label for="f-expires" { "Expires (optional)" } input #f-expires type="date" name="expires" value=(field(form, "expires").unwrap_or("")); }
-                (view::input("owner", "Owner", field(form, "owner").unwrap_or(""), "team or person (default: you)"))
-                div.field { label for="f-comment" { "Why this is allowed (required)" } textarea #f-comment name="comment" rows="2" required maxlength="4096" { (field(form, "comment").unwrap_or("")) } }
+                div.field { label for="f-expires" { "Expires (optional)" } input #f-expires type="date" name="expires" value=(value("expires")); }
+                (view::input("owner", "Owner", &value("owner"), "team or person (default: you)"))
+                div.field { label for="f-comment" { "Why this is allowed (required)" } textarea #f-comment name="comment" rows="2" required maxlength="4096" { (value("comment")) } }
                 div.buttons {
-                    button type="submit" name="action" value="preview" { "Preview" }
-                    button.primary type="submit" name="action" value="save" { "Save entry" }
+                    button type="submit" name="action" value="preview" { @if preview.is_some() { "Preview again" } @else { "Preview" } }
                 }
             }
         }
-        @if let Some(p) = preview { (preview_view(p)) }
+        @if let Some(p) = preview {
+            (preview_view(p))
+            @if s.role >= Role::Operator {
+                // Saving carries the previewed entry's fields and its digest: the entry is
+                // saved only as it was shown (see `alarm_allowlist`).
+                form.save method="post" action={ "/alarms/" (seg(&id)) "/allowlist" } aria-label="Save the previewed entry" {
+                    (csrf(s))
+                    @for (k, v) in form.iter().filter(|(k, _)| k == "scope") { input type="hidden" name=(k) value=(v); }
+                    input type="hidden" name="expires" value=(value("expires"));
+                    input type="hidden" name="owner" value=(value("owner"));
+                    input type="hidden" name="comment" value=(value("comment"));
+                    input type="hidden" name="previewed" value=(previewed_digest(s, &p["entry"]));
+                    div.buttons { button.primary type="submit" name="action" value="save" { "Save this entry" } }
+                }
+            }
+        }
         p { a href={ "/alarms/" (seg(&id)) } { "Back to the alarm" } }
     };
     page(s, "Allowlist from an alarm", "/alarms", content)
+}
+
+/// The digest a preview's Save form carries: the previewed entry, bound to the session (a
+/// save re-runs the dry run and goes ahead only when the entry is still this one).
+fn previewed_digest(s: &Sess, entry: &Value) -> String {
+    crate::api::token_hash(&format!("{}|{entry}", s.csrf))
 }
 
 /// A dry run's answer: the entry as it would be saved, the file line, and what it would have
@@ -1475,7 +1541,6 @@ pub(super) async fn alarm_allowlist(
         Ok(v) => v,
         Err(f) => return failed(&s, "Allowlist from an alarm", "/alarms", &f),
     };
-    let preview = field(&form, "action") == Some("preview");
     let mut body = serde_json::Map::new();
     body.insert(
         "comment".into(),
@@ -1492,23 +1557,47 @@ pub(super) async fn alarm_allowlist(
             body.insert(name.into(), json!(v.trim()));
         }
     }
-    body.insert("dry_run".into(), json!(preview));
-    match c
-        .call(
-            &s,
-            Method::POST,
-            &format!("{path}/allowlist"),
-            Some(&Value::Object(body)),
-        )
+    let refused = |f: Failed| {
+        let mut r = allowlist_page(&s, &a, &form, None, Some(&f.message));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        r
+    };
+    // Every POST is a dry run first: the entry as it would be saved.
+    body.insert("dry_run".into(), json!(true));
+    let uri = format!("{path}/allowlist");
+    let preview = match c
+        .call(&s, Method::POST, &uri, Some(&Value::Object(body.clone())))
         .await
     {
-        Ok(p) if preview => allowlist_page(&s, &a, &form, Some(&p), None),
-        Ok(_) => Redirect::to(&format!("{path}?done=allowlisted")).into_response(),
-        Err(f) => {
-            let mut r = allowlist_page(&s, &a, &form, None, Some(&f.message));
-            *r.status_mut() = StatusCode::BAD_REQUEST;
-            r
+        Ok(p) => p,
+        Err(f) => return refused(f),
+    };
+    // A save goes ahead only with the digest of a preview of this very entry (the Save button
+    // of the preview carries it); otherwise the preview is shown, with its Save button.
+    let digest = previewed_digest(&s, &preview["entry"]);
+    let previewed = field(&form, "previewed")
+        .is_some_and(|d| crate::api::constant_time_eq(d.as_bytes(), digest.as_bytes()));
+    if field(&form, "action") != Some("save") || !previewed {
+        let mut r = allowlist_page(&s, &a, &form, Some(&preview), None);
+        if field(&form, "action") == Some("save") {
+            r = allowlist_page(
+                &s,
+                &a,
+                &form,
+                Some(&preview),
+                Some("Not saved: check the entry in the preview below, then save it from there."),
+            );
+            *r.status_mut() = StatusCode::CONFLICT;
         }
+        return r;
+    }
+    body.insert("dry_run".into(), json!(false));
+    match c
+        .call(&s, Method::POST, &uri, Some(&Value::Object(body)))
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("{path}?done=allowlisted")).into_response(),
+        Err(f) => refused(f),
     }
 }
 
@@ -1656,8 +1745,15 @@ fn entry_from_form(kind: &str, form: &[(String, String)]) -> Value {
     }
     let scalars: &[&str] = match kind {
         "allowlist" => &["method", "outcome", "expires", "owner", "comment"],
-        "ip-hiding" => &["comment"],
-        _ => &["severity", "aggregation", "renotify", "allowed_lateness"],
+        "ip-hiding" => &["expires", "owner", "comment"],
+        _ => &[
+            "severity",
+            "aggregation",
+            "renotify",
+            "allowed_lateness",
+            "expires",
+            "owner",
+        ],
     };
     for n in scalars {
         if !get(n).is_empty() {
@@ -1713,6 +1809,17 @@ fn editor(s: &Sess, kind: &str, action: &str, form: &[(String, String)], editing
     };
     let line = |n: &str, label: &str, hint: &str, ty: &str| {
         let id = format!("p-{n}");
+        // A date box holds a date only: an entry expiring at an RFC 3339 time is edited as
+        // text (a date box would drop the value, and saving would drop the expiry).
+        let v = get(n);
+        let ty = if ty == "date"
+            && !v.is_empty()
+            && chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d").is_err()
+        {
+            "text"
+        } else {
+            ty
+        };
         html! { div.field { label for=(id) { (label) } input id=(id) type=(ty) name=(n) value=(get(n)) placeholder=(hint); } }
     };
     html! {
@@ -1730,12 +1837,14 @@ fn editor(s: &Sess, kind: &str, action: &str, form: &[(String, String)], editing
                     (area("rules", "Rules in scope (all when empty)", "ak.new_source_ip"))
                     (select("method", "Method", &get("method"), &[("", "Any"), ("api", "API"), ("console", "Console")]))
                     (select("outcome", "Outcome", &get("outcome"), &[("", "Any"), ("success", "Success"), ("failure", "Failure")]))
-                    (line("expires", "Expires", "2026-12-31", "date"))
+                    (line("expires", "Expires (events from then on are not covered)", "2026-12-31", "date"))
                     (line("owner", "Owner", "team or person", "text"))
                     (area("comment", "Comment (why)", "CI deploys from the runner pool"))
                 }
                 "ip-hiding" => {
                     (area("keys", "Access keys whose IPs are hidden (one per line)", "AKIA…"))
+                    (line("expires", "Expires (events from then on are not hidden)", "2026-12-31", "date"))
+                    (line("owner", "Owner", "team or person", "text"))
                     (area("comment", "Comment (why)", "partner integration: its IPs are theirs"))
                 }
                 _ => {
@@ -1745,6 +1854,8 @@ fn editor(s: &Sess, kind: &str, action: &str, form: &[(String, String)], editing
                     (line("aggregation", "Aggregation window", "1d", "text"))
                     (line("renotify", "Renotify after", "1h", "text"))
                     (line("allowed_lateness", "Allowed lateness", "15m", "text"))
+                    (line("expires", "Expires (events from then on get the rule's defaults)", "2026-12-31", "date"))
+                    (line("owner", "Owner", "team or person", "text"))
                 }
             }
             div.buttons {
@@ -1788,7 +1899,7 @@ async fn policies_page(
                     td.mono.wrap { (e["entry"].to_string()) }
                     td { @if e["editable"] == json!(true) { "console / API" } @else { span.muted { (text(&e["file"])) } } }
                     td { (text(&e["entry"]["owner"])) }
-                    td { (text(&e["entry"]["expires"])) }
+                    td { (expiry(&e["entry"]["expires"])) }
                     td { @if e["updated"].is_number() { (time(int(&e["updated"]))) " by " (text(&e["updated_by"])) } }
                 } } }
             } }
@@ -1905,6 +2016,8 @@ fn policy_page(
             ("Kind", html! { (kind) }),
             ("Source", html! { @if editable { "made in the console / API, rendered to " (text(&e["file"])) } @else { (text(&e["file"])) " (a policy file: change it in git)" } }),
             ("Updated", html! { @if e["updated"].is_number() { (time(int(&e["updated"]))) " by " (text(&e["updated_by"])) } @else { "—" } }),
+            ("Owner", html! { @if e["entry"]["owner"].is_string() { (text(&e["entry"]["owner"])) } @else { span.muted { "—" } } }),
+            ("Expires", expiry(&e["entry"]["expires"])),
         ]))
         pre.entry { (serde_json::to_string_pretty(&e["entry"]).unwrap_or_default()) }
         @if editable && s.role >= Role::Admin {

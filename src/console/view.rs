@@ -146,6 +146,28 @@ pub(crate) fn time_text(v: &Value) -> Markup {
     }
 }
 
+/// A time given as text that may hold none (a credential report's `N/A` or
+/// `no_information`): a `<time>` when it is RFC 3339, the text as given otherwise.
+pub(crate) fn time_or_text(v: &Value) -> Markup {
+    let s = text(v);
+    match chrono::DateTime::parse_from_rfc3339(s.trim()) {
+        Ok(d) => time(d.timestamp()),
+        Err(_) if s.is_empty() => html! { span.muted { "—" } },
+        Err(_) => html! { (s) },
+    }
+}
+
+/// A policy entry's `expires` (a date ends at 23:59:59 UTC, as the policy loader reads it): a
+/// `<time>`, or the text as given when the loader would refuse it.
+pub(crate) fn expiry(v: &Value) -> Markup {
+    let s = text(v);
+    match crate::policy::parse_expiry(s.trim()) {
+        Some(t) => time(t.timestamp()),
+        None if s.is_empty() => html! { span.muted { "never" } },
+        None => html! { (s) },
+    }
+}
+
 pub(crate) fn severity(s: &str) -> Markup {
     let class = match s {
         "critical" => "sev sev-critical",

@@ -192,6 +192,17 @@ struct Active {
     rule: Rule,
     severity: Severity,
     settings: AggregationSettings,
+    /// The event times whose hits this version raises, `[from, until)`: a rule whose
+    /// alarm-policy entry expires runs twice, with the entry until then and without it from
+    /// then on (both always detect, so the second's windows are warm when it takes over).
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Active {
+    fn applies(&self, t: chrono::DateTime<chrono::Utc>) -> bool {
+        self.from.is_none_or(|f| t >= f) && self.until.is_none_or(|u| t < u)
+    }
 }
 
 /// The engine. One per stream; its state may be shared (`State` is concurrent).
@@ -228,21 +239,31 @@ impl Engine {
         let mut active = Vec::new();
         for rule in &rules.rules {
             let p = policy.rule(&rule.id);
-            if !p.enabled {
-                continue;
+            // An entry that expires: the rule as the entry sets it before, as the defaults
+            // set it after (an expired entry no longer applies, as in the allowlist).
+            let versions = match p.expires {
+                None => vec![(p, None, None)],
+                Some(x) => vec![(p, None, Some(x)), (policy.default_rule(), Some(x), None)],
+            };
+            for (p, from, until) in versions {
+                if !p.enabled {
+                    continue;
+                }
+                let mut rule = rule.clone();
+                if let Err(e) = rule.apply_thresholds(&p.thresholds) {
+                    errors.push(format!("alarm_policy: {e}"));
+                }
+                active.push(Active {
+                    severity: p.severity.unwrap_or(rule.severity),
+                    settings: AggregationSettings {
+                        period_secs: p.aggregation.secs().max(1),
+                        renotify_secs: p.renotify.secs(),
+                    },
+                    rule,
+                    from,
+                    until,
+                });
             }
-            let mut rule = rule.clone();
-            if let Err(e) = rule.apply_thresholds(&p.thresholds) {
-                errors.push(format!("alarm_policy: {e}"));
-            }
-            active.push(Active {
-                severity: p.severity.unwrap_or(rule.severity),
-                settings: AggregationSettings {
-                    period_secs: p.aggregation.secs().max(1),
-                    renotify_secs: p.renotify.secs(),
-                },
-                rule,
-            });
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -347,8 +368,14 @@ impl Engine {
         same_rules
     }
 
+    /// The active rules' ids, once each (a rule whose alarm-policy entry expires runs as two
+    /// versions, side by side).
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|a| a.rule.id.as_str())
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| *i == 0 || self.rules[i - 1].rule.id != a.rule.id)
+            .map(|(_, a)| a.rule.id.as_str())
     }
 
     /// Sets the GeoIP database that names where a travel alarm's previous IP is.
@@ -386,6 +413,10 @@ impl Engine {
         let mut kept = Vec::with_capacity(hits.len());
         for (i, hit) in hits {
             let active = &self.rules[i];
+            // The other version of a rule whose alarm-policy entry expires raises this one.
+            if !active.applies(event.event_time) {
+                continue;
+            }
             *self.stats.hits.entry(active.rule.id.clone()).or_default() += 1;
             if self.policy.allowed(&active.rule.id, event).is_some() {
                 *self

@@ -9,6 +9,10 @@ that a viewer sees no write action, that the CSP and cookie flags are set, that 
 the CSRF token are refused and that no page logs a console error. Then it fills a store with
 10,000 keys and measures the time to first paint of the overview and of the key list.
 
+The browser runs in the Asia/Shanghai time zone (TZ for Chromium), so that times shown in the
+viewer's zone differ from UTC; the narrow-window checks emulate a 400 px wide device (Chromium
+clamps a real window to 500 px).
+
 Screenshots of every page go to target/console-screenshots/ (and the figures to
 timings.json there). Run by scripts/browser-test.sh; exits non-zero on any failed check.
 
@@ -88,7 +92,13 @@ def tokens_file(path):
     return secrets_by_role
 
 
-def browser(width=1280, height=800):
+# The viewer's time zone in the browser (UTC+8, no daylight saving): shown times must differ
+# from UTC by eight hours.
+VIEWER_TZ = "Asia/Shanghai"
+VIEWER_OFFSET_HOURS = 8
+
+
+def browser(width=1280, height=800, tz=VIEWER_TZ):
     o = Options()
     o.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
@@ -96,16 +106,26 @@ def browser(width=1280, height=800):
               "--disable-extensions", "--disable-background-networking"):
         o.add_argument(a)
     o.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
+    # Chromium inherits chromedriver's environment: TZ sets the zone its pages see.
+    service = Service(executable_path=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"),
+                      env={**os.environ, "TZ": tz})
     d = webdriver.Chrome(service=service, options=o)
     d.set_page_load_timeout(60)
     return d
 
 
 class Console:
-    def __init__(self, driver, base):
+    def __init__(self, driver, base, device=None):
         self.d = driver
         self.base = base
+        # An emulated device's (width, height), set with set_device.
+        self.device = device
+
+    def set_device(self, width, height):
+        """Emulates a device of this viewport (CSS px): the page lays out at that width."""
+        self.device = (width, height)
+        self.d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": True})
 
     def go(self, path):
         self.d.get(self.base + path)
@@ -113,8 +133,16 @@ class Console:
     def shot(self, name):
         """The whole page (the window stretched to the page's height, at most 4,000 px)."""
         os.makedirs(SHOTS, exist_ok=True)
-        size = self.d.get_window_size()
         height = self.d.execute_script("return document.documentElement.scrollHeight")
+        if self.device:
+            w, h = self.device
+            self.d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": w, "height": max(h, min(int(height), 4000)), "deviceScaleFactor": 1,
+                "mobile": True})
+            self.d.save_screenshot(os.path.join(SHOTS, name + ".png"))
+            self.set_device(w, h)
+            return
+        size = self.d.get_window_size()
         self.d.set_window_size(size["width"], max(size["height"], min(int(height) + 140, 4000)))
         self.d.save_screenshot(os.path.join(SHOTS, name + ".png"))
         self.d.set_window_size(size["width"], size["height"])
@@ -222,15 +250,18 @@ def main():
             print(f"stopped on {d.current_url}:\n{c.text()[:2000]}")
             c.shot("failure")
             raise
-        # A narrow window.
-        n = browser(420, 900)
+        # A narrow window: a 400 px wide device, emulated (a real window is clamped to 500 px).
+        n = browser()
         drivers.append(n)
         nc = Console(n, base)
+        nc.set_device(400, 900)
         nc.sign_in(toks["viewer"])
-        for path, name in (("/", "narrow-overview"), ("/keys", "narrow-keys")):
+        for path, name in (("/", "narrow-overview"), ("/keys", "narrow-keys"),
+                           ("/ips", "narrow-ips")):
             nc.go(path)
             width = n.execute_script("return document.documentElement.scrollWidth")
             inner = n.execute_script("return window.innerWidth")
+            check(inner <= 410, f"{path}: the page is laid out for a narrow viewport ({inner} px)")
             check(width <= inner + 1, f"{path} fits a narrow window without scrolling sideways ({width} <= {inner})")
             nc.shot(name)
         timings.update(measure_10k(toks, work, drivers))
@@ -322,7 +353,8 @@ def run_console_checks(c, toks, base, api_dir, store):
              ("/ips", "ips"), ("/accounts", "accounts"), ("/alarms", "alarms"),
              ("/risks", "risks"), ("/policies/allowlist", "policies-allowlist"),
              ("/policies/ip-hiding", "policies-ip-hiding"), ("/policies/alarm", "policies-alarm"),
-             ("/audit", "audit")]
+             # (audit.png is taken after the triage and allowlisting below, with their entries.)
+             ("/audit", None)]
     first_ip = api(base, toks["admin"], "/ips?sort=calls")["items"][0]["ip"]
     first_account = api(base, toks["admin"], "/accounts")["items"][0]
     first_risk = api(base, toks["admin"], "/risks")["items"][0]["id"]
@@ -337,7 +369,15 @@ def run_console_checks(c, toks, base, api_dir, store):
     if check(len(seq) > 0, "the bundled scenario raised an attack sequence"):
         pages.append((f"/alarms/{seq[0]['alarm_id']}", "alarm-sequence"))
     d.get_log("browser")
+    session = d.get_cookie("akwatch_session")["value"]
     for path, name in pages:
+        # The security headers on every page (as served to this session), not only the sign-in.
+        with urllib.request.urlopen(urllib.request.Request(
+                base + path, headers={"Cookie": f"akwatch_session={session}"})) as r:
+            csp = r.headers.get("Content-Security-Policy", "")
+            status = r.status
+        check(status == 200 and "script-src 'self'" in csp and "unsafe-inline" not in csp
+              and "default-src 'none'" in csp, f"{path} is served with the CSP header ({status}, {csp!r})")
         c.go(path)
         errors = c.console_errors()
         ids = d.execute_script(
@@ -352,30 +392,60 @@ def run_console_checks(c, toks, base, api_dir, store):
         ok = d.find_elements(By.CSS_SELECTOR, "main h1") and "no such page" not in c.text()
         check(bool(ok), f"{path} opens ({c.h1() if ok else 'no heading'})")
         check(not errors, f"{path} logs no console error {errors if errors else ''}")
-        c.shot(name)
+        if name:
+            c.shot(name)
     c.go(f"/alarms/{seq[0]['alarm_id']}" if seq else "/alarms")
     check(len(d.find_elements(By.CSS_SELECTOR, "#members ~ div table tbody tr")) >= 3 if seq else False,
           "the attack sequence's page lists its member alarms")
     c.go("/")
-    check(len(d.find_elements(By.CSS_SELECTOR, "figure.chart svg rect")) > 3,
-          "the overview draws the alarm trend chart")
+    bars, total = chart_bars(d, "figure.chart")
+    check(total > 0 and bars > 0,
+          f"the overview's alarm trend chart draws bars of non-zero height ({bars} bars, {total} alarms)")
     t = d.find_element(By.CSS_SELECTOR, "time[datetime]")
     check(t.get_attribute("title").endswith("UTC") and t.text != t.get_attribute("title"),
           f"times show in the viewer's zone with UTC on hover ({t.text!r} / {t.get_attribute('title')!r})")
+    zone = d.execute_script("return Intl.DateTimeFormat().resolvedOptions().timeZone")
+    check(zone == VIEWER_TZ, f"the browser runs in {VIEWER_TZ} ({zone})")
+    # The leaked key's credential-report dates: <time>, converted to UTC+8, UTC on hover.
+    c.go(f"/keys/{leaked}")
+    for label in ("Principal created", "Key last rotated"):
+        found = d.find_elements(By.XPATH, f"//dt[normalize-space()='{label}']/following-sibling::dd[1]/time")
+        if not check(bool(found), f"the key page's '{label}' is a time element"):
+            continue
+        shown, utc = found[0].text, found[0].get_attribute("title")
+        check(converted(shown, utc),
+              f"'{label}' shows {VIEWER_TZ} time (+{VIEWER_OFFSET_HOURS} h) with UTC on hover ({shown!r} / {utc!r})")
+    # The alarm page's source IP: where it is (the place the alarm's summary names), its ASN.
+    c.go(f"/alarms/{leak_alarm['alarm_id']}")
+    src = leak_alarm["source_ips"][0]
+    row = d.find_element(By.XPATH, "//h2[@id='ips']/following-sibling::div//tbody/tr[1]").text
+    check(src["city"] and src["city"] in leak_alarm["summary"]
+          and f"{src['city']}, {src['country']}" in row and f"AS{src['asn']}" in row and "unknown" not in row,
+          f"the leaked key's alarm shows its source IP's place and ASN ({row!r})")
 
     print("== the leaked key from the overview in at most three clicks")
+    # As a user would: from the overview, click the key when the page shows it, else the way
+    # toward it (the pending critical alarms, then their key filter); count every click.
     c.go("/")
-    clicks = 0
-    link = d.find_element(By.CSS_SELECTOR, f"#attention ~ div a[href='/keys/{leaked}']")
-    c.submit(link)
-    clicks += 1
-    check(leaked in c.h1() and clicks <= 3, f"one click from 'Keys needing attention' opens {leaked}")
+    clicks, path = 0, []
+    ways = ["a[href='/keys?has_alarms=1']", "a[href='/alarms?status=pending&severity=critical']"]
+    while clicks < 3 and not d.current_url.endswith(f"/keys/{leaked}"):
+        target = [a for a in d.find_elements(By.CSS_SELECTOR, f"main a[href='/keys/{leaked}']") if a.is_displayed()]
+        if not target:
+            target = [a for w in ways for a in d.find_elements(By.CSS_SELECTOR, f"main {w}") if a.is_displayed()]
+        if not target:
+            break
+        path.append(target[0].get_attribute("href"))
+        c.submit(target[0])
+        clicks += 1
+    check(d.current_url.endswith(f"/keys/{leaked}") and leaked in c.h1() and 1 <= clicks <= 3,
+          f"{clicks} click(s) from the overview open {leaked} ({' -> '.join(path)})")
     body = c.text()
     check("Access key used by someone else" in body or "leaked" in body.lower(),
           "the key's page shows its leak alarm")
     check("Security advice" in body and "Disable the key" in body, "the key's page gives advice")
-    check(len(d.find_elements(By.CSS_SELECTOR, "#perday ~ figure svg rect")) > 3,
-          "the key's page draws calls per day")
+    bars, total = chart_bars(d, "#perday ~ figure.chart")
+    check(total > 0 and bars > 0, f"the key's page draws calls per day ({bars} bars of {total} calls)")
 
     print("== handle one alarm")
     pending = api(base, toks["admin"], "/alarms?status=pending&sort=severity_rank&limit=500")["items"]
@@ -400,6 +470,8 @@ def run_console_checks(c, toks, base, api_dir, store):
                  and a.get("access_key_id") and a["source_ips"] and a["alarm_id"] != handle["alarm_id"])
     c.go(f"/alarms/{allow['alarm_id']}")
     c.submit(d.find_element(By.LINK_TEXT, "Allowlist…"))
+    check(not d.find_elements(By.CSS_SELECTOR, "button[name=action][value=save]"),
+          "the allowlist form cannot save before its preview")
     d.find_element(By.ID, "scope-ip").click()
     d.find_element(By.ID, "f-comment").send_keys("known office egress")
     c.submit(d.find_element(By.CSS_SELECTOR, "button[name=action][value=preview]"))
@@ -450,6 +522,12 @@ def run_console_checks(c, toks, base, api_dir, store):
     d.find_element(By.ID, "pick-all").click()
     check(all(b.is_selected() for b in d.find_elements(By.CSS_SELECTOR, "input[name=id]")),
           "select all selects every alarm of the page")
+    c.go("/audit")
+    rows = [r.text for r in d.find_elements(By.CSS_SELECTOR, "main tbody tr")]
+    check(any("alarm.status" in r and handle["alarm_id"] in r for r in rows)
+          and any("alarm.allowlist" in r and allow["alarm_id"] in r for r in rows),
+          f"the audit log lists the handled and the allowlisted alarm ({len(rows)} rows)")
+    c.shot("audit")
 
     print("== an IP note holding markup is shown as text")
     nasty = "<script>window.__xss=1</script><b>bold</b> & \"quotes\""
@@ -505,11 +583,37 @@ def run_console_checks(c, toks, base, api_dir, store):
         forms = [f for f in c.forms() if not f.endswith("/logout")]
         buttons = [b.text for b in d.find_elements(By.CSS_SELECTOR, "main form[method=post] button, main a.button")]
         check(not forms and not buttons, f"viewer on {path}: no write form or action ({forms} {buttons})")
+    c.go(f"/alarms/{handle['alarm_id']}")
+    check(d.find_elements(By.CSS_SELECTOR, "dl.facts") and "Alarm id" in c.text()
+          and not [f for f in c.forms() if not f.endswith("/logout")],
+          "the viewer's alarm page shows the alarm, with no write action")
     c.shot("viewer-alarm")
     c.go(f"/ips/{first_ip}")
     check("window.__xss" in d.find_element(By.CSS_SELECTOR, ".note-text").text,
           "the viewer sees the note as text")
     c.sign_out()
+
+
+def chart_bars(d, figure):
+    """(bars of non-zero height, the sum of the chart's numbers table) of a server-drawn chart."""
+    return d.execute_script(
+        "const f = document.querySelector(arguments[0]); if (!f) return [0, 0];"
+        "const bars = [...f.querySelectorAll('svg rect')].filter(r =>"
+        "  (r.getAttribute('fill') || '').toLowerCase() === '#2563eb' && r.getBBox().height >= 1"
+        "  && r.getBBox().width >= 1).length;"
+        "const total = [...f.querySelectorAll('details td.num')].reduce((s, t) => s + Number(t.textContent), 0);"
+        "return [bars, total];", figure)
+
+
+def converted(shown, utc):
+    """Whether `shown` (the browser's local text) is `utc` ("YYYY-MM-DD HH:MM:SS UTC") in UTC+8."""
+    m = re.match(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) UTC$", utc or "")
+    h = re.search(r"\b(\d{1,2}):(\d{2}):(\d{2})\s*([AP]M)?", shown or "")
+    if not m or not h or shown == utc:
+        return False
+    hour = int(h.group(1)) % 12 + (12 if h.group(4) == "PM" else 0) if h.group(4) else int(h.group(1))
+    return (hour == (int(m.group(4)) + VIEWER_OFFSET_HOURS) % 24 and h.group(2) == m.group(5)
+            and ("GMT+8" in shown or "+08" in shown or "CST" in shown))
 
 
 def api(base, token, path):

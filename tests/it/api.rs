@@ -1119,7 +1119,7 @@ async fn policies_case(f: Fixture) {
     let res = f.app.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     let loaded = akwatch::policy::Policy::load(&f.policy_dir, &rules).unwrap();
-    assert!(loaded.hidden_keys.contains("AKIAPARTNER000000001"));
+    assert!(loaded.hidden_keys.contains_key("AKIAPARTNER000000001"));
     assert_eq!(
         loaded.rule("ak.sensitive_api").severity,
         Some(akwatch::rule::Severity::Low)
@@ -1348,4 +1348,151 @@ async fn cap_case(f: Fixture) {
     assert_eq!(n, 1000);
     // Other keys keep theirs.
     assert_eq!(f.store.cap_per_key(1000).await.unwrap(), 0);
+}
+
+on_both!(
+    the_ip_list_filters_by_class_country_alarms_and_text,
+    the_ip_list_filters_by_class_country_alarms_and_text_on_postgres,
+    ip_filters
+);
+
+async fn ip_filters(f: Fixture) {
+    let all = get(&f.app, "/api/v1/ips?limit=500").await;
+    let total = all["total"].as_i64().unwrap();
+    let items = all["items"].as_array().unwrap();
+    assert!(total > 0 && total <= 500, "{total}");
+    let classes = |i: &Value| -> Vec<String> {
+        serde_json::from_str(i["classes"].as_str().unwrap()).unwrap()
+    };
+    // By class: exactly the IPs holding it.
+    for class in ["public", "hosting", "tor", "own"] {
+        let v = get(&f.app, &format!("/api/v1/ips?class={class}&limit=500")).await;
+        let want = items
+            .iter()
+            .filter(|i| classes(i).iter().any(|c| c == class))
+            .count();
+        assert_eq!(v["total"].as_i64().unwrap() as usize, want, "{class}");
+        assert!(
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| classes(i).iter().any(|c| c == class))
+        );
+    }
+    // By country, and paged on the server with the filter kept in the total.
+    let country = items
+        .iter()
+        .map(|i| i["country"].as_str().unwrap())
+        .find(|c| !c.is_empty())
+        .unwrap();
+    let want = items.iter().filter(|i| i["country"] == country).count() as i64;
+    let v = get(
+        &f.app,
+        &format!("/api/v1/ips?country={country}&limit=1&offset=1"),
+    )
+    .await;
+    assert_eq!(v["total"].as_i64().unwrap(), want);
+    assert!(
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["country"] == country)
+    );
+    // With alarms and without add up; each one with alarms lists them on its page.
+    let with = get(&f.app, "/api/v1/ips?has_alarms=1&limit=500").await;
+    let without = get(&f.app, "/api/v1/ips?has_alarms=0&limit=500").await;
+    assert_eq!(
+        with["total"].as_i64().unwrap() + without["total"].as_i64().unwrap(),
+        total
+    );
+    assert!(with["total"].as_i64().unwrap() > 0);
+    for i in with["items"].as_array().unwrap().iter().take(20) {
+        assert!(i["alarm_count"].as_i64().unwrap() > 0, "{i}");
+        let ip = get(
+            &f.app,
+            &format!("/api/v1/ips/{}", i["ip"].as_str().unwrap()),
+        )
+        .await;
+        assert!(!ip["alarms"].as_array().unwrap().is_empty(), "{ip}");
+    }
+    for i in without["items"].as_array().unwrap().iter().take(20) {
+        assert_eq!(i["alarm_count"], 0, "{i}");
+    }
+    // Text: a part of the address, or of the AS organisation in any case; wildcards are text.
+    let some = &items[0];
+    let ip = some["ip"].as_str().unwrap();
+    let part = &ip[..ip.len() - 1];
+    let v = get(&f.app, &format!("/api/v1/ips?q={part}&limit=500")).await;
+    assert!(v["items"].as_array().unwrap().iter().any(|i| i["ip"] == ip));
+    assert!(
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["ip"].as_str().unwrap().contains(part)
+                || i["as_org"].as_str().unwrap().to_lowercase().contains(part))
+    );
+    let org = items
+        .iter()
+        .map(|i| i["as_org"].as_str().unwrap())
+        .find(|o| o.len() > 4)
+        .unwrap();
+    // (Given in capitals: the search ignores case.)
+    let part = org[1..org.len() - 1].to_uppercase();
+    let v = get(
+        &f.app,
+        &format!("/api/v1/ips?q={}&limit=500", urlencode(&part)),
+    )
+    .await;
+    let lower = part.to_lowercase();
+    let want = items
+        .iter()
+        .filter(|i| {
+            i["ip"].as_str().unwrap().to_lowercase().contains(&lower)
+                || i["as_org"]
+                    .as_str()
+                    .unwrap()
+                    .to_lowercase()
+                    .contains(&lower)
+        })
+        .count();
+    assert!(want > 0);
+    assert_eq!(v["total"].as_i64().unwrap() as usize, want, "{part}");
+    assert_eq!(
+        get(&f.app, "/api/v1/ips?q=%25").await["total"],
+        0,
+        "a % is no wildcard"
+    );
+    assert_eq!(
+        get(&f.app, "/api/v1/ips?q=_").await["total"],
+        0,
+        "an _ is no wildcard"
+    );
+    // Combined, and refused when malformed.
+    let v = get(
+        &f.app,
+        &format!("/api/v1/ips?class=public&has_alarms=1&country={country}"),
+    )
+    .await;
+    for i in v["items"].as_array().unwrap() {
+        assert!(classes(i).contains(&"public".to_owned()) && i["country"] == country);
+        assert!(i["alarm_count"].as_i64().unwrap() > 0);
+    }
+    for bad in ["class=martian", "has_alarms=2"] {
+        let (s, v) = call(
+            &f.app,
+            "GET",
+            &format!("/api/v1/ips?{bad}"),
+            Some(VIEWER),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("x", s)]).unwrap()[2..].to_owned()
 }

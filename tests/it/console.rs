@@ -370,6 +370,8 @@ async fn triage_and_allowlist_through_the_forms() {
         p.body.contains("What it would have matched")
             && p.body.contains(allow["access_key_id"].as_str().unwrap())
     );
+    let at = p.body.find("name=\"previewed\" value=\"").unwrap() + 24;
+    let previewed = p.body[at..at + 64].to_owned();
     assert_eq!(
         get(&f.app, &format!("/api/v1/alarms/{id}")).await["triage_status"],
         "pending"
@@ -379,11 +381,12 @@ async fn triage_and_allowlist_through_the_forms() {
     let p = post(&f.app, &path, &op, &[("csrf", &token), ("action", "save")]).await;
     assert_eq!(p.status, StatusCode::BAD_REQUEST);
     assert!(p.body.contains("a comment"), "{}", p.body);
-    // Saved.
+    // Saved, from the preview.
     let form = [
         ("csrf", token.as_str()),
         ("scope", "ip"),
         ("comment", "office"),
+        ("previewed", previewed.as_str()),
         ("action", "save"),
     ];
     let p = post(&f.app, &path, &op, &form).await;
@@ -531,5 +534,342 @@ async fn key_filters_and_policy_dry_runs() {
             .unwrap()
             .iter()
             .any(|a| a["alarm_id"] == alarm["alarm_id"])
+    );
+}
+
+/// The `<dd>` after a `<dt>` of a facts list.
+fn fact<'a>(body: &'a str, label: &str) -> &'a str {
+    let dt = format!("<dt>{label}</dt><dd>");
+    let at = body
+        .find(&dt)
+        .unwrap_or_else(|| panic!("no {label:?} in the page"))
+        + dt.len();
+    &body[at..at + body[at..].find("</dd>").unwrap()]
+}
+
+#[tokio::test]
+async fn the_leaked_key_alarm_shows_where_its_source_ip_is() {
+    let f = fixture(Backend::Sqlite).await;
+    let alarm = get(&f.app, &format!("/api/v1/alarms?key={LEAKED}&limit=100")).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["rule_id"] == "ak.leaked_key_use")
+        .cloned()
+        .unwrap();
+    let src = &alarm["source_ips"][0];
+    let (city, country) = (
+        src["city"].as_str().unwrap(),
+        src["country"].as_str().unwrap(),
+    );
+    assert!(!city.is_empty() && !country.is_empty(), "{src}");
+    assert!(
+        alarm["summary"].as_str().unwrap().contains(city),
+        "the summary names the place: {}",
+        alarm["summary"]
+    );
+    let (viewer, _) = sign_in(&f.app, VIEWER, false).await;
+    let body = page(
+        &f.app,
+        &format!("/alarms/{}", alarm["alarm_id"].as_str().unwrap()),
+        &viewer,
+    )
+    .await
+    .body;
+    let at = body.find("<h2 id=\"ips\">").unwrap();
+    let table = &body[at..at + body[at..].find("</table>").unwrap()];
+    assert!(
+        table.contains(&format!("<td>{city}, {country}</td>")),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "<td>AS{} {}</td>",
+            src["asn"],
+            src["as_org"].as_str().unwrap()
+        )),
+        "{table}"
+    );
+    assert!(!table.contains("unknown"), "{table}");
+}
+
+#[tokio::test]
+async fn report_dates_and_expiry_are_times_in_the_viewers_zone() {
+    let f = fixture(Backend::Sqlite).await;
+    let (admin, _) = sign_in(&f.app, ADMIN, false).await;
+    let key = page(&f.app, &format!("/keys/{LEAKED}"), &admin).await.body;
+    // The credential report's dates are <time> elements (local time by the script, UTC on
+    // hover), not RFC 3339 text.
+    for label in ["Principal created", "Key last rotated"] {
+        let dd = fact(&key, label);
+        assert!(
+            dd.starts_with("<time datetime=\"") && dd.contains(" UTC\">"),
+            "{label}: {dd}"
+        );
+    }
+    // A policy entry's expiry, in the list and on its page.
+    let entry = json!({"id": "office", "keys": [LEAKED], "expires": "2030-12-31", "owner": "sec", "comment": "x"});
+    let (s, v) = call(
+        &f.app,
+        "POST",
+        "/api/v1/policies/allowlist",
+        Some(ADMIN),
+        Some(entry),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let want = "<time datetime=\"2030-12-31T23:59:59Z\" title=\"2030-12-31 23:59:59 UTC\">";
+    let list = page(&f.app, "/policies/allowlist", &admin).await.body;
+    assert!(list.contains(want), "{list}");
+    let one = page(&f.app, "/policies/allowlist/office", &admin)
+        .await
+        .body;
+    assert!(fact(&one, "Expires").starts_with(want), "{one}");
+    let key = page(&f.app, &format!("/keys/{LEAKED}"), &admin).await.body;
+    assert!(key.contains(&format!(", expires {want}")), "{key}");
+}
+
+#[tokio::test]
+async fn the_ip_list_filters_are_in_the_url() {
+    let f = fixture(Backend::Sqlite).await;
+    let (viewer, _) = sign_in(&f.app, VIEWER, false).await;
+    let leak = get(&f.app, &format!("/api/v1/alarms?key={LEAKED}&limit=100")).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["rule_id"] == "ak.leaked_key_use")
+        .cloned()
+        .unwrap();
+    let ip = leak["source_ips"][0]["ip"].as_str().unwrap().to_owned();
+    let country = leak["source_ips"][0]["country"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("/ips?class=public&country={country}&has_alarms=1&q={ip}&sort=calls");
+    let p = page(&f.app, &url, &viewer).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    // The filters are the form's values, the row is the leaked key's IP with its alarm count.
+    assert!(
+        p.body.contains(&format!("name=\"q\" value=\"{ip}\"")),
+        "{}",
+        p.body
+    );
+    assert!(p.body.contains("<option value=\"public\" selected>"));
+    assert!(
+        p.body
+            .contains(&format!("name=\"country\" value=\"{country}\""))
+    );
+    assert!(
+        p.body
+            .contains("<option value=\"1\" selected>Named by alarms")
+    );
+    assert!(p.body.contains(&format!("href=\"/ips/{ip}\"")));
+    assert_eq!(
+        p.body.matches("<a class=\"mono\" href=\"/ips/").count(),
+        1,
+        "{}",
+        p.body
+    );
+    // Sorting keeps the filters (deep links).
+    let link = p
+        .body
+        .split("href=\"")
+        .map(|x| &x[..x.find('"').unwrap_or(0)])
+        .find(|h| h.starts_with("/ips?") && h.contains("sort=ip"))
+        .unwrap()
+        .replace("&amp;", "&");
+    for kept in [
+        "class=public",
+        "has_alarms=1",
+        &format!("country={country}"),
+    ] {
+        assert!(link.contains(kept), "{link}");
+    }
+    // A filter nothing matches says so.
+    let p = page(&f.app, "/ips?class=tor&q=no-such-org-anywhere", &viewer).await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(p.body.contains("No source IP matches"), "{}", p.body);
+    // A bad class: the API's message in the page.
+    let p = page(&f.app, "/ips?class=martian", &viewer).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.body.contains("class must be one of"), "{}", p.body);
+}
+
+#[tokio::test]
+async fn ip_hiding_and_alarm_editors_round_trip_expiry_and_owner() {
+    let f = fixture(Backend::Sqlite).await;
+    let (admin, _) = sign_in(&f.app, ADMIN, false).await;
+    for (kind, id, file, fields) in [
+        (
+            "ip-hiding",
+            "hide-partner",
+            "api-ip-hiding.yaml",
+            vec![("keys", LEAKED), ("comment", "partner")],
+        ),
+        (
+            "alarm",
+            "ak.new_source_ip",
+            "api-alarm-policy.yaml",
+            vec![("severity", "low")],
+        ),
+    ] {
+        let list = page(&f.app, &format!("/policies/{kind}"), &admin)
+            .await
+            .body;
+        assert!(
+            list.contains("id=\"p-expires\"") && list.contains("id=\"p-owner\""),
+            "{kind}"
+        );
+        let token = csrf(&list);
+        let mut form = vec![
+            ("csrf", token.as_str()),
+            ("id", id),
+            ("expires", "2031-03-04"),
+            ("owner", "sec-team"),
+            ("action", "save"),
+        ];
+        form.extend(fields.iter().copied());
+        let p = post(&f.app, &format!("/policies/{kind}"), &admin, &form).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{kind}: {}", p.body);
+        let text = std::fs::read_to_string(f.policy_dir.join(file)).unwrap();
+        assert!(
+            text.contains("\"expires\":\"2031-03-04\"") && text.contains("\"owner\":\"sec-team\""),
+            "{text}"
+        );
+        // The editor shows them back; an edit keeps what it does not change.
+        let edit = page(&f.app, &format!("/policies/{kind}/{id}"), &admin)
+            .await
+            .body;
+        assert!(
+            edit.contains("name=\"expires\" value=\"2031-03-04\""),
+            "{edit}"
+        );
+        assert!(edit.contains("name=\"owner\" value=\"sec-team\""), "{edit}");
+        assert!(fact(&edit, "Owner").contains("sec-team"));
+        let mut form = vec![
+            ("csrf", token.as_str()),
+            ("id", id),
+            ("expires", "2031-03-04"),
+            ("owner", "platform"),
+            ("action", "save"),
+        ];
+        form.extend(fields.iter().copied());
+        let p = post(&f.app, &format!("/policies/{kind}/{id}"), &admin, &form).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{kind}: {}", p.body);
+        let v = get(&f.app, &format!("/api/v1/policies/{kind}/{id}")).await;
+        assert_eq!(v["entry"]["owner"], "platform", "{v}");
+        assert_eq!(v["entry"]["expires"], "2031-03-04", "{v}");
+        // A bad expiry: the loader's message, with the file and line.
+        let bad = [
+            ("csrf", token.as_str()),
+            ("id", id),
+            ("expires", "soon"),
+            ("action", "preview"),
+        ];
+        let mut bad = bad.to_vec();
+        bad.extend(fields.iter().copied());
+        let p = post(&f.app, &format!("/policies/{kind}/{id}"), &admin, &bad).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{kind}");
+        assert!(
+            p.body.contains(&format!("{file}:"))
+                && p.body
+                    .contains("expires: not a date or time: &quot;soon&quot;"),
+            "{kind}: {}",
+            p.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_allowlist_entry_is_saved_only_as_previewed() {
+    let f = fixture(Backend::Sqlite).await;
+    let (op, _) = sign_in(&f.app, OPERATOR, false).await;
+    let alarm = get(&f.app, &format!("/api/v1/alarms?key={LEAKED}&limit=100")).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["rule_id"] == "ak.leaked_key_use")
+        .cloned()
+        .unwrap();
+    let id = alarm["alarm_id"].as_str().unwrap();
+    let path = format!("/alarms/{id}/allowlist");
+    let form_page = page(&f.app, &path, &op).await.body;
+    // The form offers a preview, no save.
+    assert!(form_page.contains("value=\"preview\""));
+    assert!(!form_page.contains("value=\"save\""), "{form_page}");
+    let token = csrf(&form_page);
+    let pending =
+        || async { get(&f.app, &format!("/api/v1/alarms/{id}")).await["triage_status"].clone() };
+    // "Save" straight away (a hand-made POST): not saved; the preview is shown instead.
+    let p = post(
+        &f.app,
+        &path,
+        &op,
+        &[
+            ("csrf", &token),
+            ("scope", "ip"),
+            ("comment", "office"),
+            ("action", "save"),
+        ],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::CONFLICT, "{}", p.body);
+    assert!(p.body.contains("Not saved") && p.body.contains("What it would have matched"));
+    assert_eq!(pending().await, "pending");
+    assert!(!f.policy_dir.join("api-allowlist.yaml").exists());
+    // The preview: the entry, and a Save button carrying it.
+    let p = post(
+        &f.app,
+        &path,
+        &op,
+        &[
+            ("csrf", &token),
+            ("scope", "ip"),
+            ("comment", "office"),
+            ("action", "preview"),
+        ],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    let at = p.body.find("name=\"previewed\" value=\"").unwrap() + 24;
+    let digest = p.body[at..at + 64].to_owned();
+    assert!(p.body.contains("value=\"save\""));
+    // A save that changed the entry after its preview (another scope) is refused too.
+    let p = post(
+        &f.app,
+        &path,
+        &op,
+        &[
+            ("csrf", &token),
+            ("scope", "api"),
+            ("comment", "office"),
+            ("previewed", &digest),
+            ("action", "save"),
+        ],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::CONFLICT, "{}", p.body);
+    assert_eq!(pending().await, "pending");
+    // The previewed entry's Save: saved.
+    let p = post(
+        &f.app,
+        &path,
+        &op,
+        &[
+            ("csrf", &token),
+            ("scope", "ip"),
+            ("comment", "office"),
+            ("previewed", &digest),
+            ("action", "save"),
+        ],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(pending().await, "allowlisted");
+    let file = std::fs::read_to_string(f.policy_dir.join("api-allowlist.yaml")).unwrap();
+    assert!(
+        file.contains(&format!("alarm-{id}"))
+            && file.contains(alarm["source_ips"][0]["ip"].as_str().unwrap()),
+        "{file}"
     );
 }

@@ -625,3 +625,118 @@ fn alarms_explain_themselves_leaks_from_reports_and_summaries() {
         assert!(a.first_seen.timestamp() > 0, "{} at the epoch", a.alarm_id);
     }
 }
+
+/// The bundled scenario replayed with one more policy file (`text`).
+fn replay_with_policy(text: &str) -> Vec<Alarm> {
+    let dir = temp_dir("expiry");
+    std::fs::write(dir.join("extra.yaml"), text).unwrap();
+    let mut options = scenario_options(&repo().join("examples"));
+    options.policies.push(dir.clone());
+    let (summary, _, _) = replay(&options);
+    std::fs::remove_dir_all(&dir).ok();
+    summary.alarms
+}
+
+fn leaked_key() -> String {
+    let truth: GroundTruth =
+        serde_json::from_slice(&std::fs::read(repo().join("examples/ground-truth.json")).unwrap())
+            .unwrap();
+    truth
+        .attacks
+        .iter()
+        .find(|a| a.expect.first().map(String::as_str) == Some("ak.leaked_key_use"))
+        .unwrap()
+        .key
+        .clone()
+}
+
+fn of_key<'a>(alarms: &'a [Alarm], key: &str, rule: &str) -> Vec<&'a Alarm> {
+    alarms
+        .iter()
+        .filter(|a| {
+            a.rule_id == rule && a.access_key_id.as_ref().is_some_and(|k| k.as_str() == key)
+        })
+        .collect()
+}
+
+#[test]
+fn an_expired_ip_hiding_entry_no_longer_hides() {
+    let key = leaked_key();
+    // In force (expires after every event): the key's alarms name no IP.
+    let hidden = replay_with_policy(&format!(
+        "ip_hiding:\n  - id: hide-leaked\n    keys: [{key}]\n    expires: 2999-12-31\n    owner: sec-team\n"
+    ));
+    let leak = of_key(&hidden, &key, "ak.leaked_key_use");
+    assert!(!leak.is_empty());
+    assert!(
+        leak.iter()
+            .all(|a| a.source_ips.iter().all(|s| s.ip == "masked")),
+        "{leak:?}"
+    );
+    // Expired before the first event: as if it were not there, the IPs are shown.
+    let expired = replay_with_policy(&format!(
+        "ip_hiding:\n  - id: hide-leaked\n    keys: [{key}]\n    expires: 2000-01-02\n    owner: sec-team\n"
+    ));
+    let leak = of_key(&expired, &key, "ak.leaked_key_use");
+    assert!(!leak.is_empty());
+    assert!(
+        leak.iter()
+            .all(|a| !a.source_ips.is_empty() && a.source_ips.iter().all(|s| s.ip != "masked")),
+        "{leak:?}"
+    );
+}
+
+#[test]
+fn an_expired_alarm_policy_entry_no_longer_applies() {
+    let key = leaked_key();
+    let rule = "ak.leaked_key_use";
+    let entry = |expires: &str| {
+        format!(
+            "alarm_policy:\n  rules:\n    {rule}: {{enabled: false, aggregation: 30d, expires: \"{expires}\", owner: sec-team}}\n"
+        )
+    };
+    let base = replay_with_policy("allowlist: []\n");
+    let all = of_key(&base, &key, rule);
+    assert!(!all.is_empty());
+    // In force for every event: the rule is off.
+    assert!(of_key(&replay_with_policy(&entry("2999-12-31")), &key, rule).is_empty());
+    // Expired before the first event: the rule runs as the other files set it.
+    let after = replay_with_policy(&entry("2000-01-02"));
+    let after = of_key(&after, &key, rule);
+    assert!(!after.is_empty());
+    // Expiring between the key's first and last leaked use: judged on each event's time, the
+    // hits before it raise nothing, those from then on do.
+    let first = all.iter().map(|a| a.first_seen).min().unwrap();
+    let last = all.iter().map(|a| a.last_seen).max().unwrap();
+    let hits: u64 = all.iter().map(|a| a.count).sum();
+    assert!(last > first, "the leaked key is used more than once");
+    let mid = first + (last - first) / 2;
+    let split = replay_with_policy(&entry(&mid.to_rfc3339()));
+    let split = of_key(&split, &key, rule);
+    assert!(!split.is_empty(), "the hits after {mid} raise the alarm");
+    assert!(split.iter().all(|a| a.first_seen >= mid), "{split:?}");
+    assert!(split.iter().map(|a| a.count).sum::<u64>() < hits);
+}
+
+#[test]
+fn ip_hiding_and_alarm_policy_expiry_is_checked_like_the_allowlist() {
+    let set = RuleSet::load(&repo().join("rules")).unwrap();
+    let dir = temp_dir("policy-expiry");
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "allowlist:\n  - id: office\n    keys: [AKIA1]\n    expires: soon\nip_hiding:\n  - id: partner\n    keys: [AKIA2]\n    expires: soon\n  - keys: [AKIA3]\n    expires: 1999-12-31\nalarm_policy:\n  defaults:\n    expires: 2030-01-01\n  rules:\n    ak.new_source_ip:\n      enabled: false\n      expires: someday\n",
+    )
+    .unwrap();
+    let errors = akwatch::policy::Policy::load(&dir, &set).unwrap_err();
+    std::fs::remove_dir_all(&dir).ok();
+    let text = errors.join("\n");
+    for want in [
+        "bad.yaml:2: allowlist entry office: expires: not a date or time: \"soon\"",
+        "bad.yaml:6: ip_hiding entry partner: expires: not a date or time: \"soon\"",
+        "bad.yaml:10: ip_hiding entry ip_hiding[1]: expires: \"1999-12-31\" is before 2000: the entry would never apply",
+        "bad.yaml:13: alarm_policy.defaults: expires is set per rule, not in defaults",
+        "bad.yaml:17: alarm_policy.rules.ak.new_source_ip: expires: not a date or time: \"someday\"",
+    ] {
+        assert!(text.contains(want), "{want}\nnot in:\n{text}");
+    }
+}
