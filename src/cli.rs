@@ -22,11 +22,18 @@ use crate::source::{Rejected, expand, read_input};
 )]
 pub struct Cli {
     /// More detail in the service's log (-v: debug, -vv: trace). RUST_LOG, when set, wins.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count,
+          help_heading = "Global options")]
     pub verbose: u8,
     /// Only errors on stderr: no summary, no progress, no warnings (the service logs errors
     /// only).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -152,6 +159,8 @@ pub enum Command {
         /// (`api-allowlist.yaml`), validated against the rules of --rules.
         #[arg(long, value_name = "DIR")]
         policies: Option<PathBuf>,
+        /// The rules directory the policy entries are validated against (default: the working
+        /// directory's rules/, else the bundled rules).
         #[arg(long, value_name = "DIR", default_value = "rules")]
         rules: PathBuf,
     },
