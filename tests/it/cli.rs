@@ -632,8 +632,7 @@ fn replay_progress_bar_only_when_asked_and_never_quiet() {
     assert!(logs > 100_000, "{logs}");
     let last = bar
         .split(['\r', '\n'])
-        .filter(|l| l.contains("records/s"))
-        .last()
+        .rfind(|l| l.contains("records/s"))
         .unwrap_or_else(|| panic!("no bar in {bar:?}"));
     assert!(last.contains("7530 records ("), "{last}");
     let total = format!("{}", indicatif::BinaryBytes(logs));
