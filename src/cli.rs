@@ -902,6 +902,7 @@ fn replay_to(
             )?)
         }
     };
+    let stderr_rejects = args.dlq.is_none();
     let result = run(
         &mut s,
         &options.inputs,
@@ -921,7 +922,11 @@ fn replay_to(
                 write_error = Some(e);
             }
         },
-        &mut |Rejected { reject, raw }| dlq.write(&reject, raw),
+        &mut |Rejected { reject, raw }| match (&bar, stderr_rejects) {
+            // Rejects listed on stderr (at most a few hundred) go above the bar.
+            (Some(bar), true) => bar.suspend(|| dlq.write(&reject, raw)),
+            _ => dlq.write(&reject, raw),
+        },
     );
     if let Some(bar) = bar {
         bar.finish();

@@ -202,6 +202,7 @@ fn cell(text: &str, width: usize, right: bool) -> String {
 /// or a spinner with the bytes when the total is unknown (stdin); and the records framed, per
 /// second. The run itself only adds to two counters.
 pub struct ProgressDisplay {
+    bar: ProgressBar,
     stop: mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -240,6 +241,7 @@ impl ProgressDisplay {
                 records as f64 / secs
             ));
         };
+        let shown = bar.clone();
         let thread = std::thread::Builder::new()
             .name("replay-progress".into())
             .spawn(move || {
@@ -255,9 +257,15 @@ impl ProgressDisplay {
                 bar.finish();
             })?;
         Ok(ProgressDisplay {
+            bar: shown,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Runs `f` (which writes to stderr) with the bar out of the way, then draws it again.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
     }
 
     /// Draws the final state (left on screen) and stops the thread.
