@@ -306,10 +306,20 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "N", default_value_t = crate::alarm::DEFAULT_MAX_ALARMS_PER_KEY as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub max_alarms_per_key: u64,
-    /// The alarms' form: akwatch's own JSON (schemas/alarm.schema.json, with configuration
-    /// risks after them) or OCSF 1.8.0 Detection Findings (class 2004; alarms only).
-    #[arg(long, value_enum, default_value_t = crate::ocsf::AlarmFormat::Native)]
-    pub format: crate::ocsf::AlarmFormat,
+    /// The alarms' form: akwatch's own JSON lines (schemas/alarm.schema.json, with configuration
+    /// risks after them; `native` is another name for it), a table to read (a row per alarm
+    /// notification and per configuration risk), or OCSF 1.8.0 Detection Findings (class 2004;
+    /// alarms only).
+    #[arg(long, value_enum, default_value_t = ReplayFormat::Json)]
+    pub format: ReplayFormat,
+    /// Colour the table's and the summary's severities: auto (on a terminal, unless NO_COLOR
+    /// is set), always, never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = crate::term::When::Auto)]
+    pub color: crate::term::When,
+    /// A progress bar on stderr (bytes read of the inputs, records per second): auto (when
+    /// stderr is a terminal), always, never. Never with -q.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = crate::term::When::Auto)]
+    pub progress: crate::term::When,
     /// Also fill the inventory in this store (a SQLite file, or a postgres:// URL) for
     /// `akwatch serve`: keys, source IPs, accounts, hourly calls and the alarms.
     #[arg(long, value_name = "FILE|URL")]
@@ -324,6 +334,18 @@ pub struct ReplayArgs {
     pub threads: Option<u16>,
     /// Log files, directories or `-`; none: the bundled examples/.
     pub paths: Vec<String>,
+}
+
+/// `replay --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFormat {
+    /// akwatch's alarm JSON, one per line, then the configuration risks.
+    #[value(alias = "native")]
+    Json,
+    /// A table to read: one row per alarm notification and per configuration risk.
+    Table,
+    /// OCSF 1.8.0 Detection Findings (alarms only).
+    Ocsf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -740,13 +762,16 @@ fn add_dirs(list: &mut Vec<PathBuf>, more: Vec<PathBuf>) {
 
 fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let stdout = io::stdout();
-    replay_to(args, Box::new(stdout.lock())).map(|(code, _)| code)
+    let terminal = std::io::IsTerminal::is_terminal(&stdout);
+    replay_to(args, Box::new(stdout.lock()), terminal).map(|(code, _)| code)
 }
 
-/// `replay`, its alarms written to `alarms_out`; also returns the policy directories it loaded.
+/// `replay`, its alarms written to `alarms_out` (`stdout_is_terminal`: whether it is one, for
+/// the table's width and colours); also returns the policy directories it loaded.
 fn replay_to(
     args: ReplayArgs,
     alarms_out: Box<dyn Write + '_>,
+    stdout_is_terminal: bool,
 ) -> anyhow::Result<(ExitCode, Vec<PathBuf>)> {
     use crate::replay::{ReplayOptions, run, setup};
     let rules = or_bundled(args.rules.clone())?;
@@ -859,40 +884,86 @@ fn replay_to(
     let mut dlq = open_rejects(args.dlq.as_deref(), args.dlq_max_bytes)?;
     let format = args.format;
     let mut out = BufWriter::new(alarms_out);
+    let table = (format == ReplayFormat::Table).then(|| {
+        crate::term::Table::new(
+            crate::term::use_color(args.color, stdout_is_terminal),
+            stdout_is_terminal,
+        )
+    });
     let mut write_error: Option<io::Error> = None;
-    let mut summary = run(
+    if let Some(t) = &table {
+        write_error = out.write_all(t.header().as_bytes()).err();
+    }
+    // The progress bar: bytes of the inputs read, polled from a thread (never with -q).
+    let bar = match (args.progress, verbosity()) {
+        (_, 0) | (crate::term::When::Never, _) => None,
+        (crate::term::When::Auto, _) if !crate::term::stderr_is_terminal() => None,
+        (when, _) => {
+            let progress = std::sync::Arc::new(crate::source::Progress::default());
+            s.progress = Some(progress.clone());
+            let total = expand(&options.inputs)
+                .ok()
+                .and_then(|i| crate::term::input_bytes(&i.inputs));
+            Some(crate::term::ProgressDisplay::start(
+                progress,
+                total,
+                when == crate::term::When::Always,
+            )?)
+        }
+    };
+    let stderr_rejects = args.dlq.is_none();
+    let result = run(
         &mut s,
         &options.inputs,
         options.provider,
         &mut |alarm| {
-            let written = match format {
-                crate::ocsf::AlarmFormat::Native => write_json_line(&mut out, alarm),
-                crate::ocsf::AlarmFormat::Ocsf => {
+            if write_error.is_some() {
+                return;
+            }
+            let written = match (format, &table) {
+                (_, Some(t)) => out.write_all(t.alarm(alarm).as_bytes()),
+                (ReplayFormat::Ocsf, None) => {
                     write_json_line(&mut out, &crate::ocsf::detection_finding(alarm))
                 }
+                (_, None) => write_json_line(&mut out, alarm),
             };
-            if write_error.is_none()
-                && let Err(e) = written
-            {
+            if let Err(e) = written {
                 write_error = Some(e);
             }
         },
-        &mut |Rejected { reject, raw }| dlq.write(&reject, raw),
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
-    if format == crate::ocsf::AlarmFormat::Native {
-        for r in &summary.risks {
-            if write_error.is_none()
-                && let Err(e) = write_json_line(&mut out, r)
-            {
-                write_error = Some(e);
+        &mut |Rejected { reject, raw }| match (&bar, stderr_rejects) {
+            // Rejects listed on stderr (at most a few hundred) go above the bar.
+            (Some(bar), true) => bar.suspend(|| dlq.write(&reject, raw)),
+            _ => dlq.write(&reject, raw),
+        },
+    );
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    let mut summary = result.map_err(|e| anyhow::anyhow!(e))?;
+    match (format, &table) {
+        (ReplayFormat::Ocsf, _) => {
+            if !summary.risks.is_empty() {
+                eprintln!(
+                    "note: {} configuration risk(s) not written in OCSF form (`akwatch risks` lists them)",
+                    summary.risks.len()
+                );
             }
         }
-    } else if !summary.risks.is_empty() {
-        eprintln!(
-            "note: {} configuration risk(s) not written in OCSF form (`akwatch risks` lists them)",
-            summary.risks.len()
-        );
+        (_, table) => {
+            for r in &summary.risks {
+                if write_error.is_some() {
+                    break;
+                }
+                let written = match table {
+                    Some(t) => out.write_all(t.risk(r).as_bytes()),
+                    None => write_json_line(&mut out, r),
+                };
+                if let Err(e) = written {
+                    write_error = Some(e);
+                }
+            }
+        }
     }
     dlq.finish().context("cannot write the dead-letter file")?;
     if write_error.is_none()
@@ -927,7 +998,8 @@ fn replay_to(
         );
     }
     if verbosity() > 0 {
-        eprint!("{}", summary_table(&s.engine.stats, &summary));
+        let color = crate::term::use_color(args.color, crate::term::stderr_is_terminal());
+        eprint!("{}", summary_table(&s.engine.stats, &summary, color));
     }
     match write_error {
         Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
@@ -1020,7 +1092,7 @@ fn console_in(
             args.policies.clone()
         }
     } else {
-        let (code, dirs) = replay_to(args, Box::new(io::sink()))?;
+        let (code, dirs) = replay_to(args, Box::new(io::sink()), false)?;
         if code != ExitCode::SUCCESS {
             return Ok(code);
         }
@@ -1189,8 +1261,12 @@ fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The readable summary a replay prints on stderr.
-pub fn summary_table(stats: &crate::engine::Stats, summary: &crate::replay::Summary) -> String {
+/// The readable summary a replay prints on stderr (`color`: severities in colour).
+pub fn summary_table(
+    stats: &crate::engine::Stats,
+    summary: &crate::replay::Summary,
+    color: bool,
+) -> String {
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
     let mut t = String::new();
@@ -1235,7 +1311,12 @@ pub fn summary_table(stats: &crate::engine::Stats, summary: &crate::replay::Summ
     for id in ids {
         let (sev, alarms, hits) = by_rule.get(id).cloned().unwrap_or_default();
         let allowed = stats.allowlisted.get(id).copied().unwrap_or(0);
-        let _ = writeln!(t, "  {id:<34} {sev:>8} {alarms:>7} {hits:>7} {allowed:>12}");
+        let sev = if sev.is_empty() {
+            format!("{sev:>8}")
+        } else {
+            crate::term::paint(&format!("{sev:>8}"), parse_sev(&sev), color)
+        };
+        let _ = writeln!(t, "  {id:<34} {sev} {alarms:>7} {hits:>7} {allowed:>12}");
     }
     let mut risks: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &summary.risks {

@@ -35,6 +35,7 @@ pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
+pub mod term;
 
 pub use event::{Cloud, Event};
 pub use provider::{Decoder, Reject, RejectKind};

@@ -21,7 +21,7 @@ use crate::report::live::ReportFeed;
 use crate::risk::{Risk, report_time, risks};
 use crate::rule::{AlarmType, RuleSet, Severity};
 use crate::source::framing::FrameOptions;
-use crate::source::{Rejected, expand, files_in, read_input};
+use crate::source::{Progress, Rejected, expand, files_in, read_input_counted};
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +85,9 @@ pub struct Setup {
     pub inventory_batch_rows: usize,
     /// Threads to decode and detect on ([`ReplayOptions::threads`]).
     pub threads: usize,
+    /// When given, the run adds the bytes it reads and the records it frames to it (for a
+    /// progress display polling it from another thread).
+    pub progress: Option<std::sync::Arc<Progress>>,
 }
 
 /// The most rows an inventory batch holds before it is handed to the sink.
@@ -189,6 +192,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             inventory_sink: None,
             inventory_batch_rows: INVENTORY_BATCH_ROWS,
             threads: o.threads.max(1),
+            progress: None,
         }),
         _ => Err(errors),
     }
@@ -456,10 +460,11 @@ pub fn run(
     let mut sink_error: Option<String> = None;
     let batch_rows = setup.inventory_batch_rows.max(1);
     for input in &expanded.inputs {
-        let counts = read_input(
+        let counts = read_input_counted(
             input,
             &decoder,
             FrameOptions::default(),
+            setup.progress.as_ref(),
             &mut |event| {
                 for alarm in pipeline.event(engine, &event)? {
                     summary.notifications += 1;
@@ -530,6 +535,7 @@ fn run_parallel(
     }
     parallel::run(
         inputs,
+        setup.progress.as_ref(),
         decoder,
         &pipeline.enricher,
         engines,

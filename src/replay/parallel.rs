@@ -34,7 +34,7 @@ use crate::enrich::{Enricher, Enrichment};
 use crate::event::{Event, Origin};
 use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
 use crate::source::framing::{FrameOptions, frame_records};
-use crate::source::{Input, Rejected, open};
+use crate::source::{Input, Progress, Rejected, open_counted};
 
 /// Records per batch (a batch also closes at [`BATCH_BYTES`]).
 const BATCH_RECORDS: usize = 256;
@@ -125,9 +125,12 @@ pub struct Counts {
 
 /// Runs the pipeline over `inputs` on `decoders` decode threads and `engines.len()` engine
 /// shards. `on_alarm` and `on_reject` are called on this thread, in the order a single engine
-/// would produce them (`engine.flush()`'s updates last).
+/// would produce them (`engine.flush()`'s updates last). The reader adds what it reads to
+/// `progress` when given.
+#[allow(clippy::too_many_arguments)] // Each is a different thing the stages need.
 pub fn run(
     inputs: &[Input],
+    progress: Option<&Arc<Progress>>,
     decoder: &Decoder,
     enricher: &Enricher,
     engines: Vec<Engine>,
@@ -165,7 +168,7 @@ pub fn run(
     std::thread::scope(move |scope| {
         let reader = std::thread::Builder::new()
             .name("replay-read".into())
-            .spawn_scoped(scope, move || read(inputs, &tickets_rx, &raw_tx))
+            .spawn_scoped(scope, move || read(inputs, progress, &tickets_rx, &raw_tx))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         let mut workers = Vec::new();
         for i in 0..decoders {
@@ -221,7 +224,12 @@ pub fn run(
 }
 
 /// The reader: frames every input into batches, in order.
-fn read(inputs: &[Input], tickets: &Receiver<()>, out: &SyncSender<RawBatch>) {
+fn read(
+    inputs: &[Input],
+    progress: Option<&Arc<Progress>>,
+    tickets: &Receiver<()>,
+    out: &SyncSender<RawBatch>,
+) {
     let mut seq = 0u64;
     let mut batch = RawBatch {
         seq,
@@ -253,7 +261,7 @@ fn read(inputs: &[Input], tickets: &Receiver<()>, out: &SyncSender<RawBatch>) {
                 broken: Some(reject),
             });
         };
-        let reader = match open(input) {
+        let reader = match open_counted(input, progress) {
             Ok(r) => r,
             Err(e) => {
                 whole(
@@ -275,6 +283,9 @@ fn read(inputs: &[Input], tickets: &Receiver<()>, out: &SyncSender<RawBatch>) {
                     return;
                 }
                 records += 1;
+                if let Some(p) = progress {
+                    p.record();
+                }
                 let origin = crate::source::file_origin(&name, frame.index, frame.line);
                 let start = batch.data.len();
                 batch.data.extend_from_slice(frame.bytes);

@@ -6,6 +6,8 @@ pub mod framing;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use flate2::read::MultiGzDecoder;
 
@@ -114,12 +116,65 @@ fn is_log_name(path: &Path) -> bool {
         || lower.ends_with(".gz")
 }
 
+/// How far reading has come, for a progress display that polls it from another thread: the
+/// bytes read from the inputs as stored (compressed, for `.gz`: so they add up to the files'
+/// sizes) and the records framed. Counted with relaxed atomics, once per read of up to 256 KiB
+/// and once per record.
+#[derive(Debug, Default)]
+pub struct Progress {
+    bytes: AtomicU64,
+    records: AtomicU64,
+}
+
+impl Progress {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record(&self) {
+        self.records.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A reader that adds what it reads to a [`Progress`].
+struct Counted<R> {
+    inner: R,
+    progress: Arc<Progress>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// Opens an input as a buffered reader, transparently gunzipping it when it starts with the
 /// gzip magic bytes (whatever its name).
 pub fn open(input: &Input) -> io::Result<Box<dyn BufRead>> {
+    open_counted(input, None)
+}
+
+/// [`open`], the bytes read from the input (before gunzip) added to `progress` when given.
+pub fn open_counted(
+    input: &Input,
+    progress: Option<&Arc<Progress>>,
+) -> io::Result<Box<dyn BufRead>> {
     let raw: Box<dyn Read> = match input {
         Input::Stdin => Box::new(io::stdin()),
         Input::File(p) => Box::new(File::open(p)?),
+    };
+    let raw: Box<dyn Read> = match progress {
+        Some(p) => Box::new(Counted {
+            inner: raw,
+            progress: Arc::clone(p),
+        }),
+        None => raw,
     };
     let mut reader = BufReader::with_capacity(READ_BUFFER, raw);
     let is_gzip = {
@@ -165,9 +220,21 @@ pub fn read_input(
     on_event: &mut dyn FnMut(Event) -> Result<(), String>,
     on_reject: &mut dyn FnMut(Rejected<'_>),
 ) -> ReadCounts {
+    read_input_counted(input, decoder, options, None, on_event, on_reject)
+}
+
+/// [`read_input`], its bytes and records added to `progress` when given.
+pub fn read_input_counted(
+    input: &Input,
+    decoder: &Decoder,
+    options: FrameOptions,
+    progress: Option<&Arc<Progress>>,
+    on_event: &mut dyn FnMut(Event) -> Result<(), String>,
+    on_reject: &mut dyn FnMut(Rejected<'_>),
+) -> ReadCounts {
     let name = input.name();
     let mut counts = ReadCounts::default();
-    let reader = match open(input) {
+    let reader = match open_counted(input, progress) {
         Ok(r) => r,
         Err(e) => {
             counts.rejected += 1;
@@ -190,6 +257,9 @@ pub fn read_input(
         frame_records(reader, options, |frame| {
             let counts = &mut *counts_ref;
             counts.records += 1;
+            if let Some(p) = progress {
+                p.record();
+            }
             let origin = file_origin(&name, frame.index, frame.line);
             if let Some((kind, reason)) = frame.broken {
                 counts.rejected += 1;

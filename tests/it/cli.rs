@@ -534,3 +534,118 @@ fn check_config_and_probe() {
     let o = akwatch(&["probe", "https://example.com/"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// `replay --format table`: a header and a row per alarm notification and per configuration
+/// risk (the JSON's lines); colours only with `--color always` (stdout here is a pipe), also on
+/// the summary; `native` is `json`.
+#[test]
+fn replay_table_has_a_row_per_json_line_and_colours_only_when_asked() {
+    let replay = |args: &[&str], no_color: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_akwatch"));
+        c.arg("replay").args(args).current_dir(crate::repo());
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let json = replay(&["--format", "json"], false);
+    let kinds: Vec<String> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(kinds.iter().any(|k| k == "alarm") && kinds.iter().any(|k| k == "risk"));
+    let native = replay(&["--format", "native"], false);
+    assert_eq!(native.stdout, json.stdout);
+
+    let plain = replay(&["--format", "table"], false);
+    let text = String::from_utf8(plain.stdout.clone()).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    for column in [
+        "TIME",
+        "SEVERITY",
+        "KIND",
+        "RULE",
+        "KEY",
+        "PRINCIPAL",
+        "SOURCE IPS",
+        "COUNT",
+        "SUMMARY",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let rows: Vec<&str> = lines.collect();
+    let row_kinds: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(row_kinds, kinds, "{text}");
+    assert!(text.contains("ak.audit_tamper") && text.contains("risk.root_active_key"));
+    // Not a terminal, so no colour with auto (or NO_COLOR), and lines are not cut.
+    assert!(!text.contains('\x1b'), "{text}");
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains('\x1b'));
+    let no_color = replay(&["--format", "table", "--color", "auto"], true);
+    assert_eq!(no_color.stdout, plain.stdout);
+    assert!(!String::from_utf8_lossy(&no_color.stderr).contains('\x1b'));
+
+    let coloured = replay(&["--format", "table", "--color", "always"], true);
+    let painted = String::from_utf8(coloured.stdout).unwrap();
+    assert!(painted.contains("\x1b[31mhigh"), "{painted}");
+    // Only the colour codes differ.
+    let mut stripped = String::new();
+    let mut rest = painted.as_str();
+    while let Some(i) = rest.find('\x1b') {
+        stripped.push_str(&rest[..i]);
+        let end = rest[i..].find('m').unwrap();
+        rest = &rest[i + end + 1..];
+    }
+    stripped.push_str(rest);
+    assert_eq!(stripped, text);
+    assert!(String::from_utf8_lossy(&coloured.stderr).contains("\x1b["));
+}
+
+/// The progress bar: drawn with `--progress always` (its last state: every byte and record),
+/// absent on a pipe by default, and never with `-q`.
+#[test]
+fn replay_progress_bar_only_when_asked_and_never_quiet() {
+    let replay = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_akwatch"))
+            .arg("replay")
+            .args(args)
+            .current_dir(crate::repo())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stderr).unwrap()
+    };
+    let bar = replay(&["--threads", "1", "--progress", "always"]);
+    let logs = crate::repo().join("examples/logs").display().to_string();
+    let logs =
+        akwatch::term::input_bytes(&akwatch::source::expand(&[logs]).unwrap().inputs).unwrap();
+    assert!(logs > 100_000, "{logs}");
+    let last = bar
+        .split(['\r', '\n'])
+        .rfind(|l| l.contains("records/s"))
+        .unwrap_or_else(|| panic!("no bar in {bar:?}"));
+    assert!(last.contains("7530 records ("), "{last}");
+    let total = format!("{}", indicatif::BinaryBytes(logs));
+    assert!(last.contains(&format!("{total}/{total}")), "{last}");
+    assert!(bar.contains("akwatch replay: 7530 events"), "{bar}");
+
+    for args in [
+        &["--threads", "1"][..],
+        &["--threads", "2", "--progress", "auto"],
+    ] {
+        let err = replay(args);
+        assert!(!err.contains("records/s") && !err.contains('\r'), "{err}");
+        assert!(err.contains("akwatch replay: 7530 events"), "{err}");
+    }
+    assert_eq!(replay(&["-q", "--progress", "always"]), "");
+}
