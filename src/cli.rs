@@ -116,11 +116,10 @@ pub enum Command {
     },
     /// Run the whole pipeline over files and print alarms (JSON lines on stdout, a summary
     /// table on stderr). With no paths: the bundled example scenario under examples/.
-    ///
-    /// Examples:
-    ///   akwatch replay
-    ///   akwatch replay --scenario scenario          (a `simulate` output, whole)
-    ///   akwatch replay --reports reports/ --geoip GeoLite2-City.mmdb logs/
+    #[command(after_help = "Examples:\n  \
+        akwatch replay                                   the bundled scenario\n  \
+        akwatch replay --scenario scenario               a `simulate` output, whole\n  \
+        akwatch replay --format table --reports reports/ --geoip GeoLite2-City.mmdb logs/")]
     Replay(ReplayArgs),
     /// Replay logs into an inventory store and serve the console (the CSC views in a browser)
     /// and the API on 127.0.0.1: with no paths, the bundled example scenario into a fresh store.
@@ -179,8 +178,8 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=3650))]
         days: i64,
         /// First day (UTC), YYYY-MM-DD.
-        #[arg(long, default_value = "2025-06-02")]
-        start: String,
+        #[arg(long, value_name = "YYYY-MM-DD", default_value = "2025-06-02", value_parser = parse_day)]
+        start: chrono::NaiveDate,
         /// Median calls per key per day (0.1 to 100,000).
         #[arg(long, default_value_t = 12.0, value_parser = parse_rate)]
         calls_per_day: f64,
@@ -357,6 +356,11 @@ pub enum SchemaKind {
     Openapi,
 }
 
+fn parse_day(s: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|e| format!("{e}: expected a day as YYYY-MM-DD, e.g. 2025-06-02"))
+}
+
 fn parse_cloud(s: &str) -> Result<Cloud, String> {
     s.parse()
 }
@@ -442,8 +446,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             calls_per_day,
             out,
         } => {
-            let start = chrono::NaiveDate::parse_from_str(&start, "%Y-%m-%d")
-                .map_err(|e| anyhow::anyhow!("--start: {e}"))?
+            let start = start
                 .and_hms_opt(0, 0, 0)
                 .map(|t| t.and_utc())
                 .ok_or_else(|| anyhow::anyhow!("--start: bad date"))?;
@@ -1272,7 +1275,7 @@ pub fn summary_table(
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\nakwatch replay: {} events from {} file(s), {} rejected; {} alarms ({} notifications), {} configuration risks",
+        "akwatch replay: {} events from {} file(s), {} rejected; {} alarms ({} notifications), {} configuration risks",
         summary.events,
         summary.files,
         summary.rejected,

@@ -649,9 +649,15 @@ impl Config {
     /// What the pipeline is built from (the command line lowers into the same): rules,
     /// policies and lists (default: RULES/policies, RULES/lists), GeoIP, reports, leak feeds.
     pub fn pipeline_options(&self) -> crate::replay::ReplayOptions {
+        // The default `rules` when the working directory has none: the bundled rules.
+        let rules = if self.rules == Path::new("rules") && !self.rules.is_dir() {
+            crate::bundled::path("rules").unwrap_or_else(|_| self.rules.clone())
+        } else {
+            self.rules.clone()
+        };
         let or_default = |given: &[PathBuf], sub: &str| {
             if given.is_empty() {
-                vec![self.rules.join(sub)]
+                vec![rules.join(sub)]
             } else {
                 given.to_vec()
             }
@@ -671,7 +677,7 @@ impl Config {
         crate::replay::ReplayOptions {
             inputs: Vec::new(),
             reports: self.reports.clone(),
-            rules: self.rules.clone(),
+            rules: rules.clone(),
             policies,
             lists: or_default(&self.lists, "lists"),
             geoip: self.geoip.clone(),

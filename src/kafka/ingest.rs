@@ -265,9 +265,10 @@ impl<'a> Ingest<'a> {
                 .is_none_or(tokio::task::JoinHandle::is_finished)
             {
                 let (c, m) = (self.s.consumer.clone(), metrics.clone());
+                let admin = self.s.watermarks.clone();
                 let topics: Vec<String> = self.s.decoders.keys().cloned().collect();
                 self.lag_task = Some(tokio::task::spawn_blocking(move || {
-                    update_lag(&c, &m, &topics)
+                    update_lag(&c, &admin, &m, &topics)
                 }));
             }
         }

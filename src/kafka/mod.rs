@@ -340,14 +340,19 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
         }
         _ => None,
     };
-    let (probe, probe_topic) = (
+    // The probe has a client (and so connections) of its own: on the consumer's, a metadata
+    // request waits behind the consumer's fetch and an idle service looked unreachable.
+    let (alive, probe_topic) = (
         Arc::downgrade(&consumer),
         config.inputs.first().map(|i| i.topic.clone()),
     );
+    let probe: rdkafka::consumer::BaseConsumer<Logged> =
+        client_config(config).create_with_context(Logged)?;
     crate::telemetry::watch_broker(metrics.clone(), move |wait| {
-        let c = probe.upgrade()?;
+        alive.upgrade()?;
         Some(
-            c.fetch_metadata(probe_topic.as_deref(), wait)
+            probe
+                .fetch_metadata(probe_topic.as_deref(), wait)
                 .map(drop)
                 .map_err(|e| e.to_string()),
         )
@@ -1120,29 +1125,64 @@ impl ExportedStats {
     }
 }
 
-/// Consumer lag per assigned input partition: its end minus our position. Partitions no longer
-/// assigned lose their series. Also whether each input topic exists: a missing one is one
-/// warning (and one line when it appears), and `akwatch_input_topic_missing` meanwhile.
-fn update_lag(consumer: &GroupConsumer, metrics: &crate::telemetry::Metrics, topics: &[String]) {
-    check_topics(consumer, metrics, topics);
+/// Consumer lag per assigned input partition: its end minus our position (the committed offset
+/// before the first fetch, the start of the partition without one). Partitions no longer
+/// assigned lose their series; one whose end cannot be read now keeps its last value. The
+/// requests go through `admin`, a client of its own: on the consumer's connection they would
+/// wait behind its fetches. Also whether each input topic exists: a missing one is one warning
+/// (and one line when it appears), and `akwatch_input_topic_missing` meanwhile.
+fn update_lag(
+    consumer: &GroupConsumer,
+    admin: &rdkafka::consumer::BaseConsumer<Logged>,
+    metrics: &crate::telemetry::Metrics,
+    topics: &[String],
+) {
+    const WAIT: Duration = Duration::from_secs(5);
+    check_topics(admin, metrics, topics);
     let Ok(positions) = consumer.position() else {
         return;
     };
+    let unpositioned: rdkafka::TopicPartitionList = {
+        let mut l = rdkafka::TopicPartitionList::new();
+        for e in positions.elements() {
+            if !matches!(e.offset(), rdkafka::Offset::Offset(_)) {
+                l.add_partition(e.topic(), e.partition());
+            }
+        }
+        l
+    };
+    let committed = if unpositioned.count() > 0 {
+        consumer.committed_offsets(unpositioned, WAIT).ok()
+    } else {
+        None
+    };
     let mut lags: Vec<(String, String, i64)> = Vec::new();
     for e in positions.elements() {
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500))
-        else {
+        let partition = e.partition().to_string();
+        let Ok((low, high)) = admin.fetch_watermarks(e.topic(), e.partition(), WAIT) else {
+            // Unknown now: the last value stays.
+            let last = metrics
+                .consumer_lag
+                .get_metric_with_label_values(&[e.topic(), partition.as_str()])
+                .map(|g| g.get())
+                .unwrap_or(0);
+            lags.push((e.topic().to_owned(), partition, last));
             continue;
         };
-        // No position yet (nothing read from it): everything it holds is behind.
         let at = match e.offset() {
             rdkafka::Offset::Offset(o) => o,
-            _ => low,
+            _ => committed
+                .as_ref()
+                .and_then(|c| c.find_partition(e.topic(), e.partition()))
+                .and_then(|p| match p.offset() {
+                    rdkafka::Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(low),
         };
         lags.push((
             e.topic().to_owned(),
-            e.partition().to_string(),
+            partition,
             high.saturating_sub(at).max(0),
         ));
     }
@@ -1157,9 +1197,13 @@ fn update_lag(consumer: &GroupConsumer, metrics: &crate::telemetry::Metrics, top
 
 /// Sets `akwatch_input_topic_missing` for each input topic from the cluster's metadata (not
 /// when the broker cannot be asked: that is `akwatch_broker_up`'s business).
-fn check_topics(consumer: &GroupConsumer, metrics: &crate::telemetry::Metrics, topics: &[String]) {
+fn check_topics(
+    admin: &rdkafka::consumer::BaseConsumer<Logged>,
+    metrics: &crate::telemetry::Metrics,
+    topics: &[String],
+) {
     for topic in topics {
-        let Ok(meta) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) else {
+        let Ok(meta) = admin.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
             continue;
         };
         let missing = meta

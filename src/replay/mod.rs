@@ -53,8 +53,13 @@ impl ReplayOptions {
             inputs: vec![dir.join("logs").display().to_string()],
             reports: files("reports"),
             rules: rules.to_path_buf(),
-            policies: vec![rules.join("policies"), dir.join("policies")],
-            lists: vec![rules.join("lists"), dir.join("lists")],
+            // A scenario's own policies and lists, when it has them.
+            policies: std::iter::once(rules.join("policies"))
+                .chain(Some(dir.join("policies")).filter(|d| d.is_dir()))
+                .collect(),
+            lists: std::iter::once(rules.join("lists"))
+                .chain(Some(dir.join("lists")).filter(|d| d.is_dir()))
+                .collect(),
             geoip: if geo.is_file() { vec![geo] } else { vec![] },
             leaks: files("leaks"),
             permissions: Vec::new(),
@@ -110,6 +115,16 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
     } else {
         o.policies.clone()
     };
+    // A path that names nothing is a typo, not an empty list: the allowlist or the threat
+    // lists silently missing would change every alarm.
+    for (what, paths) in [("policy directory", &policy_dirs), ("list", &o.lists)] {
+        for p in paths.iter().filter(|p| !p.exists()) {
+            errors.push(format!(
+                "{}: cannot read the {what}: it does not exist",
+                p.display()
+            ));
+        }
+    }
     let policy = match Policy::load_dirs(&policy_dirs, &rules) {
         Ok(p) => p,
         Err(e) => {
@@ -137,7 +152,7 @@ pub fn setup(o: &ReplayOptions) -> Result<Setup, Vec<String>> {
             .collect();
         if !off.is_empty() {
             warnings.push(format!(
-                "no GeoIP database given (--geoip): rules disabled: {}",
+                "no GeoIP database given (replay --geoip, configuration geoip:): rules disabled: {}",
                 off.join(", ")
             ));
         }

@@ -566,6 +566,12 @@ impl RuleSet {
     /// Loads `dir/catalogs/*.yaml` and then every other `*.yaml` under `dir` except
     /// `dir/policies/`. All problems are returned together, each `file:line: message`.
     pub fn load(dir: &Path) -> Result<RuleSet, Vec<String>> {
+        if !dir.exists() {
+            return Err(vec![format!(
+                "{}: the rules directory does not exist",
+                dir.display()
+            )]);
+        }
         if !dir.is_dir() {
             return Err(vec![format!("{}: not a directory", dir.display())]);
         }
