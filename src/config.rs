@@ -28,6 +28,9 @@ struct RawConfig {
     reports: Vec<PathBuf>,
     #[serde(default = "default_rescan", deserialize_with = "span::secs")]
     reports_rescan_seconds: u64,
+    /// How often rules, policies, lists and leak feeds are looked at for changes (0: never).
+    #[serde(default = "default_rescan", deserialize_with = "span::secs")]
+    reload_rescan_seconds: u64,
     #[serde(default)]
     leaks: Vec<PathBuf>,
     /// Permission snapshots (read at start).
@@ -268,6 +271,8 @@ pub struct Config {
     /// Report files and directories, re-scanned every `reports_rescan`.
     pub reports: Vec<PathBuf>,
     pub reports_rescan: std::time::Duration,
+    /// How often rules, policies, lists and leak feeds are re-read when changed (`None`: never).
+    pub reload_rescan: Option<std::time::Duration>,
     pub leaks: Vec<PathBuf>,
     pub permissions: Vec<PathBuf>,
     pub state_dir: Option<PathBuf>,
@@ -612,6 +617,8 @@ impl Config {
             geoip: raw.geoip,
             reports: raw.reports,
             reports_rescan: std::time::Duration::from_secs(raw.reports_rescan_seconds),
+            reload_rescan: (raw.reload_rescan_seconds > 0)
+                .then(|| std::time::Duration::from_secs(raw.reload_rescan_seconds)),
             leaks: raw.leaks,
             permissions: raw.permissions,
             state_dir: raw.state_dir,
