@@ -1032,4 +1032,20 @@ mod tests {
         let e = Config::parse("c.yaml", "kafka:\n  brokerz: x\n", &env).unwrap_err();
         assert!(e[0].contains("unknown field `brokerz`"), "{e:?}");
     }
+
+    #[test]
+    fn reload_rescan_takes_a_number_or_a_duration_and_zero_turns_it_off() {
+        let env = |_: &str| None;
+        let base = "kafka:\n  brokers: b\n  group_id: g\n  inputs:\n    - topic: in\n  alarm_topic: alarms\n  dlq_topic: dlq\n";
+        let rescan = |extra: &str| {
+            Config::parse("c.yaml", &format!("{base}{extra}"), &env)
+                .unwrap()
+                .reload_rescan
+        };
+        let secs = |n| Some(std::time::Duration::from_secs(n));
+        assert_eq!(rescan(""), secs(30));
+        assert_eq!(rescan("reload_rescan_seconds: 5\n"), secs(5));
+        assert_eq!(rescan("reload_rescan_seconds: 2m\n"), secs(120));
+        assert_eq!(rescan("reload_rescan_seconds: 0\n"), None);
+    }
 }

@@ -136,15 +136,9 @@ impl Watch {
     }
 }
 
+/// The files under `p` (a file, or a directory walked; hidden entries inside it left out).
 fn walk(p: &Path, exclude: &[PathBuf], out: &mut Vec<Stamp>) {
     if exclude.iter().any(|x| p == x) {
-        return;
-    }
-    let hidden = p
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.') && n != "." && n != "..");
-    if hidden {
         return;
     }
     let Ok(md) = std::fs::metadata(p) else {
@@ -153,7 +147,9 @@ fn walk(p: &Path, exclude: &[PathBuf], out: &mut Vec<Stamp>) {
     if md.is_dir() {
         if let Ok(rd) = std::fs::read_dir(p) {
             for e in rd.filter_map(Result::ok) {
-                walk(&e.path(), exclude, out);
+                if !e.file_name().to_string_lossy().starts_with('.') {
+                    walk(&e.path(), exclude, out);
+                }
             }
         }
     } else if md.is_file() {
@@ -231,8 +227,10 @@ impl Reloader {
         rescan: Duration,
         metrics: Arc<Metrics>,
     ) -> Reloader {
+        // The other parts' files under the rules directory (`policies/`, `lists/`) are theirs.
         let mut exclude = sources.policies.clone();
         exclude.push(sources.rules.join("policies"));
+        exclude.extend(sources.lists.iter().chain(&sources.leaks).cloned());
         for w in What::ALL {
             metrics.config_reloaded(w.as_str(), true, false);
         }
@@ -429,6 +427,90 @@ mod tests {
         assert!(!w.changed(), "the policies are another part");
         std::fs::write(dir.path().join("r.yaml"), "s").unwrap();
         assert!(w.changed());
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_edit_is_counted_and_the_last_good_version_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules_dir = dir.path().join("rules");
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"),
+            &rules_dir,
+        );
+        let policies = rules_dir.join("policies");
+        let sources = Sources {
+            rules: rules_dir.clone(),
+            policies: vec![policies.clone()],
+            lists: vec![rules_dir.join("lists")],
+            leaks: Vec::new(),
+            has_geo: false,
+        };
+        let rules = sources.load_rules().unwrap();
+        let policy = Policy::load_dirs(&sources.policies, &rules).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let mut r = Reloader::new(sources, rules, policy, Duration::ZERO, metrics.clone());
+        let count = |what: &str, result: &str| {
+            metrics
+                .config_reloads
+                .with_label_values(&[what, result])
+                .get()
+        };
+        let good = |what: &str| {
+            metrics
+                .config_last_reload_success
+                .with_label_values(&[what])
+                .get()
+        };
+        assert!(r.round().is_empty(), "nothing changed");
+
+        // A policy edit: the policy, with the rules in use.
+        let allow = "allowlist:\n  - id: ci\n    keys: [AKIAEXAMPLE000000001]\n";
+        std::fs::write(policies.join("allowlist.yaml"), allow).unwrap();
+        let (_, policy) = r.round().detection.expect("a new policy");
+        assert_eq!(policy.allowlist.len(), 1);
+        assert_eq!((count("policies", "ok"), good("policies")), (1, 1));
+
+        // A broken one: an error naming the file and line, the last good policy stays.
+        let broken = "allowlist:\n  - id: ci\n    keyz: [AKIAEXAMPLE000000001]\n";
+        std::fs::write(policies.join("allowlist.yaml"), broken).unwrap();
+        assert!(r.round().is_empty());
+        assert_eq!((count("policies", "error"), good("policies")), (1, 0));
+        assert_eq!(r.policy.allowlist.len(), 1);
+
+        // A rule the alarm policy names removed: the new rules do not fit the policy in use.
+        std::fs::write(policies.join("allowlist.yaml"), allow).unwrap();
+        assert!(r.round().detection.is_some(), "fixed");
+        let leaked = rules_dir.join("detections/leaked_key_use.yaml");
+        assert!(leaked.exists());
+        std::fs::remove_file(&leaked).unwrap();
+        assert!(r.round().is_empty());
+        assert_eq!((count("rules", "error"), good("rules")), (1, 0));
+        assert!(r.rules.rules.iter().any(|x| x.id == "ak.leaked_key_use"));
+
+        // An unparsable list line: the lists in use stay; a good list loads.
+        let extra = rules_dir.join("lists/threat-extra.txt");
+        std::fs::write(&extra, "not an address\n").unwrap();
+        let round = r.round();
+        assert!(
+            round.lists.is_none() && round.detection.is_none(),
+            "lists only"
+        );
+        assert_eq!((count("lists", "error"), good("lists")), (1, 0));
+        std::fs::write(&extra, "203.0.113.9\n").unwrap();
+        assert!(r.round().lists.is_some());
+        assert_eq!((count("lists", "ok"), good("lists")), (1, 1));
     }
 
     #[test]
