@@ -1047,5 +1047,13 @@ mod tests {
         assert_eq!(rescan("reload_rescan_seconds: 5\n"), secs(5));
         assert_eq!(rescan("reload_rescan_seconds: 2m\n"), secs(120));
         assert_eq!(rescan("reload_rescan_seconds: 0\n"), None);
+        // The example's commented key, uncommented.
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/akwatch.example.yaml"))
+                .unwrap()
+                .replace("# reload_rescan_seconds: 30", "reload_rescan_seconds: 30");
+        let c = Config::parse("akwatch.example.yaml", &example, &|_: &str| None)
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(c.reload_rescan, secs(30));
     }
 }

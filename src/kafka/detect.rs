@@ -812,16 +812,12 @@ impl Detect<'_> {
     ) -> Vec<crate::pipeline::Output> {
         if let Some((rules, mut policy)) = update.detection {
             let factory = &self.consumer.context().factory;
-            let mut factory_rules = factory
-                .rules
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut factory_policy = factory
-                .policy
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
             // The allowed lateness keeps its start-up value (the merge and windows use it).
-            policy.allowed_lateness = factory_policy.allowed_lateness;
+            policy.allowed_lateness = factory
+                .policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .allowed_lateness;
             let mut reset = Vec::new();
             for (r, part) in parts.iter_mut() {
                 // Checked by the watcher with `Engine::new`: it cannot fail here.
@@ -844,6 +840,16 @@ impl Detect<'_> {
                 state_reset = ?reset,
                 "rules and policies swapped in"
             );
+            // Both under their locks, rules first (the factory's order): a partition built
+            // meanwhile with the previous pair is given this one when it is handed over.
+            let mut factory_rules = factory
+                .rules
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut factory_policy = factory
+                .policy
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *factory_rules = rules;
             *factory_policy = policy;
             self.reloaded = true;

@@ -454,9 +454,13 @@ mod tests {
             rules: rules_dir.clone(),
             policies: vec![policies.clone()],
             lists: vec![rules_dir.join("lists")],
-            leaks: Vec::new(),
+            leaks: vec![dir.path().join("leaks")],
             has_geo: false,
         };
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/leaks"),
+            &dir.path().join("leaks"),
+        );
         let rules = sources.load_rules().unwrap();
         let policy = Policy::load_dirs(&sources.policies, &rules).unwrap();
         let metrics = Metrics::new().unwrap();
@@ -511,6 +515,15 @@ mod tests {
         std::fs::write(&extra, "203.0.113.9\n").unwrap();
         assert!(r.round().lists.is_some());
         assert_eq!((count("lists", "ok"), good("lists")), (1, 1));
+
+        // A leak feed that is not JSON: counted, the feeds in use stay; removed: they load.
+        let bad = dir.path().join("leaks/bad.json");
+        std::fs::write(&bad, "{").unwrap();
+        assert!(r.round().leaks.is_none());
+        assert_eq!((count("leaks", "error"), good("leaks")), (1, 0));
+        std::fs::remove_file(&bad).unwrap();
+        assert!(r.round().leaks.is_some());
+        assert_eq!((count("leaks", "ok"), good("leaks")), (1, 1));
     }
 
     #[test]
