@@ -28,6 +28,9 @@ struct RawConfig {
     reports: Vec<PathBuf>,
     #[serde(default = "default_rescan", deserialize_with = "span::secs")]
     reports_rescan_seconds: u64,
+    /// How often rules, policies, lists and leak feeds are looked at for changes (0: never).
+    #[serde(default = "default_rescan", deserialize_with = "span::secs")]
+    reload_rescan_seconds: u64,
     #[serde(default)]
     leaks: Vec<PathBuf>,
     /// Permission snapshots (read at start).
@@ -268,6 +271,8 @@ pub struct Config {
     /// Report files and directories, re-scanned every `reports_rescan`.
     pub reports: Vec<PathBuf>,
     pub reports_rescan: std::time::Duration,
+    /// How often rules, policies, lists and leak feeds are re-read when changed (`None`: never).
+    pub reload_rescan: Option<std::time::Duration>,
     pub leaks: Vec<PathBuf>,
     pub permissions: Vec<PathBuf>,
     pub state_dir: Option<PathBuf>,
@@ -612,6 +617,8 @@ impl Config {
             geoip: raw.geoip,
             reports: raw.reports,
             reports_rescan: std::time::Duration::from_secs(raw.reports_rescan_seconds),
+            reload_rescan: (raw.reload_rescan_seconds > 0)
+                .then(|| std::time::Duration::from_secs(raw.reload_rescan_seconds)),
             leaks: raw.leaks,
             permissions: raw.permissions,
             state_dir: raw.state_dir,
@@ -1030,5 +1037,29 @@ mod tests {
         }
         let e = Config::parse("c.yaml", "kafka:\n  brokerz: x\n", &env).unwrap_err();
         assert!(e[0].contains("unknown field `brokerz`"), "{e:?}");
+    }
+
+    #[test]
+    fn reload_rescan_takes_a_number_or_a_duration_and_zero_turns_it_off() {
+        let env = |_: &str| None;
+        let base = "kafka:\n  brokers: b\n  group_id: g\n  inputs:\n    - topic: in\n  alarm_topic: alarms\n  dlq_topic: dlq\n";
+        let rescan = |extra: &str| {
+            Config::parse("c.yaml", &format!("{base}{extra}"), &env)
+                .unwrap()
+                .reload_rescan
+        };
+        let secs = |n| Some(std::time::Duration::from_secs(n));
+        assert_eq!(rescan(""), secs(30));
+        assert_eq!(rescan("reload_rescan_seconds: 5\n"), secs(5));
+        assert_eq!(rescan("reload_rescan_seconds: 2m\n"), secs(120));
+        assert_eq!(rescan("reload_rescan_seconds: 0\n"), None);
+        // The example's commented key, uncommented.
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/akwatch.example.yaml"))
+                .unwrap()
+                .replace("# reload_rescan_seconds: 30", "reload_rescan_seconds: 30");
+        let c = Config::parse("akwatch.example.yaml", &example, &|_: &str| None)
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(c.reload_rescan, secs(30));
     }
 }

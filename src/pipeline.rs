@@ -69,6 +69,13 @@ impl Pipeline {
         self.start(risks)
     }
 
+    /// A new version of the leak feeds (a reload), swapped in between two events: the alarms of
+    /// keys it newly names.
+    pub fn leaks_changed(&mut self, leaks: crate::enrich::LeakFeed) -> Vec<Output> {
+        self.enricher.leaks = leaks;
+        self.new_leak_alarms()
+    }
+
     /// One event through `engine`, isolated: a panic anywhere in it is an error (the record
     /// becomes an `internal_error` dead letter) and the event's key loses its state, which the
     /// panic may have left half updated; the engine goes on with every other key.

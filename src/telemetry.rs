@@ -104,6 +104,10 @@ pub struct Metrics {
     pub state_max_keys: IntGauge,
     /// 1 while an input topic does not exist on the cluster, by topic.
     pub input_topic_missing: IntGaugeVec,
+    /// Reloads of rules, policies, lists and leak feeds, by part and result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last reload of a part succeeded (or none was tried), 0 after a failed one.
+    pub config_last_reload_success: IntGaugeVec,
     /// Set once the consumer is subscribed (see [`Readiness`]).
     pub ready: AtomicBool,
     /// Milliseconds since `since` (+1, so 0 means never) of the consume loop's last iteration.
@@ -423,6 +427,23 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            config_reloads: counter_vec(
+                &r,
+                "akwatch_config_reloads_total",
+                "Reloads of changed configuration files, by part (rules, policies, lists, leaks) and result (ok, error)",
+                &["what", "result"],
+            )?,
+            config_last_reload_success: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "akwatch_config_last_reload_success",
+                        "1 when the last reload of a configuration part succeeded (or none was needed), 0 when it failed and the last good version is in use",
+                    ),
+                    &["what"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
             detect_heartbeat_ms: AtomicU64::new(0),
@@ -458,6 +479,21 @@ impl Metrics {
             }
         }
         Ok(metrics)
+    }
+
+    /// A reload of `what`: counted (when `count`) under its result, and the gauge set.
+    pub fn config_reloaded(&self, what: &str, ok: bool, count: bool) {
+        let result = if ok { "ok" } else { "error" };
+        if count {
+            self.config_reloads.with_label_values(&[what, result]).inc();
+        } else {
+            for r in ["ok", "error"] {
+                self.config_reloads.with_label_values(&[what, r]);
+            }
+        }
+        self.config_last_reload_success
+            .with_label_values(&[what])
+            .set(i64::from(ok));
     }
 
     /// The per-rule series, at zero from the start: alarms by rule (at the rule's severity),

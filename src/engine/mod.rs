@@ -524,14 +524,55 @@ impl Engine {
     /// IP hiding apply to the next event, and the alarm policy's per-rule settings (enabled,
     /// severity, thresholds, aggregation, re-notification) from then on. The allowed lateness
     /// keeps its start-up value (the windows were sized with it). Nothing changes on an error.
-    pub fn set_policy(&mut self, rules: &RuleSet, mut policy: Policy) -> Result<(), Vec<String>> {
+    pub fn set_policy(&mut self, rules: &RuleSet, policy: Policy) -> Result<(), Vec<String>> {
+        self.set_rules(rules, policy).map(drop)
+    }
+
+    /// Swaps in new rules and a new policy between two events (a reload, see
+    /// [`Engine::set_policy`]). Per-key state is addressed by the position of a rule among the
+    /// active ones, so it is moved to each rule's new position; a rule whose definition (its
+    /// condition or detectors, after the alarm policy's thresholds) changed, or that is gone,
+    /// loses its per-key state (windows, distinct values, created-key marks) — counting on
+    /// under another definition could raise what the new one would not — and a new rule starts
+    /// empty. Everything else (remembered values, locations, alarms) is kept. Returns the ids
+    /// of the rules still active whose state was dropped. Nothing changes on an error.
+    pub fn set_rules(
+        &mut self,
+        rules: &RuleSet,
+        mut policy: Policy,
+    ) -> Result<Vec<String>, Vec<String>> {
         policy.allowed_lateness = self.policy.allowed_lateness;
         let built = Engine::new(rules, policy)?;
+        let map = rule_map(&self.rules, &built.rules);
+        let mut reset: Vec<String> = map
+            .iter()
+            .zip(&self.rules)
+            .filter(|(to, a)| to.is_none() && built.rules.iter().any(|b| b.rule.id == a.rule.id))
+            .map(|(_, a)| a.rule.id.clone())
+            .collect();
+        reset.dedup();
+        if map.iter().enumerate().any(|(i, to)| *to != Some(i as u16)) {
+            for mut k in self.state.keys.iter_mut() {
+                Arc::make_mut(k.value_mut()).remap_rules(&map);
+            }
+            let created: Vec<((u16, String), (i64, u64))> = self
+                .state
+                .created
+                .iter()
+                .map(|e| (e.key().clone(), *e.value()))
+                .collect();
+            self.state.created.clear();
+            for ((r, key), v) in created {
+                if let Some(Some(to)) = map.get(r as usize) {
+                    self.state.created.insert((*to, key), v);
+                }
+            }
+        }
         self.rules = built.rules;
         self.policy = built.policy;
         self.horizon = built.horizon;
         self.ip_history = built.ip_history;
-        Ok(())
+        Ok(reset)
     }
 
     /// Sets every cap (each at least 1).
@@ -933,6 +974,33 @@ pub struct MarksFor {
     pub created_key: Option<crate::event::AccessKeyId>,
     /// Every subject (a quarantined principal, whose keys are not known here).
     pub everyone: bool,
+}
+
+/// What a rule's per-key state is the state of: its id, condition and detectors (thresholds
+/// applied). Severity, aggregation and texts do not touch it.
+fn state_signature(a: &Active) -> String {
+    format!(
+        "{}\u{0}{:?}\u{0}{:?}",
+        a.rule.id, a.rule.cond, a.rule.detectors
+    )
+}
+
+/// For each active rule of `old` (by position), its position in `new` when the same rule with
+/// the same definition is there (versions of a rule whose alarm-policy entry expires are
+/// matched in order), else `None`.
+fn rule_map(old: &[Active], new: &[Active]) -> Vec<Option<u16>> {
+    let mut free: std::collections::HashMap<String, std::collections::VecDeque<usize>> =
+        std::collections::HashMap::new();
+    for (j, a) in new.iter().enumerate() {
+        free.entry(state_signature(a)).or_default().push_back(j);
+    }
+    old.iter()
+        .map(|a| {
+            free.get_mut(&state_signature(a))
+                .and_then(std::collections::VecDeque::pop_front)
+                .and_then(|j| u16::try_from(j).ok())
+        })
+        .collect()
 }
 
 /// Where an event goes among `n` engines: its subject's engine, which processes it, and the

@@ -425,6 +425,27 @@ impl KeyState {
         }
     }
 
+    /// Moves the per-rule parts to the rules' new positions (`map`, by old position; `None`:
+    /// dropped), see `Engine::set_rules`.
+    pub fn remap_rules(&mut self, map: &[Option<u16>]) {
+        let to = |r: u16| map.get(r as usize).copied().flatten();
+        self.windows.retain_mut(|(k, _)| match to(k.0) {
+            Some(n) => {
+                k.0 = n;
+                true
+            }
+            None => false,
+        });
+        self.sightings.retain_mut(|s| match to(s.rule) {
+            Some(n) => {
+                s.rule = n;
+                true
+            }
+            None => false,
+        });
+        self.sightings.sort_unstable_by_key(|s| (s.group(), s.hash));
+    }
+
     pub fn window(&mut self, rule: u16, detector: u8) -> &mut Window {
         window_in(&mut self.windows, (rule, detector, 0))
     }

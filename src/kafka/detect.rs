@@ -132,6 +132,8 @@ struct Handover(Vec<Change>);
 /// Builds a partition's engine and merge.
 pub struct PartFactory {
     pub engine: Box<dyn Fn() -> Engine + Send + Sync>,
+    /// The rules new partitions' engines are built with (swapped by a reload).
+    pub rules: Arc<std::sync::RwLock<crate::rule::RuleSet>>,
     /// The policy new partitions' engines are built with (swapped by a live policy change).
     pub policy: Arc<std::sync::RwLock<crate::policy::Policy>>,
     /// Every input partition (the sources the merge waits for).
@@ -351,6 +353,11 @@ pub struct Detect<'a> {
     /// Events queued in one partition's merge before the oldest is released regardless.
     pub queue_cap: usize,
     pub reports: tokio::sync::mpsc::Receiver<super::reports::ReportUpdate>,
+    /// Reloaded rules, policies, lists and leak feeds, when they are watched.
+    pub reload: Option<tokio::sync::mpsc::Receiver<super::reload::Reload>>,
+    /// Rules or a policy were reloaded since start: partitions assigned later are given them
+    /// (the rebalance callback may have built one before the swap).
+    pub reloaded: bool,
     /// The allowed lateness, seconds.
     pub lateness: i64,
     /// The metric label of each input topic.
@@ -432,6 +439,14 @@ impl Detect<'_> {
                         loose.set_risks(all);
                         loose.set_principals(update.principals.clone());
                     }
+                    if super::emit_all(outputs, self.out, risk_topic.as_deref()).await.is_err() {
+                        abandoned = true;
+                    }
+                    None
+                }
+                Some(update) = super::reload::next(&mut self.reload) => {
+                    let outputs = self.apply_reload(update, &mut parts);
+                    record_outputs(&mut loose, &outputs);
                     if super::emit_all(outputs, self.out, risk_topic.as_deref()).await.is_err() {
                         abandoned = true;
                     }
@@ -635,16 +650,19 @@ impl Detect<'_> {
                     if let Some(inv) = &self.inventory {
                         part.inv = self.claim(inv, r).await;
                     }
-                    if let Some(sync) = self.policy_sync.as_ref().filter(|s| s.swapped) {
-                        let current = self
-                            .consumer
-                            .context()
-                            .factory
+                    if self.reloaded || self.policy_sync.as_ref().is_some_and(|s| s.swapped) {
+                        let factory = &self.consumer.context().factory;
+                        let rules = factory
+                            .rules
+                            .read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .clone();
+                        let current = factory
                             .policy
                             .read()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .clone();
-                        if let Err(errors) = part.engine.set_policy(&sync.rules, current) {
+                        if let Err(errors) = part.engine.set_policy(&rules, current) {
                             tracing::error!(partition = r, errors = %errors.join("; "), "the current policy does not apply to an assigned partition");
                         }
                     }
@@ -781,6 +799,67 @@ impl Detect<'_> {
                 part.dirty = true;
                 Ok(())
             }
+        }
+    }
+
+    /// Swaps reloaded configuration in, between two events: rules and policy into every
+    /// partition's engine (state kept, see `Engine::set_rules`) and the factory, lists and
+    /// leak feeds into the enricher. Returns the alarms of newly leaked keys.
+    fn apply_reload(
+        &mut self,
+        update: super::reload::Reload,
+        parts: &mut BTreeMap<i32, Part>,
+    ) -> Vec<crate::pipeline::Output> {
+        if let Some((rules, mut policy)) = update.detection {
+            let factory = &self.consumer.context().factory;
+            // The allowed lateness keeps its start-up value (the merge and windows use it).
+            policy.allowed_lateness = factory
+                .policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .allowed_lateness;
+            let mut reset = Vec::new();
+            for (r, part) in parts.iter_mut() {
+                // Checked by the watcher with `Engine::new`: it cannot fail here.
+                match part.engine.set_rules(&rules, policy.clone()) {
+                    Ok(ids) => reset = ids,
+                    Err(errors) => {
+                        tracing::error!(partition = r, errors = %errors.join("; "), "the reloaded rules and policies do not apply to a partition")
+                    }
+                }
+            }
+            if let Some(sync) = self.policy_sync.as_mut() {
+                sync.rules = rules.clone();
+            }
+            self.metrics.describe_rules(&rules);
+            tracing::info!(
+                rules = rules.rules.len(),
+                allowlist = policy.allowlist.len(),
+                hidden_keys = policy.hidden_keys.len(),
+                partitions = parts.len(),
+                state_reset = ?reset,
+                "rules and policies swapped in"
+            );
+            // Both under their locks, rules first (the factory's order): a partition built
+            // meanwhile with the previous pair is given this one when it is handed over.
+            let mut factory_rules = factory
+                .rules
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut factory_policy = factory
+                .policy
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *factory_rules = rules;
+            *factory_policy = policy;
+            self.reloaded = true;
+        }
+        if let Some(lists) = update.lists {
+            self.pipeline.enricher.lists = lists;
+        }
+        match update.leaks {
+            Some(leaks) => self.pipeline.leaks_changed(leaks),
+            None => Vec::new(),
         }
     }
 

@@ -53,6 +53,8 @@ pub(super) struct IngestSetup<'a> {
     /// The engine of the local pipeline (unused with scale-out).
     pub engine: Engine,
     pub reports: Option<tokio::sync::mpsc::Receiver<ReportUpdate>>,
+    /// Reloaded rules, policies, lists and leak feeds (one instance).
+    pub reload: Option<tokio::sync::mpsc::Receiver<super::reload::Reload>>,
     pub risk_topic: Option<String>,
     /// The metric label (provider) of each input topic of one configured cloud, and the decoder
     /// of each input topic.
@@ -101,6 +103,7 @@ pub(super) struct Ingest<'a> {
 enum Wake<'m> {
     Stop,
     Report(ReportUpdate),
+    Reload(super::reload::Reload),
     Tick,
     Ends(Option<Vec<(Tp, i64)>>),
     Idle,
@@ -169,6 +172,7 @@ impl<'a> Ingest<'a> {
                 biased;
                 _ = self.s.stop.signalled() => Wake::Stop,
                 Some(update) = super::next_report(&mut self.s.reports) => Wake::Report(update),
+                Some(update) = super::reload::next(&mut self.s.reload) => Wake::Reload(update),
                 _ = ticker.tick() => Wake::Tick,
                 ends = async { eof_check.as_mut()?.await.ok() }, if eof_check.is_some() => {
                     Wake::Ends(ends)
@@ -180,6 +184,10 @@ impl<'a> Ingest<'a> {
                 Wake::Stop => break,
                 Wake::Report(update) => {
                     self.on_report(update).await;
+                    continue;
+                }
+                Wake::Reload(update) => {
+                    self.on_reload(update).await;
                     continue;
                 }
                 Wake::Tick => {
@@ -237,6 +245,43 @@ impl<'a> Ingest<'a> {
             .is_err()
         {
             self.abandoned = true;
+        }
+    }
+
+    /// Reloaded configuration, swapped in between two records (one instance; with scale-out
+    /// the detection task takes the reloads).
+    async fn on_reload(&mut self, update: super::reload::Reload) {
+        let Next::Local { pipeline, .. } = &mut self.s.next else {
+            return;
+        };
+        if let Some((rules, policy)) = update.detection {
+            // Checked by the watcher with `Engine::new`: it cannot fail here.
+            match self.s.engine.set_rules(&rules, policy) {
+                Ok(reset) => {
+                    self.s.metrics.describe_rules(&rules);
+                    tracing::info!(
+                        rules = rules.rules.len(),
+                        allowlist = self.s.engine.policy.allowlist.len(),
+                        state_reset = ?reset,
+                        "rules and policies swapped in"
+                    );
+                }
+                Err(errors) => {
+                    tracing::error!(errors = %errors.join("; "), "the reloaded rules and policies do not apply; the ones in use stay")
+                }
+            }
+        }
+        if let Some(lists) = update.lists {
+            pipeline.enricher.lists = lists;
+        }
+        if let Some(leaks) = update.leaks {
+            let outputs = pipeline.leaks_changed(leaks);
+            if super::emit_all(outputs, self.s.out, self.s.risk_topic.as_deref())
+                .await
+                .is_err()
+            {
+                self.abandoned = true;
+            }
         }
     }
 

@@ -10,6 +10,7 @@ pub mod detect;
 mod group;
 mod ingest;
 pub mod merge;
+pub mod reload;
 pub mod repartition;
 mod reports;
 
@@ -129,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     changelog,
                     pipeline,
                     reports: svc.reports_rx.take(),
+                    reload: svc.reload_rx.take(),
                     risks: std::mem::take(&mut svc.start_risks),
                     principals: std::mem::take(&mut svc.start_principals),
                     labels: labels.clone(),
@@ -191,6 +193,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         next,
         engine,
         reports,
+        // One instance: this loop takes the reloads (scale-out: the detection task took them).
+        reload: svc.reload_rx.take(),
         risk_topic: config.risk_topic.clone(),
         labels,
         decoders: config
@@ -241,7 +245,12 @@ struct Service {
     start_principals: Vec<crate::inventory::PrincipalRow>,
     reports_rx: Option<tokio::sync::mpsc::Receiver<reports::ReportUpdate>>,
     reports_thread: std::thread::JoinHandle<()>,
+    /// Also stops the reload thread.
     stop_reports: Arc<AtomicBool>,
+    /// Reloaded rules, policies, lists and leak feeds (`reload_rescan_seconds`), and their
+    /// watcher's thread.
+    reload_rx: Option<tokio::sync::mpsc::Receiver<reload::Reload>>,
+    reload_thread: Option<std::thread::JoinHandle<()>>,
     /// The inventory's store (issue 11) and the policy revision at start, when configured; its
     /// API is already serving.
     inventory: Option<(crate::inventory::Store, i64)>,
@@ -397,6 +406,28 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
         start_principals = u.principals;
     }
     start_risks.extend(s.enricher.permissions.risks());
+    // Rules, policies, lists and leak feeds: watched from the versions loaded at start.
+    for w in reload::What::ALL {
+        metrics.config_reloaded(w.as_str(), true, false);
+    }
+    let (reload_rx, reload_thread) = match config.reload_rescan {
+        Some(rescan) => {
+            let reloader = reload::Reloader::new(
+                reload::Sources::of(&options),
+                s.rules.clone(),
+                s.engine.policy.clone(),
+                rescan,
+                metrics.clone(),
+            );
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let stop = stop_reports.clone();
+            let thread = std::thread::Builder::new()
+                .name("akwatch-reload".to_owned())
+                .spawn(move || reloader.run(tx, stop))?;
+            (Some(rx), Some(thread))
+        }
+        None => (None, None),
+    };
     let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(2);
     let reports_thread = {
         let stop = stop_reports.clone();
@@ -430,6 +461,8 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
             reports_rx: Some(reports_rx),
             reports_thread,
             stop_reports,
+            reload_rx,
+            reload_thread,
             inventory,
             scale,
         },
@@ -543,6 +576,7 @@ struct DetectParts {
     changelog: changelog::ChangelogWriter,
     pipeline: Box<Pipeline>,
     reports: Option<tokio::sync::mpsc::Receiver<reports::ReportUpdate>>,
+    reload: Option<tokio::sync::mpsc::Receiver<reload::Reload>>,
     risks: Vec<crate::risk::Risk>,
     principals: Vec<crate::inventory::PrincipalRow>,
     labels: HashMap<String, &'static str>,
@@ -575,6 +609,7 @@ fn spawn_detect(
             changelog,
             pipeline,
             reports,
+            reload,
             risks,
             principals,
             labels,
@@ -606,6 +641,8 @@ fn spawn_detect(
             commit_interval,
             queue_cap,
             reports: reports?,
+            reload,
+            reloaded: false,
             lateness,
             labels,
             risk_topic,
@@ -638,6 +675,7 @@ async fn shutdown(
         reports_rx,
         reports_thread,
         stop_reports,
+        reload_thread,
         ..
     } = svc;
     tracing::info!(
@@ -692,7 +730,10 @@ async fn shutdown(
         }
     }
     drop(reports_rx);
-    let joined = tokio::task::spawn_blocking(move || reports_thread.join());
+    let joined = tokio::task::spawn_blocking(move || {
+        let _ = reports_thread.join();
+        reload_thread.map(std::thread::JoinHandle::join)
+    });
     let _ = tokio::time::timeout(stop.remaining(Duration::from_secs(10)), joined).await;
     // Leave the group while polling normally, so the revocation runs like any other (a
     // revocation inside librdkafka's `close` can hang: librdkafka #4041 / #4884). Records that
@@ -793,23 +834,29 @@ async fn scale_out_setup(
         }
     };
     let n = config.internal_partitions as u32;
-    let rules = s.rules.clone();
-    // Shared with the detection loop, which swaps in a policy changed through the API.
+    // Shared with the detection loop, which swaps in a policy changed through the API and
+    // reloaded rules and policies (both under their locks, rules first: the closure below
+    // never sees a pair that was not built together).
+    let shared_rules = Arc::new(std::sync::RwLock::new(s.rules.clone()));
     let shared_policy = Arc::new(std::sync::RwLock::new(s.engine.policy.clone()));
-    let policy = shared_policy.clone();
+    let (rules, policy) = (shared_rules.clone(), shared_policy.clone());
     let limits = config.limits.per_partition(n);
     let geo = s.enricher.geo.clone();
     // Built once here: the closure below cannot fail on the same rules and policy.
-    Engine::new(&rules, s.engine.policy.clone())
+    Engine::new(&s.rules, s.engine.policy.clone())
         .map_err(|e| anyhow::anyhow!("the engine: {}", e.join("; ")))?;
     let factory = detect::PartFactory {
+        rules: shared_rules,
         policy: shared_policy,
         engine: Box::new(move || {
+            let rules = rules
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let current = policy
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            // (A policy is swapped in only after an engine was built with it.)
+            // (Rules and a policy are swapped in only after an engine was built with them.)
             let mut e = Engine::new(&rules, current)
                 .unwrap_or_else(|_| unreachable!("built before with the same rules and policy"));
             e.set_limits(limits);

@@ -133,8 +133,16 @@ pub struct Globs {
 }
 
 /// The cache of `contains` answers, by value.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 struct ContainsCache(std::sync::Arc<dashmap::DashMap<Box<str>, bool, rustc_hash::FxBuildHasher>>);
+
+/// Without its entries: a rule's `Debug` is its definition (the engine's rule fingerprint and
+/// reload matching compare it), which the values seen so far are no part of.
+impl std::fmt::Debug for ContainsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContainsCache")
+    }
+}
 
 // Unwind-safe to share (a rule set crosses `catch_unwind`): an entry is a pure function of the
 // patterns and the value, inserted whole or not at all, so a panic cannot leave a wrong answer.

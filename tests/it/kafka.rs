@@ -136,7 +136,7 @@ fn service_log(child: &std::process::Child) -> String {
 
 /// What a running (or exited) service process has written on stderr so far, its last `max`
 /// characters.
-fn service_log_tail(child: &std::process::Child, max: usize) -> String {
+pub(crate) fn service_log_tail(child: &std::process::Child, max: usize) -> String {
     let logs = SERVICE_LOGS.lock().unwrap();
     let Some((log, _)) = logs.get(&child.id()) else {
         return String::new();
@@ -188,13 +188,17 @@ pub(crate) struct Harness {
     /// More top-level configuration lines.
     pub(crate) extra: String,
     /// More lines of the `kafka:` section (two-space indented).
-    kafka_extra: String,
+    pub(crate) kafka_extra: String,
     /// Read the test's report topic.
     report_topic: bool,
     /// More librdkafka options (`kafka.options`).
     options: Vec<(&'static str, String)>,
     /// Environment of the service processes.
     env: Vec<(&'static str, String)>,
+    /// The rules directory and policy directories (default: the bundled ones and the
+    /// examples').
+    pub(crate) rules: Option<std::path::PathBuf>,
+    pub(crate) policies: Option<Vec<std::path::PathBuf>>,
 }
 
 const CLOUDS: [&str; 3] = ["aws", "alibaba", "tencent"];
@@ -240,6 +244,8 @@ impl Harness {
             report_topic: false,
             options: Vec::new(),
             env: Vec::new(),
+            rules: None,
+            policies: None,
         };
         let names = h.topics();
         let new: Vec<NewTopic> = names
@@ -288,7 +294,7 @@ impl Harness {
         .collect()
     }
 
-    fn produce(&self, topic: &str, records: &[Vec<u8>]) {
+    pub(crate) fn produce(&self, topic: &str, records: &[Vec<u8>]) {
         self.rt.block_on(async {
             let futures: Vec<_> = records
                 .iter()
@@ -332,7 +338,7 @@ impl Harness {
             .map(|(k, v)| format!("    {k}: '{v}'\n"))
             .collect();
         let config = format!(
-            "kafka:\n{}  brokers: {}\n  group_id: {}-akwatch\n  options:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\n{options}  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\n{report_topic}rules: {}\npolicies: [{}, {}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n{extra}",
+            "kafka:\n{}  brokers: {}\n  group_id: {}-akwatch\n  options:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '1000'\n{options}  inputs:\n    - topic: {}\n      provider: aws\n    - topic: {}\n    - topic: {}\n  alarm_topic: {}\n  dlq_topic: {}\n{report_topic}rules: {}\npolicies: [{}]\nlists: [{}, {}]\ngeoip: [{}]\nreports: [{}]\nleaks: [{}]\n{extra}",
             self.kafka_extra,
             self.brokers,
             self.prefix,
@@ -341,9 +347,17 @@ impl Harness {
             self.topic("tencent"),
             self.topic("alarms"),
             self.topic("dlq"),
-            r.join("rules").display(),
-            r.join("rules/policies").display(),
-            r.join("examples/policies").display(),
+            self.rules
+                .clone()
+                .unwrap_or_else(|| r.join("rules"))
+                .display(),
+            self.policies
+                .clone()
+                .unwrap_or_else(|| vec![r.join("rules/policies"), r.join("examples/policies")])
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             r.join("rules/lists").display(),
             r.join("examples/lists").display(),
             r.join("examples/geo.mmdb").display(),

@@ -620,3 +620,105 @@ fn tracked_alarms_per_key_are_capped() {
         .expect("the closed alarm's pending hit is notified");
     assert_eq!(update.count, 2);
 }
+
+/// The rules the burst raises when the rules are reloaded (`change`d) in its middle: before
+/// the reload, and after it.
+fn burst_rules_across_a_reload(
+    change: impl Fn(&mut RuleSet),
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut engine = engine();
+    let enr = public();
+    let key = "AKIARELOAD0000000001";
+    for h in 0..24 {
+        engine.process(
+            &call(key, "s3", "ListBuckets", "203.0.113.10", T0 + h * 3600),
+            &enr,
+        );
+    }
+    let (mut before, mut after) = (BTreeSet::new(), BTreeSet::new());
+    for (i, e) in burst(key, T0 + 86_400).iter().enumerate() {
+        if i == 10 {
+            let mut new = rules();
+            change(&mut new);
+            engine.set_rules(&new, Policy::default()).unwrap();
+        }
+        for a in engine.process(e, &enr) {
+            if i < 10 { &mut before } else { &mut after }.insert(a.rule_id);
+        }
+    }
+    (before, after)
+}
+
+/// A reload keeps each key's windows for the rules whose definition did not change, even
+/// when their positions shift (state is addressed by position), and drops those of a rule
+/// whose detectors changed.
+#[test]
+fn a_rule_reload_keeps_the_state_of_unchanged_rules_only() {
+    let straight = burst_rules(None);
+    let windowed: Vec<String> = rules()
+        .rules
+        .iter()
+        .filter(|r| straight.contains(&r.id))
+        .filter(|r| {
+            r.detectors.iter().any(|d| {
+                matches!(
+                    d,
+                    akwatch::rule::Detector::Threshold { .. }
+                        | akwatch::rule::Detector::Distinct { .. }
+                )
+            })
+        })
+        .map(|r| r.id.clone())
+        .collect();
+    assert!(!windowed.is_empty(), "the burst raises windowed rules");
+    // The same rules: the same alarms, some of them only after the reload (their windows
+    // were kept).
+    let all = |(b, a): (BTreeSet<String>, BTreeSet<String>)| -> BTreeSet<String> {
+        b.union(&a).cloned().collect()
+    };
+    let (before, after) = burst_rules_across_a_reload(|_| {});
+    assert_eq!(all((before.clone(), after.clone())), straight);
+    let late: Vec<&String> = windowed.iter().filter(|id| !before.contains(*id)).collect();
+    assert!(
+        !late.is_empty(),
+        "a windowed rule raised after the reload: {after:?}"
+    );
+    // The late rules moved to the end of the set and a rule the burst does not raise removed:
+    // positions change, the same alarms.
+    let unrelated = rules()
+        .rules
+        .iter()
+        .find(|r| !straight.contains(&r.id))
+        .unwrap()
+        .id
+        .clone();
+    let moved = burst_rules_across_a_reload(|r| {
+        r.rules.retain(|r| r.id != unrelated);
+        for id in &late {
+            let at = r.rules.iter().position(|r| &r.id == *id).unwrap();
+            let rule = r.rules.remove(at);
+            r.rules.push(rule);
+        }
+    });
+    assert_eq!(all(moved), straight);
+    // The windowed rules' windows one second longer: a new definition, their state starts
+    // again in the middle of the burst, and those raised only late do not reach their
+    // thresholds.
+    let (_, changed) = burst_rules_across_a_reload(|r| {
+        for rule in r.rules.iter_mut().filter(|r| windowed.contains(&r.id)) {
+            for d in &mut rule.detectors {
+                if let akwatch::rule::Detector::Threshold { window, .. }
+                | akwatch::rule::Detector::Distinct { window, .. } = d
+                {
+                    *window += 1;
+                }
+            }
+        }
+    });
+    for id in late {
+        assert!(
+            !changed.contains(id),
+            "{id} raised across a change: {changed:?}"
+        );
+    }
+}

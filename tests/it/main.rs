@@ -15,6 +15,7 @@ mod ocsf;
 mod ops;
 mod poison;
 mod props;
+mod reload;
 mod reports;
 mod schema;
 mod validation;
