@@ -54,7 +54,7 @@ pub enum Command {
     Normalize(NormalizeArgs),
     /// Parse credential reports (AWS IAM, Alibaba RAM, Tencent CAM) and print them as JSON.
     ///
-    /// Example: akwatch reports --account 123456789012 examples/reports/aws-iam-credential-report.csv
+    /// Example: akwatch reports --account 210987654321 examples/reports/aws-iam-credential-report.csv
     Reports(ReportsArgs),
     /// The service: consume call logs from Kafka, produce alarms and dead letters (Ctrl-C /
     /// SIGTERM stops it cleanly).
@@ -66,8 +66,9 @@ pub enum Command {
         config: PathBuf,
     },
     /// Check a service configuration as `run` would at start: the file, then the rules,
-    /// policies, lists, GeoIP databases, reports and leak feeds it names. Every problem is
-    /// listed (file and line), and the exit code is 1 when there is any.
+    /// policies, lists, GeoIP databases, reports and leak feeds it names. Problems are listed
+    /// with their file and line (the file's structure stops at its first), and the exit code
+    /// is 1 when there is any.
     ///
     /// Example: akwatch check-config akwatch.yaml
     CheckConfig {
@@ -171,7 +172,8 @@ pub enum Command {
         /// Seed of the random generator: the same seed writes the same scenario.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Access keys in the scenario (1 to 100,000).
+        /// Access keys of the everyday traffic (1 to 100,000); the attacks bring a few keys of
+        /// their own (a backdoor key, a new key used at once, ...).
         #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         keys: u32,
         /// Days of traffic (1 to 3,650).
@@ -1167,7 +1169,17 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} problem(s) in {}", errors.len(), path.display());
         }
     };
-    let options = config.pipeline_options();
+    let mut options = config.pipeline_options();
+    // The API's policy directory is created by `run` when it does not exist yet.
+    if let Some(api_dir) = config
+        .inventory
+        .as_ref()
+        .and_then(|i| i.api.as_ref())
+        .and_then(|a| a.policies_dir.as_ref())
+        .filter(|d| !d.exists())
+    {
+        options.policies.retain(|p| p != api_dir);
+    }
     match crate::replay::setup(&options) {
         Ok(s) => {
             if verbosity() > 0 {

@@ -585,6 +585,21 @@ impl Metrics {
             broker_checked: at(&self.broker_checked_ms),
             broker_ok: at(&self.broker_ok_ms),
             broker_error: self.broker_error.lock().ok().and_then(|e| e.clone()),
+            missing_topics: {
+                use prometheus::core::Collector;
+                let mut topics: Vec<String> = self
+                    .input_topic_missing
+                    .collect()
+                    .iter()
+                    .flat_map(|f| f.get_metric())
+                    .filter(|m| m.get_gauge().get_value() > 0.0)
+                    .flat_map(|m| m.get_label())
+                    .filter(|l| l.name() == "topic")
+                    .map(|l| l.value().to_owned())
+                    .collect();
+                topics.sort();
+                topics
+            },
         }
     }
 }
@@ -612,6 +627,8 @@ pub struct Readiness {
     pub broker_ok: Option<Duration>,
     /// The last probe's error when it failed.
     pub broker_error: Option<String>,
+    /// Input topics that do not exist (the service waits for them).
+    pub missing_topics: Vec<String>,
 }
 
 impl Readiness {
@@ -622,7 +639,14 @@ impl Readiness {
         let mut failed = Vec::new();
         let age = |t: Duration| now.saturating_sub(t).as_secs();
         if !self.started {
-            failed.push("starting: the consumer is not subscribed yet".to_owned());
+            if self.missing_topics.is_empty() {
+                failed.push("starting: the consumer is not subscribed yet".to_owned());
+            } else {
+                failed.push(format!(
+                    "starting: waiting for the input topic(s) {} to be created",
+                    self.missing_topics.join(", ")
+                ));
+            }
         }
         match (self.broker_ok, &self.broker_error) {
             (_, Some(e)) => failed.push(format!(
@@ -877,6 +901,7 @@ mod tests {
             broker_checked: Some(S(now)),
             broker_ok: Some(S(now)),
             broker_error: None,
+            missing_topics: Vec::new(),
         }
     }
 
@@ -900,6 +925,16 @@ mod tests {
             ..ready_at(5)
         };
         assert_eq!(r.check(S(5)), Ok(()));
+        // Waiting for input topics names them.
+        let r = Readiness {
+            started: false,
+            missing_topics: vec!["cloudtrail".into()],
+            ..ready_at(5)
+        };
+        assert_eq!(
+            r.check(S(5)),
+            Err("starting: waiting for the input topic(s) cloudtrail to be created".into())
+        );
     }
 
     #[test]
@@ -977,6 +1012,7 @@ mod tests {
             broker_checked: Some(S(99)),
             broker_ok: None,
             broker_error: Some("all brokers down".into()),
+            missing_topics: Vec::new(),
         };
         let why = r.check(S(100)).unwrap_err();
         assert!(

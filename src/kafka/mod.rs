@@ -493,6 +493,11 @@ async fn open_inventory(
         .context("the inventory store")?;
     let revision = crate::policy_store::revision(&store).await?;
     if let Some(dir) = api_policy_dir(config) {
+        // The API's directory exists from the start, entries or not (a policy directory that
+        // does not exist is a configuration error).
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!("cannot create the API's policy directory {}", dir.display())
+        })?;
         crate::policy_store::write_files(&store, &dir).await?;
     }
     Ok((store, revision))
@@ -1355,13 +1360,14 @@ fn log_allowed(kind: &str) -> Option<u64> {
 }
 
 /// librdkafka's log lines at the matching `tracing` level, under the target `librdkafka`.
-/// Lines an idle service writes by design are debug: request timeouts of idle connections
-/// (`REQTMOUT`) and idle disconnects; a client's own summary of a broker outage stays a warning.
+/// Idle disconnects are debug; request timeouts and an unreachable broker, which every client
+/// repeats, are one warning per 30 s per kind.
 pub(crate) fn log_librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
     use rdkafka::config::RDKafkaLogLevel as L;
-    let idle_noise = fac == "REQTMOUT"
-        || fac == "FAIL" && message.contains("Disconnected") && message.contains("idle")
-        || fac == "TIMEOUT" && message.contains("in-flight");
+    // Idle connections closed by the broker (connections.max.idle.ms) are routine.
+    let idle_noise = fac == "FAIL" && message.contains("Disconnected") && message.contains("idle");
+    // Request timeouts are real (a slow or overloaded broker) but repeat per request.
+    let repeated = fac == "REQTMOUT" || fac == "TIMEOUT";
     // A broker that cannot be reached: every client says so for every connection attempt. The
     // outage is `akwatch_broker_up` and `/readyz`; the log gets a warning per 30 s.
     let unreachable = fac == "FAIL"
@@ -1370,7 +1376,7 @@ pub(crate) fn log_librdkafka(level: rdkafka::config::RDKafkaLogLevel, fac: &str,
             || message.contains("Disconnected"));
     match level {
         _ if idle_noise => tracing::debug!(target: "librdkafka", fac, "{message}"),
-        _ if unreachable => {
+        _ if unreachable || repeated => {
             if let Some(held) = log_allowed(fac) {
                 tracing::warn!(target: "librdkafka", fac, held_back = held, "{message}");
             }
@@ -1422,12 +1428,23 @@ pub async fn load(
             KeyBy::AccessKey => record_key(r),
         })
         .collect();
-    let producer: FutureProducer = ClientConfig::new()
+    let producer: FutureProducer<Logged> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", if rate == 0 { "20" } else { "1" })
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+        .create_with_context(Logged)?;
+    // A broker that cannot be reached is said at once, not after the delivery timeout.
+    {
+        use rdkafka::producer::Producer;
+        tokio::task::block_in_place(|| {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(drop)
+        })
+        .map_err(|e| anyhow::anyhow!("cannot reach a broker at {brokers} within 10 s: {e}"))?;
+    }
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut pending = std::collections::VecDeque::new();

@@ -649,3 +649,24 @@ fn replay_progress_bar_only_when_asked_and_never_quiet() {
     }
     assert_eq!(replay(&["-q", "--progress", "always"]), "");
 }
+
+/// The load generator against a broker that is not there says so within seconds.
+#[test]
+fn load_against_no_broker_fails_at_once() {
+    let started = std::time::Instant::now();
+    let o = akwatch(&[
+        "load",
+        "--brokers",
+        "127.0.0.1:1",
+        "--topic",
+        "t",
+        crate::repo().join("examples/logs/aws").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot reach a broker at 127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
