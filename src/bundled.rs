@@ -98,10 +98,16 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(unix)]
 fn ours(base: &Path, dir: &Path) -> anyhow::Result<bool> {
     use std::os::unix::fs::MetadataExt;
-    let probe = base.join(format!(".akwatch-uid-{}", std::process::id()));
-    std::fs::write(&probe, b"")?;
-    let uid = std::fs::metadata(&probe)?.uid();
-    let _ = std::fs::remove_file(&probe);
+    // This user's id: the owner of a directory just made under a fresh random name (mkdir
+    // neither follows a symlink nor reuses what someone else planted under a known name).
+    let probe = base.join(format!(
+        ".akwatch-uid-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    create_private_dir(&probe)?;
+    let uid = std::fs::symlink_metadata(&probe)?.uid();
+    let _ = std::fs::remove_dir(&probe);
     let meta = std::fs::symlink_metadata(dir)?;
     Ok(meta.is_dir() && meta.uid() == uid && meta.mode() & 0o022 == 0)
 }

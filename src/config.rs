@@ -831,6 +831,14 @@ mod span {
             D::Error::custom("expected a number or a duration such as 30s, 15m, 6h, 1d")
         })? {
             Raw::Number(n) => Ok(n),
+            // Digits only (as `${NAME}` gives them): a number in the key's own unit.
+            Raw::Text(t)
+                if !t.trim().is_empty() && t.trim().bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                t.trim()
+                    .parse()
+                    .map_err(|_| D::Error::custom(format!("{t:?} is too large")))
+            }
             Raw::Text(t) => {
                 let ms = parse_ms(&t).map_err(D::Error::custom)?;
                 if ms % unit_ms != 0 {
@@ -879,6 +887,19 @@ mod tests {
         };
         let c = Config::parse("c.yaml", text, &env).unwrap_or_else(|e| panic!("{e:#?}"));
         assert_eq!(c.brokers, "127.0.0.1:9092");
+        // A number from the environment is in the key's own unit.
+        let digits = text
+            .replace(
+                "partition_idle_timeout_ms: 1500ms",
+                "partition_idle_timeout_ms: ${IDLE:-1500}",
+            )
+            .replace(
+                "repartition_retention_hours: 2d",
+                "repartition_retention_hours: '48'",
+            );
+        let d = Config::parse("c.yaml", &digits, &env).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(d.partition_idle_timeout, c.partition_idle_timeout);
+        assert_eq!(d.repartition_retention, c.repartition_retention);
         assert_eq!(c.group_id, "g1");
         assert_eq!(c.options["linger.ms"], "5");
         assert_eq!(c.options["enable.idempotence"], "true");

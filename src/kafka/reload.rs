@@ -214,6 +214,9 @@ pub struct Reloader {
     leaks_watch: Watch,
     rules: RuleSet,
     policy: Policy,
+    /// The rules on disk changed but were not taken (they did not load, or did not fit the
+    /// policy in use): tried again with the next policy change, which may be the fix.
+    rules_pending: bool,
     rescan: Duration,
     metrics: Arc<Metrics>,
 }
@@ -242,6 +245,7 @@ impl Reloader {
             sources,
             rules,
             policy,
+            rules_pending: false,
             rescan,
             metrics,
         }
@@ -268,7 +272,8 @@ impl Reloader {
         let rules_changed = self.rules_watch.changed();
         let policies_changed = self.policies_watch.changed();
         if rules_changed || policies_changed {
-            out.detection = self.detection(rules_changed, policies_changed);
+            let rules_again = rules_changed || (policies_changed && self.rules_pending);
+            out.detection = self.detection(rules_again, policies_changed);
         }
         if self.lists_watch.changed() {
             match crate::replay::load_lists(&self.sources.lists) {
@@ -303,6 +308,7 @@ impl Reloader {
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
                 self.failed(What::Rules, &e);
+                self.rules_pending = true;
                 None
             }
         };
@@ -320,6 +326,7 @@ impl Reloader {
                 }
                 self.rules = rules;
                 self.policy = policy;
+                self.rules_pending = false;
             }
             (None, Ok(policy)) => {
                 self.loaded(What::Policies);
@@ -330,6 +337,7 @@ impl Reloader {
                 // threshold it sets no longer applies), or the new policy does not load.
                 if rules.is_some() {
                     self.failed(What::Rules, &e);
+                    self.rules_pending = true;
                 }
                 if policies_changed {
                     self.failed(What::Policies, &e);
@@ -502,6 +510,40 @@ mod tests {
         assert!(r.round().is_empty());
         assert_eq!((count("rules", "error"), good("rules")), (1, 0));
         assert!(r.rules.rules.iter().any(|x| x.id == "ak.leaked_key_use"));
+        // The rule back: the rules load again.
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/detections/leaked_key_use.yaml"),
+            &leaked,
+        )
+        .unwrap();
+        assert!(r.round().detection.is_some());
+        assert_eq!((count("rules", "ok"), good("rules")), (1, 1));
+        // A rule only the alarm policy names removed: the rules load but do not fit the
+        // policy in use; then the policy fixed to match: the pending rules come with it.
+        let alarm_policy = policies.join("alarm_policy.yaml");
+        let text = std::fs::read_to_string(&alarm_policy).unwrap();
+        std::fs::write(
+            &alarm_policy,
+            text.replace(
+                "\n  rules:\n",
+                "\n  rules:\n    ak.new_source_ip: {renotify: 6h}\n",
+            ),
+        )
+        .unwrap();
+        assert!(r.round().detection.is_some(), "the policy names the rule");
+        std::fs::remove_file(rules_dir.join("detections/new_source_ip.yaml")).unwrap();
+        assert!(r.round().is_empty());
+        assert_eq!((count("rules", "error"), good("rules")), (2, 0));
+        let text = std::fs::read_to_string(&alarm_policy).unwrap();
+        let fixed: String = text
+            .lines()
+            .filter(|l| !l.contains("ak.new_source_ip"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&alarm_policy, fixed).unwrap();
+        assert!(r.round().detection.is_some(), "rules and policy together");
+        assert!(!r.rules.rules.iter().any(|x| x.id == "ak.new_source_ip"));
+        assert_eq!((count("rules", "ok"), good("rules")), (2, 1));
 
         // An unparsable list line: the lists in use stay; a good list loads.
         let extra = rules_dir.join("lists/threat-extra.txt");
