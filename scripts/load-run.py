@@ -187,7 +187,7 @@ def spread(ends):
     return text, warn
 
 
-def service(brokers, name, input_topic, mode, internal_partitions, options=(), extra=()):
+def service(brokers, name, input_topic, mode, internal_partitions, options=(), extra=(), binary=None):
     """`akwatch run` named `name` (config, log, state and group `name-group`) on `input_topic`."""
     ops = f"127.0.0.1:{free_port()}"
     state = os.path.join(WORK, name + "-state")
@@ -197,7 +197,7 @@ def service(brokers, name, input_topic, mode, internal_partitions, options=(), e
            options, extra)
     log = open(os.path.join(WORK, name + ".log"), "w")
     env = dict(os.environ, NO_COLOR="1")
-    proc = subprocess.Popen([BIN, "run", "--config", path], cwd=ROOT, stdout=log, stderr=log,
+    proc = subprocess.Popen([binary or BIN, "run", "--config", path], cwd=ROOT, stdout=log, stderr=log,
                             env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -485,6 +485,9 @@ def main():
                     help="a top-level line added to the services' configuration, repeatable "
                          "(e.g. 'merge_queue_records: 100000')")
     ap.add_argument("--no-build", action="store_true", help="use target/release/akwatch as it is")
+    ap.add_argument("--bin", action="append", default=[], metavar="NAME=PATH",
+                    help="throughput: run this akwatch binary instead (repeatable; side by side on "
+                         "the same topic, in the order given)")
     ap.add_argument("--keep-topics", action="store_true", help="do not delete the run's topics")
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m]
@@ -545,10 +548,11 @@ def main():
                              f"{net:.2f} s (wall {wall:.2f} s)", bare, "–"))
             elif a.bare_runs > 0:
                 notes.append("kcat not found (apt-get install kcat): no bare consumer figure")
-            for mode in modes:
-                sname = f"{name}-{mode}"
+            bins = [tuple(b.split("=", 1)) for b in a.bin] or [(None, None)]
+            for mode, (bname, bpath) in [(m, b) for b in bins for m in modes]:
+                sname = f"{name}-{mode}" + (f"-{bname}" if bname else "")
                 proc, ops = service(brokers, sname, name, mode, a.internal_partitions,
-                                    a.kafka_option, a.config_line)
+                                    a.kafka_option, a.config_line, binary=bpath)
                 first, consumed, detected, body = wait_done(ops, sent, events, a.timeout)
                 assigned = counter(body, "akwatch_detect_partitions")
                 why = stop(proc)
@@ -561,14 +565,16 @@ def main():
                         f"{counter(body, 'akwatch_records_consumed_total'):,.0f} of {sent:,} records "
                         f"consumed, {counter(body, 'akwatch_events_decoded_total'):,.0f} of "
                         f"{events:,} events detected")
-                    rows.append((label[mode], "not through", None, f"{alarms:,.0f}"))
+                    rows.append((label[mode] + (f" — {bname}" if bname else ""), "not through",
+                                 None, f"{alarms:,.0f}"))
                 else:
                     eps = events / max(detected - first, 1e-9)
                     span = f"{detected - first:.2f} s"
                     if mode == "repartition":
                         span += (f" (ingest side: all consumed {consumed - first:.2f} s; "
                                  f"{assigned:.0f} detection partitions)")
-                    rows.append((label[mode], span, eps, f"{alarms:,.0f}"))
+                    rows.append((label[mode] + (f" — {bname}" if bname else ""), span, eps,
+                                 f"{alarms:,.0f}"))
                 after_service(brokers, sname, mode, body, notes)
             print("| consumer | first record → last event detected | events/s | "
                   "÷ bare consumer | alarms |")

@@ -280,20 +280,168 @@ impl Outputs<'_> {
     }
 
     /// An event's alarms, in order, each counted by rule and severity and timed from the
-    /// event's time and its record's Kafka timestamp (`ingested`, ms).
+    /// event's time and its record's Kafka timestamp (`ingested`, ms), when acknowledged.
+    /// They are handed to the producer now and awaited with the rest of the `round`
+    /// ([`Outputs::settle`]).
     pub async fn event_alarms(
         &self,
+        round: &mut Round,
         alarms: Vec<Alarm>,
         event: &crate::event::Event,
         ingested: Option<i64>,
     ) -> Result<(), Abandoned> {
         for alarm in alarms {
-            self.alarm(&alarm).await?;
-            self.metrics
-                .alarms
-                .with_label_values(&[alarm.rule_id.as_str(), alarm.severity.as_str()])
-                .inc();
-            super::observe_alarm_latency(self.metrics, event, ingested);
+            self.start_alarm(round, alarm, event.event_time, ingested)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Hands an alarm to the producer without waiting for its acknowledgement (it joins the
+    /// round). When that cannot be done plainly — too large for the topic, the producer's
+    /// queue full, stopping — it is delivered the careful way ([`Outputs::alarm`]), awaited.
+    async fn start_alarm(
+        &self,
+        round: &mut Round,
+        alarm: Alarm,
+        event_time: chrono::DateTime<chrono::Utc>,
+        ingested: Option<i64>,
+    ) -> Result<(), Abandoned> {
+        if self.stop.deadline().is_none() {
+            let value = serde_json::to_value(&alarm).unwrap_or_else(|_| minimal_alarm(&alarm));
+            let bytes = self.render(&alarm, &value);
+            if bytes.len() <= payload_limit(self.max_bytes) {
+                let record = FutureRecord::to(self.alarm_topic)
+                    .key(alarm.alarm_id.as_str())
+                    .payload(&bytes);
+                if let Ok(delivery) = self.producer.send_result(record) {
+                    round.flights.push(InFlight {
+                        what: Queued::Alarm {
+                            alarm: Box::new(alarm),
+                            event_time,
+                            ingested,
+                        },
+                        delivery,
+                    });
+                    if round.flights.len() >= ROUND_MAX {
+                        self.settle(round).await?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.alarm(&alarm).await?;
+        self.alarm_delivered(&alarm, event_time, ingested);
+        Ok(())
+    }
+
+    /// An alarm the alarm topic acknowledged: counted by rule and severity, timed.
+    fn alarm_delivered(
+        &self,
+        alarm: &Alarm,
+        event_time: chrono::DateTime<chrono::Utc>,
+        ingested: Option<i64>,
+    ) {
+        self.metrics
+            .alarms
+            .with_label_values(&[alarm.rule_id.as_str(), alarm.severity.as_str()])
+            .inc();
+        super::observe_alarm_latency(self.metrics, event_time, ingested);
+    }
+
+    /// A rejected record's dead letter, handed to the producer without waiting (it joins the
+    /// round); one that must be cut, or a full queue, is delivered the careful way, awaited.
+    pub async fn dead_letter_in(
+        &self,
+        round: &mut Round,
+        reject: Reject,
+        raw: &[u8],
+        origin: &Origin,
+    ) -> Result<(), Abandoned> {
+        if self.stop.deadline().is_none() && raw.len() <= payload_limit(self.max_bytes) {
+            let key = dead_letter_key(origin);
+            let headers = dead_letter_headers(&reject, reject.kind.as_str(), origin, None);
+            let record = FutureRecord::to(self.dlq_topic)
+                .key(key.as_str())
+                .payload(raw)
+                .headers(headers);
+            if let Ok(delivery) = self.producer.send_result(record) {
+                round.flights.push(InFlight {
+                    what: Queued::DeadLetter {
+                        reject: Box::new(reject),
+                        raw: raw.to_vec(),
+                        origin: origin.clone(),
+                    },
+                    delivery,
+                });
+                if round.flights.len() >= ROUND_MAX {
+                    self.settle(round).await?;
+                }
+                return Ok(());
+            }
+        }
+        self.dead_letter(&reject, raw, origin).await
+    }
+
+    /// Waits for every delivery of the round, in the order they were started. One that
+    /// librdkafka could not deliver (its own retries exhausted, a permanent error) is
+    /// delivered again the careful way — retried with backoff, shrunk or cut, or sent to the
+    /// dead-letter topic — so a round ends with everything stored, as one awaited delivery
+    /// at a time would (only its order can then differ). Only a stop can make it fail.
+    pub async fn settle(&self, round: &mut Round) -> Result<(), Abandoned> {
+        for f in std::mem::take(&mut round.flights) {
+            let output = match f.what {
+                Queued::Alarm { .. } => "alarm",
+                Queued::DeadLetter { .. } => "dead_letter",
+            };
+            let result = tokio::select! {
+                biased;
+                r = f.delivery => r,
+                _ = self.stop.until_expired() => {
+                    self.failed(output, "stopped");
+                    return Err(Abandoned);
+                }
+            };
+            let error = match result {
+                Ok(Ok(_)) => None,
+                Ok(Err((e, _))) => Some(e),
+                Err(_) => Some(KafkaError::Canceled),
+            };
+            if let Some(e) = &error {
+                exit_on_fatal(e);
+                tracing::warn!(output, error = %e, "delivery failed; delivering it again");
+                if !is_permanent(e) {
+                    self.metrics
+                        .delivery_retries
+                        .with_label_values(&[output])
+                        .inc();
+                }
+            }
+            match f.what {
+                Queued::Alarm {
+                    alarm,
+                    event_time,
+                    ingested,
+                } => {
+                    if error.is_some() {
+                        self.alarm(&alarm).await?;
+                    } else if let Some(n) = &self.notify {
+                        // Stored on the alarm topic: now (and only now) the notification
+                        // sinks get it, without waiting.
+                        n.notify(&alarm);
+                    }
+                    self.alarm_delivered(&alarm, event_time, ingested);
+                }
+                Queued::DeadLetter {
+                    reject,
+                    raw,
+                    origin,
+                } => {
+                    if error.is_some() {
+                        self.dead_letter(&reject, &raw, &origin).await?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -408,12 +556,7 @@ impl Outputs<'_> {
         raw: &[u8],
         origin: &Origin,
     ) -> Result<(), Abandoned> {
-        let key = format!(
-            "{}:{}:{}",
-            origin.topic.as_deref().unwrap_or("-"),
-            origin.partition.unwrap_or(-1),
-            origin.offset.unwrap_or(-1)
-        );
+        let key = dead_letter_key(origin);
         // A dead letter the topic refuses for good is logged and counted: the record itself is
         // bad input, and the partition must not stall on it.
         self.dead_letter_keyed(reject, reject.kind.as_str(), raw, &key, origin)
@@ -479,6 +622,56 @@ impl Outputs<'_> {
         self.failed("dead_letter", "permanent");
         Ok(false)
     }
+}
+
+/// A dead letter's key: where the record was read.
+fn dead_letter_key(origin: &Origin) -> String {
+    format!(
+        "{}:{}:{}",
+        origin.topic.as_deref().unwrap_or("-"),
+        origin.partition.unwrap_or(-1),
+        origin.offset.unwrap_or(-1)
+    )
+}
+
+/// At most this many deliveries wait in a round; the next one waits for them first.
+const ROUND_MAX: usize = 1024;
+
+/// Deliveries handed to the producer in one round of a consume loop and awaited together at
+/// its end ([`Outputs::settle`]): a round's alarms and dead letters cost one wait for the
+/// broker's acknowledgements instead of one each. The loops settle before they poll their
+/// consumer again, so nothing is in flight when a rebalance callback, a checkpoint or a
+/// snapshot runs, and a record is marked done only after its round is settled.
+#[derive(Default)]
+pub struct Round {
+    flights: Vec<InFlight>,
+}
+
+impl Round {
+    /// Nothing waits: everything started in this round is acknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.flights.is_empty()
+    }
+}
+
+/// A delivery handed to the producer, not yet acknowledged.
+struct InFlight {
+    what: Queued,
+    delivery: rdkafka::producer::DeliveryFuture,
+}
+
+/// What an in-flight delivery carries, to count it when acknowledged or deliver it again.
+enum Queued {
+    Alarm {
+        alarm: Box<Alarm>,
+        event_time: chrono::DateTime<chrono::Utc>,
+        ingested: Option<i64>,
+    },
+    DeadLetter {
+        reject: Box<Reject>,
+        raw: Vec<u8>,
+        origin: Origin,
+    },
 }
 
 fn dead_letter_headers(

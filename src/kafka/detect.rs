@@ -20,7 +20,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::changelog::{ChangelogWriter, PartSnapshot, restore};
-use super::deliver::{Abandoned, Outputs, Stop};
+use super::deliver::{Abandoned, Outputs, Round, Stop};
 use super::merge::{Merge, Tp};
 use super::repartition::{self, Record};
 use crate::engine::Engine;
@@ -323,7 +323,8 @@ pub fn consumer(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<DetectConsumer> {
     let mut c = client.clone();
-    c.set("group.id", format!("{group}-detect"))
+    super::consumer_defaults(&mut c)
+        .set("group.id", format!("{group}-detect"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -477,8 +478,24 @@ impl Detect<'_> {
                     Ok(m) => self.receive(&mut parts, m.partition(), m.offset(), m.payload()),
                     Err(e) => tracing::debug!(error = %e, "detection: consume error"),
                 }
+                // The records already fetched, in one round: a rebalance served while fetching
+                // one is taken before it (as after the select).
+                for _ in 1..super::ingest::RECV_BATCH {
+                    let mut next = Box::pin(self.consumer.recv());
+                    let Some(message) = super::poll_once(&mut next) else {
+                        break;
+                    };
+                    retired_late += self.take_handover(&mut parts, &mut retired).await;
+                    match message {
+                        Ok(m) => self.receive(&mut parts, m.partition(), m.offset(), m.payload()),
+                        Err(e) => tracing::debug!(error = %e, "detection: consume error"),
+                    }
+                }
             }
-            // Release what each merge lets go.
+            // Release what each merge lets go. The round's alarms are awaited together at its
+            // end, before the consumer is polled again (a snapshot, taken between rounds,
+            // never covers an event whose alarms are not acknowledged).
+            let mut round = Round::default();
             for (r, part) in parts.iter_mut() {
                 loop {
                     let popped = part.merge.pop().or_else(|| {
@@ -488,7 +505,7 @@ impl Detect<'_> {
                         })?
                     });
                     let Some((src, item, _)) = popped else { break };
-                    if self.apply(*r, part, src, item).await.is_err() {
+                    if self.apply(*r, part, src, item, &mut round).await.is_err() {
                         abandoned = true;
                         break;
                     }
@@ -496,6 +513,9 @@ impl Detect<'_> {
                 if abandoned {
                     break;
                 }
+            }
+            if !abandoned && self.out.settle(&mut round).await.is_err() {
+                abandoned = true;
             }
             let late: u64 = retired_late + parts.values().map(|p| p.late).sum::<u64>();
             self.metrics
@@ -718,7 +738,14 @@ impl Detect<'_> {
     }
 
     /// Applies one released record to its partition's engine.
-    async fn apply(&self, r: i32, part: &mut Part, src: Tp, item: Item) -> Result<(), Abandoned> {
+    async fn apply(
+        &self,
+        r: i32,
+        part: &mut Part,
+        src: Tp,
+        item: Item,
+        round: &mut Round,
+    ) -> Result<(), Abandoned> {
         match item.record {
             Record::Progress { caught_up, .. } => {
                 if caught_up {
@@ -773,7 +800,9 @@ impl Detect<'_> {
                                 inv.batch.alarm(a);
                             }
                         }
-                        self.out.event_alarms(alarms, &event, ingested).await?
+                        self.out
+                            .event_alarms(round, alarms, &event, ingested)
+                            .await?
                     }
                     Err(reason) => {
                         let origin = Origin::kafka(&source.topic, source.partition, source.offset)
@@ -792,7 +821,9 @@ impl Detect<'_> {
                         // dead letter holds the event as akwatch read it.
                         let raw = serde_json::to_vec(&event).unwrap_or_default();
                         let reject = Reject::new(RejectKind::InternalError, reason, origin.clone());
-                        self.out.dead_letter(&reject, &raw, &origin).await?;
+                        self.out
+                            .dead_letter_in(round, reject, &raw, &origin)
+                            .await?;
                     }
                 }
                 part.applied.insert(src, source.at());

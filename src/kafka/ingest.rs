@@ -16,7 +16,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 
-use super::deliver::{Abandoned, Outputs, Stop};
+use super::deliver::{Abandoned, Outputs, Round, Stop};
 use super::group::{GroupConsumer, Progress};
 use super::merge::{self, Merge, Tp};
 use super::reports::ReportUpdate;
@@ -29,6 +29,9 @@ use crate::telemetry::Metrics;
 
 /// How often the ingest side writes the input partitions' progress to the repartition topic.
 const PROGRESS_EVERY: Duration = Duration::from_millis(20);
+
+/// At most this many records already fetched are taken per round of the consume loop.
+pub(super) const RECV_BATCH: usize = 256;
 
 /// Where decoded records go.
 pub(super) enum Next {
@@ -199,7 +202,19 @@ impl<'a> Ingest<'a> {
                     self.eof_ends = ends;
                 }
                 Wake::Idle => {}
-                Wake::Message(m) => self.on_message(m),
+                Wake::Message(m) => {
+                    self.on_message(m);
+                    // The records already fetched are taken in one round (up to
+                    // `RECV_BATCH`): one pass of the select, the merge and the bookkeeping per
+                    // batch instead of per record.
+                    for _ in 1..RECV_BATCH {
+                        let mut next = Box::pin(consumer.recv());
+                        match super::poll_once(&mut next) {
+                            Some(m) => self.on_message(m),
+                            None => break,
+                        }
+                    }
+                }
             }
             self.check_ends();
             if self.release().await.is_err() || self.drain_writes().await.is_err() {
@@ -466,6 +481,10 @@ impl<'a> Ingest<'a> {
 
     /// Hands on what the merge lets go, in event-time order.
     async fn release(&mut self) -> Result<(), Abandoned> {
+        // The round's alarms and dead letters are awaited together at its end; the records
+        // processed meanwhile are done only then.
+        let mut round = Round::default();
+        let mut processed: Vec<(String, i32, i64, Option<i64>)> = Vec::new();
         while let Some(((topic, partition), record, flow)) = self.s.merge.pop() {
             if let Some(flow) = flow {
                 apply_flow(&self.s.consumer, flow);
@@ -492,18 +511,45 @@ impl<'a> Ingest<'a> {
                 // Scale-out: the events go to the repartition topic; the record is done once
                 // they are all acknowledged (`drain_writes`, in order).
                 Next::Repartition(w) => {
-                    write_record(w, written, results, self.s.out, &self.s.progress).await?;
+                    write_record(
+                        w,
+                        written,
+                        results,
+                        self.s.out,
+                        &self.s.progress,
+                        &mut round,
+                    )
+                    .await?;
                 }
                 Next::Local { pipeline, .. } => {
-                    process(pipeline, &mut self.s.engine, &written, results, self.s.out).await?;
-                    // Everything derived from this record is acknowledged: its offset may be
-                    // committed.
-                    self.s.progress.done(&written.topic, partition, offset);
-                    observe_done(&self.s.metrics, ingested);
+                    process(
+                        pipeline,
+                        &mut self.s.engine,
+                        &written,
+                        results,
+                        self.s.out,
+                        &mut round,
+                    )
+                    .await?;
+                    processed.push((written.topic, partition, offset, ingested));
+                    if round.is_empty() {
+                        self.mark_done(&mut processed);
+                    }
                 }
             }
         }
+        self.s.out.settle(&mut round).await?;
+        // Everything derived from these records is acknowledged: their offsets may be
+        // committed.
+        self.mark_done(&mut processed);
         Ok(())
+    }
+
+    fn mark_done(&self, processed: &mut Vec<(String, i32, i64, Option<i64>)>) {
+        for (topic, partition, offset, ingested) in processed.drain(..) {
+            self.s.progress.done(&topic, partition, offset);
+            observe_done(&self.s.metrics, ingested);
+        }
     }
 
     /// Scale-out: the records whose writes the broker acknowledged are done; the input
@@ -616,6 +662,7 @@ async fn process(
     record: &Written,
     results: Vec<Result<Event, Reject>>,
     out: &Outputs<'_>,
+    round: &mut Round,
 ) -> Result<(), Abandoned> {
     let metrics = out.metrics;
     let mut rejects = RecordRejects::default();
@@ -628,7 +675,8 @@ async fn process(
                     .inc();
                 match pipeline.event(engine, &event) {
                     Ok(alarms) => {
-                        out.event_alarms(alarms, &event, record.ingested).await?;
+                        out.event_alarms(round, alarms, &event, record.ingested)
+                            .await?;
                         continue;
                     }
                     Err(reason) => {
@@ -641,7 +689,7 @@ async fn process(
         };
         add_reject(&mut rejects, reject, record.label, out);
     }
-    dead_letter_rejects(rejects, record, out).await
+    dead_letter_rejects(rejects, record, out, round).await
 }
 
 /// Counts a rejected event of a record and keeps it for the record's one dead letter.
@@ -667,10 +715,11 @@ async fn dead_letter_rejects(
     mut rejects: RecordRejects,
     record: &Written,
     out: &Outputs<'_>,
+    round: &mut Round,
 ) -> Result<(), Abandoned> {
     match rejects.take() {
         Some(reject) => {
-            out.dead_letter(&reject, &record.payload, &record.origin)
+            out.dead_letter_in(round, reject, &record.payload, &record.origin)
                 .await
         }
         None => Ok(()),
@@ -707,6 +756,7 @@ async fn write_record(
     results: Vec<Result<Event, Reject>>,
     out: &Outputs<'_>,
     progress: &Progress,
+    round: &mut Round,
 ) -> Result<(), Abandoned> {
     let mut rejects = RecordRejects::default();
     let mut events = Vec::with_capacity(results.len());
@@ -716,7 +766,11 @@ async fn write_record(
             Err(reject) => add_reject(&mut rejects, reject, written.label, out),
         }
     }
-    dead_letter_rejects(rejects, &written, out).await?;
+    dead_letter_rejects(rejects, &written, out, round).await?;
+    if w.is_full() {
+        // Older records are done below: their dead letters first.
+        out.settle(round).await?;
+    }
     while w.is_full() {
         match w.next_done(true).await {
             Some(done) => finish_written(done, out, progress).await?,

@@ -51,6 +51,28 @@ fn client_config_over(config: &Config, defaults: &[(&str, &str)]) -> ClientConfi
     c
 }
 
+/// The consume loops' fetch settings, unless the user's options say otherwise. The event-time
+/// merge pauses a partition whose queue is full and waits for a partition whose queue is
+/// empty; with librdkafka's defaults such a partition's next fetch could be postponed for up
+/// to a second (`fetch.queue.backoff.ms`, after the local queue's thresholds were passed) and
+/// then held by the broker for up to half a second (`fetch.wait.max.ms`), and the whole loop
+/// stood idle meanwhile: 0.3-0.5 s stalls, a third of a backlog's time (benches/README.md).
+/// The cost: an idle consumer asks each broker ten times a second instead of twice.
+const CONSUMER_DEFAULTS: [(&str, &str); 2] = [
+    ("fetch.wait.max.ms", "100"),
+    ("fetch.queue.backoff.ms", "10"),
+];
+
+/// Sets [`CONSUMER_DEFAULTS`] where the user's options have not.
+pub(crate) fn consumer_defaults(c: &mut ClientConfig) -> &mut ClientConfig {
+    for (k, v) in CONSUMER_DEFAULTS {
+        if c.get(k).is_none() {
+            c.set(k, v);
+        }
+    }
+    c
+}
+
 /// Hands the pipeline's own outputs (leak alarms, risks) to the sinks.
 pub(crate) async fn emit_all(
     outputs: Vec<crate::pipeline::Output>,
@@ -291,7 +313,7 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
     metrics.describe_rules(&s.rules);
     let progress = Arc::new(Progress::default());
     let consumer: Arc<GroupConsumer> = Arc::new(
-        client_config(config)
+        consumer_defaults(&mut client_config(config))
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -999,13 +1021,13 @@ fn exit_soon(code: i32, why: &'static str) -> ! {
 
 pub(crate) fn observe_alarm_latency(
     metrics: &crate::telemetry::Metrics,
-    event: &crate::event::Event,
+    event_time: chrono::DateTime<chrono::Utc>,
     ingested: Option<i64>,
 ) {
     let now = chrono::Utc::now();
     metrics
         .event_to_alarm_seconds
-        .observe(((now - event.event_time).num_milliseconds().max(0) as f64) / 1000.0);
+        .observe(((now - event_time).num_milliseconds().max(0) as f64) / 1000.0);
     if let Some(ms) = ingested {
         metrics
             .ingest_to_alarm_seconds
