@@ -3,6 +3,7 @@
 
     python3 scripts/load-run.py [--rate 5000] [--runs 3] [--seconds 20] [--throughput-repeat 40]
                                 [--partitions 3] [--modes repartition,legacy] [--bare-runs 3]
+                                [--input-file FILE] [--bin NAME=PATH ...]
 
 Input records are produced without a key (`akwatch load --key none`, as the clouds' forwarders
 send them) into topics created with --partitions partitions (3); the records' spread over the
@@ -20,6 +21,9 @@ partitions is read back from the watermarks and printed (a one-sided spread is f
      checkpoints in state_dir). Time from its first consumed record to the last event through
      detection (akwatch_events_decoded_total, counted where the rules run).
    Events/s of each, and akwatch's rates as ratios of the bare consumer's.
+   --input-file FILE takes that file instead of the scenario (an alarm storm from
+   benches/storm.py, say); --bin NAME=PATH (repeatable) runs those builds instead of
+   target/release/akwatch, one after the other on the same topic: before / after in one run.
 2. Latency: for each run, `akwatch run` (--latency-modes, default repartition) consumes a fresh
    topic while `akwatch load` produces into it at a fixed rate; the service's histograms are read
    from /metrics at the end: ingest -> alarm acknowledged (akwatch_ingest_to_alarm_seconds) and
@@ -309,10 +313,12 @@ def ordered_input(passes):
     return path
 
 
-def load(brokers, name, rate, repeat, key="none", ordered=False):
-    """`repeat` passes of the scenario to `name` at `rate` records/s (ordered: in event-time
-    order, see ordered_input)."""
-    if ordered:
+def load(brokers, name, rate, repeat, key="none", ordered=False, path=None):
+    """`repeat` passes of the scenario (or of the file `path`) to `name` at `rate` records/s
+    (ordered: in event-time order, see ordered_input)."""
+    if path:
+        paths = [path]
+    elif ordered:
         paths, repeat = [ordered_input(repeat)], 1
     else:
         paths = [os.path.join(ROOT, "examples", "logs")]
@@ -484,6 +490,9 @@ def main():
     ap.add_argument("--config-line", action="append", default=[], metavar="YAML",
                     help="a top-level line added to the services' configuration, repeatable "
                          "(e.g. 'merge_queue_records: 100000')")
+    ap.add_argument("--input-file", metavar="PATH",
+                    help="throughput: this log file (--throughput-repeat passes) instead of the "
+                         "bundled scenario, e.g. an alarm storm from benches/storm.py")
     ap.add_argument("--no-build", action="store_true", help="use target/release/akwatch as it is")
     ap.add_argument("--bin", action="append", default=[], metavar="NAME=PATH",
                     help="throughput: run this akwatch binary instead (repeatable; side by side on "
@@ -507,6 +516,9 @@ def main():
     events_per_pass = len(
         subprocess.run([BIN, "normalize", os.path.join(ROOT, "examples", "logs")],
                        cwd=ROOT, capture_output=True, text=True).stdout.splitlines())
+    file_events = a.input_file and len(
+        subprocess.run([BIN, "normalize", a.input_file],
+                       cwd=ROOT, capture_output=True, text=True).stdout.splitlines())
     notes = []
     ms = lambda v: "n/a" if v is None else ("> 3600 s" if v == float("inf") else f"≤ {v * 1000:g} ms")
     label = {"repartition": f"akwatch, repartitioned ({a.internal_partitions} internal partitions)",
@@ -525,16 +537,17 @@ def main():
             name = f"load-tp-{stamp}"
             topic(brokers, name, a.partitions)
             sent, secs, prate = load(brokers, name, a.produce_rate, a.throughput_repeat, a.key,
-                                     a.input == "ordered")
-            events = events_per_pass * a.throughput_repeat
+                                     a.input == "ordered", a.input_file)
+            events = (file_events or events_per_pass) * a.throughput_repeat
             ends = watermarks(brokers, name)
             text, warn = spread(ends)
             if warn:
                 notes.append(f"{name}: {warn}")
             if sum(ends.values()) != sent:
                 notes.append(f"{name}: {sum(ends.values()):,} records in the topic, {sent:,} sent")
-            print(f"**Sustained throughput**: {sent:,} records ({a.throughput_repeat} passes of the "
-                  f"scenario, input `{a.input}`, key `{a.key}`) already in a {len(ends)}-partition topic (per "
+            print(f"**Sustained throughput**: {sent:,} records ({a.throughput_repeat} passes of "
+                  + (f"`{a.input_file}`" if a.input_file else f"the scenario, input `{a.input}`")
+                  + f", key `{a.key}`) already in a {len(ends)}-partition topic (per "
                   f"partition: {text}; produced at {prate:,} records/s), {events:,} events\n")
             rows = []
             bare = None
