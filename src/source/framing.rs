@@ -246,30 +246,25 @@ impl Scanner {
         }
     }
 
-    /// Steps through `data`. Runs of bytes that cannot change the scanner's state are copied
-    /// whole (found with `memchr`, or a table outside strings) instead of stepped one by one:
-    /// inside a string only `"`, `\\` and a newline matter; inside a record outside strings only
-    /// brackets, quotes and newlines; a top-level scalar runs to its newline. The result is the
-    /// byte-by-byte scan's (`tests::fast_path_equals_the_byte_scan`).
+    /// Steps through `data`. Runs of bytes that cannot change the scanner's state beyond moving
+    /// through strings, escapes, bracket depth and lines are copied whole instead of stepped one
+    /// by one: inside a record (not a scalar) they are found 64 bytes at a time by
+    /// [`Scanner::block_run`]; a top-level scalar runs to its newline (`memchr`), a string element
+    /// of an array to the next `"`, `\\` or newline (`memchr3`). The result is the byte-by-byte
+    /// scan's (`tests::fast_path_equals_the_byte_scan`).
     fn feed(&mut self, data: &[u8], emit: &mut impl FnMut(Frame<'_>)) {
         let mut i = 0;
         while i < data.len() {
             if self.in_record {
                 let rest = &data[i..];
-                let run = if self.scalar && self.unwrap.is_none() {
+                let run = if !self.scalar {
+                    self.block_run(rest)
+                } else if self.unwrap.is_none() {
                     memchr::memchr(b'\n', rest).unwrap_or(rest.len())
-                } else if self.in_str {
-                    if self.esc {
-                        0
-                    } else {
-                        memchr::memchr3(b'"', b'\\', b'\n', rest).unwrap_or(rest.len())
-                    }
-                } else if self.scalar {
-                    0
+                } else if self.in_str && !self.esc {
+                    memchr::memchr3(b'"', b'\\', b'\n', rest).unwrap_or(rest.len())
                 } else {
-                    rest.iter()
-                        .position(|&b| STRUCTURAL[usize::from(b)])
-                        .unwrap_or(rest.len())
+                    0
                 };
                 if run > 0 {
                     self.push_run(&rest[..run]);
@@ -280,6 +275,88 @@ impl Scanner {
             self.step(data[i], emit);
             i += 1;
         }
+    }
+
+    /// Inside a record that is not a scalar: the length of the run at the start of `data` in
+    /// which the byte-by-byte scan would only push bytes and track strings, escapes, bracket
+    /// depth and lines, with the scanner's state moved past it (the caller pushes the bytes).
+    /// The run ends before the first byte that does more: a bracket that closes the record, a
+    /// newline in JSON-lines mode, a `[` one level down near the start of a top-level record (it
+    /// may open `{"Records":[`), or a backslash outside strings (where the escape masks below
+    /// stop being right). Each 64-byte block is classified into bit masks at once (simdjson's
+    /// first stage): quotes, backslashes, brackets, newlines; escaped bytes from the parity of
+    /// backslash runs; the string mask by prefix XOR of the unescaped quotes; then only the
+    /// brackets outside strings are walked.
+    fn block_run(&mut self, data: &[u8]) -> usize {
+        let check_unwrap = self.record_base == 0 && self.unwrap.is_none();
+        let mut depth = self.depth;
+        // Carried across blocks: in a string, and the next block's first byte escaped.
+        let mut in_str = u64::from(self.in_str);
+        let mut esc = u64::from(self.esc);
+        let mut newlines = 0u64;
+        let mut pos = 0;
+        let mut pad = [0u8; 64];
+        while pos < data.len() {
+            let len = (data.len() - pos).min(64);
+            let block: &[u8; 64] = match data[pos..].first_chunk::<64>() {
+                Some(block) => block,
+                None => {
+                    // The tail (the last block: the loop ends after it). Zeros are none of the
+                    // classified bytes.
+                    pad[..len].copy_from_slice(&data[pos..]);
+                    &pad
+                }
+            };
+            let c = classify(block);
+            let mut next_esc = esc;
+            let escaped = escaped(c.backslash, &mut next_esc);
+            // Bit i: inside a string after byte i (an opening quote is in, a closing one out).
+            let strings = prefix_xor(c.quote & !escaped) ^ in_str.wrapping_neg();
+            let mut stops = c.backslash & !strings;
+            if self.lines_mode {
+                stops |= c.newline;
+            }
+            let mut end = (stops.trailing_zeros() as usize).min(len);
+            let mut brackets = (c.open | c.close) & !strings & below(end);
+            while brackets != 0 {
+                let j = brackets.trailing_zeros() as usize;
+                brackets &= brackets - 1;
+                if c.open & (1 << j) != 0 {
+                    if check_unwrap
+                        && depth == 1
+                        && block[j] == b'['
+                        && (self.buf.len() + pos + j).min(self.max) <= RECORDS_PREFIX_MAX
+                    {
+                        end = j;
+                        break;
+                    }
+                    depth += 1;
+                } else {
+                    if depth <= self.record_base + 1 {
+                        end = j;
+                        break;
+                    }
+                    depth -= 1;
+                }
+            }
+            newlines += u64::from((c.newline & below(end)).count_ones());
+            if end < 64 {
+                if end > 0 {
+                    in_str = (strings >> (end - 1)) & 1;
+                }
+                esc = (escaped >> end) & 1;
+                pos += end;
+                break;
+            }
+            in_str = strings >> 63;
+            esc = next_esc;
+            pos += 64;
+        }
+        self.depth = depth;
+        self.in_str = in_str != 0;
+        self.esc = esc != 0;
+        self.line += newlines;
+        pos
     }
 
     /// [`Scanner::push`] for a run of bytes.
@@ -545,22 +622,111 @@ impl Scanner {
     }
 }
 
-/// The bytes that change the scanner's state inside a record, outside strings.
-const STRUCTURAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'"' as usize] = true;
-    t[b'{' as usize] = true;
-    t[b'}' as usize] = true;
-    t[b'[' as usize] = true;
-    t[b']' as usize] = true;
-    t[b'\n' as usize] = true;
-    t
-};
+/// One bit per byte of a 64-byte block (bit `i` for byte `i`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Classes {
+    quote: u64,
+    backslash: u64,
+    /// `{` or `[`.
+    open: u64,
+    /// `}` or `]`.
+    close: u64,
+    newline: u64,
+}
+
+/// [`Classes`] with SSE2 (always there on x86_64), four 16-byte lanes; `safe_arch` keeps the
+/// intrinsics out of this crate's code, which has no `unsafe`.
+#[cfg(target_arch = "x86_64")]
+fn classify(block: &[u8; 64]) -> Classes {
+    use safe_arch::{
+        bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i,
+        set_splat_i8_m128i,
+    };
+    let splat = |b: u8| set_splat_i8_m128i(b as i8);
+    let (quote, backslash, newline) = (splat(b'"'), splat(b'\\'), splat(b'\n'));
+    // `[` and `{` differ only in 0x20, as do `]` and `}`; no other byte ORs to 0x7b or 0x7d.
+    let (case, open, close) = (splat(0x20), splat(b'{'), splat(b'}'));
+    let mut c = Classes::default();
+    for (k, lane) in block.as_chunks::<16>().0.iter().enumerate() {
+        let v = load_unaligned_m128i(lane);
+        let folded = bitor_m128i(v, case);
+        let bits =
+            |a, b| u64::from(move_mask_i8_m128i(cmp_eq_mask_i8_m128i(a, b)) as u16) << (16 * k);
+        c.quote |= bits(v, quote);
+        c.backslash |= bits(v, backslash);
+        c.newline |= bits(v, newline);
+        c.open |= bits(folded, open);
+        c.close |= bits(folded, close);
+    }
+    c
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn classify(block: &[u8; 64]) -> Classes {
+    classify_swar(block)
+}
+
+/// [`Classes`] eight bytes at a time in `u64` words (the portable path).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn classify_swar(block: &[u8; 64]) -> Classes {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    /// One bit per byte of `w` equal to `b` (exact: no carries between bytes).
+    fn eq(w: u64, b: u8) -> u64 {
+        let t = w ^ (ONES * u64::from(b));
+        let zero = !(((t & LOW7) + LOW7) | t | LOW7);
+        // Gathers the 0x80 bits of the eight bytes into the top byte, then down.
+        ((zero >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+    }
+    let mut c = Classes::default();
+    for (k, word) in block.as_chunks::<8>().0.iter().enumerate() {
+        let w = u64::from_le_bytes(*word);
+        let folded = w | (ONES * 0x20);
+        c.quote |= eq(w, b'"') << (8 * k);
+        c.backslash |= eq(w, b'\\') << (8 * k);
+        c.newline |= eq(w, b'\n') << (8 * k);
+        c.open |= eq(folded, b'{') << (8 * k);
+        c.close |= eq(folded, b'}') << (8 * k);
+    }
+    c
+}
+
+/// The bytes escaped by a backslash, taking every backslash to be inside a string (a run of
+/// backslashes escapes the byte after it when its length is odd; simdjson's carry trick).
+/// `carry` says whether the block's first byte is escaped, and is set for the next block.
+fn escaped(backslash: u64, carry: &mut u64) -> u64 {
+    const EVEN: u64 = 0x5555_5555_5555_5555;
+    let backslash = backslash & !*carry;
+    let follows = (backslash << 1) | *carry;
+    let odd_starts = backslash & !EVEN & !follows;
+    let (even_runs, overflow) = odd_starts.overflowing_add(backslash);
+    *carry = u64::from(overflow);
+    (EVEN ^ (even_runs << 1)) & follows
+}
+
+/// Bit `i` is the XOR of bits `0..=i` (a carry-less multiply by all ones, done with shifts).
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
+}
+
+/// The bits below bit `n`.
+fn below(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+/// [`is_records_prefix`] is false for a buffer longer than this.
+const RECORDS_PREFIX_MAX: usize = 256;
 
 /// `{"Records":` with any whitespace, followed (in the caller) by `[`.
 fn is_records_prefix(buf: &[u8]) -> bool {
     const WANT: &[u8] = b"{\"Records\":[";
-    if buf.len() > 256 {
+    if buf.len() > RECORDS_PREFIX_MAX {
         return false;
     }
     let mut it = buf.iter().copied().filter(|b| !b.is_ascii_whitespace());
@@ -742,16 +908,104 @@ mod tests {
         (out, lines)
     }
 
+    /// Pieces for inputs that cross 64-byte blocks with long strings and backslash runs.
+    const PIECES: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"",
+        b"\\",
+        b"\\\\\\",
+        b"\\\\\\\\\\\\\\\\\\\\\\\\\\",
+        b"\n",
+        b",",
+        b":",
+        b" ",
+        b"\"k\":\"v\"",
+        b"{\"Records\":[",
+        b"abcdefghijklmnopqrstuvwxyz0123456789",
+        b"\"0123456789012345678901234567890123456789012345678901234567890123456789\"",
+    ];
+
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
         #[test]
         fn fast_path_equals_the_byte_scan(
-            input in proptest::collection::vec(proptest::sample::select(b"{}[]\\\",: \n\tab1R".to_vec()), 0..300),
+            input in proptest::collection::vec(proptest::sample::select(b"{}[]\\\\\\\"\",: \n\tab1R".to_vec()), 0..600),
             lines_mode: bool,
-            max in proptest::prop_oneof![1usize..40, proptest::strategy::Just(1usize << 20)],
-            chunk in 1usize..70,
+            max in proptest::prop_oneof![1usize..40, 200usize..300, proptest::strategy::Just(1usize << 20)],
+            chunk in proptest::prop_oneof![1usize..70, proptest::sample::select(vec![63usize, 64, 65, 127, 128, 200, 4096])],
         ) {
             proptest::prop_assert_eq!(scan(&input, lines_mode, max, None), scan(&input, lines_mode, max, Some(chunk)));
+        }
+
+        #[test]
+        fn fast_path_equals_the_byte_scan_across_blocks(
+            pieces in proptest::collection::vec(proptest::sample::select(PIECES.to_vec()), 0..80),
+            lines_mode: bool,
+            max in proptest::prop_oneof![200usize..300, proptest::strategy::Just(1usize << 20)],
+            chunk in proptest::sample::select(vec![1usize, 7, 63, 64, 65, 200, 4096]),
+        ) {
+            let input = pieces.concat();
+            proptest::prop_assert_eq!(scan(&input, lines_mode, max, None), scan(&input, lines_mode, max, Some(chunk)));
+        }
+
+        #[test]
+        fn block_classes_match_the_portable_ones(block in proptest::collection::vec(proptest::sample::select(b"{}[]\\\"\n{[]}\x7b\x5b\x7d\x5d\x3b\x3d\x22\x00\xff\x80\xdbab".to_vec()), 64)) {
+            let block: [u8; 64] = block.try_into().unwrap();
+            let mut want = Classes::default();
+            for (i, &b) in block.iter().enumerate() {
+                let bit = 1u64 << i;
+                match b {
+                    b'"' => want.quote |= bit,
+                    b'\\' => want.backslash |= bit,
+                    b'\n' => want.newline |= bit,
+                    b'{' | b'[' => want.open |= bit,
+                    b'}' | b']' => want.close |= bit,
+                    _ => {}
+                }
+            }
+            proptest::prop_assert_eq!(classify(&block), want);
+            proptest::prop_assert_eq!(classify_swar(&block), want);
+        }
+
+        #[test]
+        fn escapes_match_the_sequential_rule(words in proptest::collection::vec(proptest::prop_oneof![proptest::num::u64::ANY, proptest::strategy::Just(u64::MAX), proptest::strategy::Strategy::prop_map(proptest::num::u64::ANY, |w| w | 0xffff_0000_0000_ffff)], 1..5), start: bool) {
+            let (mut carry, mut esc) = (u64::from(start), start);
+            for w in words {
+                let mut want = 0u64;
+                for i in 0..64 {
+                    if esc {
+                        want |= 1 << i;
+                        esc = false;
+                    } else if w >> i & 1 == 1 {
+                        esc = true;
+                    }
+                }
+                proptest::prop_assert_eq!(escaped(w, &mut carry), want);
+                proptest::prop_assert_eq!(carry == 1, esc);
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_xor_is_the_running_parity() {
+        for x in [
+            0u64,
+            1,
+            0b1001,
+            u64::MAX,
+            0x8000_0000_0000_0001,
+            0x0123_4567_89ab_cdef,
+        ] {
+            let mut want = 0u64;
+            let mut parity = 0u64;
+            for i in 0..64 {
+                parity ^= x >> i & 1;
+                want |= parity << i;
+            }
+            assert_eq!(prefix_xor(x), want, "{x:#x}");
         }
     }
 
