@@ -315,6 +315,7 @@ impl Outputs<'_> {
                     .key(alarm.alarm_id.as_str())
                     .payload(&bytes);
                 if let Ok(delivery) = self.producer.send_result(record) {
+                    round.bytes = round.bytes.saturating_add(bytes.len());
                     round.flights.push(InFlight {
                         what: Queued::Alarm {
                             alarm: Box::new(alarm),
@@ -323,7 +324,7 @@ impl Outputs<'_> {
                         },
                         delivery,
                     });
-                    if round.flights.len() >= ROUND_MAX {
+                    if round.is_full() {
                         self.settle(round).await?;
                     }
                     return Ok(());
@@ -366,6 +367,7 @@ impl Outputs<'_> {
                 .payload(raw)
                 .headers(headers);
             if let Ok(delivery) = self.producer.send_result(record) {
+                round.bytes = round.bytes.saturating_add(raw.len());
                 round.flights.push(InFlight {
                     what: Queued::DeadLetter {
                         reject: Box::new(reject),
@@ -374,7 +376,7 @@ impl Outputs<'_> {
                     },
                     delivery,
                 });
-                if round.flights.len() >= ROUND_MAX {
+                if round.is_full() {
                     self.settle(round).await?;
                 }
                 return Ok(());
@@ -387,8 +389,13 @@ impl Outputs<'_> {
     /// librdkafka could not deliver (its own retries exhausted, a permanent error) is
     /// delivered again the careful way — retried with backoff, shrunk or cut, or sent to the
     /// dead-letter topic — so a round ends with everything stored, as one awaited delivery
-    /// at a time would (only its order can then differ). Only a stop can make it fail.
+    /// at a time would. The later notifications of an alarm sent again are sent again too,
+    /// after it, even when they were acknowledged: the last record of an alarm id on the topic
+    /// is always its latest version (a repeat is harmless, ids are stable). Only a stop can
+    /// make it fail.
     pub async fn settle(&self, round: &mut Round) -> Result<(), Abandoned> {
+        round.bytes = 0;
+        let mut resent: std::collections::HashSet<String> = std::collections::HashSet::new();
         for f in std::mem::take(&mut round.flights) {
             let output = match f.what {
                 Queued::Alarm { .. } => "alarm",
@@ -423,8 +430,9 @@ impl Outputs<'_> {
                     event_time,
                     ingested,
                 } => {
-                    if error.is_some() {
+                    if error.is_some() || resent.contains(&alarm.alarm_id) {
                         self.alarm(&alarm).await?;
+                        resent.insert(alarm.alarm_id.clone());
                     } else if let Some(n) = &self.notify {
                         // Stored on the alarm topic: now (and only now) the notification
                         // sinks get it, without waiting.
@@ -634,8 +642,10 @@ fn dead_letter_key(origin: &Origin) -> String {
     )
 }
 
-/// At most this many deliveries wait in a round; the next one waits for them first.
+/// At most this many deliveries, or this many bytes of them (the round keeps a dead letter's
+/// record to send it again), wait in a round; the next one waits for them first.
 const ROUND_MAX: usize = 1024;
+const ROUND_MAX_BYTES: usize = 16 << 20;
 
 /// Deliveries handed to the producer in one round of a consume loop and awaited together at
 /// its end ([`Outputs::settle`]): a round's alarms and dead letters cost one wait for the
@@ -645,9 +655,14 @@ const ROUND_MAX: usize = 1024;
 #[derive(Default)]
 pub struct Round {
     flights: Vec<InFlight>,
+    bytes: usize,
 }
 
 impl Round {
+    fn is_full(&self) -> bool {
+        self.flights.len() >= ROUND_MAX || self.bytes >= ROUND_MAX_BYTES
+    }
+
     /// Nothing waits: everything started in this round is acknowledged.
     pub fn is_empty(&self) -> bool {
         self.flights.is_empty()

@@ -491,6 +491,12 @@ impl Detect<'_> {
                         Err(e) => tracing::debug!(error = %e, "detection: consume error"),
                     }
                 }
+                // A rebalance served by the last poll ends the drain (the poll that serves it
+                // returns nothing): taken now, before the partitions' records are released.
+                retired_late += self.take_handover(&mut parts, &mut retired).await;
+            }
+            if abandoned {
+                break;
             }
             // Release what each merge lets go. The round's alarms are awaited together at its
             // end, before the consumer is polled again (a snapshot, taken between rounds,
@@ -529,7 +535,9 @@ impl Detect<'_> {
                 .set(parts.values().map(|p| p.merge.len()).sum::<usize>() as i64);
             self.metrics.detect_partitions.set(parts.len() as i64);
         }
-        // The end: pending alarm updates, then every partition's state.
+        // The end: the last rebalance's changes (no snapshot for a partition given away),
+        // pending alarm updates, then every partition's state.
+        let _ = self.take_handover(&mut parts, &mut retired).await;
         if !abandoned {
             for part in parts.values_mut() {
                 let pending = crate::isolate::guard(|| part.engine.flush()).unwrap_or_default();

@@ -3,7 +3,8 @@
 //!
 //! A partition's *position* is the next offset to process; every alarm and dead-letter record
 //! derived from the records before it has been acknowledged by the broker (the consume loop
-//! awaits each delivery before it moves a position). Commits only ever send positions.
+//! moves a position only once the round of deliveries holding them is settled, see
+//! `deliver::Round`). Commits only ever send positions.
 //!
 //! Rebalances: librdkafka calls the hooks from inside `recv()`, on the consume task, so never
 //! while a record is half processed — "drain" is the loop's shape. On revocation the revoked
@@ -119,7 +120,11 @@ impl Progress {
 
     /// Scale-out: a record's events were handed to the repartition writer.
     pub fn written(&self, topic: &str, partition: i32, offset: i64) {
-        lock(&self.written).set(topic, partition, offset);
+        // As `done`: a record of a partition revoked meanwhile leaves no position behind (a
+        // later revocation would commit it over the next owner's).
+        if lock(&self.owned).contains(&(topic.to_owned(), partition)) {
+            lock(&self.written).set(topic, partition, offset);
+        }
     }
 
     /// Scale-out: how to wait for every repartition write (at a revocation).

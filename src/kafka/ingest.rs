@@ -511,15 +511,7 @@ impl<'a> Ingest<'a> {
                 // Scale-out: the events go to the repartition topic; the record is done once
                 // they are all acknowledged (`drain_writes`, in order).
                 Next::Repartition(w) => {
-                    write_record(
-                        w,
-                        written,
-                        results,
-                        self.s.out,
-                        &self.s.progress,
-                        &mut round,
-                    )
-                    .await?;
+                    write_record(w, written, results, self.s.out, &self.s.progress).await?;
                 }
                 Next::Local { pipeline, .. } => {
                     process(
@@ -756,7 +748,6 @@ async fn write_record(
     results: Vec<Result<Event, Reject>>,
     out: &Outputs<'_>,
     progress: &Progress,
-    round: &mut Round,
 ) -> Result<(), Abandoned> {
     let mut rejects = RecordRejects::default();
     let mut events = Vec::with_capacity(results.len());
@@ -766,10 +757,11 @@ async fn write_record(
             Err(reject) => add_reject(&mut rejects, reject, written.label, out),
         }
     }
-    dead_letter_rejects(rejects, &written, out, round).await?;
-    if w.is_full() {
-        // Older records are done below: their dead letters first.
-        out.settle(round).await?;
+    // Awaited here, not in the round: the record counts as written (and, once its writes are
+    // acknowledged, done — even at a stop whose round was abandoned) right below.
+    if let Some(reject) = rejects.take() {
+        out.dead_letter(&reject, &written.payload, &written.origin)
+            .await?;
     }
     while w.is_full() {
         match w.next_done(true).await {

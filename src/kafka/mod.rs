@@ -329,8 +329,8 @@ async fn start(config: &Config, stop: &Stop) -> anyhow::Result<Option<(Service, 
                     .is_some_and(|s| s.contains("cooperative")),
             })?,
     );
-    // Each alarm's delivery is awaited before the next record: no lingering for a batch (the
-    // user's options may still set it).
+    // A round's deliveries are awaited at its end, and a round may hold one alarm: no
+    // lingering for a batch (the user's options may still set it).
     let producer: FutureProducer<Logged> = client_config_over(config, &[("linger.ms", "0")])
         .set("acks", "all")
         .set("enable.idempotence", "true")
