@@ -322,12 +322,7 @@ impl Engine {
             .iter()
             .map(|k| (*k.key(), Arc::clone(k.value())))
             .collect();
-        let created: Vec<((u16, String), (i64, u64))> = self
-            .state
-            .created
-            .iter()
-            .map(|e| (e.key().clone(), *e.value()))
-            .collect();
+        let created = self.state.created_entries();
         let quarantined: Vec<((crate::event::Cloud, String), i64)> = self
             .state
             .quarantined
@@ -555,12 +550,7 @@ impl Engine {
             for mut k in self.state.keys.iter_mut() {
                 Arc::make_mut(k.value_mut()).remap_rules(&map);
             }
-            let created: Vec<((u16, String), (i64, u64))> = self
-                .state
-                .created
-                .iter()
-                .map(|e| (e.key().clone(), *e.value()))
-                .collect();
+            let created = self.state.created_entries();
             self.state.created.clear();
             for ((r, key), v) in created {
                 if let Some(Some(to)) = map.get(r as usize) {

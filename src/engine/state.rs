@@ -798,6 +798,14 @@ pub struct State {
 }
 
 impl State {
+    /// The `created` map's entries, copied out (for a snapshot, or to re-key them).
+    pub fn created_entries(&self) -> Vec<((u16, String), (i64, u64))> {
+        self.created
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect()
+    }
+
     /// Total approximate heap bytes and entries, for metrics: (keys, entries, bytes). The
     /// `created` and `quarantined` maps count as entries and bytes too.
     pub fn size(&self) -> (usize, usize, usize) {
