@@ -1485,7 +1485,7 @@ async fn overview(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResu
         })
         .collect();
     let recent = sqlx::query(
-        "SELECT actor, action, target, comment, at FROM inv_audit ORDER BY at DESC, id ASC LIMIT 8",
+        "SELECT actor, action, target, comment, at FROM inv_audit ORDER BY at DESC, id DESC LIMIT 8",
     )
     .fetch_all(pool)
     .await?;
@@ -1517,7 +1517,7 @@ async fn audit_log(
     let f = Filter::default();
     let total = count(&s.store, "SELECT COUNT(*) FROM inv_audit", &f).await?;
     let rows = sqlx::query(&format!(
-        "SELECT actor, action, target, before_value, after_value, comment, at FROM inv_audit ORDER BY at DESC, id ASC LIMIT {limit} OFFSET {offset}"
+        "SELECT actor, action, target, before_value, after_value, comment, at FROM inv_audit ORDER BY at DESC, id DESC LIMIT {limit} OFFSET {offset}"
     ))
     .fetch_all(s.store.pool())
     .await?;
