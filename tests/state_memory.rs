@@ -1,6 +1,6 @@
-//! State memory per key: with every repository rule on, a key seen from 10 IPs must cost less
-//! than 1 KiB of heap (the design target). dhat measures the real heap, so this is its own
-//! test binary.
+//! State memory per key: with every repository rule on, a key seen from 10 IPs must cost at
+//! most 600 bytes of heap (issue 13; the design's bound is 1 KiB). dhat measures the real
+//! heap, so this is its own test binary.
 
 use akwatch::enrich::{Enrichment, GeoInfo, IpClass};
 use akwatch::event::{
@@ -72,7 +72,7 @@ fn event(key: usize, ip: usize, n: usize) -> (Event, Enrichment) {
 }
 
 #[test]
-fn a_key_with_ten_ips_costs_under_a_kibibyte() {
+fn a_key_with_ten_ips_costs_at_most_600_bytes() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let rules = RuleSet::load(&root.join("rules")).unwrap();
     let events: Vec<_> = (0..KEYS)
@@ -97,7 +97,7 @@ fn a_key_with_ten_ips_costs_under_a_kibibyte() {
         alarms, 0,
         "the traffic is benign and within the learning period"
     );
-    // The design's bound is 1 KiB; 731 bytes measured (2026-12-03). The assertion keeps the
-    // gains of benches/README.md ("State memory") from slipping back unnoticed.
-    assert!(per_key < 800, "{per_key} bytes per key");
+    // The design's bound is 1 KiB, issue 13's 600 bytes; 599 measured (2026-12-04). The
+    // assertion keeps the gains of benches/README.md ("State memory") from slipping back.
+    assert!(per_key <= 600, "{per_key} bytes per key");
 }

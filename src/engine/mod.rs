@@ -19,8 +19,7 @@ use crate::policy::Policy;
 use crate::rule::cond::Facts;
 use crate::rule::{Attr, Detector, Link, Rule, RuleSet, Severity};
 use state::{
-    Capped, KeyState, Located, MAX_LOCATIONS, State, compact_time, full_time, insert_sorted,
-    value_hash,
+    Capped, KeyArc, KeyState, Located, State, compact_time, full_time, insert_sorted, value_hash,
 };
 
 /// The engine's state as saved in a checkpoint. Keys and alarms are shared with the engine
@@ -31,7 +30,7 @@ use state::{
 pub struct Snapshot {
     pub rules_fingerprint: String,
     #[serde(serialize_with = "sorted_keys")]
-    pub keys: Vec<(u64, Arc<KeyState>)>,
+    pub keys: Vec<(u64, KeyArc<KeyState>)>,
     #[serde(serialize_with = "sorted")]
     pub created: Vec<((u16, String), (i64, u64))>,
     #[serde(serialize_with = "sorted")]
@@ -40,8 +39,11 @@ pub struct Snapshot {
     pub alarms: Vec<Arc<crate::alarm::Tracked>>,
 }
 
-fn sorted_keys<S: serde::Serializer>(v: &[(u64, Arc<KeyState>)], s: S) -> Result<S::Ok, S::Error> {
-    let mut refs: Vec<&(u64, Arc<KeyState>)> = v.iter().collect();
+fn sorted_keys<S: serde::Serializer>(
+    v: &[(u64, KeyArc<KeyState>)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut refs: Vec<&(u64, KeyArc<KeyState>)> = v.iter().collect();
     refs.sort_unstable_by_key(|k| k.0);
     s.collect_seq(refs)
 }
@@ -316,11 +318,11 @@ impl Engine {
     /// The engine's state, for a checkpoint: a pointer per key and per alarm (see
     /// [`Snapshot`]), the created-key and quarantine maps (capped) copied.
     pub fn snapshot(&self) -> Snapshot {
-        let keys: Vec<(u64, Arc<KeyState>)> = self
+        let keys: Vec<(u64, KeyArc<KeyState>)> = self
             .state
             .keys
             .iter()
-            .map(|k| (*k.key(), Arc::clone(k.value())))
+            .map(|k| (*k.key(), KeyArc::clone(k.value())))
             .collect();
         let created = self.state.created_entries();
         let quarantined: Vec<((crate::event::Cloud, String), i64)> = self
@@ -345,8 +347,8 @@ impl Engine {
         let same_rules = snapshot.rules_fingerprint == self.rules_fingerprint();
         for (k, mut ks) in snapshot.keys {
             if !same_rules {
-                let ks = Arc::make_mut(&mut ks);
-                ks.windows.clear();
+                let ks = KeyArc::make_mut(&mut ks);
+                ks.windows = Box::default();
                 ks.sightings.clear();
             }
             self.state.keys.insert(k, ks);
@@ -548,7 +550,7 @@ impl Engine {
         reset.dedup();
         if map.iter().enumerate().any(|(i, to)| *to != Some(i as u16)) {
             for mut k in self.state.keys.iter_mut() {
-                Arc::make_mut(k.value_mut()).remap_rules(&map);
+                KeyArc::make_mut(k.value_mut()).remap_rules(&map);
             }
             let created = self.state.created_entries();
             self.state.created.clear();
@@ -637,8 +639,8 @@ impl Engine {
         for mut k in self.state.keys.iter_mut() {
             // A key a checkpoint being written still holds is expired at the next pass rather
             // than copied now.
-            if Arc::strong_count(k.value()) == 1 {
-                Arc::make_mut(k.value_mut()).expire(horizon);
+            if KeyArc::is_unique(k.value()) {
+                KeyArc::make_mut(k.value_mut()).expire(horizon);
             }
             marks.push(k.value().last_seen());
         }
@@ -668,9 +670,9 @@ impl Engine {
             .state
             .keys
             .entry(subject)
-            .or_insert_with(|| Arc::new(KeyState::new(t)));
+            .or_insert_with(|| KeyArc::new(KeyState::new(t)));
         // Copied only if a checkpoint being written holds this key.
-        let ks: &mut KeyState = Arc::make_mut(key.value_mut());
+        let ks: &mut KeyState = KeyArc::make_mut(key.value_mut());
         let ct = compact_time(t);
         let new_key = ks.first == ct && ks.last == ct && ks.seen.is_empty();
         let lateness = self.policy.allowed_lateness.secs();
@@ -1413,7 +1415,6 @@ fn run_detector(
                 time: compact_time(t),
                 lat: lat as f32,
                 lon: lon as f32,
-                ip: ip_h as u32,
                 addr: match event.source_ip {
                     Some(std::net::IpAddr::V4(v4)) => v4.to_ipv6_mapped(),
                     Some(std::net::IpAddr::V6(v6)) => v6,
@@ -1424,7 +1425,7 @@ fn run_detector(
             for other in ks
                 .locations
                 .iter()
-                .filter(|o| (full_time(o.time) - t).abs() <= *max_gap && o.ip != ip_h as u32)
+                .filter(|o| (full_time(o.time) - t).abs() <= *max_gap && o.addr != here.addr)
             {
                 let km = distance_km((lat, lon), (f64::from(other.lat), f64::from(other.lon)));
                 let hours = ((t - full_time(other.time)).abs() as f64 / 3600.0).max(1.0 / 60.0);
@@ -1433,18 +1434,7 @@ fn run_detector(
                     worst = Some((km, speed, *other));
                 }
             }
-            // The newest MAX_LOCATIONS, in a vector that never grows past them (inserting
-            // before dropping the oldest would double its capacity: 128 bytes a key).
-            let pos = ks.locations.partition_point(|l| l.time <= here.time);
-            if ks.locations.len() < MAX_LOCATIONS {
-                if ks.locations.capacity() == 0 {
-                    ks.locations.reserve_exact(MAX_LOCATIONS);
-                }
-                ks.locations.insert(pos, here);
-            } else if pos > 0 {
-                ks.locations.remove(0);
-                ks.locations.insert(pos - 1, here);
-            }
+            ks.locate(here);
             let (km, speed, other) = worst?;
             f.insert("distance_km".into(), json!(km.round()));
             f.insert("speed_kmh".into(), json!(speed.round()));

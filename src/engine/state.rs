@@ -1,13 +1,18 @@
 //! Per-key detection state, kept in a `DashMap` so that several consumers can share it.
 //!
-//! Compact by design (the target is under 1 KB per active key with 10 IPs): attribute values
-//! are remembered as 64-bit hashes, times as seconds, and every list is bounded.
+//! Compact by design (the target is under 600 bytes per active key with 10 IPs): attribute
+//! values are remembered as 32-bit folds of their 64-bit hashes, times as seconds, and every
+//! list is bounded.
 
 use std::collections::VecDeque;
 
 use dashmap::DashMap;
 
 use crate::rule::Attr;
+
+/// The key map's shared pointer: copy on write for snapshots, and no weak count (8 bytes a key
+/// less than `std::sync::Arc`).
+pub use triomphe::Arc as KeyArc;
 
 /// FNV-1a, seeded by the attribute: stable across runs and versions, so state can be saved.
 pub struct Fnv(u64);
@@ -36,6 +41,20 @@ pub fn value_hash(attr: Attr, value: &str) -> u64 {
     h.finish()
 }
 
+/// The 32 bits of a value hash the state keeps: the 64-bit [`value_hash`] folded (high half
+/// XOR low half). A new value taken for a remembered one needs a 32-bit collision with one of
+/// its key's remembered values: at the 512-value cap about 1 in 8 million new values, at 10
+/// values 1 in 400 million. (FNV is not a keyed hash: neither width resists a caller who
+/// knows a key's remembered values and crafts a colliding one.)
+pub fn fold(h: u64) -> u32 {
+    (h ^ (h >> 32)) as u32
+}
+
+/// Reads a hash saved as a 64-bit value (state written before 2026-12-04) or a fold.
+fn folded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    <u64 as serde::Deserialize>::deserialize(d).map(fold)
+}
+
 /// Event times in state are seconds since 2000-01-01 in a `u32` (good until 2136).
 pub const STATE_EPOCH: i64 = 946_684_800;
 
@@ -47,10 +66,11 @@ pub fn full_time(t: u32) -> i64 {
     i64::from(t) + STATE_EPOCH
 }
 
-/// A remembered value: its hash and when it was first and last seen.
+/// A remembered value: its hash ([`fold`]) and when it was first and last seen (12 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
-    pub hash: u64,
+    #[serde(deserialize_with = "folded")]
+    pub hash: u32,
     pub first: u32,
     pub last: u32,
 }
@@ -58,15 +78,15 @@ pub struct Seen {
 /// The most values remembered per key; past it the least recently seen is forgotten.
 pub const MAX_SEEN_PER_KEY: usize = 512;
 
-/// A located call, for `velocity` (compact: 32 bytes).
+/// A located call, for `velocity` (compact: 28 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Located {
     pub time: u32,
     pub lat: f32,
     pub lon: f32,
-    pub ip: u32,
-    /// The caller's IP (IPv4 as IPv4-mapped IPv6), for the alarm's evidence; unspecified in
-    /// state saved before it was kept.
+    /// The caller's IP (IPv4 as IPv4-mapped IPv6), for the alarm's evidence and to tell two
+    /// IPs apart; unspecified in state saved before it was kept (such a call counts as from
+    /// another IP). State saved before 2026-12-04 also holds an `ip` hash, ignored now.
     #[serde(default = "unspecified")]
     pub addr: std::net::Ipv6Addr,
 }
@@ -127,11 +147,12 @@ impl Ewma {
 }
 
 /// A `distinct` detector's memory of one value: which detector and attribute, the value's
-/// hash and its latest sighting (16 bytes; all detectors of a key share one vector, sorted by
-/// (rule, detector, attribute, hash) so that a value is found by binary search).
+/// hash ([`fold`]) and its latest sighting (12 bytes; all detectors of a key share one vector,
+/// sorted by (rule, detector, attribute, hash) so that a value is found by binary search).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sighting {
-    pub hash: u64,
+    #[serde(deserialize_with = "folded")]
+    pub hash: u32,
     pub time: u32,
     pub rule: u16,
     pub detector: u8,
@@ -139,9 +160,15 @@ pub struct Sighting {
 }
 
 impl Sighting {
-    fn group(&self) -> (u16, u8, u8) {
-        (self.rule, self.detector, self.attr)
+    /// The group (rule, detector, attribute) as one number in the same order (one comparison
+    /// in the binary searches instead of three).
+    fn group(&self) -> u32 {
+        group_key((self.rule, self.detector, self.attr))
     }
+}
+
+fn group_key(g: (u16, u8, u8)) -> u32 {
+    (u32::from(g.0) << 16) | (u32::from(g.1) << 8) | u32::from(g.2)
 }
 
 /// A `distinct` group with this many values or more keeps a sorted index of their times, so
@@ -340,8 +367,14 @@ pub struct Capped {
     pub dropped: u64,
 }
 
-/// Everything the engine remembers about one key.
+/// A window and where it belongs: (rule index, detector index, slot), see `KeyState::windows`.
+pub type Slot = ((u16, u8, u8), Window);
+
+/// Everything the engine remembers about one key (96 bytes and its lists: the two that change
+/// with most calls are vectors, the two that rarely change length are boxed slices, 8 bytes
+/// less each).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(from = "SavedKeyState")]
 pub struct KeyState {
     /// The key's first call (compact time).
     pub first: u32,
@@ -357,11 +390,76 @@ pub struct KeyState {
     /// (rule index, detector index, slot) → window: slot 0 is the detector's window
     /// (`threshold`, `sequence`), slot 1 + attribute the time index of a large `distinct`
     /// group.
-    pub windows: Vec<((u16, u8, u8), Window)>,
+    pub windows: Box<[Slot]>,
     /// `distinct` detectors' values, sorted by (rule, detector, attribute, hash).
     pub sightings: Vec<Sighting>,
-    /// Recent located calls, sorted by time.
-    pub locations: Vec<Located>,
+    /// Recent located calls (at most [`MAX_LOCATIONS`]), sorted by time.
+    pub locations: Box<[Located]>,
+}
+
+/// A key's state as saved: hashes may be 64-bit ones from before 2026-12-04 (read as folds,
+/// see [`fold`]), so the lists are sorted again and values that fold alike merged.
+#[derive(serde::Deserialize)]
+struct SavedKeyState {
+    first: u32,
+    last: u32,
+    pending: u32,
+    seen: Vec<Seen>,
+    windows: Vec<Slot>,
+    sightings: Vec<Sighting>,
+    locations: Vec<Located>,
+}
+
+impl From<SavedKeyState> for KeyState {
+    fn from(s: SavedKeyState) -> Self {
+        let mut seen = s.seen;
+        seen.sort_unstable_by_key(|v| v.hash);
+        seen.dedup_by(|later, kept| {
+            let same = later.hash == kept.hash;
+            if same {
+                kept.first = kept.first.min(later.first);
+                kept.last = kept.last.max(later.last);
+            }
+            same
+        });
+        let mut sightings = s.sightings;
+        sightings.sort_unstable_by_key(|v| (v.group(), v.hash));
+        let before = sightings.len();
+        sightings.dedup_by(|later, kept| {
+            let same = (later.group(), later.hash) == (kept.group(), kept.hash);
+            if same {
+                kept.time = kept.time.max(later.time);
+            }
+            same
+        });
+        let merged = sightings.len() != before;
+        let mut locations = s.locations;
+        locations.sort_by_key(|l| l.time);
+        let extra = locations.len().saturating_sub(MAX_LOCATIONS);
+        locations.drain(..extra);
+        let mut ks = KeyState {
+            first: s.first,
+            last: s.last,
+            pending: s.pending,
+            seen,
+            windows: s.windows.into_boxed_slice(),
+            sightings,
+            locations: locations.into_boxed_slice(),
+        };
+        if merged {
+            ks.reindex_all();
+        }
+        ks
+    }
+}
+
+/// Edits a boxed slice as a vector (for the lists whose length rarely changes; the box is
+/// exactly as long as its contents).
+fn edit<T, R>(slice: &mut Box<[T]>, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+    let mut v = std::mem::take(slice).into_vec();
+    let r = f(&mut v);
+    *slice = v.into_boxed_slice();
+    r
 }
 
 impl KeyState {
@@ -429,12 +527,14 @@ impl KeyState {
     /// dropped), see `Engine::set_rules`.
     pub fn remap_rules(&mut self, map: &[Option<u16>]) {
         let to = |r: u16| map.get(r as usize).copied().flatten();
-        self.windows.retain_mut(|(k, _)| match to(k.0) {
-            Some(n) => {
-                k.0 = n;
-                true
-            }
-            None => false,
+        edit(&mut self.windows, |windows| {
+            windows.retain_mut(|(k, _)| match to(k.0) {
+                Some(n) => {
+                    k.0 = n;
+                    true
+                }
+                None => false,
+            })
         });
         self.sightings.retain_mut(|s| match to(s.rule) {
             Some(n) => {
@@ -453,7 +553,7 @@ impl KeyState {
     /// Was `hash` seen within `[t - history, t)`? (Sightings are kept as first / last, so a
     /// value seen before and after a quiet gap counts as seen throughout.)
     pub fn seen_within(&self, hash: u64, t: i64, history: i64) -> bool {
-        match self.seen.binary_search_by_key(&hash, |s| s.hash) {
+        match self.seen.binary_search_by_key(&fold(hash), |s| s.hash) {
             Ok(i) => {
                 let s = self.seen[i];
                 full_time(s.first) < t && full_time(s.last) >= t.saturating_sub(history)
@@ -464,6 +564,7 @@ impl KeyState {
 
     pub fn remember(&mut self, hash: u64, t: i64) {
         let ct = compact_time(t);
+        let hash = fold(hash);
         match self.seen.binary_search_by_key(&hash, |s| s.hash) {
             Ok(i) => {
                 let s = &mut self.seen[i];
@@ -512,6 +613,7 @@ impl KeyState {
 
     /// The sightings of one `distinct` group (rule, detector, attribute).
     fn group(&self, g: (u16, u8, u8)) -> std::ops::Range<usize> {
+        let g = group_key(g);
         let start = self.sightings.partition_point(|s| s.group() < g);
         let end = start + self.sightings[start..].partition_point(|s| s.group() == g);
         start..end
@@ -542,11 +644,25 @@ impl KeyState {
             times.sort_unstable();
             match self.index_mut(g) {
                 Some(i) => *i = times,
-                None => self.windows.push((key, Window::Index(times))),
+                None => edit(&mut self.windows, |w| w.push((key, Window::Index(times)))),
             }
-        } else if r.len() < INDEX_UNTIL {
-            self.windows
-                .retain(|(k, w)| !(*k == key && matches!(w, Window::Index(_))));
+        } else if r.len() < INDEX_UNTIL && self.index(g).is_some() {
+            edit(&mut self.windows, |windows| {
+                windows.retain(|(k, w)| !(*k == key && matches!(w, Window::Index(_))))
+            });
+        }
+    }
+
+    /// Rebuilds every indexed group's time index (after the sightings changed in bulk).
+    fn reindex_all(&mut self) {
+        let groups: Vec<(u16, u8, u8)> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| matches!(w, Window::Index(_)))
+            .map(|(k, _)| (k.0, k.1, k.2.saturating_sub(1)))
+            .collect();
+        for g in groups {
+            self.reindex(g);
         }
     }
 
@@ -554,6 +670,7 @@ impl KeyState {
     /// (forgetting first those dated more than `ahead`, then the oldest). Returns the values
     /// forgotten.
     pub fn sight(&mut self, g: (u16, u8, u8), hash: u64, ct: u32, max: usize, ahead: u32) -> usize {
+        let hash = fold(hash);
         let r = self.group(g);
         let start = r.start;
         match self.sightings[r.clone()].binary_search_by_key(&hash, |s| s.hash) {
@@ -734,29 +851,38 @@ impl KeyState {
         let before = self.sightings.len();
         self.sightings.retain(|s| s.time >= c);
         if self.sightings.len() != before {
-            let groups: Vec<(u16, u8, u8)> = self
-                .windows
-                .iter()
-                .filter(|(_, w)| matches!(w, Window::Index(_)))
-                .map(|(k, _)| (k.0, k.1, k.2.saturating_sub(1)))
-                .collect();
-            for g in groups {
-                self.reindex(g);
-            }
+            self.reindex_all();
         }
         self.sightings.shrink_to_fit();
-        self.windows.retain(|(_, w)| !w.is_empty());
-        self.locations.retain(|l| l.time >= c);
+        if self.windows.iter().any(|(_, w)| w.is_empty()) {
+            edit(&mut self.windows, |w| w.retain(|(_, w)| !w.is_empty()));
+        }
+        if self.locations.iter().any(|l| l.time < c) {
+            edit(&mut self.locations, |l| l.retain(|l| l.time >= c));
+        }
+    }
+
+    /// Keeps a located call: the newest [`MAX_LOCATIONS`], sorted by time (a call older than
+    /// all of a full list is not kept).
+    pub fn locate(&mut self, here: Located) {
+        let pos = self.locations.partition_point(|l| l.time <= here.time);
+        if self.locations.len() < MAX_LOCATIONS {
+            edit(&mut self.locations, |l| l.insert(pos, here));
+        } else if pos > 0 {
+            // Full: drop the oldest in place.
+            self.locations[..pos].rotate_left(1);
+            self.locations[pos - 1] = here;
+        }
     }
 
     /// Heap bytes held (for the state-size metric and the memory bench).
     pub fn heap_bytes(&self) -> usize {
         let windows: usize = self.windows.iter().map(|(_, w)| w.heap_bytes()).sum();
         self.seen.capacity() * std::mem::size_of::<Seen>()
-            + self.windows.capacity() * std::mem::size_of::<((u16, u8, u8), Window)>()
+            + self.windows.len() * std::mem::size_of::<Slot>()
             + windows
             + self.sightings.capacity() * std::mem::size_of::<Sighting>()
-            + self.locations.capacity() * std::mem::size_of::<Located>()
+            + self.locations.len() * std::mem::size_of::<Located>()
     }
 
     /// Entries held in its lists.
@@ -766,14 +892,13 @@ impl KeyState {
     }
 }
 
-fn window_in(windows: &mut Vec<((u16, u8, u8), Window)>, key: (u16, u8, u8)) -> &mut Window {
+fn window_in(windows: &mut Box<[Slot]>, key: (u16, u8, u8)) -> &mut Window {
     let i = match windows.iter().position(|(k, _)| *k == key) {
         Some(i) => i,
-        None => {
-            windows.reserve_exact(1);
-            windows.push((key, Window::Marks(VecDeque::new())));
-            windows.len() - 1
-        }
+        None => edit(windows, |w| {
+            w.push((key, Window::Marks(VecDeque::new())));
+            w.len() - 1
+        }),
     };
     &mut windows[i].1
 }
@@ -790,7 +915,7 @@ pub fn insert_sorted<T>(deque: &mut VecDeque<T>, item: T, time: impl Fn(&T) -> i
 pub struct State {
     /// By the hash of the alarm subject (access key id, or principal): 8 bytes a key instead
     /// of the id string.
-    pub keys: DashMap<u64, std::sync::Arc<KeyState>, rustc_hash::FxBuildHasher>,
+    pub keys: DashMap<u64, KeyArc<KeyState>, rustc_hash::FxBuildHasher>,
     /// Keys created by a watched `first` step: (rule index, created key) → (time, source-IP hash).
     pub created: DashMap<(u16, String), (i64, u64)>,
     /// Principals AWS quarantined (compromised-key policy attached): (cloud, user) → time.
@@ -812,8 +937,8 @@ impl State {
         let mut bytes = 0;
         let mut entries = 0;
         for k in &self.keys {
-            bytes += std::mem::size_of::<(u64, std::sync::Arc<KeyState>)>()
-                + 16
+            bytes += std::mem::size_of::<(u64, KeyArc<KeyState>)>()
+                + 8 // the shared pointer's count
                 + std::mem::size_of::<KeyState>()
                 + k.value().heap_bytes();
             entries += k.value().entries();

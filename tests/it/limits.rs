@@ -722,3 +722,63 @@ fn a_rule_reload_keeps_the_state_of_unchanged_rules_only() {
         );
     }
 }
+
+/// State saved before 2026-12-04 holds 64-bit value hashes (and an `ip` hash per located call);
+/// it is read as 32-bit folds: what it remembered is still known, lists sorted again, and two
+/// values whose hashes fold alike merged (the earliest first sighting, the latest last).
+#[test]
+fn state_saved_with_64_bit_hashes_restores_as_folds() {
+    use akwatch::engine::state::{KeyState, fold, value_hash};
+    use akwatch::rule::Attr;
+
+    let ip = value_hash(Attr::SourceIp, "203.0.113.7");
+    let ua = value_hash(Attr::UserAgent, "aws-cli/2.15.0");
+    // Two 64-bit hashes with the same fold.
+    let twin = ip ^ 0x0000_0001_0000_0001;
+    assert_eq!(fold(twin), fold(ip));
+    let (t0, t1) = (800_000_000_u32, 800_003_600_u32);
+    let saved = serde_json::json!({
+        "first": t0, "last": t1, "pending": 0,
+        "seen": [
+            {"hash": ua, "first": t0, "last": t0},
+            {"hash": ip, "first": t0 + 10, "last": t0 + 20},
+            {"hash": twin, "first": t0 + 5, "last": t1},
+        ],
+        "windows": [],
+        "sightings": [
+            {"hash": ua, "time": t0, "rule": 3, "detector": 0, "attr": 1},
+            {"hash": ip, "time": t0, "rule": 3, "detector": 0, "attr": 0},
+            {"hash": twin, "time": t1, "rule": 3, "detector": 0, "attr": 0},
+        ],
+        "locations": [
+            {"time": t1, "lat": 1.5, "lon": 2.5, "ip": 7, "addr": "::ffff:203.0.113.7"},
+            {"time": t0, "lat": 3.5, "lon": 4.5, "ip": 9, "addr": "::ffff:198.51.100.1"},
+        ],
+    });
+    let mut ks: KeyState = serde_json::from_value(saved).unwrap();
+    let t = |c: u32| akwatch::engine::state::full_time(c);
+    // Remembered values are found by their 64-bit hashes, as the engine asks.
+    assert!(ks.seen_within(ua, t(t1), 86_400));
+    assert!(ks.seen_within(ip, t(t1), 86_400));
+    assert_eq!(ks.seen.len(), 2, "the twins merged: {:?}", ks.seen);
+    let merged = ks.seen.iter().find(|s| s.hash == fold(ip)).unwrap();
+    assert_eq!((merged.first, merged.last), (t0 + 5, t1));
+    assert!(ks.seen.windows(2).all(|w| w[0].hash < w[1].hash));
+    // One distinct value left in group (3, 0, 0), seen last at t1; one in (3, 0, 1).
+    assert_eq!(ks.group_count((3, 0, 0), 0, u32::MAX), 1);
+    assert_eq!(ks.group_count((3, 0, 1), 0, u32::MAX), 1);
+    assert_eq!(ks.group_newest_not_after((3, 0, 0), u32::MAX), Some(t1));
+    // A sighting of a known value adds nothing.
+    assert_eq!(ks.sight((3, 0, 0), ip, t1 + 1, 100, u32::MAX), 0);
+    assert_eq!(ks.group_count((3, 0, 0), 0, u32::MAX), 1);
+    // Located calls sorted by time, their IPs kept.
+    let ips: Vec<String> = ks
+        .locations
+        .iter()
+        .map(|l| l.address().unwrap().to_string())
+        .collect();
+    assert_eq!(ips, ["198.51.100.1", "203.0.113.7"]);
+    // And it saves and reads back as it is.
+    let again: KeyState = serde_json::from_str(&serde_json::to_string(&ks).unwrap()).unwrap();
+    assert_eq!(format!("{again:?}"), format!("{ks:?}"));
+}
