@@ -859,6 +859,143 @@ fn cut_value(v: &mut Value, max_str: usize, max_items: usize, cut: &mut Cut) {
 mod tests {
     use super::*;
 
+    /// Every record of `topic` (one partition) on the mock cluster: (key, payload).
+    async fn read_all(servers: String, topic: &'static str, n: usize) -> Vec<(String, Vec<u8>)> {
+        use rdkafka::Message;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", servers)
+                .set("group.id", "check")
+                .create()
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+                .unwrap();
+            consumer.assign(&tpl).unwrap();
+            let mut got = Vec::new();
+            let until = Instant::now() + Duration::from_secs(10);
+            while got.len() < n && Instant::now() < until {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                    got.push((key, m.payload().unwrap_or_default().to_vec()));
+                }
+            }
+            // Nothing more than expected either.
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+                got.push((
+                    String::from("unexpected"),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+            got
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A round whose deliveries librdkafka gave up on (the broker down past
+    /// `message.timeout.ms`) is delivered again the careful way when it settles: the alarm and
+    /// the dead letter land, and the alarm id sent again takes its later notification — one
+    /// the broker had acknowledged — with it, so the id's last record on the topic is its
+    /// latest version. Runs on librdkafka's in-process mock broker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_librdkafka_gave_up_on_is_delivered_again_latest_version_last() {
+        use rdkafka::mocking::MockCluster;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("alarms", 1, 1).unwrap();
+        cluster.create_topic("dlq", 1, 1).unwrap();
+        let producer: FutureProducer<super::super::Logged> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "1000")
+            .set("linger.ms", "0")
+            .create_with_context(super::super::Logged)
+            .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let (_handle, stop) = Stop::new();
+        let out = Outputs {
+            producer: &producer,
+            alarm_topic: "alarms",
+            alarm_format: crate::ocsf::AlarmFormat::Native,
+            dlq_topic: "dlq",
+            max_bytes: 1_000_000,
+            stop,
+            metrics: &metrics,
+            notify: None,
+        };
+        let golden = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden/alarms/ak.new_source_ip.jsonl"),
+        )
+        .unwrap();
+        let base: Alarm = serde_json::from_str(golden.lines().next().unwrap()).unwrap();
+        let version = |id: &str, count: u64| {
+            let mut a = base.clone();
+            a.alarm_id = id.to_owned();
+            a.count = count;
+            a
+        };
+        let t = base.last_seen;
+
+        cluster.broker_down(-1).unwrap();
+        let mut round = Round::default();
+        out.start_alarm(&mut round, version("akw-a", 1), t, None)
+            .await
+            .unwrap();
+        let origin = Origin::kafka("in", 0, 7);
+        let reject = Reject::new(
+            crate::provider::RejectKind::BadJson,
+            "expected value at line 1 column 1",
+            origin.clone(),
+        );
+        out.dead_letter_in(&mut round, reject, b"not json", &origin)
+            .await
+            .unwrap();
+        // librdkafka gives up on both (message.timeout.ms), then the broker is back and the
+        // round goes on: another alarm, and the first one's next version.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        cluster.broker_up(-1).unwrap();
+        out.start_alarm(&mut round, version("akw-b", 1), t, None)
+            .await
+            .unwrap();
+        out.start_alarm(&mut round, version("akw-a", 2), t, None)
+            .await
+            .unwrap();
+        assert_eq!(round.flights.len(), 4, "all four joined the round");
+        out.settle(&mut round).await.unwrap();
+        assert!(round.is_empty());
+
+        let alarms = read_all(cluster.bootstrap_servers(), "alarms", 4).await;
+        let counts: Vec<(String, u64)> = alarms
+            .iter()
+            .map(|(k, v)| {
+                let a: Alarm = serde_json::from_slice(v).unwrap();
+                assert_eq!(&a.alarm_id, k);
+                (a.alarm_id, a.count)
+            })
+            .collect();
+        // b and a's second version as acknowledged first, then a again the careful way, then
+        // its second version again after it.
+        let want = [("akw-b", 1), ("akw-a", 2), ("akw-a", 1), ("akw-a", 2)];
+        assert_eq!(
+            counts,
+            want.map(|(k, c)| (k.to_owned(), c)).to_vec(),
+            "the alarm topic"
+        );
+        let dead = read_all(cluster.bootstrap_servers(), "dlq", 1).await;
+        assert_eq!(dead, [("in:0:7".to_owned(), b"not json".to_vec())].to_vec());
+        assert_eq!(
+            metrics
+                .delivery_retries
+                .with_label_values(&["dead_letter"])
+                .get(),
+            1
+        );
+        assert!(metrics.delivery_retries.with_label_values(&["alarm"]).get() >= 1);
+    }
+
     #[test]
     fn a_huge_alarm_is_shrunk_under_the_limit_and_says_so() {
         let mut v = serde_json::json!({
