@@ -873,13 +873,14 @@ fn replay_to(
         ),
         _ => None,
     };
+    // Full batches are written on a thread of their own while the replay goes on; joined
+    // before the last batch is written.
+    let mut writer: Option<crate::inventory::BatchWriter> = None;
     if let (Some(store), Some(rt)) = (&store, &store_rt) {
         s.inventory = Some(crate::inventory::Batch::default());
-        let (store, rt) = (store.clone(), rt.clone());
-        s.inventory_sink = Some(Box::new(move |batch| {
-            rt.block_on(store.apply(batch))
-                .map_err(|e| format!("{e:#}"))
-        }));
+        let (sink, w) = crate::inventory::BatchWriter::spawn(store.clone(), rt.clone())?;
+        s.inventory_sink = Some(sink);
+        writer = Some(w);
     }
     if verbosity() > 0 {
         for w in &s.warnings {
@@ -944,6 +945,16 @@ fn replay_to(
     );
     if let Some(bar) = bar {
         bar.finish();
+    }
+    // The writer ends once the sink (its channel) is gone; its own error names the cause.
+    s.inventory_sink = None;
+    if let Some(w) = writer
+        && let (Err(e), Some(url)) = (w.finish(), &args.store)
+    {
+        anyhow::bail!(
+            "cannot write the inventory to {}: {e}",
+            crate::inventory::redact(url)
+        );
     }
     let mut summary = result.map_err(|e| anyhow::anyhow!(e))?;
     match (format, &table) {

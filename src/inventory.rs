@@ -577,6 +577,50 @@ fn i(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A replay's inventory sink: full batches handed to [`BatchWriter`]'s thread.
+pub type BatchSink = Box<dyn FnMut(Batch) -> Result<(), String>>;
+
+/// Writes a replay's full batches to the store on a thread of its own while the replay goes on
+/// (the store's work on another core). At most one batch waits for it, so a run holds at most
+/// three (being filled, waiting, being written); batches are written in the order given.
+pub struct BatchWriter {
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl BatchWriter {
+    /// The writer and the sink that feeds it. `rt` runs the store's futures (not from inside
+    /// another runtime's worker).
+    pub fn spawn(
+        store: Store,
+        rt: std::sync::Arc<tokio::runtime::Runtime>,
+    ) -> std::io::Result<(BatchSink, BatchWriter)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+        let thread = std::thread::Builder::new()
+            .name("inventory".into())
+            .spawn(move || {
+                for batch in rx {
+                    rt.block_on(store.apply(batch))
+                        .map_err(|e| format!("{e:#}"))?;
+                }
+                Ok(())
+            })?;
+        // A send fails only once the writer stopped on an error (which `finish` returns).
+        let sink: BatchSink = Box::new(move |batch| {
+            tx.send(batch)
+                .map_err(|_| "the inventory writer stopped".to_owned())
+        });
+        Ok((sink, BatchWriter { thread }))
+    }
+
+    /// Waits for the batches given to be written; the first write error, if any. The sink must
+    /// be dropped first (the writer runs until its channel closes).
+    pub fn finish(self) -> Result<(), String> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err("the inventory writer panicked".to_owned()))
+    }
+}
+
 /// A store URL fit for messages: the password of `postgres://user:password@host` replaced.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

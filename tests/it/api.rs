@@ -731,6 +731,72 @@ async fn batches_written_during_the_run_add_up_to_the_events() {
     assert_eq!(keyed, one.keyed_events);
 }
 
+/// `replay --store`'s writer thread: batches written while the replay goes on, in order, add up
+/// to the same inventory as one write; a store that fails is reported by `finish` with its
+/// cause, and the sink refuses the batches after it.
+#[test]
+fn a_writer_thread_writes_the_batches_while_the_replay_goes_on() {
+    use akwatch::inventory::BatchWriter;
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = rt
+        .block_on(Store::open(dir.path().join("w.db").to_str().unwrap()))
+        .unwrap();
+    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
+    s.inventory = Some(Batch::default());
+    s.inventory_batch_rows = 300;
+    let (sink, writer) = BatchWriter::spawn(store.clone(), rt.clone()).unwrap();
+    let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = batches.clone();
+    let mut sink = sink;
+    s.inventory_sink = Some(Box::new(move |batch: Batch| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sink(batch)
+    }));
+    let mut summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |r| {
+        panic!("unexpected reject: {}", r.reject)
+    })
+    .unwrap();
+    s.inventory_sink = None;
+    writer.finish().unwrap();
+    assert!(batches.load(std::sync::atomic::Ordering::Relaxed) > 10);
+    rt.block_on(store.apply(summary.inventory.take().unwrap()))
+        .unwrap();
+    let keyed = rt.block_on(store.total_calls()).unwrap();
+    let one = rt.block_on(fixture(Backend::Sqlite));
+    assert_eq!(keyed, one.keyed_events);
+
+    // A store that cannot be written (its connections closed): the error comes back from
+    // `finish`, and the sink refuses the batches after it.
+    let store = rt
+        .block_on(Store::open(dir.path().join("closed.db").to_str().unwrap()))
+        .unwrap();
+    let (mut sink, writer) = BatchWriter::spawn(store.clone(), rt.clone()).unwrap();
+    rt.block_on(store.pool().close());
+    let mut s = setup(&options).unwrap();
+    s.inventory = Some(Batch::default());
+    let mut summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap();
+    let batch = summary.inventory.take().unwrap();
+    sink(batch).unwrap();
+    let refused = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        sink(Batch::default()).is_err()
+    });
+    assert!(
+        refused,
+        "the sink still takes batches after the writer failed"
+    );
+    drop(sink);
+    let e = writer.finish().unwrap_err();
+    assert!(e.contains("closed"), "{e}");
+}
+
 /// The fence of the service's inventory writes: a new owner's claim makes an older owner's
 /// later write fail whole (no counts, no positions), and positions come back with the claim.
 async fn fenced_writes(url: String) {
