@@ -18,15 +18,70 @@ use crate::event::{Cloud, Event, Outcome};
 
 /// A region or user agent as the inventory keeps it: at most 512 bytes (cut on a character
 /// boundary).
-fn cut_attr(s: &str) -> String {
+fn cut_attr(s: &str) -> &str {
     if s.len() <= 512 {
-        return s.to_owned();
+        return s;
     }
     let mut end = 512;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
+}
+
+/// The batch's maps: hashbrown's, so that an event's rows are found by borrowed keys (the
+/// query types below hash like the owned tuples) and a key's strings are copied only for a row
+/// new to the batch; foldhash, seeded per map (the std maps' SipHash cost a tenth of the
+/// detection thread's time).
+type Map<K, V> = hashbrown::HashMap<K, V>;
+
+/// (cloud, key) or (cloud, account), borrowed.
+#[derive(Hash)]
+struct Q2<'a>(Cloud, &'a str);
+/// (cloud, key, IP or API), borrowed.
+#[derive(Hash)]
+struct Q3<'a>(Cloud, &'a str, &'a str);
+/// (cloud, key, kind, value), borrowed.
+#[derive(Hash)]
+struct QAttr<'a>(Cloud, &'a str, &'static str, &'a str);
+/// (cloud, key, IP, API, hour), borrowed.
+#[derive(Hash)]
+struct QHour<'a>(Cloud, &'a str, &'a str, &'a str, i64);
+
+impl hashbrown::Equivalent<(Cloud, String)> for Q2<'_> {
+    fn equivalent(&self, k: &(Cloud, String)) -> bool {
+        self.0 == k.0 && self.1 == k.1
+    }
+}
+
+impl hashbrown::Equivalent<(Cloud, String, String)> for Q3<'_> {
+    fn equivalent(&self, k: &(Cloud, String, String)) -> bool {
+        self.0 == k.0 && self.1 == k.1 && self.2 == k.2
+    }
+}
+
+impl hashbrown::Equivalent<(Cloud, String, &'static str, String)> for QAttr<'_> {
+    fn equivalent(&self, k: &(Cloud, String, &'static str, String)) -> bool {
+        self.0 == k.0 && self.1 == k.1 && self.2 == k.2 && self.3 == k.3
+    }
+}
+
+impl hashbrown::Equivalent<(Cloud, String, String, String, i64)> for QHour<'_> {
+    fn equivalent(&self, k: &(Cloud, String, String, String, i64)) -> bool {
+        self.0 == k.0 && self.4 == k.4 && self.1 == k.1 && self.2 == k.2 && self.3 == k.3
+    }
+}
+
+/// Counts a call in the row `q` names, made from `owned` when new to the batch.
+fn count<K, Q>(map: &mut Map<K, Seen>, q: &Q, owned: impl FnOnce() -> K, t: i64, failed: bool)
+where
+    K: std::hash::Hash + Eq,
+    Q: std::hash::Hash + hashbrown::Equivalent<K>,
+{
+    match map.get_mut(q) {
+        Some(seen) => seen.add(t, failed),
+        None => map.entry(owned()).or_default().add(t, failed),
+    }
 }
 
 /// The most source IPs and APIs the store keeps per key ([`Store::cap_per_key`]).
@@ -91,14 +146,14 @@ struct IpDelta {
 /// Deltas accumulated since the last write.
 #[derive(Debug, Default)]
 pub struct Batch {
-    keys: HashMap<(Cloud, String), KeyDelta>,
-    key_ips: HashMap<(Cloud, String, String), Seen>,
-    key_apis: HashMap<(Cloud, String, String), Seen>,
-    ips: HashMap<String, IpDelta>,
-    accounts: HashMap<(Cloud, String), Seen>,
-    hourly: HashMap<(Cloud, String, String, String, i64), Seen>,
+    keys: Map<(Cloud, String), KeyDelta>,
+    key_ips: Map<(Cloud, String, String), Seen>,
+    key_apis: Map<(Cloud, String, String), Seen>,
+    ips: Map<String, IpDelta>,
+    accounts: Map<(Cloud, String), Seen>,
+    hourly: Map<(Cloud, String, String, String, i64), Seen>,
     /// A key's regions and user agents (kind `region` / `user_agent`).
-    key_attrs: HashMap<(Cloud, String, &'static str, String), Seen>,
+    key_attrs: Map<(Cloud, String, &'static str, String), Seen>,
     /// The latest notification of each alarm.
     alarms: HashMap<String, Alarm>,
     /// The whole current set of configuration risks, when it changed (the newest wins).
@@ -128,82 +183,107 @@ impl Batch {
         self.len() == 0 && self.events == 0
     }
 
-    /// Counts one processed event.
+    /// Counts one processed event. Rows are found by borrowed keys; strings are copied only
+    /// for a row new to the batch (or a key's account / principal that changed).
     pub fn observe(&mut self, e: &Event, enr: &Enrichment, ip_hidden: bool) {
         self.events += 1;
         let t = e.event_time.timestamp();
         let failed = e.outcome == Outcome::Failure;
+        let cloud = e.cloud;
         let api = e.api();
-        let account = e
-            .account_id
-            .as_ref()
-            .map(|a| a.0.clone())
-            .unwrap_or_default();
+        let account = e.account_id.as_ref().map_or("", |a| a.0.as_str());
         if !account.is_empty() {
-            self.accounts
-                .entry((e.cloud, account.clone()))
-                .or_default()
-                .add(t, failed);
+            count(
+                &mut self.accounts,
+                &Q2(cloud, account),
+                || (cloud, account.to_owned()),
+                t,
+                failed,
+            );
         }
         let ip = match (ip_hidden, e.source_ip) {
             (false, Some(ip)) => ip.to_string(),
             _ => HIDDEN_IP.to_owned(),
         };
         if ip != HIDDEN_IP {
-            let d = self.ips.entry(ip.clone()).or_default();
-            if let Some(g) = &enr.geo {
-                d.country = g.country.clone().unwrap_or_default();
-                d.city = g.city.clone().unwrap_or_default();
-                d.asn = g.asn.map_or(0, i64::from);
-                d.as_org = g.as_org.clone().unwrap_or_default();
+            let d = match self.ips.get_mut(ip.as_str()) {
+                Some(d) => d,
+                None => self.ips.entry(ip.clone()).or_default(),
+            };
+            // An IP's location and classes are the same for the whole batch: described once.
+            if d.seen.calls == 0 {
+                if let Some(g) = &enr.geo {
+                    d.country = g.country.clone().unwrap_or_default();
+                    d.city = g.city.clone().unwrap_or_default();
+                    d.asn = g.asn.map_or(0, i64::from);
+                    d.as_org = g.as_org.clone().unwrap_or_default();
+                }
+                let classes: Vec<&str> = enr.ip_class.iter().map(|c| c.as_str()).collect();
+                d.classes = serde_json::to_string(&classes).unwrap_or_default();
             }
-            let classes: Vec<&str> = enr.ip_class.iter().map(|c| c.as_str()).collect();
-            d.classes = serde_json::to_string(&classes).unwrap_or_default();
             d.seen.add(t, failed);
         }
         let Some(key) = &e.access_key_id else {
             return;
         };
-        let key = key.0.clone();
-        let k = self.keys.entry((e.cloud, key.clone())).or_default();
-        k.account = account;
-        k.principal = e.principal.name.clone().unwrap_or_default();
+        let key = key.0.as_str();
+        let k = match self.keys.get_mut(&Q2(cloud, key)) {
+            Some(k) => k,
+            None => self.keys.entry((cloud, key.to_owned())).or_default(),
+        };
+        if k.account != account {
+            account.clone_into(&mut k.account);
+        }
+        let principal = e.principal.name.as_deref().unwrap_or_default();
+        if k.principal != principal {
+            principal.clone_into(&mut k.principal);
+        }
         k.principal_type = Some(e.principal.kind);
         k.kind = Some(e.key_kind);
         k.hidden |= ip_hidden;
         k.seen.add(t, failed);
         if ip != HIDDEN_IP {
-            self.key_ips
-                .entry((e.cloud, key.clone(), ip.clone()))
-                .or_default()
-                .add(t, failed);
+            count(
+                &mut self.key_ips,
+                &Q3(cloud, key, &ip),
+                || (cloud, key.to_owned(), ip.clone()),
+                t,
+                failed,
+            );
         }
-        self.key_apis
-            .entry((e.cloud, key.clone(), api.clone()))
-            .or_default()
-            .add(t, failed);
-        if let Some(region) = e.region.as_deref().filter(|r| !r.is_empty()) {
-            self.key_attrs
-                .entry((e.cloud, key.clone(), "region", cut_attr(region)))
-                .or_default()
-                .add(t, failed);
+        count(
+            &mut self.key_apis,
+            &Q3(cloud, key, &api),
+            || (cloud, key.to_owned(), api.clone()),
+            t,
+            failed,
+        );
+        for (kind, value) in [("region", &e.region), ("user_agent", &e.user_agent)] {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                let v = cut_attr(v);
+                count(
+                    &mut self.key_attrs,
+                    &QAttr(cloud, key, kind, v),
+                    || (cloud, key.to_owned(), kind, v.to_owned()),
+                    t,
+                    failed,
+                );
+            }
         }
-        if let Some(ua) = e.user_agent.as_deref().filter(|u| !u.is_empty()) {
-            self.key_attrs
-                .entry((e.cloud, key.clone(), "user_agent", cut_attr(ua)))
-                .or_default()
-                .add(t, failed);
-        }
-        self.hourly
-            .entry((e.cloud, key, ip, api, t.div_euclid(3600) * 3600))
-            .or_default()
-            .add(t, failed);
+        let hour = t.div_euclid(3600) * 3600;
+        count(
+            &mut self.hourly,
+            &QHour(cloud, key, &ip, &api, hour),
+            || (cloud, key.to_owned(), ip.clone(), api.clone(), hour),
+            t,
+            failed,
+        );
     }
 
     /// Takes in a batch accumulated before this one (a write of it that failed): counts add up,
     /// the descriptive fields of this (newer) batch win.
     pub fn absorb_older(&mut self, older: Batch) {
-        fn seen<K: std::hash::Hash + Eq>(to: &mut HashMap<K, Seen>, from: HashMap<K, Seen>) {
+        fn seen<K: std::hash::Hash + Eq>(to: &mut Map<K, Seen>, from: Map<K, Seen>) {
             for (k, v) in from {
                 to.entry(k).or_default().merge(&v);
             }
