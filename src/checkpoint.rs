@@ -12,9 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Snapshot;
 
-/// Bumped when the layout changes; an older checkpoint is not read (the engine starts cold,
-/// with a warning).
-pub const VERSION: u32 = 2;
+/// Bumped when the layout changes; a checkpoint this version cannot read is not read (the
+/// engine starts cold, with a warning). 3 (2026-12-04): remembered values as 32-bit hash folds
+/// — an older akwatch would take them for 64-bit hashes and every value for new, so it must
+/// refuse the file; version 2 files are still read (their hashes fold on reading).
+pub const VERSION: u32 = 3;
+/// The older versions this one reads.
+const READS_ALSO: [u32; 1] = [2];
 const FILE: &str = "checkpoint.json.gz";
 
 /// The next offset to consume of one input partition.
@@ -74,7 +78,7 @@ pub fn read(dir: &Path) -> Result<Option<Checkpoint>, String> {
         version: u32,
     }
     let head: Head = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", p.display()))?;
-    if head.version != VERSION {
+    if head.version != VERSION && !READS_ALSO.contains(&head.version) {
         return Err(format!(
             "{}: checkpoint version {} (this akwatch reads {VERSION})",
             p.display(),
@@ -84,4 +88,51 @@ pub fn read(dir: &Path) -> Result<Option<Checkpoint>, String> {
     serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_raw(dir: &Path, version: u32) {
+        let text = serde_json::json!({
+            "version": version,
+            "written_at": "2026-12-01T00:00:00Z",
+            "offsets": [{"topic": "in", "partition": 0, "offset": 42}],
+            "engine": {
+                "rules_fingerprint": "f",
+                "keys": [[7, {
+                    "first": 1, "last": 2, "pending": 0,
+                    "seen": [{"hash": 18_446_744_073_709_551_615_u64, "first": 1, "last": 2}],
+                    "windows": [], "sightings": [],
+                    "locations": [{"time": 2, "lat": 1.0, "lon": 2.0, "ip": 5}],
+                }]],
+                "created": [], "quarantined": [], "alarms": [],
+            },
+        });
+        let mut gz = GzEncoder::new(
+            std::fs::File::create(path(dir)).unwrap(),
+            flate2::Compression::fast(),
+        );
+        serde_json::to_writer(&mut gz, &text).unwrap();
+        gz.finish().unwrap();
+    }
+
+    /// A version 2 checkpoint (64-bit hashes) is read, its hashes folded; a version this
+    /// akwatch does not know is refused with both versions named.
+    #[test]
+    fn version_2_is_read_and_an_unknown_version_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_raw(dir.path(), 2);
+        let c = read(dir.path()).unwrap().unwrap();
+        assert_eq!(c.offsets[0].offset, 42);
+        let seen = &c.engine.keys[0].1.seen;
+        assert_eq!(seen[0].hash, crate::engine::state::fold(u64::MAX));
+        write_raw(dir.path(), 99);
+        let e = read(dir.path()).err().unwrap();
+        assert!(
+            e.contains("checkpoint version 99 (this akwatch reads 3)"),
+            "{e}"
+        );
+    }
 }

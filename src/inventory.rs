@@ -135,11 +135,10 @@ struct KeyDelta {
 
 #[derive(Debug, Clone, Default)]
 struct IpDelta {
-    country: String,
-    city: String,
-    asn: i64,
-    as_org: String,
-    classes: String,
+    /// The latest event's location (shared with the enrichment's cache) and classes, named
+    /// at write: the latest description wins, as it always did, for the price of a pointer.
+    geo: Option<std::sync::Arc<crate::enrich::GeoInfo>>,
+    classes: crate::enrich::IpClasses,
     seen: Seen,
 }
 
@@ -210,17 +209,10 @@ impl Batch {
                 Some(d) => d,
                 None => self.ips.entry(ip.clone()).or_default(),
             };
-            // An IP's location and classes are the same for the whole batch: described once.
-            if d.seen.calls == 0 {
-                if let Some(g) = &enr.geo {
-                    d.country = g.country.clone().unwrap_or_default();
-                    d.city = g.city.clone().unwrap_or_default();
-                    d.asn = g.asn.map_or(0, i64::from);
-                    d.as_org = g.as_org.clone().unwrap_or_default();
-                }
-                let classes: Vec<&str> = enr.ip_class.iter().map(|c| c.as_str()).collect();
-                d.classes = serde_json::to_string(&classes).unwrap_or_default();
+            if enr.geo.is_some() {
+                d.geo.clone_from(&enr.geo);
             }
+            d.classes = enr.ip_class;
             d.seen.add(t, failed);
         }
         let Some(key) = &e.access_key_id else {
@@ -1034,13 +1026,18 @@ impl Store {
             .ips
             .iter()
             .map(|(ip, d)| {
+                let geo = d.geo.as_deref();
+                let text = |f: fn(&crate::enrich::GeoInfo) -> &Option<String>| {
+                    Text(geo.and_then(|g| f(g).clone()).unwrap_or_default())
+                };
+                let classes: Vec<&str> = d.classes.iter().map(|c| c.as_str()).collect();
                 vec![
                     t(ip),
-                    t(&d.country),
-                    t(&d.city),
-                    Int(d.asn),
-                    t(&d.as_org),
-                    t(&d.classes),
+                    text(|g| &g.country),
+                    text(|g| &g.city),
+                    Int(geo.and_then(|g| g.asn).map_or(0, i64::from)),
+                    text(|g| &g.as_org),
+                    Text(serde_json::to_string(&classes).unwrap_or_default()),
                     Int(d.seen.first),
                     Int(d.seen.last),
                     Int(i(d.seen.calls)),

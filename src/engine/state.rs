@@ -636,17 +636,21 @@ impl KeyState {
     }
 
     /// Rebuilds (or drops) a group's time index after its values changed in bulk.
+    /// Between `INDEX_UNTIL` and `INDEX_FROM` values an existing index is rebuilt too (it was
+    /// left as it was until 2026-12-04: after `drop_oldest` cut a group into that range, the
+    /// index still held the dropped values' times and the group counted them).
     fn reindex(&mut self, g: (u16, u8, u8)) {
         let r = self.group(g);
         let key = (g.0, g.1, g.2.saturating_add(1));
-        if r.len() >= INDEX_FROM {
+        let indexed = self.index(g).is_some();
+        if r.len() >= INDEX_FROM || (indexed && r.len() >= INDEX_UNTIL) {
             let mut times: Vec<u32> = self.sightings[r].iter().map(|s| s.time).collect();
             times.sort_unstable();
             match self.index_mut(g) {
                 Some(i) => *i = times,
                 None => edit(&mut self.windows, |w| w.push((key, Window::Index(times)))),
             }
-        } else if r.len() < INDEX_UNTIL && self.index(g).is_some() {
+        } else if indexed {
             edit(&mut self.windows, |windows| {
                 windows.retain(|(k, w)| !(*k == key && matches!(w, Window::Index(_))))
             });

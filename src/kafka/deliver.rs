@@ -895,7 +895,7 @@ mod tests {
     }
 
     /// A round whose deliveries librdkafka gave up on (the broker down past
-    /// `message.timeout.ms`) is delivered again the careful way when it settles: the alarm and
+    /// `message.timeout.ms`, 3 s here) is delivered again the careful way when it settles: the alarm and
     /// the dead letter land, and the alarm id sent again takes its later notification — one
     /// the broker had acknowledged — with it, so the id's last record on the topic is its
     /// latest version. Runs on librdkafka's in-process mock broker.
@@ -909,7 +909,7 @@ mod tests {
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "1000")
+            .set("message.timeout.ms", "3000")
             .set("linger.ms", "0")
             .create_with_context(super::super::Logged)
             .unwrap();
@@ -953,10 +953,25 @@ mod tests {
         out.dead_letter_in(&mut round, reject, b"not json", &origin)
             .await
             .unwrap();
-        // librdkafka gives up on both (message.timeout.ms), then the broker is back and the
-        // round goes on: another alarm, and the first one's next version.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        cluster.broker_up(-1).unwrap();
+        // librdkafka gives up on both (message.timeout.ms; it looks once a second): nothing
+        // left in flight. Then the broker is back, the producer connected to it again (a
+        // metadata request answered), and the round goes on: another alarm, and the first
+        // one's next version. (Waits on states, not times: a loaded machine only slows it.)
+        {
+            use rdkafka::producer::Producer as _;
+            let until = Instant::now() + Duration::from_secs(30);
+            while producer.in_flight_count() > 0 {
+                assert!(Instant::now() < until, "librdkafka never gave up");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            cluster.broker_up(-1).unwrap();
+            tokio::task::block_in_place(|| {
+                producer
+                    .client()
+                    .fetch_metadata(Some("alarms"), Duration::from_secs(30))
+            })
+            .unwrap();
+        }
         out.start_alarm(&mut round, version("akw-b", 1), t, None)
             .await
             .unwrap();

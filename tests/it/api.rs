@@ -731,8 +731,8 @@ async fn batches_written_during_the_run_add_up_to_the_events() {
     assert_eq!(keyed, one.keyed_events);
 }
 
-/// `replay --store`'s writer thread: batches written while the replay goes on, in order, add up
-/// to the same inventory as one write; a store that fails is reported by `finish` with its
+/// `replay --store`'s writer thread: batches written while the replay goes on add up to the
+/// same counts as one write (their order is the channel's, FIFO; counts do not show it); a store that fails is reported by `finish` with its
 /// cause, and the sink refuses the batches after it.
 #[test]
 fn a_writer_thread_writes_the_batches_while_the_replay_goes_on() {

@@ -782,3 +782,26 @@ fn state_saved_with_64_bit_hashes_restores_as_folds() {
     let again: KeyState = serde_json::from_str(&serde_json::to_string(&ks).unwrap()).unwrap();
     assert_eq!(format!("{again:?}"), format!("{ks:?}"));
 }
+
+/// A `distinct` group cut by its cap into the range where its time index is kept but not
+/// built (32 to 63 values: `state_max_window_entries` 64 to 72) counts the values it kept, not
+/// the ones it dropped (the index was left with their times until 2026-12-04).
+#[test]
+fn a_distinct_group_cut_by_its_cap_counts_only_what_it_kept() {
+    use akwatch::engine::state::{KeyState, value_hash};
+    use akwatch::rule::Attr;
+    let mut ks = KeyState::new(1_000_000_000);
+    let g = (0, 0, 0);
+    let max = 70;
+    let mut dropped = 0;
+    for i in 0..=max {
+        let h = value_hash(Attr::Api, &format!("svc:Api{i}"));
+        dropped += ks.sight(g, h, 800_000_000 + i as u32, max, u32::MAX);
+    }
+    // 71 values, over the cap of 70: cut to 70 - 70 / 8 = 62.
+    assert_eq!(dropped, 9);
+    assert_eq!(ks.group_count(g, 0, u32::MAX), 62);
+    // The oldest went: the newest 62 remain.
+    assert_eq!(ks.group_count(g, 0, 800_000_000 + 8), 0);
+    assert_eq!(ks.group_count(g, 800_000_000 + 8, u32::MAX), 62);
+}
