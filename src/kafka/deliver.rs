@@ -856,11 +856,16 @@ fn cut_value(v: &mut Value, max_str: usize, max_items: usize, cut: &mut Cut) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// Every record of `topic` (one partition) on the mock cluster: (key, payload).
-    async fn read_all(servers: String, topic: &'static str, n: usize) -> Vec<(String, Vec<u8>)> {
+    /// Every record of `topic` (one partition) on the mock cluster: (key, payload); waits up to
+    /// 10 s for `n`, then half a second for any more (listed as `unexpected`).
+    pub(in crate::kafka) async fn read_all(
+        servers: String,
+        topic: &'static str,
+        n: usize,
+    ) -> Vec<(String, Vec<u8>)> {
         use rdkafka::Message;
         use rdkafka::consumer::{BaseConsumer, Consumer};
         tokio::task::spawn_blocking(move || {

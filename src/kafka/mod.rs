@@ -1563,8 +1563,6 @@ pub(crate) fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::Message;
-    use rdkafka::consumer::BaseConsumer;
     use rdkafka::mocking::MockCluster;
 
     /// An outage's repeated lines: the first of a kind is written, the next ones within 30 s
@@ -1628,29 +1626,8 @@ mod tests {
         );
         assert!(attempts >= 2, "{attempts} attempt(s)");
         assert!(started.elapsed() >= Duration::from_secs(3));
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "check")
-            .create()
-            .unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset("alarms", 0, rdkafka::Offset::Beginning)
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
-        let got = tokio::task::spawn_blocking(move || {
-            let until = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < until {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                    return Some((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
-                }
-            }
-            None
-        })
-        .await
-        .unwrap();
-        assert_eq!(
-            got,
-            Some((Some(b"akw-1".to_vec()), Some(b"{\"alarm\":1}".to_vec())))
-        );
+        // Exactly that record on the topic, nothing more.
+        let got = deliver::tests::read_all(cluster.bootstrap_servers(), "alarms", 1).await;
+        assert_eq!(got, [("akw-1".to_owned(), b"{\"alarm\":1}".to_vec())]);
     }
 }
