@@ -222,6 +222,16 @@ pub struct Engine {
     ip_history: i64,
     processed_since_expiry: u64,
     limits: Limits,
+    /// The per-event texts `detect` builds (API, its lower case, the source IP), kept between
+    /// events so that their buffers are reused rather than allocated for each event.
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    api: String,
+    api_lower: String,
+    ip: String,
 }
 
 /// The default total cap on keys with state: under 1 KiB each, about 1 GiB.
@@ -301,6 +311,7 @@ impl Engine {
             ip_history,
             processed_since_expiry: 0,
             limits: Limits::default(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -664,8 +675,12 @@ impl Engine {
         let t = event.event_time.timestamp();
         let subject = subject_hash(event);
         let hidden = self.policy.is_hidden(event);
-        let api = event.api();
-        let api_lower = api.to_ascii_lowercase();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        event.write_api(&mut scratch.api);
+        scratch.api_lower.clear();
+        scratch.api_lower.push_str(&scratch.api);
+        scratch.api_lower.make_ascii_lowercase();
+        let (api, api_lower) = (&scratch.api, &scratch.api_lower);
         let mut key = self
             .state
             .keys
@@ -689,8 +704,11 @@ impl Engine {
             capped: Capped::default(),
         };
 
-        let ip_value = event.source_ip.map(|ip| ip.to_string());
-        let ip_h = value_hash(Attr::SourceIp, ip_value.as_deref().unwrap_or(""));
+        let ip_value = event.source_ip.map(|ip| {
+            crate::event::write_ip(ip, &mut scratch.ip);
+            scratch.ip.as_str()
+        });
+        let ip_h = value_hash(Attr::SourceIp, ip_value.unwrap_or(""));
         let ip_new_for_key = !hidden
             && ip_value.is_some()
             && t.saturating_sub(ks.first_seen()) >= IP_NEW_MIN_KEY_AGE
@@ -723,9 +741,9 @@ impl Engine {
             key_inactive,
             key_idle_days,
             ip_new_for_key,
-            api: &api,
-            api_lower: &api_lower,
-            ip: ip_value.as_deref(),
+            api,
+            api_lower,
+            ip: ip_value,
         };
 
         let mut hits = Vec::new();
@@ -808,14 +826,8 @@ impl Engine {
                             dimension: if rule.dimension == Attr::Tool {
                                 rule.tool_of(event.user_agent.as_deref()).map(str::to_owned)
                             } else {
-                                dimension_value(
-                                    rule.dimension,
-                                    event,
-                                    enr,
-                                    &api,
-                                    ip_value.as_deref(),
-                                )
-                                .map(Cow::into_owned)
+                                dimension_value(rule.dimension, event, enr, api, ip_value)
+                                    .map(Cow::into_owned)
                             },
                             severity,
                         },
@@ -834,12 +846,13 @@ impl Engine {
             if hidden && attr.from_ip() {
                 continue;
             }
-            if let Some(h) = attr_hash(*attr, event, enr, &api, ip_value.as_deref()) {
+            if let Some(h) = attr_hash(*attr, event, enr, api, ip_value) {
                 ks.remember(h, t);
             }
         }
         drop(key);
         self.cross_key_marks(event, ip_classes, leaked, key_inactive);
+        self.scratch = scratch;
         hits
     }
 
@@ -1341,50 +1354,41 @@ fn run_detector(
         Detector::Distinct { window, min } => {
             let mut values = Vec::with_capacity(min.len());
             for (attr, _) in min {
-                values.push(value_hash(
-                    *attr,
-                    &dimension_value(*attr, event, enr, api, facts.ip)?,
-                ));
+                values.push(attr_hash(*attr, event, enr, api, facts.ip)?);
             }
             let (rule, det) = (ri as u16, di as u8);
             let ct = compact_time(t);
             let ahead = compact_time(run.watermark.saturating_add(run.jump_allowed));
-            for (i, h) in values.iter().enumerate() {
-                run.capped.dropped +=
-                    ks.sight((rule, det, i as u8), *h, ct, run.max_entries, ahead) as u64;
-            }
             let wm = compact_time(run.watermark);
-            // Trimmed relative to the newest sighting not past the key's watermark (see
-            // `threshold`), every attribute before any is counted.
-            let mut cutoffs = [None; 8];
-            for (i, c) in cutoffs.iter_mut().enumerate().take(min.len()) {
-                let g = (rule, det, i as u8);
-                *c = ks.group_newest_not_after(g, wm).map(|newest| {
-                    full_time(newest).saturating_sub(window.saturating_add(lateness))
-                });
-                if let Some(c) = *c {
-                    ks.group_trim(g, compact_time(c));
-                }
+            let span = window.saturating_add(lateness);
+            let hi = compact_time(t.saturating_add(lateness));
+            // Per attribute, its group found once: the sighting; the trim relative to the newest
+            // sighting not past the key's watermark (see `threshold`); the values seen in
+            // (t - window, t + lateness] (a value's latest sighting stands for it). Every
+            // attribute is sighted and trimmed before the rule is judged; the counts replace
+            // the hashes.
+            for (i, v) in values.iter_mut().enumerate() {
+                let (dropped, n) = ks.distinct_step(
+                    (rule, det, i as u8),
+                    *v,
+                    ct,
+                    run.max_entries,
+                    ahead,
+                    wm,
+                    |newest| {
+                        let cutoff = newest.map(|n| full_time(n).saturating_sub(span));
+                        let lo = t
+                            .saturating_sub(*window)
+                            .max(cutoff.map_or(i64::MIN, |c| c.saturating_sub(1)));
+                        (cutoff.map(compact_time), compact_time(lo), hi)
+                    },
+                );
+                run.capped.dropped += dropped as u64;
+                *v = u64::from(n);
             }
             let mut counts = BTreeMap::new();
-            for (i, (attr, need)) in min.iter().enumerate() {
-                let g = (rule, det, i as u8);
-                let cutoff = if i < cutoffs.len() {
-                    cutoffs[i]
-                } else {
-                    ks.group_newest_not_after(g, wm).map(|newest| {
-                        full_time(newest).saturating_sub(window.saturating_add(lateness))
-                    })
-                };
-                // Values seen in (t - window, t + lateness]: a value's latest sighting stands for it.
-                let lo = t
-                    .saturating_sub(*window)
-                    .max(cutoff.map_or(i64::MIN, |c| c.saturating_sub(1)));
-                let n = ks.group_count(
-                    g,
-                    compact_time(lo),
-                    compact_time(t.saturating_add(lateness)),
-                );
+            for ((attr, need), n) in min.iter().zip(&values) {
+                let n = u32::try_from(*n).unwrap_or(u32::MAX);
                 if n < *need {
                     return None;
                 }

@@ -641,6 +641,11 @@ impl KeyState {
     /// index still held the dropped values' times and the group counted them).
     fn reindex(&mut self, g: (u16, u8, u8)) {
         let r = self.group(g);
+        self.reindex_in(r, g);
+    }
+
+    /// [`KeyState::reindex`] of the group at `r`.
+    fn reindex_in(&mut self, r: std::ops::Range<usize>, g: (u16, u8, u8)) {
         let key = (g.0, g.1, g.2.saturating_add(1));
         let indexed = self.index(g).is_some();
         if r.len() >= INDEX_FROM || (indexed && r.len() >= INDEX_UNTIL) {
@@ -674,8 +679,21 @@ impl KeyState {
     /// (forgetting first those dated more than `ahead`, then the oldest). Returns the values
     /// forgotten.
     pub fn sight(&mut self, g: (u16, u8, u8), hash: u64, ct: u32, max: usize, ahead: u32) -> usize {
-        let hash = fold(hash);
         let r = self.group(g);
+        self.sight_in(r, g, hash, ct, max, ahead).0
+    }
+
+    /// [`KeyState::sight`] in the group at `r`; also returns the group's range after.
+    fn sight_in(
+        &mut self,
+        r: std::ops::Range<usize>,
+        g: (u16, u8, u8),
+        hash: u64,
+        ct: u32,
+        max: usize,
+        ahead: u32,
+    ) -> (usize, std::ops::Range<usize>) {
+        let hash = fold(hash);
         let start = r.start;
         match self.sightings[r.clone()].binary_search_by_key(&hash, |s| s.hash) {
             Ok(i) => {
@@ -690,7 +708,7 @@ impl KeyState {
                         idx.insert(p, ct);
                     }
                 }
-                0
+                (0, r)
             }
             Err(i) => {
                 if self.sightings.len() == self.sightings.capacity() {
@@ -712,20 +730,47 @@ impl KeyState {
                         attr: g.2,
                     },
                 );
-                let len = r.len() + 1;
+                let r = start..r.end + 1;
+                let len = r.len();
                 if let Some(idx) = self.index_mut(g) {
                     let p = idx.partition_point(|x| *x <= ct);
                     idx.insert(p, ct);
                 } else if len >= INDEX_FROM {
-                    self.reindex(g);
+                    self.reindex_in(r.clone(), g);
                 }
                 if len > max.max(1) {
-                    self.drop_oldest(g, len - (max - max / 8).max(1), ahead)
+                    let dropped = self.drop_oldest(g, len - (max - max / 8).max(1), ahead);
+                    (dropped, self.group(g))
                 } else {
-                    0
+                    (0, r)
                 }
             }
         }
+    }
+
+    /// One `distinct` step for group `g`, the group found once: [`KeyState::sight`] of `hash`
+    /// at `ct`, then `bounds` is given the newest sighting not after `wm` and says the trim
+    /// cutoff ([`KeyState::group_trim`]) and the `(lo, hi]` to count
+    /// ([`KeyState::group_count`]). Returns (values forgotten, the count).
+    #[allow(clippy::too_many_arguments)] // The three steps' inputs, each used once.
+    pub fn distinct_step(
+        &mut self,
+        g: (u16, u8, u8),
+        hash: u64,
+        ct: u32,
+        max: usize,
+        ahead: u32,
+        wm: u32,
+        bounds: impl FnOnce(Option<u32>) -> (Option<u32>, u32, u32),
+    ) -> (usize, u32) {
+        let r = self.group(g);
+        let (dropped, r) = self.sight_in(r, g, hash, ct, max, ahead);
+        let (cutoff, lo, hi) = bounds(self.newest_in(r.clone(), g, wm));
+        let r = match cutoff {
+            Some(c) => self.trim_in(r, g, c),
+            None => r,
+        };
+        (dropped, self.count_in(r, g, lo, hi))
     }
 
     /// Forgets `excess` values of a group: those dated after `ahead` first, then the oldest.
@@ -763,12 +808,16 @@ impl KeyState {
 
     /// The newest sighting time of a group not after `t`.
     pub fn group_newest_not_after(&self, g: (u16, u8, u8), t: u32) -> Option<u32> {
+        self.newest_in(self.group(g), g, t)
+    }
+
+    fn newest_in(&self, r: std::ops::Range<usize>, g: (u16, u8, u8), t: u32) -> Option<u32> {
         match self.index(g) {
             Some(idx) => match idx.partition_point(|x| *x <= t) {
                 0 => None,
                 p => Some(idx[p - 1]),
             },
-            None => self.sightings[self.group(g)]
+            None => self.sightings[r]
                 .iter()
                 .map(|s| s.time)
                 .filter(|x| *x <= t)
@@ -780,11 +829,21 @@ impl KeyState {
     /// indexed one when they are an eighth of it, so a pass is amortised over many events).
     pub fn group_trim(&mut self, g: (u16, u8, u8), cutoff: u32) {
         let r = self.group(g);
+        self.trim_in(r, g, cutoff);
+    }
+
+    /// [`KeyState::group_trim`] of the group at `r`; returns the group's range after.
+    fn trim_in(
+        &mut self,
+        r: std::ops::Range<usize>,
+        g: (u16, u8, u8),
+        cutoff: u32,
+    ) -> std::ops::Range<usize> {
         let stale = match self.index(g) {
             Some(idx) => {
                 let n = idx.partition_point(|x| *x < cutoff);
                 if n < 16.max(idx.len() / 8) {
-                    return;
+                    return r;
                 }
                 n
             }
@@ -794,7 +853,7 @@ impl KeyState {
                 .count(),
         };
         if stale == 0 {
-            return;
+            return r;
         }
         let mut w = r.start;
         for j in r.clone() {
@@ -808,11 +867,17 @@ impl KeyState {
         if let Some(idx) = self.index_mut(g) {
             idx.drain(..stale);
         }
-        self.reindex(g);
+        let r = r.start..w;
+        self.reindex_in(r.clone(), g);
+        r
     }
 
     /// A group's values last seen in `(lo, hi]`.
     pub fn group_count(&self, g: (u16, u8, u8), lo: u32, hi: u32) -> u32 {
+        self.count_in(self.group(g), g, lo, hi)
+    }
+
+    fn count_in(&self, r: std::ops::Range<usize>, g: (u16, u8, u8), lo: u32, hi: u32) -> u32 {
         if hi <= lo {
             return 0;
         }
@@ -820,7 +885,7 @@ impl KeyState {
             Some(idx) => {
                 (idx.partition_point(|x| *x <= hi) - idx.partition_point(|x| *x <= lo)) as u32
             }
-            None => self.sightings[self.group(g)]
+            None => self.sightings[r]
                 .iter()
                 .filter(|s| s.time > lo && s.time <= hi)
                 .count() as u32,
