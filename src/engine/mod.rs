@@ -225,6 +225,9 @@ pub struct Engine {
     /// The per-event texts `detect` builds (API, its lower case, the source IP), kept between
     /// events so that their buffers are reused rather than allocated for each event.
     scratch: Scratch,
+    /// Something was added to the capped maps (keys, created-key marks, quarantines) since
+    /// their caps were last checked: `DashMap::len` locks every shard, too dear for each event.
+    caps_due: bool,
 }
 
 #[derive(Default)]
@@ -312,6 +315,7 @@ impl Engine {
             processed_since_expiry: 0,
             limits: Limits::default(),
             scratch: Scratch::default(),
+            caps_due: true,
         })
     }
 
@@ -373,6 +377,7 @@ impl Engine {
             self.state.quarantined.insert(k, v);
         }
         self.aggregator.import(snapshot.alarms);
+        self.caps_due = true;
         same_rules
     }
 
@@ -499,16 +504,20 @@ impl Engine {
         if self.processed_since_expiry >= EXPIRY_EVERY {
             self.expire();
         }
-        if self.state.keys.len() > self.limits.max_keys {
-            self.evict();
-        }
-        if self.state.created.len() > self.limits.max_created {
-            self.stats.created_evicted +=
-                evict_oldest(&self.state.created, self.limits.max_created, |v| v.0);
-        }
-        if self.state.quarantined.len() > self.limits.max_quarantined {
-            self.stats.quarantined_evicted +=
-                evict_oldest(&self.state.quarantined, self.limits.max_quarantined, |v| *v);
+        // The caps, when something was added (and every 1,024 events in case another engine
+        // shares this state).
+        if std::mem::take(&mut self.caps_due) || self.processed_since_expiry % 1024 == 0 {
+            if self.state.keys.len() > self.limits.max_keys {
+                self.evict();
+            }
+            if self.state.created.len() > self.limits.max_created {
+                self.stats.created_evicted +=
+                    evict_oldest(&self.state.created, self.limits.max_created, |v| v.0);
+            }
+            if self.state.quarantined.len() > self.limits.max_quarantined {
+                self.stats.quarantined_evicted +=
+                    evict_oldest(&self.state.quarantined, self.limits.max_quarantined, |v| *v);
+            }
         }
         out.extend(self.aggregator.take_evicted());
         self.stats.alarms_evicted = self.aggregator.evicted();
@@ -526,6 +535,7 @@ impl Engine {
     /// Sets the total cap on keys with state (at least 1).
     pub fn set_max_keys(&mut self, max: usize) {
         self.limits.max_keys = max.max(1);
+        self.caps_due = true;
     }
 
     /// Swaps in a new policy between two events, keeping every key's state: the allowlist and
@@ -580,6 +590,7 @@ impl Engine {
 
     /// Sets every cap (each at least 1).
     pub fn set_limits(&mut self, limits: Limits) {
+        self.caps_due = true;
         self.limits = Limits {
             max_keys: limits.max_keys.max(1),
             max_window_entries: limits.max_window_entries.max(1),
@@ -681,11 +692,12 @@ impl Engine {
         scratch.api_lower.push_str(&scratch.api);
         scratch.api_lower.make_ascii_lowercase();
         let (api, api_lower) = (&scratch.api, &scratch.api_lower);
-        let mut key = self
-            .state
-            .keys
-            .entry(subject)
-            .or_insert_with(|| KeyArc::new(KeyState::new(t)));
+        let mut added = false;
+        let mut key = self.state.keys.entry(subject).or_insert_with(|| {
+            added = true;
+            KeyArc::new(KeyState::new(t))
+        });
+        self.caps_due |= added;
         // Copied only if a checkpoint being written holds this key.
         let ks: &mut KeyState = KeyArc::make_mut(key.value_mut());
         let ct = compact_time(t);
@@ -902,6 +914,7 @@ impl Engine {
                         self.state
                             .created
                             .insert((ri as u16, bounded_key_id(&created.0)), (t, ip_h));
+                        self.caps_due = true;
                     }
                 }
             }
@@ -916,6 +929,7 @@ impl Engine {
                 ),
                 t,
             );
+            self.caps_due = true;
         }
     }
 
