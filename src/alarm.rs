@@ -1044,9 +1044,30 @@ impl Aggregator {
     /// Every alarm in its latest state, sorted by first hit.
     pub fn snapshot(&self) -> Vec<Alarm> {
         let mut out: Vec<Alarm> = self.alarms.values().map(|t| t.alarm.clone()).collect();
-        out.sort_by(|a, b| (a.first_seen, &a.alarm_id).cmp(&(b.first_seen, &b.alarm_id)));
+        sort_by_first_hit(&mut out);
         out
     }
+
+    /// Every tracked alarm, as [`Aggregator::snapshot`] gives them, moved out (copied only
+    /// when a checkpoint still shares one): the end of a run, without a second copy of them
+    /// all at its peak. No alarm is tracked after.
+    pub fn take_all(&mut self) -> Vec<Alarm> {
+        self.by_subject.clear();
+        let mut out: Vec<Alarm> = self
+            .alarms
+            .drain()
+            .map(|(_, t)| {
+                std::sync::Arc::try_unwrap(t).map_or_else(|t| t.alarm.clone(), |t| t.alarm)
+            })
+            .collect();
+        sort_by_first_hit(&mut out);
+        out
+    }
+}
+
+/// By first hit, then id (the order of a run's final alarms).
+fn sort_by_first_hit(alarms: &mut [Alarm]) {
+    alarms.sort_by(|a, b| (a.first_seen, &a.alarm_id).cmp(&(b.first_seen, &b.alarm_id)));
 }
 
 fn source_ip_of(event: &Event, enrichment: &Enrichment, ip_hidden: bool) -> Option<SourceIp> {

@@ -650,6 +650,12 @@ impl Engine {
         self.aggregator.snapshot()
     }
 
+    /// [`Engine::alarms`] moved out at the end of a run (no copy of them all at its peak); the
+    /// engine tracks no alarm after.
+    pub fn take_alarms(&mut self) -> Vec<Alarm> {
+        self.aggregator.take_all()
+    }
+
     /// Drops state older than any detector's look-back: each key's relative to its own
     /// watermark; created-key marks (past the longest look-back) and quarantines (past their
     /// retention) relative to the median watermark of the keys, which no minority of keys with

@@ -514,7 +514,7 @@ pub fn run(
         setup.enricher = pipeline.enricher;
         return Err(format!("the inventory store: {e}"));
     }
-    summary.alarms.extend(engine.alarms());
+    summary.alarms.extend(engine.take_alarms());
     summary.inventory = pipeline
         .inventory
         .take()

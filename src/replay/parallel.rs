@@ -483,7 +483,7 @@ fn shard(
     }
     let finished = Finished {
         flushed: engine.flush(),
-        alarms: engine.alarms(),
+        alarms: engine.take_alarms(),
         stats: engine.stats.clone(),
     };
     let _ = out.send(Err(Box::new(finished)));
