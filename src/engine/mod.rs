@@ -506,7 +506,7 @@ impl Engine {
         }
         // The caps, when something was added (and every 1,024 events in case another engine
         // shares this state).
-        if std::mem::take(&mut self.caps_due) || self.processed_since_expiry % 1024 == 0 {
+        if std::mem::take(&mut self.caps_due) || self.processed_since_expiry.is_multiple_of(1024) {
             if self.state.keys.len() > self.limits.max_keys {
                 self.evict();
             }
