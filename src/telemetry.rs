@@ -25,6 +25,11 @@ pub struct Metrics {
     pub registry: Registry,
     pub records_consumed: IntCounterVec,
     pub events_decoded: IntCounterVec,
+    /// `records_consumed` and `events_decoded` per cloud (`Cloud::ALL`'s order): counted for
+    /// each record without hashing the label ([`Metrics::record_consumed`],
+    /// [`Metrics::event_decoded`]).
+    consumed_by_cloud: [IntCounter; 3],
+    decoded_by_cloud: [IntCounter; 3],
     pub records_rejected: IntCounterVec,
     pub alarms: IntCounterVec,
     pub allowlisted: IntCounterVec,
@@ -135,6 +140,26 @@ fn counter_vec(
 }
 
 impl Metrics {
+    /// Counts a record read, by its provider label.
+    pub fn record_consumed(&self, label: &str) {
+        match crate::event::Cloud::ALL
+            .iter()
+            .position(|c| c.as_str() == label)
+        {
+            Some(i) => self.consumed_by_cloud[i].inc(),
+            None => self.records_consumed.with_label_values(&[label]).inc(),
+        }
+    }
+
+    /// Counts an event decoded, by its cloud.
+    pub fn event_decoded(&self, cloud: crate::event::Cloud) {
+        let i = crate::event::Cloud::ALL
+            .iter()
+            .position(|c| *c == cloud)
+            .unwrap_or(0);
+        self.decoded_by_cloud[i].inc();
+    }
+
     pub fn new() -> prometheus::Result<Arc<Metrics>> {
         let r = Registry::new();
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
@@ -174,19 +199,26 @@ impl Metrics {
             r.register(Box::new(c.clone()))?;
             Ok(c)
         };
+        let records_consumed = counter_vec(
+            &r,
+            "akwatch_records_consumed_total",
+            "Records read from the input topics",
+            &["provider"],
+        )?;
+        let events_decoded = counter_vec(
+            &r,
+            "akwatch_events_decoded_total",
+            "Events decoded",
+            &["provider"],
+        )?;
+        let by_cloud = |v: &IntCounterVec| {
+            crate::event::Cloud::ALL.map(|c| v.with_label_values(&[c.as_str()]))
+        };
         let metrics = Arc::new(Metrics {
-            records_consumed: counter_vec(
-                &r,
-                "akwatch_records_consumed_total",
-                "Records read from the input topics",
-                &["provider"],
-            )?,
-            events_decoded: counter_vec(
-                &r,
-                "akwatch_events_decoded_total",
-                "Events decoded",
-                &["provider"],
-            )?,
+            consumed_by_cloud: by_cloud(&records_consumed),
+            decoded_by_cloud: by_cloud(&events_decoded),
+            records_consumed,
+            events_decoded,
             records_rejected: counter_vec(
                 &r,
                 "akwatch_records_rejected_total",

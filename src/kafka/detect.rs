@@ -774,10 +774,7 @@ impl Detect<'_> {
                 ingested,
                 event,
             } => {
-                self.metrics
-                    .events_decoded
-                    .with_label_values(&[event.cloud.as_str()])
-                    .inc();
+                self.metrics.event_decoded(event.cloud);
                 let t = event.event_time.timestamp();
                 if part.newest != i64::MIN && t < part.newest.saturating_sub(self.lateness) {
                     part.late += 1;

@@ -110,9 +110,22 @@ impl Progress {
 
     /// Everything derived from this record is acknowledged.
     pub fn done(&self, topic: &str, partition: i32, offset: i64) {
-        if lock(&self.owned).contains(&(topic.to_owned(), partition)) {
-            let mut positions = lock(&self.positions);
-            if positions.get(topic, partition).is_none_or(|p| p <= offset) {
+        self.done_all([(topic, partition, offset)]);
+    }
+
+    /// [`Progress::done`] of several records, the locks taken once.
+    pub fn done_all<'a>(&self, records: impl IntoIterator<Item = (&'a str, i32, i64)>) {
+        let owned = lock(&self.owned);
+        let mut positions = lock(&self.positions);
+        let mut last: Option<(&str, i32, bool)> = None;
+        for (topic, partition, offset) in records {
+            // Records come in runs of one partition: its ownership is looked up once a run.
+            let mine = match last {
+                Some((t, p, mine)) if t == topic && p == partition => mine,
+                _ => owned.contains(&(topic.to_owned(), partition)),
+            };
+            last = Some((topic, partition, mine));
+            if mine && positions.get(topic, partition).is_none_or(|p| p <= offset) {
                 positions.set(topic, partition, offset + 1);
             }
         }

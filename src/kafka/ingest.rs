@@ -425,11 +425,7 @@ impl<'a> Ingest<'a> {
         // The provider label: the topic's configured cloud, else the one the record decoded as
         // (`unknown` when it decoded to nothing), never `auto`.
         let label = configured.unwrap_or_else(|| provider_label(&results));
-        self.s
-            .metrics
-            .records_consumed
-            .with_label_values(&[label])
-            .inc();
+        self.s.metrics.record_consumed(label);
         let pending = Pending {
             offset: message.offset(),
             label,
@@ -538,9 +534,15 @@ impl<'a> Ingest<'a> {
     }
 
     fn mark_done(&self, processed: &mut Vec<(String, i32, i64, Option<i64>)>) {
-        for (topic, partition, offset, ingested) in processed.drain(..) {
-            self.s.progress.done(&topic, partition, offset);
-            observe_done(&self.s.metrics, ingested);
+        if processed.is_empty() {
+            return;
+        }
+        self.s
+            .progress
+            .done_all(processed.iter().map(|(t, p, o, _)| (t.as_str(), *p, *o)));
+        let now = chrono::Utc::now().timestamp_millis();
+        for (_, _, _, ingested) in processed.drain(..) {
+            observe_done_at(&self.s.metrics, ingested, now);
         }
     }
 
@@ -661,10 +663,7 @@ async fn process(
     for result in results {
         let reject = match result {
             Ok(event) => {
-                metrics
-                    .events_decoded
-                    .with_label_values(&[event.cloud.as_str()])
-                    .inc();
+                metrics.event_decoded(event.cloud);
                 match pipeline.event(engine, &event) {
                     Ok(alarms) => {
                         out.event_alarms(round, alarms, &event, record.ingested)
@@ -790,14 +789,15 @@ async fn write_record(
 
 /// A record is done: the time from its Kafka timestamp (ms) to now.
 fn observe_done(metrics: &Metrics, ingested: Option<i64>) {
+    observe_done_at(metrics, ingested, chrono::Utc::now().timestamp_millis());
+}
+
+/// [`observe_done`] with the time now (ms) given: one clock read for a round's records.
+fn observe_done_at(metrics: &Metrics, ingested: Option<i64>, now: i64) {
     if let Some(ms) = ingested {
-        metrics.ingest_to_done_seconds.observe(
-            (chrono::Utc::now()
-                .timestamp_millis()
-                .saturating_sub(ms)
-                .max(0) as f64)
-                / 1000.0,
-        );
+        metrics
+            .ingest_to_done_seconds
+            .observe((now.saturating_sub(ms).max(0) as f64) / 1000.0);
     }
 }
 
