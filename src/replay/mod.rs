@@ -451,70 +451,108 @@ pub fn run(
             Output::Risk(risk) => summary.risks.push(*risk),
         }
     }
-    if setup.threads > 1 && pipeline.inventory.is_none() {
+    let batch_rows = setup.inventory_batch_rows.max(1);
+    // A full batch goes to the sink (`replay --store`): bounded memory on any input. A store
+    // that fails is the run's error, not a record's; once it failed, batches are dropped (memory
+    // stays bounded; the run fails).
+    let sink = std::cell::RefCell::new((setup.inventory_sink.take(), None::<String>));
+    let to_sink = |batch: crate::inventory::Batch| {
+        let mut s = sink.borrow_mut();
+        let (sink, error) = &mut *s;
+        if let Some(f) = sink.as_mut()
+            && error.is_none()
+        {
+            *error = f(batch).err();
+        }
+    };
+    let has_sink = sink.borrow().0.is_some();
+    // The caller's batch (alarms; every row with one thread) handed on when full.
+    let flush_full = |pipeline: &Pipeline| {
+        if has_sink
+            && let Some(inv) = &pipeline.inventory
+            && let Ok(mut b) = inv.lock()
+            && b.len() >= batch_rows
+        {
+            let batch = std::mem::take(&mut *b);
+            drop(b);
+            to_sink(batch);
+        }
+    };
+    if setup.threads > 1 {
+        let counting = pipeline.inventory.is_some();
+        let mut on_batch = |batch| to_sink(batch);
+        let inventory = counting.then(|| parallel::Inventory {
+            rows: has_sink.then_some(batch_rows),
+            on_batch: &mut on_batch,
+        });
+        let mut alarm = |a: &Alarm| {
+            record(&pipeline, a);
+            flush_full(&pipeline);
+            on_alarm(a);
+        };
         let result = run_parallel(
             setup,
             &pipeline,
             &expanded.inputs,
             &decoder,
-            on_alarm,
+            inventory,
+            &mut alarm,
             on_reject,
         );
-        setup.enricher = pipeline.enricher;
-        let counts = result?;
-        summary.shards = setup.threads;
-        summary.events = counts.events;
-        summary.rejected = counts.rejected;
-        summary.notifications += counts.notifications;
-        summary.alarms.extend(counts.alarms);
-        setup.engine.stats.add(&counts.stats);
-        return Ok(summary);
-    }
-    let engine = &mut setup.engine;
-    let mut sink = setup.inventory_sink.take();
-    let mut sink_error: Option<String> = None;
-    let batch_rows = setup.inventory_batch_rows.max(1);
-    for input in &expanded.inputs {
-        let counts = read_input_counted(
-            input,
-            &decoder,
-            FrameOptions::default(),
-            setup.progress.as_ref(),
-            &mut |event| {
-                for alarm in pipeline.event(engine, &event)? {
-                    summary.notifications += 1;
-                    record(&pipeline, &alarm);
-                    on_alarm(&alarm);
-                }
-                // A full batch goes to the sink (`replay --store`): bounded memory on any input.
-                // (A store that fails is the run's error, not this record's.)
-                // Once it failed, batches are dropped (memory stays bounded; the run fails).
-                if let (Some(inv), Some(sink)) = (&pipeline.inventory, sink.as_mut())
+        match result {
+            Err(e) => {
+                setup.enricher = pipeline.enricher;
+                return Err(e);
+            }
+            Ok(counts) => {
+                summary.shards = setup.threads;
+                summary.events = counts.events;
+                summary.rejected = counts.rejected;
+                summary.notifications += counts.notifications;
+                summary.alarms.extend(counts.alarms);
+                setup.engine.stats.add(&counts.stats);
+                if let Some(inv) = &pipeline.inventory
                     && let Ok(mut b) = inv.lock()
-                    && b.len() >= batch_rows
                 {
-                    let batch = std::mem::take(&mut *b);
-                    if sink_error.is_none() {
-                        sink_error = sink(batch).err();
+                    for shard in counts.inventory {
+                        b.absorb_older(shard);
                     }
                 }
-                Ok(())
-            },
-            on_reject,
-        );
-        summary.events += counts.events;
-        summary.rejected += counts.rejected;
+            }
+        }
+    } else {
+        let engine = &mut setup.engine;
+        for input in &expanded.inputs {
+            let counts = read_input_counted(
+                input,
+                &decoder,
+                FrameOptions::default(),
+                setup.progress.as_ref(),
+                &mut |event| {
+                    for alarm in pipeline.event(engine, &event)? {
+                        summary.notifications += 1;
+                        record(&pipeline, &alarm);
+                        on_alarm(&alarm);
+                    }
+                    flush_full(&pipeline);
+                    Ok(())
+                },
+                on_reject,
+            );
+            summary.events += counts.events;
+            summary.rejected += counts.rejected;
+        }
+        for alarm in engine.flush() {
+            summary.notifications += 1;
+            record(&pipeline, &alarm);
+            on_alarm(&alarm);
+        }
+        summary.alarms.extend(engine.take_alarms());
     }
-    for alarm in engine.flush() {
-        summary.notifications += 1;
-        record(&pipeline, &alarm);
-        on_alarm(&alarm);
-    }
-    if let Some(e) = sink_error {
+    if let Some(e) = sink.into_inner().1 {
         setup.enricher = pipeline.enricher;
         return Err(format!("the inventory store: {e}"));
     }
-    summary.alarms.extend(engine.take_alarms());
     summary.inventory = pipeline
         .inventory
         .take()
@@ -535,6 +573,7 @@ fn run_parallel(
     pipeline: &Pipeline,
     inputs: &[crate::source::Input],
     decoder: &Decoder,
+    inventory: Option<parallel::Inventory<'_>>,
     on_alarm: &mut dyn FnMut(&Alarm),
     on_reject: &mut dyn FnMut(Rejected<'_>),
 ) -> Result<parallel::Counts, String> {
@@ -555,6 +594,7 @@ fn run_parallel(
         &pipeline.enricher,
         engines,
         setup.threads,
+        inventory,
         on_alarm,
         on_reject,
     )

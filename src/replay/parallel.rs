@@ -32,6 +32,7 @@ use crate::alarm::Alarm;
 use crate::engine::{Engine, Stats, route};
 use crate::enrich::{Enricher, Enrichment};
 use crate::event::{Event, Origin};
+use crate::inventory::Batch;
 use crate::provider::{Decoder, RecordRejects, Reject, RejectKind};
 use crate::source::framing::{FrameOptions, frame_records};
 use crate::source::{Input, Progress, Rejected, open_counted};
@@ -105,11 +106,27 @@ enum Task {
 /// A shard's results for one batch: alarms (or why processing failed) per event index.
 type Results = Vec<(u32, Result<Vec<Alarm>, String>)>;
 
+/// What a shard hands back for one batch: its results, and its inventory batch when that
+/// became full (`replay --store`).
+type Out = (Results, Option<Batch>);
+
 /// What a shard hands back at the end.
 struct Finished {
     flushed: Vec<Alarm>,
     alarms: Vec<Alarm>,
     stats: Stats,
+    inventory: Option<Batch>,
+}
+
+/// `replay --store` on shards: each counts its own keys' events in an inventory batch of its
+/// own (a key's events all go to one shard, so its rows come from one batch, in order; the
+/// rest are sums). A batch that reaches `rows` comes back to the caller's thread, to
+/// `on_batch`, in the merged order of the records; what is left at the end is in
+/// [`Counts::inventory`].
+pub struct Inventory<'a> {
+    /// Rows a batch may reach before it is handed on (`None`: never, all kept to the end).
+    pub rows: Option<usize>,
+    pub on_batch: &'a mut dyn FnMut(Batch),
 }
 
 /// Totals of a run.
@@ -121,12 +138,15 @@ pub struct Counts {
     /// The end-of-run state of every alarm, sorted by first hit and id.
     pub alarms: Vec<Alarm>,
     pub stats: Stats,
+    /// The shards' inventory batches left at the end (`replay --store`).
+    pub inventory: Vec<Batch>,
 }
 
 /// Runs the pipeline over `inputs` on `decoders` decode threads and `engines.len()` engine
 /// shards. `on_alarm` and `on_reject` are called on this thread, in the order a single engine
 /// would produce them (`engine.flush()`'s updates last). The reader adds what it reads to
-/// `progress` when given.
+/// `progress` when given. With `inventory`, the shards also count their events in inventory
+/// batches ([`Inventory`]).
 #[allow(clippy::too_many_arguments)] // Each is a different thing the stages need.
 pub fn run(
     inputs: &[Input],
@@ -135,9 +155,12 @@ pub fn run(
     enricher: &Enricher,
     engines: Vec<Engine>,
     decoders: usize,
+    inventory: Option<Inventory<'_>>,
     on_alarm: &mut dyn FnMut(&Alarm),
     on_reject: &mut dyn FnMut(Rejected<'_>),
 ) -> Result<Counts, String> {
+    let counting = inventory.is_some();
+    let rows = inventory.as_ref().and_then(|i| i.rows);
     let shards = u32::try_from(engines.len().max(1)).unwrap_or(u32::MAX);
     let decoders = decoders.max(1);
     let (tickets_tx, tickets_rx) = sync_channel::<()>(IN_FLIGHT);
@@ -158,7 +181,7 @@ pub fn run(
         let (tx, rx) = sync_channel::<Work>(IN_FLIGHT);
         work_txs.push(tx);
         work_rxs.push(rx);
-        let (tx, rx) = sync_channel::<Result<Results, Box<Finished>>>(IN_FLIGHT + 1);
+        let (tx, rx) = sync_channel::<Result<Out, Box<Finished>>>(IN_FLIGHT + 1);
         out_txs.push(tx);
         out_rxs.push(rx);
     }
@@ -199,11 +222,26 @@ pub fn run(
             shard_threads.push(
                 std::thread::Builder::new()
                     .name(format!("replay-shard-{i}"))
-                    .spawn_scoped(scope, move || shard(engine, &work_rx, &out_tx))
+                    .spawn_scoped(scope, move || {
+                        shard(
+                            engine,
+                            counting.then(Batch::default),
+                            rows,
+                            &work_rx,
+                            &out_tx,
+                        )
+                    })
                     .map_err(|e| format!("cannot start a thread: {e}"))?,
             );
         }
-        let merged = merge(&meta_rx, &out_rxs, tickets_tx, on_alarm, on_reject);
+        let merged = merge(
+            &meta_rx,
+            &out_rxs,
+            tickets_tx,
+            inventory.map(|i| i.on_batch),
+            on_alarm,
+            on_reject,
+        );
         // Every stage ends when its input does; a stage that panicked (a bug: records are
         // isolated inside them) is the run's error, not a hang or a lost record.
         drop(meta_rx);
@@ -448,11 +486,14 @@ fn dispatch(
     }
 }
 
-/// An engine shard: its keys' events and marks, in order.
+/// An engine shard: its keys' events and marks, in order; with `inventory`, its events counted
+/// there too (handed back with the results once it has `rows` rows).
 fn shard(
     mut engine: Engine,
+    mut inventory: Option<Batch>,
+    rows: Option<usize>,
     input: &Receiver<Work>,
-    out: &SyncSender<Result<Results, Box<Finished>>>,
+    out: &SyncSender<Result<Out, Box<Finished>>>,
 ) {
     while let Ok(work) = input.recv() {
         let mut results = Vec::with_capacity(work.tasks.len());
@@ -462,8 +503,12 @@ fn shard(
                     let Some((event, enrichment)) = work.events.get(index as usize) else {
                         continue;
                     };
+                    // As `Pipeline::event_counted`: counted, then processed, both isolated.
                     let result = crate::isolate::guard(|| {
                         crate::isolate::fault_point(&event.event_id);
+                        if let Some(b) = inventory.as_mut() {
+                            b.observe(event, enrichment, engine.policy.is_hidden(event));
+                        }
                         engine.process(event, enrichment)
                     })
                     .inspect_err(|_| engine.reset_subject(event));
@@ -477,7 +522,11 @@ fn shard(
                 }
             }
         }
-        if out.send(Ok(results)).is_err() {
+        let full = match (inventory.as_mut(), rows) {
+            (Some(b), Some(rows)) if b.len() >= rows => Some(std::mem::take(b)),
+            _ => None,
+        };
+        if out.send(Ok((results, full))).is_err() {
             return;
         }
     }
@@ -485,6 +534,7 @@ fn shard(
         flushed: engine.flush(),
         alarms: engine.take_alarms(),
         stats: engine.stats.clone(),
+        inventory,
     };
     let _ = out.send(Err(Box::new(finished)));
 }
@@ -492,8 +542,9 @@ fn shard(
 /// The merger: each batch's records in order, with their events' alarms from the shards.
 fn merge(
     meta: &Receiver<Meta>,
-    shards: &[Receiver<Result<Results, Box<Finished>>>],
+    shards: &[Receiver<Result<Out, Box<Finished>>>],
     tickets: SyncSender<()>,
+    mut on_batch: Option<&mut dyn FnMut(Batch)>,
     on_alarm: &mut dyn FnMut(&Alarm),
     on_reject: &mut dyn FnMut(Rejected<'_>),
 ) -> Result<Counts, String> {
@@ -504,9 +555,12 @@ fn merge(
         results.clear();
         for rx in shards {
             match rx.recv() {
-                Ok(Ok(r)) => {
+                Ok(Ok((r, full))) => {
                     for (index, result) in r {
                         put(&mut results, index, result);
+                    }
+                    if let (Some(batch), Some(f)) = (full, on_batch.as_mut()) {
+                        f(batch);
                     }
                 }
                 _ => return Err(lost()),
@@ -562,6 +616,7 @@ fn merge(
                 flushed.extend(finished.flushed);
                 counts.alarms.extend(finished.alarms);
                 counts.stats.add(&finished.stats);
+                counts.inventory.extend(finished.inventory);
             }
             _ => return Err(lost()),
         }
