@@ -654,7 +654,9 @@ pub type BatchSink = Box<dyn FnMut(Batch) -> Result<(), String>>;
 
 /// Writes a replay's full batches to the store on a thread of its own while the replay goes on
 /// (the store's work on another core). At most one batch waits for it, so a run holds at most
-/// three (being filled, waiting, being written); batches are written in the order given.
+/// three (being filled, waiting, being written); batches are written in the order given. (On
+/// shards, `replay --threads`, each shard fills its share of a batch's rows, and the shards'
+/// full shares may also wait in their channels to the merger: about four batches' worth.)
 pub struct BatchWriter {
     thread: std::thread::JoinHandle<Result<(), String>>,
 }

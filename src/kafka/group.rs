@@ -115,8 +115,9 @@ impl Progress {
 
     /// [`Progress::done`] of several records, the locks taken once.
     pub fn done_all<'a>(&self, records: impl IntoIterator<Item = (&'a str, i32, i64)>) {
-        let owned = lock(&self.owned);
+        // In `revoke`'s order (positions before owned), so the two can never deadlock.
         let mut positions = lock(&self.positions);
+        let owned = lock(&self.owned);
         let mut last: Option<(&str, i32, bool)> = None;
         for (topic, partition, offset) in records {
             // Records come in runs of one partition: its ownership is looked up once a run.

@@ -481,8 +481,11 @@ pub fn run(
     if setup.threads > 1 {
         let counting = pipeline.inventory.is_some();
         let mut on_batch = |batch| to_sink(batch);
+        // Each shard hands its batch on at its share of the rows, so the shards together hold
+        // what one batch would: memory does not grow with the thread count.
+        let shard_rows = batch_rows.div_ceil(setup.threads);
         let inventory = counting.then(|| parallel::Inventory {
-            rows: has_sink.then_some(batch_rows),
+            rows: has_sink.then_some(shard_rows),
             on_batch: &mut on_batch,
         });
         let mut alarm = |a: &Alarm| {

@@ -120,9 +120,9 @@ struct Finished {
 
 /// `replay --store` on shards: each counts its own keys' events in an inventory batch of its
 /// own (a key's events all go to one shard, so its rows come from one batch, in order; the
-/// rest are sums). A batch that reaches `rows` comes back to the caller's thread, to
-/// `on_batch`, in the merged order of the records; what is left at the end is in
-/// [`Counts::inventory`].
+/// rest are sums). A batch that reaches `rows` (the caller gives each shard its share of one
+/// batch's rows) comes back to the caller's thread, to `on_batch`, in the merged order of the
+/// records; what is left at the end is in [`Counts::inventory`].
 pub struct Inventory<'a> {
     /// Rows a batch may reach before it is handed on (`None`: never, all kept to the end).
     pub rows: Option<usize>,
