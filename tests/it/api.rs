@@ -747,25 +747,8 @@ fn a_writer_thread_writes_the_batches_while_the_replay_goes_on() {
     let store = rt
         .block_on(Store::open(dir.path().join("w.db").to_str().unwrap()))
         .unwrap();
-    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
-    let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
-    s.inventory = Some(Batch::default());
-    s.inventory_batch_rows = 300;
-    let (sink, writer) = BatchWriter::spawn(store.clone(), rt.clone()).unwrap();
-    let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = batches.clone();
-    let mut sink = sink;
-    s.inventory_sink = Some(Box::new(move |batch: Batch| {
-        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        sink(batch)
-    }));
-    let mut summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |r| {
-        panic!("unexpected reject: {}", r.reject)
-    })
-    .unwrap();
-    s.inventory_sink = None;
-    writer.finish().unwrap();
-    assert!(batches.load(std::sync::atomic::Ordering::Relaxed) > 10);
+    let (mut summary, batches) = replay_through_writer(&store, &rt, 1, 300);
+    assert!(batches > 10);
     rt.block_on(store.apply(summary.inventory.take().unwrap()))
         .unwrap();
     let keyed = rt.block_on(store.total_calls()).unwrap();
@@ -779,6 +762,7 @@ fn a_writer_thread_writes_the_batches_while_the_replay_goes_on() {
         .unwrap();
     let (mut sink, writer) = BatchWriter::spawn(store.clone(), rt.clone()).unwrap();
     rt.block_on(store.pool().close());
+    let options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
     let mut s = setup(&options).unwrap();
     s.inventory = Some(Batch::default());
     let mut summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |_| {}).unwrap();
@@ -1568,7 +1552,6 @@ fn urlencode(s: &str) -> String {
 /// row for row (the risks' sighting times and generation, wall-clock, aside).
 #[test]
 fn a_sharded_replay_stores_what_one_thread_stores() {
-    use akwatch::inventory::BatchWriter;
     use sqlx::{Column as _, Row as _};
     let rt = Arc::new(
         tokio::runtime::Builder::new_current_thread()
@@ -1580,27 +1563,8 @@ fn a_sharded_replay_stores_what_one_thread_stores() {
     let dump = |threads: usize| -> Vec<(String, Vec<String>)> {
         let path = dir.path().join(format!("t{threads}.db"));
         let store = rt.block_on(Store::open(path.to_str().unwrap())).unwrap();
-        let mut options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
-        options.threads = threads;
-        let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
-        s.inventory = Some(Batch::default());
-        s.inventory_batch_rows = 300;
-        let (sink, writer) = BatchWriter::spawn(store.clone(), rt.clone()).unwrap();
-        let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = batches.clone();
-        let mut sink = sink;
-        s.inventory_sink = Some(Box::new(move |batch: Batch| {
-            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            sink(batch)
-        }));
-        let mut summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |r| {
-            panic!("unexpected reject: {}", r.reject)
-        })
-        .unwrap();
-        assert_eq!(summary.shards, threads);
-        s.inventory_sink = None;
-        writer.finish().unwrap();
-        assert!(batches.load(std::sync::atomic::Ordering::Relaxed) > 10);
+        let (mut summary, batches) = replay_through_writer(&store, &rt, threads, 300);
+        assert!(batches > 10);
         rt.block_on(store.apply(summary.inventory.take().unwrap()))
             .unwrap();
         let mut tables = Vec::new();
@@ -1656,4 +1620,36 @@ fn a_sharded_replay_stores_what_one_thread_stores() {
             }
         }
     }
+}
+
+/// `replay` of the bundled examples on `threads` threads with the inventory on, its full
+/// batches (at `rows` rows) going to `store` through a `BatchWriter` while it runs. Returns the
+/// summary (its last batch not yet written) and the batches the writer was given.
+fn replay_through_writer(
+    store: &Store,
+    rt: &Arc<tokio::runtime::Runtime>,
+    threads: usize,
+    rows: usize,
+) -> (akwatch::replay::Summary, usize) {
+    use akwatch::inventory::BatchWriter;
+    let mut options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    options.threads = threads;
+    let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
+    s.inventory = Some(Batch::default());
+    s.inventory_batch_rows = rows;
+    let (mut sink, writer) = BatchWriter::spawn(store.clone(), rt.clone()).unwrap();
+    let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = batches.clone();
+    s.inventory_sink = Some(Box::new(move |batch: Batch| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sink(batch)
+    }));
+    let summary = run(&mut s, &options.inputs, None, &mut |_| {}, &mut |r| {
+        panic!("unexpected reject: {}", r.reject)
+    })
+    .unwrap();
+    assert_eq!(summary.shards, threads);
+    s.inventory_sink = None;
+    writer.finish().unwrap();
+    (summary, batches.load(std::sync::atomic::Ordering::Relaxed))
 }
