@@ -153,10 +153,12 @@ impl Metrics {
 
     /// Counts an event decoded, by its cloud.
     pub fn event_decoded(&self, cloud: crate::event::Cloud) {
-        let i = crate::event::Cloud::ALL
-            .iter()
-            .position(|c| *c == cloud)
-            .unwrap_or(0);
+        // `Cloud::ALL`'s order; a new cloud makes this match fail to compile, not miscount.
+        let i = match cloud {
+            crate::event::Cloud::Aws => 0,
+            crate::event::Cloud::Alibaba => 1,
+            crate::event::Cloud::Tencent => 2,
+        };
         self.decoded_by_cloud[i].inc();
     }
 
