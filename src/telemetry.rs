@@ -927,6 +927,29 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
+    /// The per-cloud children count under their own cloud's label (a mixed-up index would
+    /// count Alibaba's events as AWS's); other labels still go through the vector.
+    #[test]
+    fn records_and_events_are_counted_under_their_own_cloud() {
+        use crate::event::Cloud;
+        let m = Metrics::new().unwrap();
+        m.event_decoded(Cloud::Alibaba);
+        m.event_decoded(Cloud::Alibaba);
+        m.event_decoded(Cloud::Tencent);
+        m.record_consumed("aws");
+        m.record_consumed("unknown");
+        let decoded = |c: &str| m.events_decoded.with_label_values(&[c]).get();
+        let consumed = |c: &str| m.records_consumed.with_label_values(&[c]).get();
+        assert_eq!(
+            (decoded("aws"), decoded("alibaba"), decoded("tencent")),
+            (0, 2, 1)
+        );
+        assert_eq!(
+            (consumed("aws"), consumed("alibaba"), consumed("unknown")),
+            (1, 0, 1)
+        );
+    }
+
     fn ready_at(now: u64) -> Readiness {
         Readiness {
             started: true,
