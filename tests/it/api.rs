@@ -475,8 +475,14 @@ async fn triage(f: Fixture) {
         get(&f.app, &format!("/api/v1/ips/{ip}")).await["note"],
         "<script>office NAT</script>"
     );
+    // Newest first, in the order made, though both fall in the same second or two.
     let audit = get(&f.app, "/api/v1/audit").await;
     assert_eq!(audit["total"], 2);
+    assert_eq!(
+        (&audit["items"][0]["action"], &audit["items"][1]["action"]),
+        (&json!("ip.note"), &json!("alarm.status")),
+        "{audit}"
+    );
 }
 
 on_both!(
@@ -1111,16 +1117,22 @@ async fn policies_case(f: Fixture) {
         .iter()
         .map(|a| a["action"].as_str().unwrap().to_owned())
         .collect();
-    for want in [
-        "policy.allowlist.create",
-        "policy.allowlist.update",
-        "policy.allowlist.delete",
-    ] {
-        assert!(
-            actions.iter().any(|a| a == want),
-            "{want} not in {actions:?}"
-        );
-    }
+    // Newest first, in the order they were made (all within a second or two: the log's
+    // order must not fall back to chance within a second).
+    let allowlist: Vec<&str> = actions
+        .iter()
+        .map(String::as_str)
+        .filter(|a| a.starts_with("policy.allowlist."))
+        .collect();
+    assert_eq!(
+        allowlist,
+        [
+            "policy.allowlist.delete",
+            "policy.allowlist.update",
+            "policy.allowlist.create"
+        ],
+        "{actions:?}"
+    );
     // IP hiding and the alarm policy.
     let (status, v) = call(
         &f.app,
