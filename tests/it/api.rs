@@ -753,7 +753,7 @@ fn a_writer_thread_writes_the_batches_while_the_replay_goes_on() {
     let store = rt
         .block_on(Store::open(dir.path().join("w.db").to_str().unwrap()))
         .unwrap();
-    let (mut summary, batches) = replay_through_writer(&store, &rt, 1, 300);
+    let (mut summary, batches) = replay_through_writer(&store, &rt, 1, 300, &[]);
     assert!(batches > 10);
     rt.block_on(store.apply(summary.inventory.take().unwrap()))
         .unwrap();
@@ -1572,10 +1572,28 @@ fn a_sharded_replay_stores_what_one_thread_stores() {
             .unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
+    // Beside the examples, a key whose principal is renamed half-way through 400 hourly calls
+    // (400 rows of its own): its calls span several batches, and the stored principal must be
+    // the newest, as it is when one thread hands the batches on in order.
+    let renamed = dir.path().join("renamed.jsonl");
+    let lines: Vec<String> = (0..400)
+        .map(|i| {
+            let user = if i < 200 { "deploy-old" } else { "deploy-new" };
+            let time = (chrono::DateTime::parse_from_rfc3339("2025-06-20T00:00:00Z").unwrap()
+                + chrono::Duration::hours(i))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            format!(
+                r#"{{"eventVersion":"1.08","userIdentity":{{"type":"IAMUser","principalId":"AIDARENAMED","arn":"arn:aws:iam::210987654321:user/{user}","accountId":"210987654321","accessKeyId":"AKIARENAMEDPRINCIPAL","userName":"{user}"}},"eventTime":"{time}","eventSource":"s3.amazonaws.com","eventName":"ListBuckets","awsRegion":"us-east-1","sourceIPAddress":"198.51.100.{}","userAgent":"aws-cli/2.15.0","eventID":"renamed-{i}","eventType":"AwsApiCall","recipientAccountId":"210987654321"}}"#,
+                1 + i % 3
+            )
+        })
+        .collect();
+    std::fs::write(&renamed, lines.join("\n")).unwrap();
+    let extra = [renamed.display().to_string()];
     let dump = |threads: usize| -> Vec<(String, Vec<String>)> {
         let path = dir.path().join(format!("t{threads}.db"));
         let store = rt.block_on(Store::open(path.to_str().unwrap())).unwrap();
-        let (mut summary, batches) = replay_through_writer(&store, &rt, threads, 300);
+        let (mut summary, batches) = replay_through_writer(&store, &rt, threads, 300, &extra);
         assert!(batches > 10);
         rt.block_on(store.apply(summary.inventory.take().unwrap()))
             .unwrap();
@@ -1624,6 +1642,15 @@ fn a_sharded_replay_stores_what_one_thread_stores() {
     let one = dump(1);
     let calls = &one.iter().find(|(t, _)| t == "inv_calls_hourly").unwrap().1;
     assert!(calls.len() > 1_000, "{} hourly rows", calls.len());
+    let keys = &one.iter().find(|(t, _)| t == "inv_keys").unwrap().1;
+    let key = keys
+        .iter()
+        .find(|row| row.contains("AKIARENAMEDPRINCIPAL"))
+        .expect("the renamed key is stored");
+    assert!(
+        key.contains("|deploy-new|") && !key.contains("deploy-old"),
+        "{key}"
+    );
     for threads in [2, 3] {
         for ((table, a), (_, b)) in one.iter().zip(dump(threads)) {
             assert_eq!(a.len(), b.len(), "{table}: rows with {threads} threads");
@@ -1634,7 +1661,7 @@ fn a_sharded_replay_stores_what_one_thread_stores() {
     }
 }
 
-/// `replay` of the bundled examples on `threads` threads with the inventory on, its full
+/// `replay` of the bundled examples (and `extra_inputs`) on `threads` threads with the inventory on, its full
 /// batches (at `rows` rows) going to `store` through a `BatchWriter` while it runs. Returns the
 /// summary (its last batch not yet written) and the batches the writer was given.
 fn replay_through_writer(
@@ -1642,9 +1669,11 @@ fn replay_through_writer(
     rt: &Arc<tokio::runtime::Runtime>,
     threads: usize,
     rows: usize,
+    extra_inputs: &[String],
 ) -> (akwatch::replay::Summary, usize) {
     use akwatch::inventory::BatchWriter;
     let mut options = ReplayOptions::bundled(&repo().join("examples"), &repo().join("rules"));
+    options.inputs.extend_from_slice(extra_inputs);
     options.threads = threads;
     let mut s = setup(&options).unwrap_or_else(|e| panic!("{e:#?}"));
     s.inventory = Some(Batch::default());
