@@ -29,6 +29,10 @@ bash scripts/install-geoip.sh || echo "notice: GeoLite2 not installed; its test 
 
 step "format"
 cargo fmt --all -- --check
+# The crates with a workspace of their own (not built here; formatting needs no build).
+for crate in fuzz benches/sonic-check; do
+    cargo fmt --manifest-path "$crate/Cargo.toml" -- --check
+done
 
 step "clippy"
 cargo clippy --all-targets --locked -- -D warnings

@@ -1,0 +1,163 @@
+//! serde_json against sonic-rs, decoding the same CloudTrail records into the same typed,
+//! borrowing struct (the members akwatch reads, as `&str`: no allocation on either side), one
+//! record per call as on Kafka. A record with an escape in one of those members fails to
+//! borrow on both sides; how many did is printed (none in the stratus corpus).
+//!
+//! `cargo run --release -- DIR` with DIR a directory of CloudTrail JSON files (a `Records`
+//! array, an array, or one event each), e.g. `../shared/corpus/aws/stratus-detonation-logs`.
+//! sonic-rs uses its SIMD paths only when built for them: run it again with
+//! `RUSTFLAGS="-C target-cpu=native"`.
+
+use std::time::Instant;
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Identity<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow, rename = "principalId")]
+    principal_id: Option<&'a str>,
+    #[serde(borrow)]
+    arn: Option<&'a str>,
+    #[serde(borrow, rename = "accountId")]
+    account_id: Option<&'a str>,
+    #[serde(borrow, rename = "accessKeyId")]
+    access_key_id: Option<&'a str>,
+    #[serde(borrow, rename = "userName")]
+    user_name: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow, rename = "eventVersion")]
+    event_version: Option<&'a str>,
+    #[serde(borrow, rename = "userIdentity")]
+    user_identity: Option<Identity<'a>>,
+    #[serde(borrow, rename = "eventTime")]
+    event_time: Option<&'a str>,
+    #[serde(borrow, rename = "eventSource")]
+    event_source: Option<&'a str>,
+    #[serde(borrow, rename = "eventName")]
+    event_name: Option<&'a str>,
+    #[serde(borrow, rename = "awsRegion")]
+    aws_region: Option<&'a str>,
+    #[serde(borrow, rename = "sourceIPAddress")]
+    source_ip: Option<&'a str>,
+    #[serde(borrow, rename = "userAgent")]
+    user_agent: Option<&'a str>,
+    #[serde(borrow, rename = "eventID")]
+    event_id: Option<&'a str>,
+    #[serde(borrow, rename = "errorCode")]
+    error_code: Option<&'a str>,
+    #[serde(rename = "readOnly")]
+    read_only: Option<bool>,
+    #[serde(borrow, rename = "recipientAccountId")]
+    recipient: Option<&'a str>,
+}
+
+impl Record<'_> {
+    /// Bytes of every member read, so that neither decode can be optimised away and both can
+    /// be checked to read the same.
+    fn weight(&self) -> usize {
+        let s = |v: &Option<&str>| v.map_or(0, str::len);
+        let id = self.user_identity.as_ref().map_or(0, |i| {
+            s(&i.kind)
+                + s(&i.principal_id)
+                + s(&i.arn)
+                + s(&i.account_id)
+                + s(&i.access_key_id)
+                + s(&i.user_name)
+        });
+        id + s(&self.event_version)
+            + s(&self.event_time)
+            + s(&self.event_source)
+            + s(&self.event_name)
+            + s(&self.aws_region)
+            + s(&self.source_ip)
+            + s(&self.user_agent)
+            + s(&self.event_id)
+            + s(&self.error_code)
+            + usize::from(self.read_only.unwrap_or(false))
+            + s(&self.recipient)
+    }
+}
+
+fn records(dir: &str) -> Vec<Vec<u8>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let items = match serde_json::from_slice(&text) {
+            Ok(serde_json::Value::Array(items)) => items,
+            Ok(serde_json::Value::Object(mut o)) => match o.remove("Records") {
+                Some(serde_json::Value::Array(items)) => items,
+                _ => vec![serde_json::Value::Object(o)],
+            },
+            _ => continue,
+        };
+        out.extend(
+            items
+                .iter()
+                .map(|v| serde_json::to_vec(v).unwrap_or_default()),
+        );
+    }
+    out
+}
+
+fn main() {
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "../../../shared/corpus/aws/stratus-detonation-logs".into());
+    let recs = records(&dir);
+    assert!(!recs.is_empty(), "no records in {dir}");
+    let bytes: usize = recs.iter().map(Vec::len).sum();
+    println!(
+        "{} records, {} bytes each on average, decoded 1,000 times over",
+        recs.len(),
+        bytes / recs.len()
+    );
+    let failed = recs
+        .iter()
+        .filter(|r| serde_json::from_slice::<Record>(r).is_err())
+        .count();
+    let sonic_failed = recs
+        .iter()
+        .filter(|r| sonic_rs::from_slice::<Record>(r).is_err())
+        .count();
+    println!("records that do not borrow: serde_json {failed}, sonic-rs {sonic_failed}");
+    let rounds = 1_000;
+    let total = (rounds * recs.len()) as f64;
+    for pass in 1..=3 {
+        let t = Instant::now();
+        let mut a = 0;
+        for _ in 0..rounds {
+            for r in &recs {
+                a += serde_json::from_slice::<Record>(r).map_or(0, |x| x.weight());
+            }
+        }
+        let json = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut b = 0;
+        for _ in 0..rounds {
+            for r in &recs {
+                b += sonic_rs::from_slice::<Record>(r).map_or(0, |x| x.weight());
+            }
+        }
+        let sonic = t.elapsed().as_secs_f64();
+        assert_eq!(a, b, "the two decoders read different members");
+        println!(
+            "pass {pass}: serde_json {:.0}k records/s ({:.2} µs), sonic-rs {:.0}k/s ({:.2} µs): sonic-rs ÷ serde_json {:.2}×",
+            total / json / 1e3,
+            json / total * 1e6,
+            total / sonic / 1e3,
+            sonic / total * 1e6,
+            json / sonic
+        );
+    }
+}
