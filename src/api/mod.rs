@@ -949,11 +949,13 @@ async fn ip_note(
 /// The last stamp [`audit_id`] gave out in this process (microseconds since the epoch).
 static LAST_AUDIT_STAMP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
-/// An audit entry's id, which also orders the entries written in one second (`at` is whole
-/// seconds): a stamp of 20 digits, strictly increasing within the process even when the clock
-/// stands still or steps back, then a random hash so that two processes never collide.
+/// An audit entry's id and time (`at`, whole seconds). The id also orders the entries written
+/// in one second: a stamp of 20 digits, strictly increasing within the process even when the
+/// clock stands still or steps back, then a random hash so that two processes never collide.
+/// `at` is the stamp's second, so it never goes back within the process either (after a step
+/// back of the clock, entries keep the last second given until the clock passes it again).
 /// `ORDER BY at, id` thus lists one console's changes in the order they were made.
-fn audit_id(now_micros: i64, what: &str) -> String {
+fn audit_id(now_micros: i64, what: &str) -> (String, i64) {
     use std::sync::atomic::Ordering;
     let mut last = LAST_AUDIT_STAMP.load(Ordering::Relaxed);
     let stamp = loop {
@@ -969,7 +971,10 @@ fn audit_id(now_micros: i64, what: &str) -> String {
         }
     };
     let hash = token_hash(&format!("{stamp}|{what}|{}", rand::random::<u64>()));
-    format!("{stamp:020}-{}", &hash[..32])
+    (
+        format!("{stamp:020}-{}", &hash[..32]),
+        stamp.div_euclid(1_000_000),
+    )
 }
 
 async fn audit(
@@ -981,16 +986,15 @@ async fn audit(
     after: &str,
     comment: &str,
 ) -> Result<(), sqlx::Error> {
-    let now = chrono::Utc::now();
-    let id = audit_id(
-        now.timestamp_micros(),
+    let (id, at) = audit_id(
+        chrono::Utc::now().timestamp_micros(),
         &format!("{}|{action}|{target}|{after}", caller.name),
     );
     sqlx::query(
         "INSERT INTO inv_audit (id, at, actor, action, target, before_value, after_value, comment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(id)
-    .bind(now.timestamp())
+    .bind(at)
     .bind(format!("{} ({:?})", caller.name, caller.role).to_lowercase())
     .bind(action)
     .bind(target)
@@ -1791,15 +1795,25 @@ mod tests {
     {
         let now = chrono::Utc::now().timestamp_micros();
         let clock = [now, now, now, now - 5_000_000, now + 1, now - 1, now + 10];
-        let ids: Vec<String> = clock
+        let given: Vec<(String, i64)> = clock
             .iter()
             .map(|&t| audit_id(t, "bob|alarm.status|x|handled"))
             .collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        // Listed by (at, id), as the audit log is: the order they were given.
         assert!(
-            ids.iter()
-                .all(|id| id.len() == 53 && id.as_bytes()[20] == b'-'),
-            "{ids:?}"
+            given
+                .windows(2)
+                .all(|w| (w[0].1, &w[0].0) < (w[1].1, &w[1].0)),
+            "{given:?}"
         );
+        assert!(
+            given.iter().all(|(id, at)| id.len() == 53
+                && id.as_bytes()[20] == b'-'
+                && *at >= now / 1_000_000),
+            "{given:?}"
+        );
+        // A clock well ahead is followed; the time is its second.
+        let later = now + 3_600_000_000;
+        assert_eq!(audit_id(later, "x").1, later / 1_000_000);
     }
 }

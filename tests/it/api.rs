@@ -475,12 +475,37 @@ async fn triage(f: Fixture) {
         get(&f.app, &format!("/api/v1/ips/{ip}")).await["note"],
         "<script>office NAT</script>"
     );
-    // Newest first, in the order made, though both fall in the same second or two.
-    let audit = get(&f.app, "/api/v1/audit").await;
-    assert_eq!(audit["total"], 2);
+    // The re-raised alarm ignored: its history lists both changes oldest first, the audit
+    // log all three newest first, in the order made though they fall in a second or two.
+    let body = json!({"status": "ignored", "comment": "test key"});
+    let (status, v) = call(&f.app, "POST", &path, Some(OPERATOR), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let history = &get(&f.app, &format!("/api/v1/alarms/{id}")).await["history"];
     assert_eq!(
-        (&audit["items"][0]["action"], &audit["items"][1]["action"]),
-        (&json!("ip.note"), &json!("alarm.status")),
+        (&history[0]["after_value"], &history[1]["after_value"]),
+        (&json!("handled"), &json!("ignored")),
+        "{history}"
+    );
+    let audit = get(&f.app, "/api/v1/audit").await;
+    assert_eq!(audit["total"], 3);
+    let made: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap(),
+                a["after_value"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        made,
+        [
+            ("alarm.status", "ignored"),
+            ("ip.note", "<script>office NAT</script>"),
+            ("alarm.status", "handled")
+        ],
         "{audit}"
     );
 }
@@ -1572,13 +1597,15 @@ fn a_sharded_replay_stores_what_one_thread_stores() {
             .unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
-    // Beside the examples, a key whose principal is renamed half-way through 400 hourly calls
-    // (400 rows of its own): its calls span several batches, and the stored principal must be
-    // the newest, as it is when one thread hands the batches on in order.
+    // Beside the examples, a key whose principal is renamed after 600 of its 800 hourly calls
+    // (a row of its own each). 600 rows before the rename fill a batch of 300 rows (one
+    // thread), and a shard's batch of 150 or 100 rows at its checks every 256 records (two or
+    // three threads): the old name is handed on in a batch before the new one, whatever the
+    // examples leave in the batches. The stored principal must be the newest.
     let renamed = dir.path().join("renamed.jsonl");
-    let lines: Vec<String> = (0..400)
+    let lines: Vec<String> = (0..800)
         .map(|i| {
-            let user = if i < 200 { "deploy-old" } else { "deploy-new" };
+            let user = if i < 600 { "deploy-old" } else { "deploy-new" };
             let time = (chrono::DateTime::parse_from_rfc3339("2025-06-20T00:00:00Z").unwrap()
                 + chrono::Duration::hours(i))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -1661,9 +1688,9 @@ fn a_sharded_replay_stores_what_one_thread_stores() {
     }
 }
 
-/// `replay` of the bundled examples (and `extra_inputs`) on `threads` threads with the inventory on, its full
-/// batches (at `rows` rows) going to `store` through a `BatchWriter` while it runs. Returns the
-/// summary (its last batch not yet written) and the batches the writer was given.
+/// `replay` of the bundled examples (and `extra_inputs`) on `threads` threads, inventory on,
+/// its full batches (at `rows` rows) going to `store` through a `BatchWriter` while it runs.
+/// Returns the summary (its last batch not yet written) and the batches the writer was given.
 fn replay_through_writer(
     store: &Store,
     rt: &Arc<tokio::runtime::Runtime>,
