@@ -1603,12 +1603,12 @@ fn a_sharded_replay_stores_what_one_thread_stores() {
     // three threads): the old name is handed on in a batch before the new one, whatever the
     // examples leave in the batches. The stored principal must be the newest.
     let renamed = dir.path().join("renamed.jsonl");
+    let start = chrono::DateTime::parse_from_rfc3339("2025-06-20T00:00:00Z").unwrap();
     let lines: Vec<String> = (0..800)
         .map(|i| {
             let user = if i < 600 { "deploy-old" } else { "deploy-new" };
-            let time = (chrono::DateTime::parse_from_rfc3339("2025-06-20T00:00:00Z").unwrap()
-                + chrono::Duration::hours(i))
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let time = (start + chrono::Duration::hours(i))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             format!(
                 r#"{{"eventVersion":"1.08","userIdentity":{{"type":"IAMUser","principalId":"AIDARENAMED","arn":"arn:aws:iam::210987654321:user/{user}","accountId":"210987654321","accessKeyId":"AKIARENAMEDPRINCIPAL","userName":"{user}"}},"eventTime":"{time}","eventSource":"s3.amazonaws.com","eventName":"ListBuckets","awsRegion":"us-east-1","sourceIPAddress":"198.51.100.{}","userAgent":"aws-cli/2.15.0","eventID":"renamed-{i}","eventType":"AwsApiCall","recipientAccountId":"210987654321"}}"#,
                 1 + i % 3
